@@ -1,0 +1,24 @@
+# Ferry developer commands. `make run` and `make test` come first; see README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test lint fmt build clippy
+
+## Build and start all four services on an embedded SQLite database in ./.ferry
+run:
+	bash deploy/local/run.sh
+
+## The whole suite, on PostgreSQL (throwaway cluster unless DATABASE_URL is set) and SQLite
+test:
+	bash tests/scripts/with-postgres.sh $(CARGO) nextest run --workspace --no-fail-fast
+
+## Format check and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --bins

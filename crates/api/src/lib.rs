@@ -1,0 +1,184 @@
+//! `ferry-api`: Ferry's control-plane gRPC API. It owns the database schema:
+//! `serve` migrates on start (on PostgreSQL under an advisory lock, so
+//! replicas never race), and `migrate`, `seed` and `rotate-key` manage the
+//! database from the command line.
+
+pub mod args;
+pub mod error;
+
+use std::sync::Arc;
+
+use ferry_common::grpc::{GrpcServer, GrpcServices, bind};
+use ferry_common::{Shutdown, SystemInfo};
+use ferry_db::crypto::Keyring;
+use ferry_db::sea_orm::{DatabaseConnection, DbBackend};
+
+pub use args::{Args, Command, MigrateAction};
+pub use error::{Error, Result};
+
+/// The service name used in logs, traces and `ServerInfo`.
+pub const SERVICE_NAME: &str = "ferry-api";
+
+/// Logged (and printed by `make run`) when no cluster is configured.
+pub const NO_CLUSTER_WARNING: &str = "no Kubernetes cluster configured (set KUBECONFIG or run in-cluster): \
+     deployments are rendered and recorded, not applied";
+
+/// What the api's gRPC services share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database pool.
+    pub db: DatabaseConnection,
+    /// Keys for encrypted columns.
+    pub keyring: Arc<Keyring>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("backend", &backend_name(&self.db))
+            .field("keyring", &self.keyring)
+            .finish()
+    }
+}
+
+/// Runs the chosen subcommand (`serve` by default).
+pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
+    match args.command.clone().unwrap_or(Command::Serve) {
+        Command::Serve => serve(args, shutdown).await,
+        Command::Migrate { action } => migrate(&args, action).await,
+        Command::Seed => {
+            let db = connect(&args).await?;
+            let report = ferry_db::seed::run(&db).await;
+            db.close().await.ok();
+            let r = report?;
+            if r.is_noop() {
+                println!("seed: already up to date");
+            } else {
+                println!(
+                    "seed: roles +{} ~{}, permissions +{} ~{}, role permissions +{} -{}, templates +{} ~{}",
+                    r.roles_created,
+                    r.roles_updated,
+                    r.permissions_created,
+                    r.permissions_updated,
+                    r.role_permissions_created,
+                    r.role_permissions_removed,
+                    r.templates_created,
+                    r.templates_updated
+                );
+            }
+            Ok(())
+        }
+        Command::RotateKey => rotate_key(&args).await,
+        Command::GenerateKey => {
+            println!("{}", Keyring::generate_key_hex());
+            Ok(())
+        }
+    }
+}
+
+/// Migrates, then serves gRPC until `shutdown` fires.
+async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
+    // Refuse to start without a usable key before touching the database.
+    let keyring = Arc::new(args.encryption.keyring().map_err(Error::Key)?);
+    let db = connect(&args).await?;
+    tracing::info!("applying database migrations");
+    ferry_db::migrate::up(&db).await?;
+
+    let mut system = SystemInfo::new(SERVICE_NAME, env!("CARGO_PKG_VERSION"));
+    system.db_backend = backend_name(&db);
+    system.kube_configured = ferry_common::kubernetes_configured();
+    if !system.kube_configured {
+        tracing::warn!("{NO_CLUSTER_WARNING}");
+    }
+
+    let state = ApiState {
+        db: db.clone(),
+        keyring,
+    };
+    let listener = bind(args.listen).await?;
+    let served = GrpcServer::new(system)
+        .services(services(&state))
+        .grace(args.common.shutdown_grace())
+        .serve(listener, std::future::ready(()), shutdown)
+        .await;
+    drop(state);
+    if let Err(err) = db.close().await {
+        tracing::warn!(error = %err, "closing the database pool failed");
+    }
+    served?;
+    Ok(())
+}
+
+/// The api's own gRPC services (later issues add auth, projects, ...).
+fn services(_state: &ApiState) -> GrpcServices {
+    GrpcServices::new()
+}
+
+async fn migrate(args: &Args, action: MigrateAction) -> Result<()> {
+    let db = connect(args).await?;
+    let result = match action {
+        MigrateAction::Up => ferry_db::migrate::up(&db)
+            .await
+            .map(|()| "migrations applied"),
+        MigrateAction::Down { steps, all } => {
+            let steps = (!all).then_some(steps);
+            ferry_db::migrate::down(&db, steps)
+                .await
+                .map(|()| "migrations rolled back")
+        }
+        MigrateAction::Fresh => {
+            tracing::warn!("dropping every table and re-applying all migrations");
+            ferry_db::migrate::fresh(&db)
+                .await
+                .map(|()| "database recreated")
+        }
+        MigrateAction::Status => ferry_db::migrate::status(&db).await.map(|list| {
+            let applied = list.iter().filter(|m| m.applied).count();
+            for m in &list {
+                let state = if m.applied { "applied" } else { "pending" };
+                println!("{state:<8} {}", m.name);
+            }
+            println!("{applied} of {} migrations applied", list.len());
+            ""
+        }),
+    };
+    db.close().await.ok();
+    let message = result?;
+    if !message.is_empty() {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+async fn rotate_key(args: &Args) -> Result<()> {
+    let keyring = args.encryption.keyring().map_err(Error::Key)?;
+    let db = connect(args).await?;
+    let report = ferry_db::rotate::reencrypt_all(&db, &keyring).await;
+    db.close().await.ok();
+    let report = report?;
+    for column in &report.columns {
+        println!(
+            "{:>8}  {}.{}",
+            column.rows_updated, column.table, column.column
+        );
+    }
+    println!(
+        "re-encrypted {} values under key {}",
+        report.total_updated(),
+        keyring.current_key_id()
+    );
+    Ok(())
+}
+
+async fn connect(args: &Args) -> Result<DatabaseConnection> {
+    let config = args.database.connect_config()?;
+    Ok(ferry_db::connect::connect_with(&config).await?)
+}
+
+fn backend_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        DbBackend::Postgres => "postgres",
+        DbBackend::Sqlite => "sqlite",
+        _ => "other",
+    }
+}

@@ -1,0 +1,134 @@
+//! Ferry's schema migrations (sea-orm-migration), one per area, for
+//! PostgreSQL and SQLite.
+//!
+//! Tables are described once with the small DSL in [`schema`]; each
+//! migration creates its tables (and indexes) in order and `down()` drops
+//! exactly those tables in reverse order. [`codegen`] renders the SeaORM
+//! entities of `ferry-db` from the same description.
+
+pub mod codegen;
+pub mod schema;
+
+mod m0001_identity;
+mod m0002_tenancy;
+mod m0003_infrastructure;
+mod m0004_integrations;
+mod m0005_workloads;
+mod m0006_deployments;
+mod m0007_operations;
+mod m0008_access_audit;
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbErr;
+
+use schema::{Dialect, PG_IP_DOMAINS, Table};
+
+/// Lists the tables of one migration, in creation order.
+type Tables = fn() -> Vec<Table>;
+
+/// One migration per area, with the function listing its tables.
+const AREAS: &[(&str, Tables)] = &[
+    ("m0001_identity", m0001_identity::tables),
+    ("m0002_tenancy", m0002_tenancy::tables),
+    ("m0003_infrastructure", m0003_infrastructure::tables),
+    ("m0004_integrations", m0004_integrations::tables),
+    ("m0005_workloads", m0005_workloads::tables),
+    ("m0006_deployments", m0006_deployments::tables),
+    ("m0007_operations", m0007_operations::tables),
+    ("m0008_access_audit", m0008_access_audit::tables),
+];
+
+/// Every migration, in the order they apply.
+pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    AREAS
+        .iter()
+        .map(|&(name, tables)| {
+            Box::new(SchemaMigration {
+                name,
+                tables,
+                // The INET cast domains are created with the first tables.
+                pg_setup: if name == "m0001_identity" {
+                    PG_IP_DOMAINS
+                } else {
+                    &[]
+                },
+            }) as Box<dyn MigrationTrait>
+        })
+        .collect()
+}
+
+/// Every table of every migration, in creation order, with its migration's name.
+pub fn all_tables() -> Vec<(&'static str, Table)> {
+    AREAS
+        .iter()
+        .flat_map(|&(name, tables)| tables().into_iter().map(move |t| (name, t)))
+        .collect()
+}
+
+/// The Ferry migrator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        migrations()
+    }
+}
+
+/// A migration that creates a list of tables.
+struct SchemaMigration {
+    name: &'static str,
+    tables: Tables,
+    /// PostgreSQL-only `(up, down)` statements run before the tables (down: after).
+    pg_setup: &'static [(&'static str, &'static str)],
+}
+
+impl MigrationName for SchemaMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+fn dialect(manager: &SchemaManager) -> Result<Dialect, DbErr> {
+    Dialect::of(manager.get_database_backend())
+        .ok_or_else(|| DbErr::Migration("Ferry supports PostgreSQL and SQLite only".to_owned()))
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SchemaMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        if dialect == Dialect::Postgres {
+            for (up, _) in self.pg_setup {
+                db.execute_unprepared(up).await?;
+            }
+        }
+        for table in (self.tables)() {
+            for sql in table.create_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for table in (self.tables)().iter().rev() {
+            db.execute_unprepared(&table.drop_sql()).await?;
+        }
+        if dialect == Dialect::Postgres {
+            for (_, down) in self.pg_setup.iter().rev() {
+                db.execute_unprepared(down).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // Atomic on SQLite too: a failed migration leaves nothing behind.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}

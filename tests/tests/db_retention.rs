@@ -1,0 +1,259 @@
+//! Retention cleanup on PostgreSQL and SQLite, with rows just either side of
+//! every cutoff (SQLite compares timestamps as text, so the edges matter).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ferry_db::entities::enums::{AuditResourceType, LogLevel};
+use ferry_db::entities::{
+    audit_logs, container_metrics, containers, deployment_logs, deployments, organizations,
+    projects, services,
+};
+use ferry_db::retention::{RetentionPolicy, RetentionReport, cleanup};
+use ferry_tests::TestDb;
+use sea_orm::sea_query::prelude::chrono::{DateTime, Duration, DurationRound, Utc};
+use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
+use uuid::Uuid;
+
+/// A fixed "now" with a fractional second, so whole-second rows near a cutoff are exercised.
+fn test_now() -> DateTime<Utc> {
+    Utc::now().duration_trunc(Duration::seconds(1)).unwrap() + Duration::milliseconds(250)
+}
+
+struct Fixture {
+    deployment: Uuid,
+    container: Uuid,
+}
+
+async fn fixture(db: &TestDb) -> Fixture {
+    let org = organizations::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set("Acme".into()),
+        slug: Set("acme".into()),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    let project = projects::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        organization_id: Set(org.id),
+        name: Set("web".into()),
+        slug: Set("web".into()),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    let service = services::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        project_id: Set(project.id),
+        name: Set("api".into()),
+        image: Set(Some("nginx".into())),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    let deployment = deployments::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        service_id: Set(Some(service.id)),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    let container = containers::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        service_id: Set(service.id),
+        namespace: Set("web".into()),
+        pod_name: Set("api-0".into()),
+        pod_uid: Set("uid".into()),
+        container_name: Set("api".into()),
+        image: Set("nginx".into()),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    Fixture {
+        deployment: deployment.id,
+        container: container.id,
+    }
+}
+
+async fn log(db: &TestDb, f: &Fixture, at: Option<DateTime<Utc>>, msg: &str) {
+    let mut am = deployment_logs::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        deployment_id: Set(f.deployment),
+        level: Set(LogLevel::Info),
+        message: Set(msg.into()),
+        ..Default::default()
+    };
+    if let Some(at) = at {
+        am.timestamp = Set(at); // otherwise the column default (now) applies
+    }
+    am.insert(&db.conn).await.unwrap();
+}
+
+async fn metric(db: &TestDb, f: &Fixture, at: DateTime<Utc>, cpu: f64) {
+    container_metrics::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        container_id: Set(f.container),
+        timestamp: Set(at),
+        cpu_percent: Set(Some(cpu)),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+}
+
+async fn audit(db: &TestDb, at: DateTime<Utc>, action: &str) {
+    audit_logs::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        action: Set(action.into()),
+        resource_type: Set(AuditResourceType::System),
+        created_at: Set(at),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+}
+
+async fn messages(db: &TestDb) -> Vec<String> {
+    deployment_logs::Entity::find()
+        .order_by_asc(deployment_logs::Column::Message)
+        .all(&db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect()
+}
+
+async fn cpus(db: &TestDb) -> Vec<f64> {
+    container_metrics::Entity::find()
+        .order_by_asc(container_metrics::Column::CpuPercent)
+        .all(&db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.cpu_percent)
+        .collect()
+}
+
+async fn actions(db: &TestDb) -> Vec<String> {
+    audit_logs::Entity::find()
+        .order_by_asc(audit_logs::Column::Action)
+        .all(&db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect()
+}
+
+#[tokio::test]
+async fn default_policy_deletes_exactly_the_rows_past_each_cutoff() {
+    let policy = RetentionPolicy::default();
+    assert_eq!(
+        (
+            policy.deployment_logs_days,
+            policy.container_metrics_days,
+            policy.audit_logs_days
+        ),
+        (30, 7, 365)
+    );
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let f = fixture(&db).await;
+        let now = test_now();
+        let ms = Duration::milliseconds(1);
+        let logs_cut = now - Duration::days(30);
+        // The cutoff truncated to the whole second is older than the cutoff.
+        let whole = logs_cut.duration_trunc(Duration::seconds(1)).unwrap();
+        log(&db, &f, Some(logs_cut - ms), "d-just-older").await;
+        log(&db, &f, Some(whole), "d-whole-second-older").await;
+        log(&db, &f, Some(now - Duration::days(400)), "d-ancient").await;
+        log(&db, &f, Some(logs_cut), "k-at-cutoff").await;
+        log(&db, &f, Some(logs_cut + ms), "k-just-newer").await;
+        log(
+            &db,
+            &f,
+            Some(whole + Duration::seconds(1)),
+            "k-next-whole-second",
+        )
+        .await;
+        log(&db, &f, None, "k-db-default-now").await;
+
+        let metrics_cut = now - Duration::days(7);
+        metric(&db, &f, metrics_cut - Duration::microseconds(1), 1.0).await;
+        metric(&db, &f, metrics_cut - Duration::days(1), 2.0).await;
+        metric(&db, &f, metrics_cut + Duration::microseconds(1), 3.0).await;
+        metric(&db, &f, now, 4.0).await;
+
+        let audit_cut = now - Duration::days(365);
+        audit(&db, audit_cut - ms, "d.older").await;
+        audit(&db, audit_cut + ms, "k.newer").await;
+        audit(&db, now - Duration::days(31), "k.month").await;
+
+        let report = cleanup(&db.conn, &policy, now).await.unwrap();
+        assert_eq!(
+            report,
+            RetentionReport {
+                deployment_logs: 3,
+                container_metrics: 2,
+                audit_logs: 1
+            },
+            "{b}"
+        );
+        assert_eq!(
+            messages(&db).await,
+            [
+                "k-at-cutoff",
+                "k-db-default-now",
+                "k-just-newer",
+                "k-next-whole-second"
+            ],
+            "{b}"
+        );
+        assert_eq!(cpus(&db).await, [3.0, 4.0], "{b}");
+        assert_eq!(actions(&db).await, ["k.month", "k.newer"], "{b}");
+
+        // Nothing left to delete.
+        let again = cleanup(&db.conn, &policy, now).await.unwrap();
+        assert_eq!(again, RetentionReport::default(), "{b}");
+    }
+}
+
+#[tokio::test]
+async fn the_policy_is_configurable_and_zero_keeps_forever() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let f = fixture(&db).await;
+        let now = test_now();
+        log(&db, &f, Some(now - Duration::days(1000)), "old").await;
+        metric(&db, &f, now - Duration::days(1000), 1.0).await;
+        audit(&db, now - Duration::days(31), "a.month").await;
+        audit(&db, now - Duration::days(29), "b.recent").await;
+
+        let policy = RetentionPolicy {
+            deployment_logs_days: 0,
+            container_metrics_days: 0,
+            audit_logs_days: 30,
+        };
+        let report = cleanup(&db.conn, &policy, now).await.unwrap();
+        assert_eq!(
+            report,
+            RetentionReport {
+                deployment_logs: 0,
+                container_metrics: 0,
+                audit_logs: 1
+            },
+            "{b}"
+        );
+        assert_eq!(messages(&db).await, ["old"], "{b}");
+        assert_eq!(cpus(&db).await, [1.0], "{b}");
+        assert_eq!(actions(&db).await, ["b.recent"], "{b}");
+    }
+}
