@@ -1,6 +1,6 @@
 //! Identity: users, sessions, 2FA devices and recovery codes, login throttling.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 pub(crate) fn tables() -> Vec<Table> {
     vec![

@@ -1,7 +1,7 @@
 //! Tenancy and RBAC: organisations, members, invitations, API tokens and the
 //! role/permission catalogue (seed 003) that the organisation roles map onto.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 /// Organisation roles: Meshploy's owner/admin/member plus Dokploy's viewer.
 pub(crate) const ORG_ROLES: &[&str] = &["owner", "admin", "member", "viewer"];

@@ -1,7 +1,7 @@
 //! Infrastructure: projects (Kubernetes namespaces), mesh nodes and their
 //! tokens, custom domains and their TLS certificates.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 pub(crate) fn tables() -> Vec<Table> {
     vec![

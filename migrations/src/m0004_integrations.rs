@@ -1,7 +1,7 @@
 //! Organisation-scoped integrations: object storage, container registries,
 //! git providers, notification channels and SMTP.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 pub(crate) fn tables() -> Vec<Table> {
     vec![

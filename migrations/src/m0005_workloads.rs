@@ -1,7 +1,7 @@
 //! Workloads: Compose stacks, services (applications and databases) with
 //! their ports, build and database settings, volumes, variables and routes.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 /// A secret value lives only in `value_encrypted`, a plain one only in `value`.
 const SECRET_XOR_PLAIN: &str = "(is_secret AND value IS NULL AND value_encrypted IS NOT NULL) \

@@ -2,7 +2,7 @@
 //! logs, the pods/containers that run (GoForge's containers adapted to
 //! Kubernetes) and their metrics.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 /// Union of GoForge's and Dokploy's deployment states.
 pub(crate) const DEPLOYMENT_STATUSES: &[&str] = &[

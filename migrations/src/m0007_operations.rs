@@ -1,7 +1,7 @@
 //! Operations: jobs and their runs, backups (database, volume and system
 //! configs plus run records) and 1-click templates.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 pub(crate) fn tables() -> Vec<Table> {
     vec![

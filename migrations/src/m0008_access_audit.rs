@@ -1,7 +1,7 @@
 //! Access grants on individual resources and the audit trail. Last, because
 //! grants reference projects, services, stacks and jobs.
 
-use crate::schema::{Default as D, Format, OnDelete::*, Table, Ty::*};
+use crate::schema::{ColumnDefault as D, Format, OnDelete::*, Table, Ty::*};
 
 /// Resource types an audit entry can be about.
 pub(crate) const AUDIT_RESOURCE_TYPES: &[&str] = &[

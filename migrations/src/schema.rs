@@ -62,7 +62,7 @@ pub enum Ty {
 
 /// Column defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Default {
+pub enum ColumnDefault {
     /// The current time, in the same text format sqlx writes on SQLite.
     Now,
     Bool(bool),
@@ -202,7 +202,7 @@ pub struct Column {
     pub name: &'static str,
     pub ty: Ty,
     pub nullable: bool,
-    pub default: Option<Default>,
+    pub default: Option<ColumnDefault>,
     pub primary_key: bool,
 }
 
@@ -264,7 +264,7 @@ impl Table {
         name: &'static str,
         ty: Ty,
         nullable: bool,
-        default: Option<Default>,
+        default: Option<ColumnDefault>,
     ) -> Self {
         self.columns.push(Column {
             name,
@@ -296,7 +296,7 @@ impl Table {
     }
 
     /// A NOT NULL column with a default.
-    pub fn def(self, name: &'static str, ty: Ty, default: Default) -> Self {
+    pub fn def(self, name: &'static str, ty: Ty, default: ColumnDefault) -> Self {
         self.push(name, ty, false, Some(default))
     }
 
@@ -312,7 +312,7 @@ impl Table {
             name,
             Ty::Enum { rust, values },
             false,
-            default.map(Default::Text),
+            default.map(ColumnDefault::Text),
         )
     }
 
@@ -328,18 +328,18 @@ impl Table {
 
     /// A NOT NULL boolean with a default.
     pub fn flag(self, name: &'static str, default: bool) -> Self {
-        self.def(name, Ty::Bool, Default::Bool(default))
+        self.def(name, Ty::Bool, ColumnDefault::Bool(default))
     }
 
     /// `created_at`, defaulting to now.
     pub fn created_at(self) -> Self {
-        self.def("created_at", Ty::Timestamp, Default::Now)
+        self.def("created_at", Ty::Timestamp, ColumnDefault::Now)
     }
 
     /// `created_at` and `updated_at`, defaulting to now.
     pub fn timestamps(self) -> Self {
         self.created_at()
-            .def("updated_at", Ty::Timestamp, Default::Now)
+            .def("updated_at", Ty::Timestamp, ColumnDefault::Now)
     }
 
     /// A NOT NULL UUID column referencing `references(id)`.
@@ -523,12 +523,12 @@ fn column_sql(c: &Column, dialect: Dialect) -> String {
     }
     if let Some(d) = c.default {
         let value = match d {
-            Default::Now if pg => "now()".to_owned(),
+            ColumnDefault::Now if pg => "now()".to_owned(),
             // The format sqlx uses for DateTime<Utc>, so text comparisons stay chronological.
-            Default::Now => "(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))".to_owned(),
-            Default::Bool(b) => if b { "TRUE" } else { "FALSE" }.to_owned(),
-            Default::Int(i) => i.to_string(),
-            Default::Text(s) | Default::Json(s) => quote_str(s),
+            ColumnDefault::Now => "(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))".to_owned(),
+            ColumnDefault::Bool(b) => if b { "TRUE" } else { "FALSE" }.to_owned(),
+            ColumnDefault::Int(i) => i.to_string(),
+            ColumnDefault::Text(s) | ColumnDefault::Json(s) => quote_str(s),
         };
         sql.push_str(" DEFAULT ");
         sql.push_str(&value);

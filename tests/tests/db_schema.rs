@@ -167,6 +167,16 @@ async fn migrations_go_up_down_and_up_again_on_both_backends() {
             missing.is_empty(),
             "{b}: documented tables missing after up: {missing:?}"
         );
+        // Same columns on both backends: exactly the described ones.
+        for t in schema_tables() {
+            let want: BTreeSet<String> = t.columns.iter().map(|c| c.name.to_owned()).collect();
+            assert_eq!(
+                column_names(&db, t.name).await,
+                want,
+                "{b}: columns of {}",
+                t.name
+            );
+        }
         let indexes = index_names(&db).await;
         let missing: Vec<_> = expected_indexes.difference(&indexes).collect();
         assert!(missing.is_empty(), "{b}: indexes missing: {missing:?}");
