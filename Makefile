@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint fmt build clippy
+.PHONY: run test lint fmt build
 
 ## Build and start all four services on an embedded SQLite database in ./.ferry
 run:
@@ -22,3 +22,8 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --bins
+
+.PHONY: bench-proxy
+## ferry-proxy vs nginx vs the bare upstream with wrk (installs wrk + nginx-light if missing)
+bench-proxy:
+	bash crates/proxy/bench/run.sh

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use ferry_common::{CommonArgs, DatabaseArgs, EncryptionArgs};
 
+use crate::feed::FeedToken;
+
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -26,6 +28,38 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
 
+    /// Shared secret the proxies present on the internal route feed
+    /// (`authorization: Bearer <token>`), at least 16 characters; e.g.
+    /// `openssl rand -hex 32`. Unset: the feed refuses every proxy.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_FEED_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub proxy_feed_token: Option<FeedToken>,
+
+    /// Seconds between full reloads of the route feed, which pick up route
+    /// changes committed by other api replicas.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_FEED_RELOAD_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub proxy_feed_reload_secs: u64,
+
+    /// Hours a login session lasts.
+    #[arg(
+        long,
+        env = "FERRY_SESSION_TTL_HOURS",
+        default_value_t = 720,
+        value_parser = clap::value_parser!(u64).range(1..=87_600),
+        global = true
+    )]
+    pub session_ttl_hours: u64,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -34,6 +68,18 @@ pub struct Args {
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl Args {
+    /// Identity settings from the flags.
+    pub fn identity_config(&self) -> crate::auth::IdentityConfig {
+        crate::auth::IdentityConfig {
+            session_ttl: chrono::Duration::hours(
+                i64::try_from(self.session_ttl_hours).unwrap_or(87_600),
+            ),
+            ..crate::auth::IdentityConfig::default()
+        }
+    }
 }
 
 /// `ferry-api` subcommands.

@@ -9,6 +9,34 @@ pub enum Error {
     Db(#[from] ferry_db::Error),
     #[error(transparent)]
     Common(#[from] ferry_common::Error),
+    /// A request field is malformed; the message starts with the field name.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No, or no valid, credential.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but the role or grant does not allow the action.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Absent, or in an organization the caller does not belong to.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Too many failed attempts: locked out for a while.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+    /// A server-side bug or broken invariant (details only in the log).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ferry_db::sea_orm::DbErr> for Error {
+    fn from(err: ferry_db::sea_orm::DbErr) -> Self {
+        Error::Db(ferry_db::Error::Db(err))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -17,6 +45,25 @@ impl From<Error> for tonic::Status {
     /// Logs the full error; the caller gets a generic message with a code
     /// that says whose problem it is.
     fn from(err: Error) -> Self {
+        // The caller's own mistakes are not server errors.
+        match err {
+            Error::InvalidArgument(m) => return tonic::Status::invalid_argument(m),
+            Error::Unauthenticated(m) => return tonic::Status::unauthenticated(m),
+            Error::PermissionDenied(m) => return tonic::Status::permission_denied(m),
+            Error::NotFound(m) => return tonic::Status::not_found(m),
+            Error::AlreadyExists(m) => return tonic::Status::already_exists(m),
+            Error::FailedPrecondition(m) => return tonic::Status::failed_precondition(m),
+            Error::Throttled { retry_after_secs } => {
+                let mut status = tonic::Status::resource_exhausted(format!(
+                    "too many failed attempts; retry in {retry_after_secs} s"
+                ));
+                status
+                    .metadata_mut()
+                    .insert("retry-after", retry_after_secs.into());
+                return status;
+            }
+            _ => {}
+        }
         tracing::error!(error = %err, "api request failed");
         match err {
             Error::Key(_) => {
@@ -26,7 +73,7 @@ impl From<Error> for tonic::Status {
             Error::Db(ferry_db::Error::Decrypt { .. }) => {
                 tonic::Status::internal("a stored secret could not be decrypted")
             }
-            Error::Db(_) | Error::Common(_) => tonic::Status::internal("internal error"),
+            _ => tonic::Status::internal("internal error"),
         }
     }
 }

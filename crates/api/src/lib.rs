@@ -5,8 +5,16 @@
 
 pub mod args;
 pub mod error;
+pub mod feed;
+pub mod mail;
+
+pub mod audit;
+pub mod auth;
+pub mod authz;
+pub mod services;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_common::grpc::{GrpcServer, GrpcServices, bind};
 use ferry_common::{Shutdown, SystemInfo};
@@ -30,6 +38,10 @@ pub struct ApiState {
     pub db: DatabaseConnection,
     /// Keys for encrypted columns.
     pub keyring: Arc<Keyring>,
+    /// The proxies' route feed; mutating RPCs call `feed.notify_committed()`.
+    pub feed: feed::FeedHub,
+    /// Who may watch the route feed.
+    pub feed_auth: feed::FeedAuth,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -37,6 +49,8 @@ impl std::fmt::Debug for ApiState {
         f.debug_struct("ApiState")
             .field("backend", &backend_name(&self.db))
             .field("keyring", &self.keyring)
+            .field("feed", &self.feed)
+            .field("feed_auth", &self.feed_auth)
             .finish()
     }
 }
@@ -91,16 +105,37 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         tracing::warn!("{NO_CLUSTER_WARNING}");
     }
 
+    let feed = feed::FeedHub::new();
+    if let Err(err) = feed.reload(&db, &keyring).await {
+        tracing::warn!(error = %err, "loading the route feed failed; retrying in the background");
+    }
+    let reloader = feed.spawn_reloader(
+        db.clone(),
+        keyring.clone(),
+        Duration::from_secs(args.proxy_feed_reload_secs),
+        shutdown.clone(),
+    );
+    let feed_auth = feed::FeedAuth::new(args.proxy_feed_token.as_ref());
+    if matches!(feed_auth, feed::FeedAuth::Disabled) {
+        tracing::warn!("FERRY_PROXY_FEED_TOKEN is not set: proxies cannot receive routes");
+    }
     let state = ApiState {
         db: db.clone(),
         keyring,
+        feed,
+        feed_auth,
     };
     let listener = bind(args.listen).await?;
     let served = GrpcServer::new(system)
-        .services(services(&state))
+        .services(services_with(&state, &args.identity_config()))
         .grace(args.common.shutdown_grace())
         .serve(listener, std::future::ready(()), shutdown)
         .await;
+    // The reloader ends with the shutdown latch (and closes the feed streams).
+    state.feed.close();
+    if let Err(err) = reloader.await {
+        tracing::warn!(error = %err, "route feed reloader failed");
+    }
     drop(state);
     if let Err(err) = db.close().await {
         tracing::warn!(error = %err, "closing the database pool failed");
@@ -110,8 +145,20 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
 }
 
 /// The api's own gRPC services (later issues add auth, projects, ...).
-fn services(_state: &ApiState) -> GrpcServices {
-    GrpcServices::new()
+pub fn services(state: &ApiState) -> GrpcServices {
+    services_with(state, &auth::IdentityConfig::default())
+}
+
+/// [`services`] with explicit identity settings (session lifetime,
+/// login throttling).
+pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcServices {
+    let identity =
+        auth::Identity::new(state.db.clone(), identity.clone()).with_keyring(state.keyring.clone());
+    let services = GrpcServices::new().add_service(
+        feed::RouteFeedService::new(state.feed.clone(), state.feed_auth.clone()).into_server(),
+    );
+    let services = services::add_identity_services(services, &identity);
+    services::add_tenancy_services(services, &identity, state.keyring.clone())
 }
 
 async fn migrate(args: &Args, action: MigrateAction) -> Result<()> {

@@ -2,7 +2,9 @@
 //!
 //! The `.proto` sources live in the workspace `proto/` directory; every file
 //! there is compiled at build time by `protox` (no system `protoc`).
-//! Packages are versioned: today everything is `ferry.v1`.
+//! Packages are versioned: the public API is `ferry.v1`; `ferry.internal.v1`
+//! holds service-to-service contracts (the api → proxy route feed) that are
+//! authenticated with service credentials and not part of the public API.
 
 /// The `ferry` protobuf namespace.
 pub mod ferry {
@@ -17,6 +19,32 @@ pub mod ferry {
         #![allow(missing_docs)]
         tonic::include_proto!("ferry.v1");
     }
+
+    /// Internal service-to-service contracts (`ferry.internal.*`).
+    pub mod internal {
+        /// Version 1 of the internal contracts (`ferry.internal.v1`): the
+        /// route feed from the api to the proxies.
+        pub mod v1 {
+            #![allow(
+                clippy::all,
+                clippy::pedantic,
+                clippy::unwrap_used,
+                clippy::expect_used
+            )]
+            #![allow(missing_docs)]
+            tonic::include_proto!("ferry.internal.v1");
+
+            /// Never prints the private key (nor the chain, for brevity).
+            impl std::fmt::Debug for Certificate {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.debug_struct("Certificate")
+                        .field("id", &self.id)
+                        .field("hosts", &self.hosts)
+                        .finish_non_exhaustive()
+                }
+            }
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every Ferry `.proto` (with imports), for
@@ -28,6 +56,22 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use prost::Message as _;
+
+    #[test]
+    fn feed_certificate_debug_hides_the_key() {
+        let cert = super::ferry::internal::v1::Certificate {
+            id: "d1".into(),
+            hosts: vec!["a.example.com".into()],
+            cert_pem: "CHAIN".into(),
+            key_pem: "PRIVATE-KEY".into(),
+        };
+        let shown = format!("{cert:?}");
+        assert!(shown.contains("a.example.com"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE-KEY") && !shown.contains("CHAIN"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn descriptor_set_contains_every_ferry_service() {
@@ -42,6 +86,9 @@ mod tests {
             services.iter().any(|s| s == "ferry.v1.SystemService"),
             "{services:?}"
         );
+        assert!(fds.file.iter().any(|f| {
+            f.package() == "ferry.internal.v1" && f.service.iter().any(|s| s.name() == "RouteFeed")
+        }));
         // Imports are included so reflection clients can resolve Timestamp.
         assert!(
             fds.file

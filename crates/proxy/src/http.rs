@@ -1,10 +1,11 @@
-//! A minimal hyper 1 server (HTTP/1.1 and HTTP/2) with graceful drain, and
-//! the two handlers the proxy has today: the data plane, which has no routes
-//! yet, and the admin endpoints.
+//! The hyper 1 server loop shared by the listeners (HTTP/1.1 and HTTP/2,
+//! h2c by prior knowledge, optional TLS, graceful drain) and the admin
+//! endpoints.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use ferry_common::Shutdown;
@@ -12,49 +13,68 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Responses are small and built in memory.
 pub type Body = Full<Bytes>;
 
-/// Counters and flags shared by the listeners and the admin endpoints.
-#[derive(Debug)]
-pub struct ProxyState {
-    /// True once every listener is bound; false again when draining starts.
-    pub ready: AtomicBool,
-    /// Requests answered on the plain HTTP listener.
-    pub http_requests: AtomicU64,
-    /// Connections accepted on the HTTPS listener.
-    pub https_connections: AtomicU64,
-    /// Process start, for the uptime gauge.
-    pub started_at: SystemTime,
+pub use crate::state::ProxyState;
+
+/// Header and keep-alive timeouts of the data-plane listeners.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// A client must send a request head within this long, also between
+    /// requests on a keep-alive connection.
+    pub header_timeout: Duration,
+    /// TLS handshakes must finish within this long.
+    pub handshake_timeout: Duration,
 }
 
-impl Default for ProxyState {
+impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            ready: AtomicBool::new(false),
-            http_requests: AtomicU64::new(0),
-            https_connections: AtomicU64::new(0),
-            started_at: SystemTime::now(),
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` fires, then lets open
-/// connections finish for at most `grace`.
-pub async fn serve<H>(
+/// Serves connections on `listener` (TLS-terminated when `tls` is set)
+/// with the service `make(peer)` builds, until `shutdown` fires, then lets
+/// open connections finish for at most `grace`.
+pub async fn serve<F, S, B>(
     listener: TcpListener,
     name: &'static str,
-    handler: H,
+    make: F,
+    tls: Option<TlsAcceptor>,
+    options: ServeOptions,
     shutdown: Shutdown,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let stop = shutdown.wait();
     tokio::pin!(stop);
@@ -71,17 +91,41 @@ pub async fn serve<H>(
                 }
             },
         };
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let response = handler(req);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let _ = stream.set_nodelay(true);
+        let service = make(peer);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+                            .await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(listener = name, %peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(listener = name, %peer, error = %err, "connection ended with an error");
             }
         });
@@ -98,11 +142,19 @@ pub async fn serve<H>(
     }
 }
 
-/// The data plane: no routes exist until a later issue adds them.
-pub fn data_plane(state: &ProxyState, req: &Request<Incoming>) -> Response<Body> {
-    state.http_requests.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(method = %req.method(), host = ?req.headers().get("host"), path = %req.uri().path(), "no route");
-    text(StatusCode::NOT_FOUND, "no route\n")
+/// The admin endpoints as a hyper service.
+pub fn admin_service(
+    state: Arc<ProxyState>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Body>, Infallible>>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    hyper::service::service_fn(move |req| std::future::ready(Ok(admin(&state, &req))))
 }
 
 /// `/healthz` (alive), `/readyz` (accepting traffic), `/metrics` (Prometheus text).
@@ -113,7 +165,7 @@ pub fn admin(state: &ProxyState, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if state.ready.load(Ordering::Relaxed) {
+            if state.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -137,8 +189,8 @@ pub fn metrics(state: &ProxyState) -> String {
         .duration_since(state.started_at)
         .unwrap_or_default()
         .as_secs();
-    let ready = u8::from(state.ready.load(Ordering::Relaxed));
-    format!(
+    let ready = u8::from(state.is_ready());
+    let mut out = format!(
         "# HELP ferry_proxy_build_info Build information.\n\
          # TYPE ferry_proxy_build_info gauge\n\
          ferry_proxy_build_info{{version=\"{version}\"}} 1\n\
@@ -157,7 +209,9 @@ pub fn metrics(state: &ProxyState) -> String {
         version = env!("CARGO_PKG_VERSION"),
         http = state.http_requests.load(Ordering::Relaxed),
         https = state.https_connections.load(Ordering::Relaxed),
-    )
+    );
+    state.metrics.render(&mut out);
+    out
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -170,29 +224,6 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-/// Accepts HTTPS connections and closes them: TLS termination arrives with
-/// certificate management in a later issue, but the port is bound and
-/// configurable now.
-pub async fn https_placeholder(listener: TcpListener, state: Arc<ProxyState>, shutdown: Shutdown) {
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((_stream, peer)) => {
-                    state.https_connections.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "HTTPS is not configured yet; closing connection");
-                }
-                Err(err) => {
-                    tracing::warn!(listener = "https", error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -203,6 +234,10 @@ mod tests {
         let state = ProxyState::default();
         state.http_requests.fetch_add(3, Ordering::Relaxed);
         state.ready.store(true, Ordering::Relaxed);
+        assert!(metrics(&state).contains("\nferry_proxy_ready 0\n"));
+        state
+            .apply_snapshot(crate::config::Snapshot::default())
+            .unwrap();
         let text = metrics(&state);
         assert!(
             text.contains("\nferry_proxy_http_requests_total 3\n"),

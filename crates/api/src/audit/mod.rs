@@ -1,0 +1,323 @@
+//! The audit log: one row per mutation, in the mutation's transaction, in
+//! tamper-evident hash chains.
+//!
+//! Chains: one per organization, plus a `global` chain for rows outside
+//! any organization (registrations, logins, deleted organizations). Each
+//! row's `hash` is SHA-256 over a canonical JSON of its content (sorted
+//! keys, microsecond timestamps) including `prev_hash`, the hash of the
+//! previous row of the same chain. Appends to a chain are serialized (an
+//! advisory transaction lock per chain on PostgreSQL; SQLite serializes
+//! writers, and [`begin_write`] takes the write lock at `BEGIN`). `created_at` strictly increases within a
+//! chain, which gives the chain its order.
+//!
+//! The chain key and the actor id are also recorded in `details`
+//! (`chain`, `actorId`) and covered by the hash: `organization_id` and
+//! `user_id` are foreign keys that become NULL when the organization or
+//! user is deleted, so verification accepts NULL there (and nothing else
+//! that differs from the recorded value).
+
+use chrono::{DateTime, Duration, DurationRound as _, Utc};
+use ferry_db::entities::audit_logs;
+use ferry_db::entities::enums::AuditResourceType;
+use ferry_db::entities::types::IpAddress;
+use ferry_db::sea_orm::ActiveEnum as _;
+use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, ConnectionTrait,
+    DbBackend, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::auth::RequestMeta;
+
+/// The chain of rows outside any organization.
+pub const GLOBAL_CHAIN: &str = "global";
+
+/// One audited change.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// The organization whose chain records it (`None`: global chain).
+    pub organization_id: Option<Uuid>,
+    /// The acting user.
+    pub actor_id: Option<Uuid>,
+    /// `resource.verb`, e.g. `organization.create`.
+    pub action: &'static str,
+    pub resource_type: AuditResourceType,
+    pub resource_id: Option<Uuid>,
+    /// A JSON object of context. NEVER secret values.
+    pub details: Value,
+}
+
+fn chain_key(org: Option<Uuid>) -> String {
+    org.map_or_else(|| GLOBAL_CHAIN.to_owned(), |o| o.to_string())
+}
+
+/// The SQL expression for `details.chain` on either backend.
+fn chain_expr(backend: DbBackend) -> SimpleExpr {
+    match backend {
+        DbBackend::Postgres => Expr::cust("(details->>'chain')"),
+        _ => Expr::cust("json_extract(details, '$.chain')"),
+    }
+}
+
+/// Rows of `chain` (including rows whose organization was deleted since).
+pub fn chain_condition(backend: DbBackend, org: Option<Uuid>) -> Condition {
+    let by_details = Condition::all()
+        .add(audit_logs::Column::OrganizationId.is_null())
+        .add(Expr::expr(chain_expr(backend)).eq(chain_key(org)));
+    match org {
+        Some(org) => Condition::any()
+            .add(audit_logs::Column::OrganizationId.eq(org))
+            .add(by_details),
+        None => by_details,
+    }
+}
+
+/// Appends `event` to its chain, inside the caller's transaction `txn`.
+pub async fn record<C: ConnectionTrait>(
+    txn: &C,
+    meta: &RequestMeta,
+    event: AuditEvent,
+) -> Result<audit_logs::Model> {
+    let backend = txn.get_database_backend();
+    let chain = chain_key(event.organization_id);
+    if backend == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [lock_key(&chain).into()],
+        ))
+        .await?;
+    }
+    let prev = audit_logs::Entity::find()
+        .filter(chain_condition(backend, event.organization_id))
+        .order_by_desc(audit_logs::Column::CreatedAt)
+        .order_by_desc(audit_logs::Column::Id)
+        .limit(1)
+        .one(txn)
+        .await?;
+
+    let mut details = match event.details {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        other => {
+            let mut map = Map::new();
+            map.insert("value".into(), other);
+            map
+        }
+    };
+    details.insert("chain".into(), Value::String(chain));
+    details.insert(
+        "actorId".into(),
+        event
+            .actor_id
+            .map_or(Value::Null, |a| Value::String(a.to_string())),
+    );
+    let details = Value::Object(details);
+
+    let now = micros(Utc::now());
+    let created_at = match &prev {
+        Some(p) if micros(p.created_at) >= now => micros(p.created_at) + Duration::microseconds(1),
+        _ => now,
+    };
+    let prev_hash = prev.and_then(|p| p.hash);
+    let mut row = audit_logs::Model {
+        id: Uuid::now_v7(),
+        organization_id: event.organization_id,
+        user_id: event.actor_id,
+        action: event.action.to_owned(),
+        resource_type: event.resource_type,
+        resource_id: event.resource_id,
+        details,
+        ip_address: meta.ip.map(IpAddress),
+        user_agent: meta.user_agent.clone(),
+        created_at,
+        prev_hash,
+        hash: None,
+    };
+    row.hash = Some(row_hash(&row));
+    let stored = audit_logs::ActiveModel {
+        id: Set(row.id),
+        organization_id: Set(row.organization_id),
+        user_id: Set(row.user_id),
+        action: Set(row.action.clone()),
+        resource_type: Set(row.resource_type),
+        resource_id: Set(row.resource_id),
+        details: Set(row.details.clone()),
+        ip_address: Set(row.ip_address),
+        user_agent: Set(row.user_agent.clone()),
+        created_at: Set(row.created_at),
+        prev_hash: Set(row.prev_hash.clone()),
+        hash: Set(row.hash.clone()),
+    }
+    .insert(txn)
+    .await?;
+    Ok(stored)
+}
+
+/// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite, so concurrent
+/// writers queue on the busy timeout instead of failing when a read turns
+/// into a write; a plain `BEGIN` on PostgreSQL.
+pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?)
+}
+
+/// The outcome of [`verify_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub entries_checked: u64,
+    /// The first row that does not verify, and why.
+    pub first_broken: Option<(Uuid, String)>,
+}
+
+/// Recomputes the chain of `org` (`None`: global) from its first row.
+pub async fn verify_chain<C: ConnectionTrait>(db: &C, org: Option<Uuid>) -> Result<ChainReport> {
+    let backend = db.get_database_backend();
+    let rows = audit_logs::Entity::find()
+        .filter(chain_condition(backend, org))
+        .order_by_asc(audit_logs::Column::CreatedAt)
+        .order_by_asc(audit_logs::Column::Id)
+        .all(db)
+        .await?;
+    let chain = chain_key(org);
+    let mut prev: Option<String> = None;
+    let mut checked = 0u64;
+    for row in rows {
+        checked += 1;
+        if let Some(reason) = check_row(&row, &chain, org, prev.as_deref()) {
+            return Ok(ChainReport {
+                entries_checked: checked,
+                first_broken: Some((row.id, reason)),
+            });
+        }
+        prev = row.hash;
+    }
+    Ok(ChainReport {
+        entries_checked: checked,
+        first_broken: None,
+    })
+}
+
+fn check_row(
+    row: &audit_logs::Model,
+    chain: &str,
+    org: Option<Uuid>,
+    prev: Option<&str>,
+) -> Option<String> {
+    if row.details.get("chain").and_then(Value::as_str) != Some(chain) {
+        return Some("recorded chain differs".into());
+    }
+    if row.organization_id.is_some() && row.organization_id != org {
+        return Some("organization id altered".into());
+    }
+    let actor = row.details.get("actorId").and_then(Value::as_str);
+    if let Some(user) = row.user_id
+        && actor != Some(user.to_string().as_str())
+    {
+        return Some("actor id altered".into());
+    }
+    if row.prev_hash.as_deref() != prev {
+        return Some("previous hash does not link (an entry was removed or reordered)".into());
+    }
+    let Some(hash) = row.hash.as_deref() else {
+        return Some("hash missing".into());
+    };
+    let computed = row_hash(row);
+    if !subtle_eq(computed.as_bytes(), hash.as_bytes()) {
+        return Some("content does not match its hash (entry edited)".into());
+    }
+    None
+}
+
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// SHA-256 (hex) over the canonical JSON of `row` (the hash column and the
+/// nullable foreign keys excluded; see the module docs).
+pub fn row_hash(row: &audit_logs::Model) -> String {
+    let content = json!({
+        "v": 1,
+        "id": row.id.to_string(),
+        "action": row.action,
+        "resourceType": row.resource_type.to_value(),
+        "resourceId": row.resource_id.map(|r| r.to_string()),
+        "details": row.details,
+        "ipAddress": row.ip_address.map(|ip| ip.to_string()),
+        "userAgent": row.user_agent,
+        "createdAt": micros(row.created_at).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "prevHash": row.prev_hash.clone().unwrap_or_default(),
+    });
+    let mut canonical = String::new();
+    write_canonical(&content, &mut canonical);
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// JSON with object keys sorted at every level and no whitespace.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(key) {
+                    write_canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(Duration::microseconds(1)).unwrap_or(t)
+}
+
+/// A PostgreSQL advisory lock key per chain.
+fn lock_key(chain: &str) -> i64 {
+    let digest = Sha256::digest(format!("ferry.audit:{chain}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"y":2,"x":"é"}],"c":null}}"#).unwrap();
+        let mut out = String::new();
+        write_canonical(&v, &mut out);
+        assert_eq!(out, r#"{"a":{"c":null,"d":[1,{"x":"é","y":2}]},"b":1}"#);
+    }
+}

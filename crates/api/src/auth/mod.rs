@@ -1,0 +1,309 @@
+//! Authentication: who is calling.
+//!
+//! [`Identity::authenticate`] is the one function every authenticated RPC
+//! calls first. It reads `authorization: Bearer <token>` and resolves it to
+//! an [`Actor`]: a session token (`fs_…`, from `Login`) or an organization
+//! API token (`ferry_pat_…`). Only the tokens' SHA-256 is stored. Sessions
+//! record their last activity at most once a minute, so authenticating does
+//! not write on every call.
+
+pub mod second_factor;
+pub mod throttle;
+pub mod totp;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, Duration, Utc};
+use ferry_db::crypto::Keyring;
+use ferry_db::entities::enums::{InviteRole, OrgRole};
+use ferry_db::entities::{api_tokens, sessions, users};
+use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use tonic::Request;
+use tonic::metadata::MetadataMap;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+pub use throttle::ThrottlePolicy;
+
+/// Prefix of session tokens.
+pub const SESSION_TOKEN_PREFIX: &str = "fs_";
+/// Prefix of organization API tokens.
+pub const API_TOKEN_PREFIX: &str = "ferry_pat_";
+/// `last_active_at` / `last_used_at` are refreshed at most this often.
+pub const ACTIVITY_GRANULARITY_SECS: i64 = 60;
+/// Longest accepted user agent; longer ones are cut.
+const MAX_USER_AGENT: usize = 512;
+/// The one message for every bad credential, so callers learn nothing.
+pub const INVALID_TOKEN: &str = "missing, invalid or expired credential";
+
+/// Identity settings.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// How long a session lasts after login.
+    pub session_ttl: Duration,
+    /// Login throttling (also second-factor attempts, on their own keys).
+    pub throttle: ThrottlePolicy,
+    /// How long a second-factor challenge from `Login` stays valid.
+    pub challenge_ttl: Duration,
+    /// How long a remembered device skips the second factor.
+    pub trusted_device_ttl: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::hours(24 * 30),
+            throttle: ThrottlePolicy::default(),
+            challenge_ttl: Duration::minutes(5),
+            trusted_device_ttl: Duration::days(30),
+        }
+    }
+}
+
+/// Where a request came from, for sessions and the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// The TCP peer address.
+    pub ip: Option<IpAddr>,
+    /// The `user-agent` metadata, cut to 512 characters.
+    pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    /// Reads the peer address and user agent of `request`.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>())
+            .filter(|ua| !ua.is_empty());
+        Self {
+            ip: request.remote_addr().map(|a| a.ip().to_canonical()),
+            user_agent,
+        }
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An interactive login session.
+    Session { id: Uuid },
+    /// An API token: limited to one organization and at most `role`.
+    ApiToken {
+        id: Uuid,
+        organization_id: Uuid,
+        role: OrgRole,
+    },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub user_id: Uuid,
+    /// Platform super-admin (never through an API token).
+    pub super_admin: bool,
+    pub credential: Credential,
+    pub meta: RequestMeta,
+}
+
+impl Actor {
+    /// The session id, or `PermissionDenied` for API tokens (account
+    /// management needs an interactive session).
+    pub fn session_id(&self) -> Result<Uuid> {
+        match self.credential {
+            Credential::Session { id } => Ok(id),
+            Credential::ApiToken { .. } => Err(Error::PermissionDenied(
+                "this call needs a login session, not an API token".into(),
+            )),
+        }
+    }
+}
+
+/// Authentication state shared by the identity services.
+#[derive(Clone)]
+pub struct Identity {
+    pub db: DatabaseConnection,
+    pub config: Arc<IdentityConfig>,
+    /// Keys for encrypted columns (the TOTP secret); without it 2FA
+    /// enrolment and checks fail with `FailedPrecondition`.
+    pub keyring: Option<Arc<Keyring>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    pub fn new(db: DatabaseConnection, config: IdentityConfig) -> Self {
+        Self {
+            db,
+            config: Arc::new(config),
+            keyring: None,
+        }
+    }
+
+    /// Adds the keyring that encrypts TOTP secrets.
+    pub fn with_keyring(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The keyring, or `FailedPrecondition`.
+    pub fn keyring(&self) -> Result<&Keyring> {
+        self.keyring
+            .as_deref()
+            .ok_or_else(|| Error::FailedPrecondition("server encryption is not configured".into()))
+    }
+
+    /// THE authentication path: resolves the bearer token of `request` to
+    /// an [`Actor`], or `Unauthenticated`.
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor> {
+        let meta = RequestMeta::of(request);
+        let token = bearer_token(request.metadata())
+            .ok_or_else(|| Error::Unauthenticated(INVALID_TOKEN.into()))?;
+        let now = Utc::now();
+        if token.starts_with(SESSION_TOKEN_PREFIX) {
+            self.session_actor(token, now, meta).await
+        } else if token.starts_with(API_TOKEN_PREFIX) {
+            self.api_token_actor(token, now, meta).await
+        } else {
+            Err(Error::Unauthenticated(INVALID_TOKEN.into()))
+        }
+    }
+
+    async fn session_actor(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        meta: RequestMeta,
+    ) -> Result<Actor> {
+        let hash = ferry_db::token::hash_token(token);
+        let found = sessions::Entity::find()
+            .filter(sessions::Column::TokenHash.eq(hash))
+            .find_also_related(users::Entity)
+            .one(&self.db)
+            .await?;
+        let Some((session, Some(user))) = found else {
+            return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
+        };
+        // Second-factor challenges live in `sessions` too; never sessions.
+        if session.expires_at <= now || second_factor::is_challenge(&session) {
+            return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
+        }
+        if (now - session.last_active_at).num_seconds() >= ACTIVITY_GRANULARITY_SECS {
+            // Best effort: a failed touch must not fail the call.
+            let touched = sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastActiveAt, Expr::value(now))
+                .filter(sessions::Column::Id.eq(session.id))
+                .exec(&self.db)
+                .await;
+            if let Err(err) = touched {
+                tracing::warn!(error = %err, "updating session activity failed");
+            }
+        }
+        Ok(Actor {
+            user_id: user.id,
+            super_admin: user.is_super_admin,
+            credential: Credential::Session { id: session.id },
+            meta,
+        })
+    }
+
+    async fn api_token_actor(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        meta: RequestMeta,
+    ) -> Result<Actor> {
+        let hash = ferry_db::token::hash_token(token);
+        let Some(row) = api_tokens::Entity::find()
+            .filter(api_tokens::Column::TokenHash.eq(hash))
+            .one(&self.db)
+            .await?
+        else {
+            return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
+        };
+        if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
+            return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
+        }
+        let stale = row
+            .last_used_at
+            .is_none_or(|t| (now - t).num_seconds() >= ACTIVITY_GRANULARITY_SECS);
+        if stale {
+            let touched = api_tokens::Entity::update_many()
+                .col_expr(api_tokens::Column::LastUsedAt, Expr::value(Some(now)))
+                .filter(api_tokens::Column::Id.eq(row.id))
+                .exec(&self.db)
+                .await;
+            if let Err(err) = touched {
+                tracing::warn!(error = %err, "updating API token use failed");
+            }
+        }
+        Ok(Actor {
+            user_id: row.user_id,
+            super_admin: false,
+            credential: Credential::ApiToken {
+                id: row.id,
+                organization_id: row.organization_id,
+                role: match row.role {
+                    InviteRole::Admin => OrgRole::Admin,
+                    InviteRole::Member => OrgRole::Member,
+                    InviteRole::Viewer => OrgRole::Viewer,
+                },
+            },
+            meta,
+        })
+    }
+}
+
+/// The token of `authorization: Bearer <token>`, if well-formed.
+pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
+    let header = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Verifies `password` against `stored` (or, when the account does not
+/// exist or has no password, against a dummy hash, so both cases cost the
+/// same argon2 work). Runs on the blocking pool.
+pub async fn verify_password_timed(password: String, stored: Option<String>) -> Result<bool> {
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        match stored {
+            Some(hash) => Ok(ferry_db::password::verify_password(&password, &hash)?),
+            None => {
+                let dummy = dummy_hash()?;
+                // Same work as a real check; the answer is always "no".
+                let _ = ferry_db::password::verify_password(&password, dummy)?;
+                Ok(false)
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?
+}
+
+/// Hashes a password on the blocking pool.
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || ferry_db::password::hash_password(&password))
+        .await
+        .map_err(|e| Error::Internal(format!("password hash task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+fn dummy_hash() -> Result<&'static str> {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    if let Some(hash) = DUMMY.get() {
+        return Ok(hash);
+    }
+    let hash = ferry_db::password::hash_password("ferry-dummy-password-for-timing")?;
+    Ok(DUMMY.get_or_init(|| hash))
+}

@@ -1,0 +1,231 @@
+//! Compiles the database's routing rows into feed messages.
+//!
+//! One feed `Route` per hostname: the rows of `routes` sharing a hostname
+//! (unique per path prefix) become that route's path-prefix targets, so the
+//! proxy's longest-prefix match sees all of them. Each `route_targets` row
+//! becomes the upstream `<service>.<project-slug>.svc.cluster.local:<port>`
+//! (service names are DNS labels and a project's slug is its namespace);
+//! weight 0 drains a target. One certificate per domain (the one expiring
+//! last), decrypted here: private keys leave the api only over the
+//! authenticated feed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ferry_db::crypto::Keyring;
+use ferry_db::entities::{certificates, domains, projects, route_targets, routes, services};
+use ferry_db::sea_orm::prelude::Uuid;
+use ferry_db::sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IsolationLevel,
+    QuerySelect, TransactionTrait,
+};
+use ferry_proto::ferry::internal::v1 as pb;
+
+use crate::{Error, Result};
+
+/// The part of the feed state that comes from the database, keyed by id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DbState {
+    pub routes: BTreeMap<String, pb::Route>,
+    pub certificates: BTreeMap<String, pb::Certificate>,
+}
+
+/// The in-cluster address of port `port` of service `service` in the
+/// project (namespace) `project_slug`.
+pub fn upstream_address(service: &str, project_slug: &str, port: i32) -> String {
+    format!("{service}.{project_slug}.svc.cluster.local:{port}")
+}
+
+fn db_err(err: DbErr) -> Error {
+    Error::Db(err.into())
+}
+
+/// Reads routes, targets and certificates in one read-only transaction
+/// (repeatable read on PostgreSQL, so the tables agree with each other).
+pub async fn load(db: &DatabaseConnection, keyring: &Keyring) -> Result<DbState> {
+    let txn = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            db.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await
+        }
+        // SQLite transactions are serializable already (and warn on options).
+        _ => db.begin().await,
+    }
+    .map_err(db_err)?;
+    let rows = read(&txn).await;
+    // Read-only: nothing to keep, and a rollback cannot lose anything.
+    txn.rollback().await.map_err(db_err)?;
+    Ok(compile(rows?, keyring))
+}
+
+struct Rows {
+    projects: HashMap<Uuid, String>,
+    services: HashMap<Uuid, (Uuid, String)>,
+    domains: HashMap<Uuid, domains::Model>,
+    routes: Vec<routes::Model>,
+    targets: Vec<route_targets::Model>,
+    certificates: Vec<certificates::Model>,
+}
+
+async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
+    let projects = projects::Entity::find()
+        .select_only()
+        .columns([projects::Column::Id, projects::Column::Slug])
+        .into_tuple::<(Uuid, String)>()
+        .all(txn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .collect();
+    let services = services::Entity::find()
+        .select_only()
+        .columns([
+            services::Column::Id,
+            services::Column::ProjectId,
+            services::Column::Name,
+        ])
+        .into_tuple::<(Uuid, Uuid, String)>()
+        .all(txn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|(id, project, name)| (id, (project, name)))
+        .collect();
+    let domains = domains::Entity::find()
+        .all(txn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|d| (d.id, d))
+        .collect();
+    Ok(Rows {
+        projects,
+        services,
+        domains,
+        routes: routes::Entity::find().all(txn).await.map_err(db_err)?,
+        targets: route_targets::Entity::find()
+            .all(txn)
+            .await
+            .map_err(db_err)?,
+        certificates: certificates::Entity::find()
+            .all(txn)
+            .await
+            .map_err(db_err)?,
+    })
+}
+
+fn compile(rows: Rows, keyring: &Keyring) -> DbState {
+    let mut targets_by_route: HashMap<Uuid, Vec<&route_targets::Model>> = HashMap::new();
+    for target in &rows.targets {
+        targets_by_route
+            .entry(target.route_id)
+            .or_default()
+            .push(target);
+    }
+    // A soft-deleted domain takes its routes offline.
+    let live_domain = |id: Option<Uuid>| match id {
+        None => true,
+        Some(id) => rows
+            .domains
+            .get(&id)
+            .is_some_and(|d| d.deleted_at.is_none()),
+    };
+
+    let mut by_host: BTreeMap<String, pb::Route> = BTreeMap::new();
+    let mut hosts_by_domain: HashMap<Uuid, BTreeSet<String>> = HashMap::new();
+    for route in rows.routes.iter().filter(|r| live_domain(r.domain_id)) {
+        if let Some(domain) = route.domain_id {
+            hosts_by_domain
+                .entry(domain)
+                .or_default()
+                .insert(route.hostname.clone());
+        }
+        let rows_targets = targets_by_route
+            .get(&route.id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut upstreams: Vec<String> = rows_targets
+            .iter()
+            .filter(|t| t.weight > 0)
+            .filter_map(|t| {
+                let (project, service) = rows.services.get(&t.service_id)?;
+                let slug = rows.projects.get(project)?;
+                Some(upstream_address(service, slug, t.port))
+            })
+            .collect();
+        upstreams.sort();
+        upstreams.dedup();
+        let target = pb::Target {
+            path_prefix: route.path_prefix.clone(),
+            strip_prefix: rows_targets.iter().any(|t| t.strip_path),
+            upstreams,
+            balance: pb::Balance::Unspecified.into(),
+        };
+        let redirect = route.tls_enabled && route.https_redirect;
+        let entry = by_host
+            .entry(route.hostname.clone())
+            .or_insert_with(|| pb::Route {
+                id: route.hostname.clone(),
+                hosts: vec![route.hostname.clone()],
+                targets: Vec::new(),
+                redirect_https: true,
+            });
+        entry.targets.push(target);
+        // Redirect a host only if every path of it asks for it.
+        entry.redirect_https &= redirect;
+    }
+    for route in by_host.values_mut() {
+        route
+            .targets
+            .sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
+    }
+
+    // The certificate expiring last is the current one of its domain.
+    let mut current: HashMap<Uuid, &certificates::Model> = HashMap::new();
+    for cert in &rows.certificates {
+        let newer = current.get(&cert.domain_id).is_none_or(|best| {
+            (cert.expires_at, cert.created_at, cert.id)
+                > (best.expires_at, best.created_at, best.id)
+        });
+        if newer {
+            current.insert(cert.domain_id, cert);
+        }
+    }
+    let mut certificates = BTreeMap::new();
+    for (domain_id, cert) in current {
+        let Some(domain) = rows
+            .domains
+            .get(&domain_id)
+            .filter(|d| d.deleted_at.is_none())
+        else {
+            continue;
+        };
+        let key = match keyring.decrypt("certificates", "private_key", &cert.private_key) {
+            Ok(key) => key,
+            Err(err) => {
+                // One bad row must not stop every other route change.
+                tracing::error!(certificate = %cert.id, domain = %domain.name, error = %err,
+                    "skipping a certificate whose private key cannot be decrypted");
+                continue;
+            }
+        };
+        let mut hosts = hosts_by_domain.remove(&domain_id).unwrap_or_default();
+        hosts.insert(domain.name.clone());
+        let id = domain_id.to_string();
+        certificates.insert(
+            id.clone(),
+            pb::Certificate {
+                id,
+                hosts: hosts.into_iter().collect(),
+                cert_pem: cert.certificate_pem.clone(),
+                key_pem: key.expose().to_owned(),
+            },
+        );
+    }
+    DbState {
+        routes: by_host,
+        certificates,
+    }
+}

@@ -1,0 +1,395 @@
+//! Organization members (part of `ferry.v1.OrganizationService`): list,
+//! change role, remove, leave and transfer ownership.
+//!
+//! Exactly one owner at all times: the owner's role changes only through
+//! [`transfer_ownership`], which demotes and promotes in one transaction;
+//! the partial unique index `idx_one_owner_per_org` is the last line of
+//! defence behind these checks.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use ferry_db::entities::enums::{AuditResourceType, InviteRole, OrgRole};
+use ferry_db::entities::{api_tokens, organization_members, resource_permissions, users};
+use ferry_db::sea_orm::ActiveEnum as _;
+use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
+    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use serde_json::json;
+use tonic::Request;
+use uuid::Uuid;
+
+use super::{parse_id, role_to_pb, ts};
+use crate::audit::{self, AuditEvent};
+use crate::auth::{Actor, Identity};
+use crate::authz::{Resource, can};
+use crate::{Error, Result};
+
+/// Privilege order of organization roles.
+pub(crate) fn rank(role: OrgRole) -> u8 {
+    match role {
+        OrgRole::Viewer => 1,
+        OrgRole::Member => 2,
+        OrgRole::Admin => 3,
+        OrgRole::Owner => 4,
+    }
+}
+
+/// The organization role of a grantable role.
+pub(crate) fn org_role(role: InviteRole) -> OrgRole {
+    match role {
+        InviteRole::Admin => OrgRole::Admin,
+        InviteRole::Member => OrgRole::Member,
+        InviteRole::Viewer => OrgRole::Viewer,
+    }
+}
+
+/// A grantable role (admin, member, viewer) from the wire, naming `field`.
+pub(crate) fn grantable_role(field: &str, value: i32) -> Result<InviteRole> {
+    match pb::OrganizationRole::try_from(value) {
+        Ok(pb::OrganizationRole::Admin) => Ok(InviteRole::Admin),
+        Ok(pb::OrganizationRole::Member) => Ok(InviteRole::Member),
+        Ok(pb::OrganizationRole::Viewer) => Ok(InviteRole::Viewer),
+        Ok(pb::OrganizationRole::Owner) => Err(Error::InvalidArgument(format!(
+            "{field}: the owner role is only given by TransferOwnership"
+        ))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{field}: must be ADMIN, MEMBER or VIEWER"
+        ))),
+    }
+}
+
+/// `PermissionDenied` unless `role` is at most `caller`'s role.
+pub(crate) fn at_most(caller: Option<OrgRole>, role: OrgRole, what: &str) -> Result<()> {
+    match caller {
+        Some(c) if rank(role) > rank(c) => Err(Error::PermissionDenied(format!(
+            "{what}: cannot exceed your own role"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn member_to_pb(m: &organization_members::Model, user: Option<&users::Model>) -> pb::Member {
+    pb::Member {
+        user_id: m.user_id.to_string(),
+        username: user.map(|u| u.username.clone()).unwrap_or_default(),
+        email: user.map(|u| u.email.clone()).unwrap_or_default(),
+        role: role_to_pb(Some(m.role)).into(),
+        joined_at: Some(ts(m.joined_at)),
+    }
+}
+
+async fn find_member<C: ConnectionTrait>(
+    db: &C,
+    org: Uuid,
+    user: Uuid,
+) -> Result<organization_members::Model> {
+    organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org))
+        .filter(organization_members::Column::UserId.eq(user))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("member not found".into()))
+}
+
+/// Drops a departing member's grants and revokes their API tokens in `org`.
+async fn drop_access<C: ConnectionTrait>(db: &C, org: Uuid, user: Uuid) -> Result<()> {
+    resource_permissions::Entity::delete_many()
+        .filter(resource_permissions::Column::OrganizationId.eq(org))
+        .filter(resource_permissions::Column::UserId.eq(user))
+        .exec(db)
+        .await?;
+    api_tokens::Entity::update_many()
+        .col_expr(api_tokens::Column::RevokedAt, Expr::value(Some(Utc::now())))
+        .filter(api_tokens::Column::OrganizationId.eq(org))
+        .filter(api_tokens::Column::UserId.eq(user))
+        .filter(api_tokens::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+fn event(
+    actor: &Actor,
+    org: Uuid,
+    action: &'static str,
+    user: Uuid,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
+        organization_id: Some(org),
+        actor_id: Some(actor.user_id),
+        action,
+        resource_type: AuditResourceType::Member,
+        resource_id: Some(user),
+        details,
+    }
+}
+
+/// `ListMembers`: any member reads.
+pub async fn list(
+    identity: &Identity,
+    request: Request<pb::ListMembersRequest>,
+) -> Result<pb::ListMembersResponse> {
+    let actor = identity.authenticate(&request).await?;
+    let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+    can(
+        &identity.db,
+        &actor,
+        "member.read",
+        Resource::Organization(org),
+    )
+    .await?;
+    let rows = organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org))
+        .order_by_asc(organization_members::Column::JoinedAt)
+        .all(&identity.db)
+        .await?;
+    let people: HashMap<Uuid, users::Model> = users::Entity::find()
+        .filter(users::Column::Id.is_in(rows.iter().map(|m| m.user_id)))
+        .all(&identity.db)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    Ok(pb::ListMembersResponse {
+        members: rows
+            .iter()
+            .map(|m| member_to_pb(m, people.get(&m.user_id)))
+            .collect(),
+    })
+}
+
+/// `ChangeMemberRole`: admin+, never the owner, never above the caller.
+pub async fn change_role(
+    identity: &Identity,
+    request: Request<pb::ChangeMemberRoleRequest>,
+) -> Result<pb::Member> {
+    let actor = identity.authenticate(&request).await?;
+    let req = request.get_ref();
+    let org = parse_id("organizationId", &req.organization_id)?;
+    let user = parse_id("userId", &req.user_id)?;
+    let caller = can(
+        &identity.db,
+        &actor,
+        "member.update",
+        Resource::Organization(org),
+    )
+    .await?;
+    let role = org_role(grantable_role("role", req.role)?);
+    at_most(caller, role, "role")?;
+    let txn = audit::begin_write(&identity.db).await?;
+    let member = find_member(&txn, org, user).await?;
+    if member.role == OrgRole::Owner {
+        return Err(Error::FailedPrecondition(
+            "the owner's role changes only through TransferOwnership".into(),
+        ));
+    }
+    at_most(caller, member.role, "member")?;
+    let from = member.role;
+    let mut active = member.into_active_model();
+    active.role = Set(role);
+    let member = active.update(&txn).await?;
+    audit::record(
+        &txn,
+        &actor.meta,
+        event(
+            &actor,
+            org,
+            "member.change_role",
+            user,
+            json!({ "from": from.to_value(), "to": role.to_value() }),
+        ),
+    )
+    .await?;
+    txn.commit().await?;
+    let user_row = users::Entity::find_by_id(user).one(&identity.db).await?;
+    Ok(member_to_pb(&member, user_row.as_ref()))
+}
+
+/// `RemoveMember`: admin+, not the owner, not someone above the caller.
+pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberRequest>) -> Result<()> {
+    let actor = identity.authenticate(&request).await?;
+    let req = request.get_ref();
+    let org = parse_id("organizationId", &req.organization_id)?;
+    let user = parse_id("userId", &req.user_id)?;
+    let caller = can(
+        &identity.db,
+        &actor,
+        "member.remove",
+        Resource::Organization(org),
+    )
+    .await?;
+    let txn = audit::begin_write(&identity.db).await?;
+    let member = find_member(&txn, org, user).await?;
+    if member.role == OrgRole::Owner {
+        return Err(Error::FailedPrecondition(
+            "the owner cannot be removed; transfer ownership first".into(),
+        ));
+    }
+    at_most(caller, member.role, "member")?;
+    organization_members::Entity::delete_by_id(member.id)
+        .exec(&txn)
+        .await?;
+    drop_access(&txn, org, user).await?;
+    audit::record(
+        &txn,
+        &actor.meta,
+        event(
+            &actor,
+            org,
+            "member.remove",
+            user,
+            json!({ "role": member.role.to_value() }),
+        ),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// `LeaveOrganization`: anyone but the owner, from a login session.
+pub async fn leave(
+    identity: &Identity,
+    request: Request<pb::LeaveOrganizationRequest>,
+) -> Result<()> {
+    let actor = identity.authenticate(&request).await?;
+    let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+    can(
+        &identity.db,
+        &actor,
+        "organization.leave",
+        Resource::Organization(org),
+    )
+    .await?;
+    actor.session_id()?;
+    let txn = audit::begin_write(&identity.db).await?;
+    let member = find_member(&txn, org, actor.user_id).await?;
+    if member.role == OrgRole::Owner {
+        return Err(Error::FailedPrecondition(
+            "the owner cannot leave: transfer ownership first".into(),
+        ));
+    }
+    organization_members::Entity::delete_by_id(member.id)
+        .exec(&txn)
+        .await?;
+    drop_access(&txn, org, actor.user_id).await?;
+    audit::record(
+        &txn,
+        &actor.meta,
+        event(
+            &actor,
+            org,
+            "member.leave",
+            actor.user_id,
+            json!({ "role": member.role.to_value() }),
+        ),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// `TransferOwnership`: the owner hands over to a member and becomes admin,
+/// in one transaction.
+pub async fn transfer_ownership(
+    identity: &Identity,
+    request: Request<pb::TransferOwnershipRequest>,
+) -> Result<()> {
+    let actor = identity.authenticate(&request).await?;
+    let req = request.get_ref();
+    let org = parse_id("organizationId", &req.organization_id)?;
+    let new_owner = parse_id("newOwnerUserId", &req.new_owner_user_id)?;
+    can(
+        &identity.db,
+        &actor,
+        "organization.transfer",
+        Resource::Organization(org),
+    )
+    .await?;
+    actor.session_id()?;
+    if new_owner == actor.user_id {
+        return Err(Error::InvalidArgument(
+            "newOwnerUserId: you already own this organization".into(),
+        ));
+    }
+    let txn = audit::begin_write(&identity.db).await?;
+    // Re-read inside the transaction, locked on PostgreSQL (SQLite's
+    // `BEGIN IMMEDIATE` already serializes): a concurrent transfer may
+    // have won.
+    let mut query = organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org))
+        .filter(organization_members::Column::UserId.eq(actor.user_id));
+    if txn.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    let old = query
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::NotFound("member not found".into()))?;
+    if old.role != OrgRole::Owner {
+        return Err(Error::PermissionDenied(
+            "organization.transfer: only the owner can transfer ownership".into(),
+        ));
+    }
+    let new = find_member(&txn, org, new_owner).await.map_err(|_| {
+        Error::FailedPrecondition("newOwnerUserId: the new owner must be a member already".into())
+    })?;
+    let previous_role = new.role;
+    // Demote first so the one-owner index never sees two owners.
+    let mut demoted = old.into_active_model();
+    demoted.role = Set(OrgRole::Admin);
+    demoted.update(&txn).await?;
+    let mut promoted = new.into_active_model();
+    promoted.role = Set(OrgRole::Owner);
+    if let Err(e) = promoted.update(&txn).await {
+        return Err(if super::is_unique_violation(&e) {
+            Error::FailedPrecondition(
+                "the organization already has an owner (a concurrent transfer won); retry".into(),
+            )
+        } else {
+            e.into()
+        });
+    }
+    audit::record(
+        &txn,
+        &actor.meta,
+        event(
+            &actor,
+            org,
+            "organization.transfer_ownership",
+            new_owner,
+            json!({
+                "from": actor.user_id.to_string(),
+                "to": new_owner.to_string(),
+                "previousRole": previous_role.to_value(),
+            }),
+        ),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_not_grantable_and_ranks_are_ordered() {
+        assert!(grantable_role("role", pb::OrganizationRole::Owner.into()).is_err());
+        assert!(grantable_role("role", 0).is_err());
+        assert!(grantable_role("role", 99).is_err());
+        assert_eq!(
+            grantable_role("role", pb::OrganizationRole::Viewer.into()).ok(),
+            Some(InviteRole::Viewer)
+        );
+        assert!(rank(OrgRole::Viewer) < rank(OrgRole::Member));
+        assert!(rank(OrgRole::Admin) < rank(OrgRole::Owner));
+        assert!(at_most(Some(OrgRole::Admin), OrgRole::Owner, "r").is_err());
+        assert!(at_most(Some(OrgRole::Admin), OrgRole::Admin, "r").is_ok());
+    }
+}

@@ -1,0 +1,102 @@
+//! The identity gRPC services: `AuthService`, `OrganizationService` and
+//! `AuditService` (package `ferry.v1`).
+//!
+//! Every handler's first line is [`Identity::authenticate`] (except
+//! `Register` and `Login`), then [`crate::authz::can`] for the action, and
+//! every mutation writes its audit row ([`crate::audit::record`]) in the
+//! mutation's own transaction.
+
+pub mod audit;
+pub mod auth;
+pub mod organization;
+// Tenancy: members, invitations, API tokens, grants.
+pub mod grants;
+pub mod invitations;
+pub mod members;
+pub mod tokens;
+
+use chrono::{DateTime, Utc};
+use ferry_common::GrpcServices;
+use ferry_db::entities::enums::OrgRole;
+use ferry_proto::ferry::v1 as pb;
+use uuid::Uuid;
+
+use crate::auth::Identity;
+use crate::{Error, Result};
+
+/// Adds the identity services to `services`.
+pub fn add_identity_services(services: GrpcServices, identity: &Identity) -> GrpcServices {
+    services
+        .add_service(pb::auth_service_server::AuthServiceServer::new(
+            auth::AuthApi::new(identity.clone()),
+        ))
+        .add_service(
+            pb::organization_service_server::OrganizationServiceServer::new(
+                organization::OrganizationApi::new(identity.clone()),
+            ),
+        )
+        .add_service(pb::audit_service_server::AuditServiceServer::new(
+            audit::AuditApi::new(identity.clone()),
+        ))
+}
+
+/// Adds the tenancy services (`InvitationService`, `ApiTokenService`,
+/// `GrantService`) to `services`. Accept links start with
+/// `FERRY_PUBLIC_URL` (default [`invitations::DEFAULT_PUBLIC_URL`]).
+pub fn add_tenancy_services(
+    services: GrpcServices,
+    identity: &Identity,
+    keyring: std::sync::Arc<ferry_db::crypto::Keyring>,
+) -> GrpcServices {
+    let public_url = std::env::var("FERRY_PUBLIC_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| invitations::DEFAULT_PUBLIC_URL.to_owned());
+    services
+        .add_service(pb::invitation_service_server::InvitationServiceServer::new(
+            invitations::InvitationApi::new(identity.clone(), keyring, &public_url),
+        ))
+        .add_service(pb::api_token_service_server::ApiTokenServiceServer::new(
+            tokens::ApiTokenApi::new(identity.clone()),
+        ))
+        .add_service(pb::grant_service_server::GrantServiceServer::new(
+            grants::GrantApi::new(identity.clone()),
+        ))
+}
+
+/// A protobuf timestamp.
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A timestamp from the wire (`None` if out of range).
+pub(crate) fn from_ts(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+/// Parses a UUID field, naming it on error.
+pub(crate) fn parse_id(field: &str, value: &str) -> Result<Uuid> {
+    Uuid::parse_str(value.trim())
+        .map_err(|_| Error::InvalidArgument(format!("{field}: must be a UUID")))
+}
+
+pub(crate) fn role_to_pb(role: Option<OrgRole>) -> pb::OrganizationRole {
+    match role {
+        None => pb::OrganizationRole::Unspecified,
+        Some(OrgRole::Viewer) => pb::OrganizationRole::Viewer,
+        Some(OrgRole::Member) => pb::OrganizationRole::Member,
+        Some(OrgRole::Admin) => pb::OrganizationRole::Admin,
+        Some(OrgRole::Owner) => pb::OrganizationRole::Owner,
+    }
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub(crate) fn is_unique_violation(err: &ferry_db::sea_orm::DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(ferry_db::sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

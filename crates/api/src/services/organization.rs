@@ -1,0 +1,379 @@
+//! `ferry.v1.OrganizationService`: the tenancy root.
+
+use chrono::Utc;
+use ferry_db::entities::enums::{AuditResourceType, OrgRole};
+use ferry_db::entities::{organization_members, organizations};
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
+    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use pb::organization_service_server::OrganizationService;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{is_unique_violation, members, parse_id, role_to_pb, ts};
+use crate::audit::{self, AuditEvent};
+use crate::auth::Identity;
+use crate::authz::{Resource, can};
+use crate::{Error, Result};
+
+/// Longest organization name.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest generated slug stem (a suffix may follow).
+const SLUG_STEM_CHARS: usize = 50;
+
+/// The `OrganizationService` implementation.
+#[derive(Debug, Clone)]
+pub struct OrganizationApi {
+    identity: Identity,
+}
+
+impl OrganizationApi {
+    pub fn new(identity: Identity) -> Self {
+        Self { identity }
+    }
+}
+
+/// Trimmed name of 1 to 100 characters without control characters.
+pub fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "name: must have 1 to {MAX_NAME_CHARS} characters and no control characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// A DNS-1123 label derived from `name` ("org" when nothing is left).
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.len() >= SLUG_STEM_CHARS {
+            break;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    if slug.is_empty() {
+        "org".to_owned()
+    } else {
+        slug.to_owned()
+    }
+}
+
+fn org_to_pb(org: &organizations::Model, role: Option<OrgRole>) -> pb::Organization {
+    pb::Organization {
+        id: org.id.to_string(),
+        name: org.name.clone(),
+        slug: org.slug.clone(),
+        role: role_to_pb(role).into(),
+        created_at: Some(ts(org.created_at)),
+        updated_at: Some(ts(org.updated_at)),
+    }
+}
+
+impl OrganizationApi {
+    async fn find(&self, id: Uuid) -> Result<organizations::Model> {
+        organizations::Entity::find_by_id(id)
+            .one(&self.identity.db)
+            .await?
+            .ok_or_else(|| Error::NotFound("organization not found".into()))
+    }
+
+    async fn create(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> Result<pb::Organization> {
+        let actor = self.identity.authenticate(&request).await?;
+        let db = &self.identity.db;
+        can(db, &actor, "organization.create", Resource::Platform).await?;
+        let name = validate_name(&request.get_ref().name)?;
+        let stem = slugify(&name);
+        // A taken slug gets a short random suffix; retried on a race.
+        for attempt in 0..5 {
+            let slug = if attempt == 0 {
+                stem.clone()
+            } else {
+                format!("{stem}-{}", &Uuid::new_v4().simple().to_string()[..6])
+            };
+            let exists = organizations::Entity::find()
+                .filter(organizations::Column::Slug.eq(slug.as_str()))
+                .one(db)
+                .await?
+                .is_some();
+            if exists {
+                continue;
+            }
+            let now = Utc::now();
+            let txn = crate::audit::begin_write(db).await?;
+            let inserted = organizations::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                name: Set(name.clone()),
+                slug: Set(slug),
+                settings: Set(json!({})),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await;
+            let org = match inserted {
+                Ok(org) => org,
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            organization_members::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                organization_id: Set(org.id),
+                user_id: Set(actor.user_id),
+                role: Set(OrgRole::Owner),
+                invited_by: Set(None),
+                joined_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+            audit::record(
+                &txn,
+                &actor.meta,
+                AuditEvent {
+                    organization_id: Some(org.id),
+                    actor_id: Some(actor.user_id),
+                    action: "organization.create",
+                    resource_type: AuditResourceType::Organization,
+                    resource_id: Some(org.id),
+                    details: json!({ "name": org.name, "slug": org.slug }),
+                },
+            )
+            .await?;
+            txn.commit().await?;
+            return Ok(org_to_pb(&org, Some(OrgRole::Owner)));
+        }
+        Err(Error::AlreadyExists(
+            "could not find a free slug for this name; try another name".into(),
+        ))
+    }
+
+    async fn get(&self, request: Request<pb::GetOrganizationRequest>) -> Result<pb::Organization> {
+        let actor = self.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let role = can(
+            &self.identity.db,
+            &actor,
+            "organization.read",
+            Resource::Organization(id),
+        )
+        .await?;
+        Ok(org_to_pb(&self.find(id).await?, role))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Result<pb::ListOrganizationsResponse> {
+        let actor = self.identity.authenticate(&request).await?;
+        let mut query = organization_members::Entity::find()
+            .filter(organization_members::Column::UserId.eq(actor.user_id))
+            .find_also_related(organizations::Entity)
+            .order_by_asc(organizations::Column::Name);
+        if let crate::auth::Credential::ApiToken {
+            organization_id, ..
+        } = actor.credential
+        {
+            query = query.filter(organization_members::Column::OrganizationId.eq(organization_id));
+        }
+        let rows = query.all(&self.identity.db).await?;
+        let mut organizations = Vec::with_capacity(rows.len());
+        for (member, org) in rows {
+            let Some(org) = org else { continue };
+            // Same policy path as GetOrganization (API tokens cap the role).
+            let role = can(
+                &self.identity.db,
+                &actor,
+                "organization.read",
+                Resource::Organization(member.organization_id),
+            )
+            .await?;
+            organizations.push(org_to_pb(&org, role));
+        }
+        Ok(pb::ListOrganizationsResponse { organizations })
+    }
+
+    async fn rename(
+        &self,
+        request: Request<pb::RenameOrganizationRequest>,
+    ) -> Result<pb::Organization> {
+        let actor = self.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let db = &self.identity.db;
+        let role = can(
+            db,
+            &actor,
+            "organization.update",
+            Resource::Organization(id),
+        )
+        .await?;
+        let name = validate_name(&request.get_ref().name)?;
+        let txn = crate::audit::begin_write(db).await?;
+        let org = organizations::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound("organization not found".into()))?;
+        let old = org.name.clone();
+        let mut active = org.into_active_model();
+        active.name = Set(name.clone());
+        active.updated_at = Set(Utc::now());
+        let org = active.update(&txn).await?;
+        audit::record(
+            &txn,
+            &actor.meta,
+            AuditEvent {
+                organization_id: Some(id),
+                actor_id: Some(actor.user_id),
+                action: "organization.rename",
+                resource_type: AuditResourceType::Organization,
+                resource_id: Some(id),
+                details: json!({ "from": old, "to": name }),
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(org_to_pb(&org, role))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteOrganizationRequest>) -> Result<()> {
+        let actor = self.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let db = &self.identity.db;
+        can(
+            db,
+            &actor,
+            "organization.delete",
+            Resource::Organization(id),
+        )
+        .await?;
+        let txn = crate::audit::begin_write(db).await?;
+        let org = organizations::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound("organization not found".into()))?;
+        organizations::Entity::delete_by_id(id).exec(&txn).await?;
+        // Recorded in the global chain: the organization's own chain ends here.
+        audit::record(
+            &txn,
+            &actor.meta,
+            AuditEvent {
+                organization_id: None,
+                actor_id: Some(actor.user_id),
+                action: "organization.delete",
+                resource_type: AuditResourceType::Organization,
+                resource_id: Some(id),
+                details: json!({ "name": org.name, "slug": org.slug }),
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl OrganizationService for OrganizationApi {
+    async fn create_organization(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
+        Ok(Response::new(self.get(request).await?))
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn rename_organization(
+        &self,
+        request: Request<pb::RenameOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
+        Ok(Response::new(self.rename(request).await?))
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<pb::DeleteOrganizationRequest>,
+    ) -> Result<Response<pb::DeleteOrganizationResponse>, Status> {
+        self.delete(request).await?;
+        Ok(Response::new(pb::DeleteOrganizationResponse {}))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Ok(Response::new(members::list(&self.identity, request).await?))
+    }
+
+    async fn change_member_role(
+        &self,
+        request: Request<pb::ChangeMemberRoleRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        Ok(Response::new(
+            members::change_role(&self.identity, request).await?,
+        ))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        members::remove(&self.identity, request).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
+    }
+
+    async fn leave_organization(
+        &self,
+        request: Request<pb::LeaveOrganizationRequest>,
+    ) -> Result<Response<pb::LeaveOrganizationResponse>, Status> {
+        members::leave(&self.identity, request).await?;
+        Ok(Response::new(pb::LeaveOrganizationResponse {}))
+    }
+
+    async fn transfer_ownership(
+        &self,
+        request: Request<pb::TransferOwnershipRequest>,
+    ) -> Result<Response<pb::TransferOwnershipResponse>, Status> {
+        members::transfer_ownership(&self.identity, request).await?;
+        Ok(Response::new(pb::TransferOwnershipResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_dns_labels() {
+        assert_eq!(slugify("Acme Corp"), "acme-corp");
+        assert_eq!(slugify("  --Ünïcode!! Team  "), "n-code-team");
+        assert_eq!(slugify("!!!"), "org");
+        assert!(slugify(&"a".repeat(200)).len() <= 50);
+        assert!(validate_name(" ").is_err());
+        assert!(validate_name(&"x".repeat(101)).is_err());
+        assert_eq!(validate_name(" Acme ").ok().as_deref(), Some("Acme"));
+    }
+}

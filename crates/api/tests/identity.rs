@@ -1,0 +1,1622 @@
+//! Identity, tenancy, authorization and audit over real TCP gRPC against
+//! the api server, on PostgreSQL and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::ApiState;
+use ferry_api::auth::{IdentityConfig, ThrottlePolicy};
+use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
+use ferry_common::{GrpcServer, Shutdown, SystemInfo};
+use ferry_db::entities::enums::{InviteRole, OrgRole};
+use ferry_db::entities::{api_tokens, audit_logs, organization_members, sessions, users};
+use ferry_db::sea_orm::prelude::Uuid;
+use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use pb::audit_service_client::AuditServiceClient;
+use pb::auth_service_client::AuthServiceClient;
+use pb::organization_service_client::OrganizationServiceClient;
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+const FEED_TOKEN: &str = "feed-token-0123456789abcdef";
+const PASSWORD: &str = "correct horse battery";
+const USER_AGENT: &str = "ferry-identity-test/1";
+
+struct Api {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    server: JoinHandle<ferry_common::Result<()>>,
+}
+
+impl Api {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn relaxed() -> IdentityConfig {
+    IdentityConfig {
+        throttle: ThrottlePolicy {
+            account_free_failures: 50,
+            ip_free_failures: 500,
+            ..ThrottlePolicy::default()
+        },
+        ..IdentityConfig::default()
+    }
+}
+
+async fn start(conn: &DatabaseConnection, config: IdentityConfig) -> Api {
+    let token: FeedToken = FEED_TOKEN.parse().unwrap();
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: Arc::new(ferry_tests::test_keyring()),
+        feed: FeedHub::new(),
+        feed_auth: FeedAuth::new(Some(&token)),
+    };
+    let shutdown = Shutdown::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
+            .services(ferry_api::services_with(&state, &config))
+            .grace(Duration::from_secs(5))
+            .serve(listener, std::future::ready(()), shutdown.clone()),
+    );
+    Api {
+        addr,
+        shutdown,
+        server,
+    }
+}
+
+#[derive(Clone)]
+struct Clients {
+    channel: Channel,
+    auth: AuthServiceClient<Channel>,
+    orgs: OrganizationServiceClient<Channel>,
+    audit: AuditServiceClient<Channel>,
+}
+
+async fn clients(addr: SocketAddr) -> Clients {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .user_agent(USER_AGENT)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Clients {
+        auth: AuthServiceClient::new(channel.clone()),
+        orgs: OrganizationServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel.clone()),
+        channel,
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn register(c: &mut Clients, username: &str) -> pb::User {
+    c.auth
+        .register(pb::RegisterRequest {
+            email: format!("{username}@example.com"),
+            username: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+}
+
+async fn try_login(
+    c: &mut Clients,
+    login: &str,
+    password: &str,
+) -> Result<pb::LoginResponse, Status> {
+    c.auth
+        .login(pb::LoginRequest {
+            login: login.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn login(c: &mut Clients, login: &str) -> String {
+    try_login(c, login, PASSWORD).await.unwrap().token
+}
+
+async fn create_org(c: &mut Clients, token: &str, name: &str) -> pb::Organization {
+    c.orgs
+        .create_organization(authed(
+            pb::CreateOrganizationRequest { name: name.into() },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: OrgRole) {
+    organization_members::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        organization_id: Set(org.parse().unwrap()),
+        user_id: Set(user.parse().unwrap()),
+        role: Set(role),
+        invited_by: Set(None),
+        joined_at: Set(chrono::Utc::now()),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
+    result.expect_err("expected an error").code()
+}
+
+#[tokio::test]
+async fn account_and_organization_lifecycle() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+
+        // Validation names the field.
+        let bad = |email: &str, username: &str, password: &str| pb::RegisterRequest {
+            email: email.into(),
+            username: username.into(),
+            password: password.into(),
+        };
+        let err = c
+            .auth
+            .register(bad("a@example.com", "Alice", PASSWORD))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+        assert_eq!(
+            err.message(),
+            "username: must match ^[a-z0-9_-]{3,50}$",
+            "{b}"
+        );
+        let err = c
+            .auth
+            .register(bad("nope", "alice", PASSWORD))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("email:"), "{b}: {err:?}");
+        let err = c
+            .auth
+            .register(bad("a@example.com", "alice", "short"))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("password:"), "{b}: {err:?}");
+
+        let alice = c
+            .auth
+            .register(bad("  Alice@Example.COM ", "alice", PASSWORD))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        assert_eq!(alice.email, "alice@example.com", "{b}");
+        // Duplicates: the same answer whichever field is taken.
+        let dup_email = c
+            .auth
+            .register(bad("alice@example.com", "alice2", PASSWORD))
+            .await
+            .unwrap_err();
+        let dup_name = c
+            .auth
+            .register(bad("other@example.com", "alice", PASSWORD))
+            .await
+            .unwrap_err();
+        assert_eq!(dup_email.code(), Code::AlreadyExists, "{b}");
+        assert_eq!(dup_email.message(), dup_name.message(), "{b}");
+        assert_eq!(dup_name.code(), Code::AlreadyExists, "{b}");
+
+        // Login by email (any case) and by username.
+        let by_email = try_login(&mut c, "ALICE@example.com", PASSWORD)
+            .await
+            .unwrap();
+        assert!(by_email.token.starts_with("fs_"), "{b}");
+        assert!(!by_email.second_factor_required, "{b}");
+        assert_eq!(by_email.user.as_ref().unwrap().id, alice.id, "{b}");
+        let expires = by_email.expires_at.unwrap().seconds - chrono::Utc::now().timestamp();
+        assert!(
+            (29 * 86_400..=30 * 86_400).contains(&expires),
+            "{b}: {expires}"
+        );
+        let token = login(&mut c, "alice").await;
+        assert_ne!(token, by_email.token, "{b}");
+        // Only the token's SHA-256 is stored.
+        let stored: Vec<String> = sessions::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.token_hash)
+            .collect();
+        assert!(stored.contains(&ferry_db::token::hash_token(&token)), "{b}");
+        assert!(!stored.contains(&token), "{b}");
+
+        let me = c
+            .auth
+            .me(authed(pb::MeRequest {}, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(me.user.unwrap().username, "alice", "{b}");
+
+        let org = create_org(&mut c, &token, "Acme Corp").await;
+        assert_eq!(org.slug, "acme-corp", "{b}");
+        assert_eq!(org.role(), pb::OrganizationRole::Owner, "{b}");
+        let again = create_org(&mut c, &token, "Acme Corp").await;
+        assert_ne!(again.slug, org.slug, "{b}: slugs stay unique");
+        assert!(again.slug.starts_with("acme-corp-"), "{b}");
+
+        let got = c
+            .orgs
+            .get_organization(authed(
+                pb::GetOrganizationRequest { id: org.id.clone() },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.name, "Acme Corp", "{b}");
+        let list = c
+            .orgs
+            .list_organizations(authed(pb::ListOrganizationsRequest {}, &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .organizations;
+        assert_eq!(list.len(), 2, "{b}");
+
+        let renamed = c
+            .orgs
+            .rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org.id.clone(),
+                    name: "Acme Inc".into(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (renamed.name.as_str(), renamed.slug.as_str()),
+            ("Acme Inc", "acme-corp"),
+            "{b}"
+        );
+        let err = c
+            .orgs
+            .rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org.id.clone(),
+                    name: " ".into(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("name:"), "{b}: {err:?}");
+
+        c.orgs
+            .delete_organization(authed(
+                pb::DeleteOrganizationRequest { id: org.id.clone() },
+                &token,
+            ))
+            .await
+            .unwrap();
+        let gone = c
+            .orgs
+            .get_organization(authed(
+                pb::GetOrganizationRequest { id: org.id.clone() },
+                &token,
+            ))
+            .await;
+        assert_eq!(code(gone), Code::NotFound, "{b}");
+        let list = c
+            .orgs
+            .list_organizations(authed(pb::ListOrganizationsRequest {}, &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .organizations;
+        assert_eq!(list.len(), 1, "{b}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_credentials_are_indistinguishable_and_tokens_are_checked() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "alice").await;
+
+        let wrong = try_login(&mut c, "alice", "wrong password!")
+            .await
+            .unwrap_err();
+        let unknown = try_login(&mut c, "nobody", PASSWORD).await.unwrap_err();
+        let unknown_mail = try_login(&mut c, "nobody@example.com", PASSWORD)
+            .await
+            .unwrap_err();
+        for err in [&wrong, &unknown, &unknown_mail] {
+            assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+            assert_eq!(err.message(), "invalid credentials", "{b}");
+        }
+
+        // No token, a malformed one, an unknown one, an expired one.
+        let me = c.auth.me(pb::MeRequest {}).await;
+        assert_eq!(code(me), Code::Unauthenticated, "{b}");
+        for token in ["garbage", "fs_unknown", "ferry_pat_unknown"] {
+            let me = c.auth.me(authed(pb::MeRequest {}, token)).await;
+            assert_eq!(code(me), Code::Unauthenticated, "{b}: {token}");
+        }
+        let token = login(&mut c, "alice").await;
+        c.auth.me(authed(pb::MeRequest {}, &token)).await.unwrap();
+        sessions::Entity::update_many()
+            .col_expr(
+                sessions::Column::ExpiresAt,
+                Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            )
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let me = c.auth.me(authed(pb::MeRequest {}, &token)).await;
+        assert_eq!(code(me), Code::Unauthenticated, "{b}: expired");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_are_listed_revoked_and_cut_by_password_change() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "alice").await;
+        register(&mut c, "bob").await;
+        let s1 = login(&mut c, "alice").await;
+        let s2 = login(&mut c, "alice").await;
+        let s3 = login(&mut c, "alice").await;
+        let bob = login(&mut c, "bob").await;
+
+        let listed = c
+            .auth
+            .list_sessions(authed(pb::ListSessionsRequest {}, &s1))
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions;
+        assert_eq!(listed.len(), 3, "{b}");
+        assert_eq!(listed.iter().filter(|s| s.current).count(), 1, "{b}");
+        assert!(
+            listed
+                .iter()
+                .all(|s| s.ip_address.as_deref() == Some("127.0.0.1")),
+            "{b}"
+        );
+        assert!(
+            listed.iter().all(|s| s
+                .user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.starts_with(USER_AGENT))),
+            "{b}"
+        );
+        let s3_id = sessions::Entity::find()
+            .filter(sessions::Column::TokenHash.eq(ferry_db::token::hash_token(&s3)))
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+            .to_string();
+
+        // Someone else's session looks missing.
+        let theirs = c
+            .auth
+            .revoke_session(authed(pb::RevokeSessionRequest { id: s3_id.clone() }, &bob))
+            .await;
+        assert_eq!(code(theirs), Code::NotFound, "{b}");
+        c.auth.me(authed(pb::MeRequest {}, &s3)).await.unwrap();
+        c.auth
+            .revoke_session(authed(pb::RevokeSessionRequest { id: s3_id }, &s1))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(c.auth.me(authed(pb::MeRequest {}, &s3)).await),
+            Code::Unauthenticated,
+            "{b}"
+        );
+
+        // Password change: wrong current password refused; others cut.
+        let wrong = c
+            .auth
+            .change_password(authed(
+                pb::ChangePasswordRequest {
+                    current_password: "not my password".into(),
+                    new_password: "a brand new passphrase".into(),
+                },
+                &s1,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), Code::InvalidArgument, "{b}");
+        assert!(wrong.message().starts_with("currentPassword:"), "{b}");
+        let changed = c
+            .auth
+            .change_password(authed(
+                pb::ChangePasswordRequest {
+                    current_password: PASSWORD.into(),
+                    new_password: "a brand new passphrase".into(),
+                },
+                &s1,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(changed.revoked_sessions, 1, "{b}");
+        assert_eq!(
+            code(c.auth.me(authed(pb::MeRequest {}, &s2)).await),
+            Code::Unauthenticated,
+            "{b}"
+        );
+        c.auth.me(authed(pb::MeRequest {}, &s1)).await.unwrap();
+        c.auth.me(authed(pb::MeRequest {}, &bob)).await.unwrap();
+        assert_eq!(
+            code(try_login(&mut c, "alice", PASSWORD).await),
+            Code::Unauthenticated,
+            "{b}"
+        );
+        try_login(&mut c, "alice", "a brand new passphrase")
+            .await
+            .unwrap();
+
+        c.auth
+            .logout(authed(pb::LogoutRequest {}, &s1))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(c.auth.me(authed(pb::MeRequest {}, &s1)).await),
+            Code::Unauthenticated,
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn login_throttling_is_shared_through_the_database() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let config = IdentityConfig {
+            throttle: ThrottlePolicy {
+                account_free_failures: 3,
+                ip_free_failures: 8,
+                base_delay: chrono::Duration::seconds(30),
+                ..ThrottlePolicy::default()
+            },
+            ..IdentityConfig::default()
+        };
+        // Two replicas on the same database, each with its own pool.
+        let a = start(&db.conn, config.clone()).await;
+        let other_pool = ferry_db::connect::connect_url(&db.url).await.unwrap();
+        let r = start(&other_pool, config).await;
+        let mut ca = clients(a.addr).await;
+        let mut cr = clients(r.addr).await;
+        for name in ["alice", "bob", "carol"] {
+            register(&mut ca, name).await;
+        }
+
+        // 3 failures across both replicas lock alice's account.
+        for mut c in [ca.clone(), cr.clone(), ca.clone()] {
+            let err = try_login(&mut c, "alice", "wrong password!")
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        }
+        for mut c in [cr.clone(), ca.clone()] {
+            let err = try_login(&mut c, "alice", PASSWORD).await.unwrap_err();
+            assert_eq!(err.code(), Code::ResourceExhausted, "{b}: {err:?}");
+            let retry: u64 = err
+                .metadata()
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=30).contains(&retry), "{b}: {retry}");
+        }
+
+        // A success resets the account counter (ip failures so far: 3).
+        for _ in 0..2 {
+            try_login(&mut cr, "bob", "wrong password!")
+                .await
+                .unwrap_err();
+        }
+        login(&mut ca, "bob").await;
+        for _ in 0..2 {
+            try_login(&mut cr, "bob", "wrong password!")
+                .await
+                .unwrap_err();
+        }
+        login(&mut cr, "bob").await;
+
+        // The address has 7 failures; one more (an unknown account) locks it
+        // for every account, carol included.
+        let err = try_login(&mut ca, "nobody", PASSWORD).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        let err = try_login(&mut cr, "carol", PASSWORD).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}: {err:?}");
+        a.stop().await;
+        r.stop().await;
+        other_pool.close().await.ok();
+    }
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_and_roles_enforced() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        let mut ids = std::collections::HashMap::new();
+        for name in ["alice", "bob", "carol", "dave", "erin", "root"] {
+            ids.insert(name, register(&mut c, name).await.id);
+        }
+        let alice = login(&mut c, "alice").await;
+        let bob = login(&mut c, "bob").await;
+        let acme = create_org(&mut c, &alice, "Acme").await;
+        let globex = create_org(&mut c, &bob, "Globex").await;
+        add_member(&db.conn, &acme.id, &ids["carol"], OrgRole::Viewer).await;
+        add_member(&db.conn, &acme.id, &ids["dave"], OrgRole::Member).await;
+        add_member(&db.conn, &acme.id, &ids["erin"], OrgRole::Admin).await;
+        let carol = login(&mut c, "carol").await;
+        let dave = login(&mut c, "dave").await;
+        let erin = login(&mut c, "erin").await;
+
+        let get = |id: &str, t: &str| authed(pb::GetOrganizationRequest { id: id.into() }, t);
+        let rename = |id: &str, t: &str| {
+            authed(
+                pb::RenameOrganizationRequest {
+                    id: id.into(),
+                    name: "Renamed".into(),
+                },
+                t,
+            )
+        };
+        let delete = |id: &str, t: &str| authed(pb::DeleteOrganizationRequest { id: id.into() }, t);
+
+        // Another tenant: NotFound for everything, same as a missing org.
+        let missing = Uuid::now_v7().to_string();
+        for id in [acme.id.as_str(), missing.as_str()] {
+            assert_eq!(
+                code(c.orgs.get_organization(get(id, &bob)).await),
+                Code::NotFound,
+                "{b}"
+            );
+            assert_eq!(
+                code(c.orgs.rename_organization(rename(id, &bob)).await),
+                Code::NotFound,
+                "{b}"
+            );
+            assert_eq!(
+                code(c.orgs.delete_organization(delete(id, &bob)).await),
+                Code::NotFound,
+                "{b}"
+            );
+            let list = c
+                .audit
+                .list_audit_log(authed(
+                    pb::ListAuditLogRequest {
+                        organization_id: id.into(),
+                        ..Default::default()
+                    },
+                    &bob,
+                ))
+                .await;
+            assert_eq!(code(list), Code::NotFound, "{b}");
+            let verify = c
+                .audit
+                .verify_audit_chain(authed(
+                    pb::VerifyAuditChainRequest {
+                        organization_id: id.into(),
+                    },
+                    &bob,
+                ))
+                .await;
+            assert_eq!(code(verify), Code::NotFound, "{b}");
+        }
+        let bobs = c
+            .orgs
+            .list_organizations(authed(pb::ListOrganizationsRequest {}, &bob))
+            .await
+            .unwrap()
+            .into_inner()
+            .organizations;
+        assert_eq!(
+            bobs.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            [globex.id.as_str()],
+            "{b}"
+        );
+
+        // Viewers and members read, but neither rename nor delete.
+        for (who, token, role) in [
+            ("carol", &carol, pb::OrganizationRole::Viewer),
+            ("dave", &dave, pb::OrganizationRole::Member),
+        ] {
+            let got = c
+                .orgs
+                .get_organization(get(&acme.id, token))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(got.role(), role, "{b}: {who}");
+            assert_eq!(
+                code(c.orgs.rename_organization(rename(&acme.id, token)).await),
+                Code::PermissionDenied,
+                "{b}: {who}"
+            );
+            assert_eq!(
+                code(c.orgs.delete_organization(delete(&acme.id, token)).await),
+                Code::PermissionDenied,
+                "{b}: {who}"
+            );
+            let list = c
+                .audit
+                .list_audit_log(authed(
+                    pb::ListAuditLogRequest {
+                        organization_id: acme.id.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await;
+            assert_eq!(code(list), Code::PermissionDenied, "{b}: {who}");
+        }
+        // Admins rename and read the audit log, but only the owner deletes.
+        c.orgs
+            .rename_organization(rename(&acme.id, &erin))
+            .await
+            .unwrap();
+        c.audit
+            .list_audit_log(authed(
+                pb::ListAuditLogRequest {
+                    organization_id: acme.id.clone(),
+                    ..Default::default()
+                },
+                &erin,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(c.orgs.delete_organization(delete(&acme.id, &erin)).await),
+            Code::PermissionDenied,
+            "{b}"
+        );
+        // The global chain is for super-admins only.
+        let global = c
+            .audit
+            .verify_audit_chain(authed(pb::VerifyAuditChainRequest::default(), &alice))
+            .await;
+        assert_eq!(code(global), Code::PermissionDenied, "{b}");
+        users::Entity::update_many()
+            .col_expr(users::Column::IsSuperAdmin, Expr::value(true))
+            .filter(users::Column::Username.eq("root"))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let root = login(&mut c, "root").await;
+        let report = c
+            .audit
+            .verify_audit_chain(authed(pb::VerifyAuditChainRequest::default(), &root))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.ok, "{b}: {report:?}");
+        let got = c
+            .orgs
+            .get_organization(get(&acme.id, &root))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.role(), pb::OrganizationRole::Unspecified, "{b}");
+
+        // An API token is capped at its role and never leaves its org.
+        let pat = ferry_db::token::generate_token("ferry_pat_");
+        api_tokens::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(acme.id.parse().unwrap()),
+            user_id: Set(ids["erin"].parse().unwrap()),
+            name: Set("ci".into()),
+            token_hash: Set(ferry_db::token::hash_token(&pat)),
+            token_prefix: Set(pat[..14].into()),
+            role: Set(InviteRole::Viewer),
+            expires_at: Set(None),
+            last_used_at: Set(None),
+            revoked_at: Set(None),
+            created_at: Set(chrono::Utc::now()),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let got = c
+            .orgs
+            .get_organization(get(&acme.id, &pat))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.role(), pb::OrganizationRole::Viewer, "{b}");
+        assert_eq!(
+            code(c.orgs.rename_organization(rename(&acme.id, &pat)).await),
+            Code::PermissionDenied,
+            "{b}"
+        );
+        assert_eq!(
+            code(c.orgs.get_organization(get(&globex.id, &pat)).await),
+            Code::NotFound,
+            "{b}"
+        );
+        let create = c
+            .orgs
+            .create_organization(authed(
+                pb::CreateOrganizationRequest { name: "x".into() },
+                &pat,
+            ))
+            .await;
+        assert_eq!(code(create), Code::PermissionDenied, "{b}");
+        let sessions = c
+            .auth
+            .list_sessions(authed(pb::ListSessionsRequest {}, &pat))
+            .await;
+        assert_eq!(code(sessions), Code::PermissionDenied, "{b}");
+        api_tokens::Entity::update_many()
+            .col_expr(
+                api_tokens::Column::RevokedAt,
+                Expr::value(Some(chrono::Utc::now())),
+            )
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(c.orgs.get_organization(get(&acme.id, &pat)).await),
+            Code::Unauthenticated,
+            "{b}"
+        );
+
+        c.orgs
+            .delete_organization(delete(&acme.id, &alice))
+            .await
+            .unwrap();
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn audit_chain_records_mutations_and_detects_tampering() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        let alice_user = register(&mut c, "alice").await;
+        let alice = login(&mut c, "alice").await;
+        let org = create_org(&mut c, &alice, "Acme").await;
+        let doomed = create_org(&mut c, &alice, "Doomed").await;
+        // Concurrent appends to one chain stay linked.
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut c = c.clone();
+            let (id, token) = (org.id.clone(), alice.clone());
+            tasks.push(tokio::spawn(async move {
+                c.orgs
+                    .rename_organization(authed(
+                        pb::RenameOrganizationRequest {
+                            id,
+                            name: format!("Acme {i}"),
+                        },
+                        &token,
+                    ))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // Deleting another org moves its rows out of the way of both chains.
+        c.orgs
+            .delete_organization(authed(
+                pb::DeleteOrganizationRequest {
+                    id: doomed.id.clone(),
+                },
+                &alice,
+            ))
+            .await
+            .unwrap();
+
+        let verify = |org: &str| {
+            authed(
+                pb::VerifyAuditChainRequest {
+                    organization_id: org.into(),
+                },
+                &alice,
+            )
+        };
+        let report = c
+            .audit
+            .verify_audit_chain(verify(&org.id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.ok, "{b}: {report:?}");
+        assert_eq!(report.entries_checked, 7, "{b}: create + 6 renames");
+
+        // Filters and paging, newest first.
+        let list = |req: pb::ListAuditLogRequest| {
+            authed(
+                pb::ListAuditLogRequest {
+                    organization_id: org.id.clone(),
+                    ..req
+                },
+                &alice,
+            )
+        };
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = c
+                .audit
+                .list_audit_log(list(pb::ListAuditLogRequest {
+                    page_size: 3,
+                    page_token: token.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.entries.len() <= 3, "{b}");
+            seen.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 7, "{b}");
+        assert_eq!(seen.last().unwrap().action, "organization.create", "{b}");
+        assert!(seen.windows(2).all(|w| w[0].id > w[1].id), "{b}");
+        let first = seen.last().unwrap();
+        assert_eq!(
+            first.actor_id.as_deref(),
+            Some(alice_user.id.as_str()),
+            "{b}"
+        );
+        assert_eq!(first.ip_address.as_deref(), Some("127.0.0.1"), "{b}");
+        assert!(
+            first.user_agent.as_deref().unwrap().starts_with(USER_AGENT),
+            "{b}"
+        );
+        assert_eq!(first.resource_type, "organization", "{b}");
+        assert_eq!(first.resource_id.as_deref(), Some(org.id.as_str()), "{b}");
+        let renames = c
+            .audit
+            .list_audit_log(list(pb::ListAuditLogRequest {
+                action: Some("organization.rename".into()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(renames.len(), 6, "{b}");
+        let none = c
+            .audit
+            .list_audit_log(list(pb::ListAuditLogRequest {
+                actor_id: Some(Uuid::now_v7().to_string()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert!(none.is_empty(), "{b}");
+        let future = prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 3600,
+            nanos: 0,
+        };
+        let later = c
+            .audit
+            .list_audit_log(list(pb::ListAuditLogRequest {
+                since: Some(future),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert!(later.is_empty(), "{b}");
+        let by_resource = c
+            .audit
+            .list_audit_log(list(pb::ListAuditLogRequest {
+                resource_type: Some("organization".into()),
+                resource_id: Some(org.id.clone()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(by_resource.len(), 7, "{b}");
+
+        // No secret value anywhere in the log.
+        let rows = audit_logs::Entity::find().all(&db.conn).await.unwrap();
+        let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+        for action in [
+            "user.register",
+            "user.login",
+            "organization.create",
+            "organization.rename",
+            "organization.delete",
+        ] {
+            assert!(actions.contains(&action), "{b}: {action} in {actions:?}");
+        }
+        for row in &rows {
+            let text = format!("{row:?}");
+            assert!(
+                !text.contains(PASSWORD) && !text.contains(&alice),
+                "{b}: {text}"
+            );
+        }
+
+        // The global chain (register, login, the deleted org) verifies too.
+        users::Entity::update_many()
+            .col_expr(users::Column::IsSuperAdmin, Expr::value(true))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let global = c
+            .audit
+            .verify_audit_chain(verify(""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(global.ok, "{b}: {global:?}");
+        assert_eq!(global.entries_checked, 3, "{b}");
+
+        // Edit a row directly: the chain reports exactly that row.
+        let chain: Vec<audit_logs::Model> = audit_logs::Entity::find()
+            .filter(audit_logs::Column::OrganizationId.eq(org.id.parse::<Uuid>().unwrap()))
+            .order_by_asc(audit_logs::Column::CreatedAt)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        let victim = &chain[2];
+        audit_logs::Entity::update_many()
+            .col_expr(audit_logs::Column::Details, Expr::value(serde_json::json!({"from": "x", "to": "y", "chain": org.id, "actorId": alice_user.id})))
+            .filter(audit_logs::Column::Id.eq(victim.id))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let report = c
+            .audit
+            .verify_audit_chain(verify(&org.id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!report.ok, "{b}");
+        assert_eq!(
+            report.first_broken_id.as_deref(),
+            Some(victim.id.to_string().as_str()),
+            "{b}: {report:?}"
+        );
+        assert_eq!(report.entries_checked, 3, "{b}");
+
+        // Restore it, then remove a row: the next one no longer links.
+        audit_logs::Entity::update_many()
+            .col_expr(
+                audit_logs::Column::Details,
+                Expr::value(victim.details.clone()),
+            )
+            .filter(audit_logs::Column::Id.eq(victim.id))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        assert!(
+            c.audit
+                .verify_audit_chain(verify(&org.id))
+                .await
+                .unwrap()
+                .into_inner()
+                .ok,
+            "{b}"
+        );
+        audit_logs::Entity::delete_by_id(chain[4].id)
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let report = c
+            .audit
+            .verify_audit_chain(verify(&org.id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            report.first_broken_id.as_deref(),
+            Some(chain[5].id.to_string().as_str()),
+            "{b}: {report:?}"
+        );
+        assert!(report.reason.contains("link"), "{b}: {report:?}");
+        api.stop().await;
+    }
+}
+
+/// How an RPC must treat an unauthenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unauth {
+    /// Works without a credential (Register, Login).
+    Public,
+    /// UNAUTHENTICATED.
+    Rejected,
+}
+
+/// Every RPC of the public API. A new RPC fails the test until it is added
+/// here AND to `cross_tenant` below.
+const EXPECTATIONS: &[(&str, Unauth)] = &[
+    ("/ferry.v1.AuthService/Register", Unauth::Public),
+    ("/ferry.v1.AuthService/Login", Unauth::Public),
+    ("/ferry.v1.AuthService/Logout", Unauth::Rejected),
+    ("/ferry.v1.AuthService/Me", Unauth::Rejected),
+    ("/ferry.v1.AuthService/ChangePassword", Unauth::Rejected),
+    ("/ferry.v1.AuthService/ListSessions", Unauth::Rejected),
+    ("/ferry.v1.AuthService/RevokeSession", Unauth::Rejected),
+    (
+        "/ferry.v1.AuthService/BeginTotpEnrollment",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.AuthService/ConfirmTotpEnrollment",
+        Unauth::Rejected,
+    ),
+    ("/ferry.v1.AuthService/DisableTotp", Unauth::Rejected),
+    (
+        "/ferry.v1.AuthService/RegenerateRecoveryCodes",
+        Unauth::Rejected,
+    ),
+    ("/ferry.v1.AuthService/CompleteSecondFactor", Unauth::Public),
+    ("/ferry.v1.AuthService/ListTrustedDevices", Unauth::Rejected),
+    (
+        "/ferry.v1.AuthService/RevokeTrustedDevice",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/CreateOrganization",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/GetOrganization",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/ListOrganizations",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/RenameOrganization",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/DeleteOrganization",
+        Unauth::Rejected,
+    ),
+    ("/ferry.v1.AuditService/ListAuditLog", Unauth::Rejected),
+    ("/ferry.v1.AuditService/VerifyAuditChain", Unauth::Rejected),
+    (
+        "/ferry.v1.OrganizationService/ListMembers",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/ChangeMemberRole",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/RemoveMember",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/LeaveOrganization",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/TransferOwnership",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.InvitationService/CreateInvitation",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.InvitationService/ListInvitations",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.InvitationService/RevokeInvitation",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.InvitationService/AcceptInvitation",
+        Unauth::Rejected,
+    ),
+    ("/ferry.v1.ApiTokenService/CreateApiToken", Unauth::Rejected),
+    ("/ferry.v1.ApiTokenService/ListApiTokens", Unauth::Rejected),
+    ("/ferry.v1.ApiTokenService/RevokeApiToken", Unauth::Rejected),
+    ("/ferry.v1.GrantService/CreateGrant", Unauth::Rejected),
+    ("/ferry.v1.GrantService/ListGrants", Unauth::Rejected),
+    ("/ferry.v1.GrantService/DeleteGrant", Unauth::Rejected),
+];
+
+/// Every public RPC (package `ferry.v1`, minus SystemService) from the
+/// descriptor set, as `/package.Service/Method`.
+fn public_methods() -> Vec<String> {
+    let fds = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in &fds.file {
+        if file.package() != "ferry.v1" {
+            continue;
+        }
+        for service in &file.service {
+            if service.name() == "SystemService" {
+                continue;
+            }
+            for method in &service.method {
+                methods.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods.sort();
+    methods
+}
+
+/// Calls `method` with an empty message (and optionally a bearer token).
+async fn call_empty(channel: &Channel, method: &str, token: Option<&str>) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = Request::new(());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(method).unwrap();
+    grpc.unary(request, path, tonic_prost::ProstCodec::<(), ()>::default())
+        .await
+        .map(|_| ())
+}
+
+/// What a user of another organization gets from `method` aimed at the
+/// victim's organization (or session), or `None` when the method is not
+/// tenant-scoped (it acts on the caller's own account only).
+async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str) -> Option<Code> {
+    let org = v.org.clone();
+    let r = match method {
+        "/ferry.v1.AuthService/Register"
+        | "/ferry.v1.AuthService/Login"
+        | "/ferry.v1.AuthService/Logout"
+        | "/ferry.v1.AuthService/Me"
+        | "/ferry.v1.AuthService/ChangePassword"
+        | "/ferry.v1.AuthService/ListSessions"
+        | "/ferry.v1.OrganizationService/CreateOrganization"
+        // Two-factor calls act on the caller's own account (or challenge);
+        // other users' devices are covered in tests/two_factor.rs.
+        | "/ferry.v1.AuthService/BeginTotpEnrollment"
+        | "/ferry.v1.AuthService/ConfirmTotpEnrollment"
+        | "/ferry.v1.AuthService/DisableTotp"
+        | "/ferry.v1.AuthService/RegenerateRecoveryCodes"
+        | "/ferry.v1.AuthService/CompleteSecondFactor"
+        | "/ferry.v1.AuthService/ListTrustedDevices" => return None,
+        "/ferry.v1.AuthService/RevokeTrustedDevice" => c
+            .auth
+            .revoke_trusted_device(authed(
+                pb::RevokeTrustedDeviceRequest {
+                    id: Uuid::now_v7().to_string(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/ListOrganizations" => {
+            let list = c
+                .orgs
+                .list_organizations(authed(pb::ListOrganizationsRequest {}, outsider))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                list.organizations.iter().all(|o| o.id != org),
+                "victim org listed"
+            );
+            return Some(Code::NotFound);
+        }
+        "/ferry.v1.AuthService/RevokeSession" => c
+            .auth
+            .revoke_session(authed(
+                pb::RevokeSessionRequest {
+                    id: v.session.clone(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/GetOrganization" => c
+            .orgs
+            .get_organization(authed(pb::GetOrganizationRequest { id: org }, outsider))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/RenameOrganization" => c
+            .orgs
+            .rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org,
+                    name: "pwned".into(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/DeleteOrganization" => c
+            .orgs
+            .delete_organization(authed(pb::DeleteOrganizationRequest { id: org }, outsider))
+            .await
+            .map(drop),
+        "/ferry.v1.AuditService/ListAuditLog" => c
+            .audit
+            .list_audit_log(authed(
+                pb::ListAuditLogRequest {
+                    organization_id: org,
+                    ..Default::default()
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.AuditService/VerifyAuditChain" => c
+            .audit
+            .verify_audit_chain(authed(
+                pb::VerifyAuditChainRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        // Tenancy (tests/tenancy.rs covers these in depth): the victim's
+        // organization with made-up member / resource ids.
+        "/ferry.v1.OrganizationService/ListMembers" => c
+            .orgs
+            .list_members(authed(
+                pb::ListMembersRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/ChangeMemberRole" => c
+            .orgs
+            .change_member_role(authed(
+                pb::ChangeMemberRoleRequest {
+                    organization_id: org,
+                    user_id: Uuid::now_v7().to_string(),
+                    role: pb::OrganizationRole::Viewer.into(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/RemoveMember" => c
+            .orgs
+            .remove_member(authed(
+                pb::RemoveMemberRequest {
+                    organization_id: org,
+                    user_id: Uuid::now_v7().to_string(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/LeaveOrganization" => c
+            .orgs
+            .leave_organization(authed(
+                pb::LeaveOrganizationRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/TransferOwnership" => c
+            .orgs
+            .transfer_ownership(authed(
+                pb::TransferOwnershipRequest {
+                    organization_id: org,
+                    new_owner_user_id: Uuid::now_v7().to_string(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.InvitationService/CreateInvitation" => {
+            pb::invitation_service_client::InvitationServiceClient::new(c.channel.clone())
+                .create_invitation(authed(
+                    pb::CreateInvitationRequest {
+                        organization_id: org,
+                        email: "mole@example.com".into(),
+                        role: pb::OrganizationRole::Admin.into(),
+                        ttl_hours: 0,
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.InvitationService/ListInvitations" => {
+            pb::invitation_service_client::InvitationServiceClient::new(c.channel.clone())
+                .list_invitations(authed(
+                    pb::ListInvitationsRequest {
+                        organization_id: org,
+                        include_inactive: true,
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.InvitationService/RevokeInvitation" => {
+            pb::invitation_service_client::InvitationServiceClient::new(c.channel.clone())
+                .revoke_invitation(authed(
+                    pb::RevokeInvitationRequest {
+                        organization_id: org,
+                        id: Uuid::now_v7().to_string(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.InvitationService/AcceptInvitation" => {
+            pb::invitation_service_client::InvitationServiceClient::new(c.channel.clone())
+                .accept_invitation(authed(
+                    pb::AcceptInvitationRequest {
+                        token: "ferry_inv_forged".into(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.ApiTokenService/CreateApiToken" => {
+            pb::api_token_service_client::ApiTokenServiceClient::new(c.channel.clone())
+                .create_api_token(authed(
+                    pb::CreateApiTokenRequest {
+                        organization_id: org,
+                        name: "mole".into(),
+                        role: pb::OrganizationRole::Viewer.into(),
+                        expires_at: None,
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.ApiTokenService/ListApiTokens" => {
+            pb::api_token_service_client::ApiTokenServiceClient::new(c.channel.clone())
+                .list_api_tokens(authed(
+                    pb::ListApiTokensRequest {
+                        organization_id: org,
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.ApiTokenService/RevokeApiToken" => {
+            pb::api_token_service_client::ApiTokenServiceClient::new(c.channel.clone())
+                .revoke_api_token(authed(
+                    pb::RevokeApiTokenRequest {
+                        organization_id: org,
+                        id: Uuid::now_v7().to_string(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.GrantService/CreateGrant" => {
+            pb::grant_service_client::GrantServiceClient::new(c.channel.clone())
+                .create_grant(authed(
+                    pb::CreateGrantRequest {
+                        organization_id: org,
+                        user_id: Uuid::now_v7().to_string(),
+                        resource_type: pb::GrantResourceType::Project.into(),
+                        resource_id: Uuid::now_v7().to_string(),
+                        level: pb::GrantLevel::Manage.into(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.GrantService/ListGrants" => {
+            pb::grant_service_client::GrantServiceClient::new(c.channel.clone())
+                .list_grants(authed(
+                    pb::ListGrantsRequest {
+                        organization_id: org,
+                        user_id: String::new(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        "/ferry.v1.GrantService/DeleteGrant" => {
+            pb::grant_service_client::GrantServiceClient::new(c.channel.clone())
+                .delete_grant(authed(
+                    pb::DeleteGrantRequest {
+                        organization_id: org,
+                        id: Uuid::now_v7().to_string(),
+                    },
+                    outsider,
+                ))
+                .await
+                .map(drop)
+        }
+        other => panic!("no cross-tenant case for {other}: add one"),
+    };
+    Some(r.expect_err("a cross-tenant call succeeded").code())
+}
+
+struct Victim {
+    org: String,
+    session: String,
+}
+
+#[tokio::test]
+async fn every_rpc_is_authenticated_and_tenant_scoped() {
+    let methods = public_methods();
+    let listed: Vec<&str> = EXPECTATIONS.iter().map(|(m, _)| *m).collect();
+    for m in &methods {
+        assert!(
+            listed.contains(&m.as_str()),
+            "{m} has no entry in EXPECTATIONS: add one"
+        );
+    }
+    for m in &listed {
+        assert!(
+            methods.iter().any(|x| x == m),
+            "EXPECTATIONS names {m}, which does not exist"
+        );
+    }
+
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "victim").await;
+        register(&mut c, "outsider").await;
+        let victim = login(&mut c, "victim").await;
+        let outsider = login(&mut c, "outsider").await;
+        create_org(&mut c, &outsider, "Outsider Org").await;
+        let v = Victim {
+            org: create_org(&mut c, &victim, "Victim Org").await.id,
+            session: sessions::Entity::find()
+                .filter(sessions::Column::TokenHash.eq(ferry_db::token::hash_token(&victim)))
+                .one(&db.conn)
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+                .to_string(),
+        };
+
+        for (method, unauth) in EXPECTATIONS {
+            let result = call_empty(&c.channel, method, None).await;
+            match unauth {
+                Unauth::Rejected => {
+                    assert_eq!(
+                        code(result),
+                        Code::Unauthenticated,
+                        "{b}: {method} unauthenticated"
+                    );
+                    for bad in ["fs_forged", "ferry_pat_forged", FEED_TOKEN] {
+                        let result = call_empty(&c.channel, method, Some(bad)).await;
+                        assert_eq!(
+                            code(result),
+                            Code::Unauthenticated,
+                            "{b}: {method} with {bad}"
+                        );
+                    }
+                }
+                // An empty request is invalid, but not for lack of a credential.
+                Unauth::Public => {
+                    let got = code(result);
+                    assert!(
+                        matches!(got, Code::InvalidArgument | Code::Unauthenticated),
+                        "{b}: {method}: {got:?}"
+                    );
+                    if *method == "/ferry.v1.AuthService/Register" {
+                        assert_eq!(got, Code::InvalidArgument, "{b}");
+                    }
+                }
+            }
+            if let Some(got) = cross_tenant(&mut c, method, &v, &outsider).await {
+                assert!(
+                    matches!(got, Code::NotFound | Code::PermissionDenied),
+                    "{b}: {method} cross-tenant: {got:?}"
+                );
+            }
+        }
+        // The victim's org and session survived every attempt.
+        c.orgs
+            .get_organization(authed(
+                pb::GetOrganizationRequest { id: v.org.clone() },
+                &victim,
+            ))
+            .await
+            .unwrap();
+
+        // The internal route feed takes only the service credential.
+        let mut feed = ferry_proto::ferry::internal::v1::route_feed_client::RouteFeedClient::new(
+            c.channel.clone(),
+        );
+        for token in [victim.as_str(), outsider.as_str()] {
+            let watch = feed
+                .watch(authed(
+                    ferry_proto::ferry::internal::v1::WatchRequest {
+                        resume_from_version: 0,
+                        proxy_id: "t".into(),
+                    },
+                    token,
+                ))
+                .await;
+            assert_eq!(
+                code(watch.map(drop)),
+                Code::Unauthenticated,
+                "{b}: RouteFeed with a user token"
+            );
+        }
+        api.stop().await;
+    }
+}

@@ -1,0 +1,1473 @@
+//! Tenancy over real TCP gRPC against the api server, on PostgreSQL and
+//! SQLite: members and ownership, API tokens, invitations (by link and by
+//! e-mail through a local SMTP sink) and per-resource grants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_api::ApiState;
+use ferry_api::auth::{Actor, Credential, IdentityConfig, RequestMeta, ThrottlePolicy};
+use ferry_api::authz::{Resource, can};
+use ferry_api::feed::{FeedAuth, FeedHub};
+use ferry_common::{GrpcServer, Shutdown, SystemInfo};
+use ferry_db::entities::enums::{OrgRole, ServiceKind, ServiceStatus, SmtpTlsMode, SourceType};
+use ferry_db::entities::{
+    api_tokens, audit_logs, org_email_configs, org_invitations, organization_members, projects,
+    resource_permissions, services,
+};
+use ferry_db::sea_orm::prelude::Uuid;
+use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use pb::api_token_service_client::ApiTokenServiceClient;
+use pb::auth_service_client::AuthServiceClient;
+use pb::grant_service_client::GrantServiceClient;
+use pb::invitation_service_client::InvitationServiceClient;
+use pb::organization_service_client::OrganizationServiceClient;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Api {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    server: JoinHandle<ferry_common::Result<()>>,
+}
+
+impl Api {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start(conn: &DatabaseConnection) -> Api {
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: Arc::new(ferry_tests::test_keyring()),
+        feed: FeedHub::new(),
+        feed_auth: FeedAuth::new(None),
+    };
+    let config = IdentityConfig {
+        throttle: ThrottlePolicy {
+            account_free_failures: 50,
+            ip_free_failures: 500,
+            ..ThrottlePolicy::default()
+        },
+        ..IdentityConfig::default()
+    };
+    let shutdown = Shutdown::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
+            .services(ferry_api::services_with(&state, &config))
+            .grace(Duration::from_secs(5))
+            .serve(listener, std::future::ready(()), shutdown.clone()),
+    );
+    Api {
+        addr,
+        shutdown,
+        server,
+    }
+}
+
+#[derive(Clone)]
+struct Clients {
+    auth: AuthServiceClient<Channel>,
+    orgs: OrganizationServiceClient<Channel>,
+    invites: InvitationServiceClient<Channel>,
+    tokens: ApiTokenServiceClient<Channel>,
+    grants: GrantServiceClient<Channel>,
+}
+
+async fn clients(addr: SocketAddr) -> Clients {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Clients {
+        auth: AuthServiceClient::new(channel.clone()),
+        orgs: OrganizationServiceClient::new(channel.clone()),
+        invites: InvitationServiceClient::new(channel.clone()),
+        tokens: ApiTokenServiceClient::new(channel.clone()),
+        grants: GrantServiceClient::new(channel),
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A registered, logged-in user.
+struct User {
+    id: String,
+    email: String,
+    token: String,
+}
+
+async fn user(c: &mut Clients, username: &str) -> User {
+    let email = format!("{username}@example.com");
+    let registered = c
+        .auth
+        .register(pb::RegisterRequest {
+            email: email.clone(),
+            username: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let token = c
+        .auth
+        .login(pb::LoginRequest {
+            login: username.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    assert!(!token.is_empty(), "login gave a token");
+    User {
+        id: registered.id,
+        email,
+        token,
+    }
+}
+
+async fn create_org(c: &mut Clients, token: &str, name: &str) -> String {
+    c.orgs
+        .create_organization(authed(
+            pb::CreateOrganizationRequest { name: name.into() },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: OrgRole) {
+    organization_members::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        organization_id: Set(org.parse().unwrap()),
+        user_id: Set(user.parse().unwrap()),
+        role: Set(role),
+        invited_by: Set(None),
+        joined_at: Set(chrono::Utc::now()),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
+async fn role_of(db: &DatabaseConnection, org: &str, user: &str) -> Option<OrgRole> {
+    organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org.parse::<Uuid>().unwrap()))
+        .filter(organization_members::Column::UserId.eq(user.parse::<Uuid>().unwrap()))
+        .one(db)
+        .await
+        .unwrap()
+        .map(|m| m.role)
+}
+
+async fn owners(db: &DatabaseConnection, org: &str) -> u64 {
+    organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org.parse::<Uuid>().unwrap()))
+        .filter(organization_members::Column::Role.eq(OrgRole::Owner))
+        .count(db)
+        .await
+        .unwrap()
+}
+
+async fn audit_actions(db: &DatabaseConnection, org: &str) -> Vec<String> {
+    audit_logs::Entity::find()
+        .filter(audit_logs::Column::OrganizationId.eq(org.parse::<Uuid>().unwrap()))
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect()
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
+    result.expect_err("expected an error").code()
+}
+
+fn change_role(org: &str, user: &str, role: pb::OrganizationRole) -> pb::ChangeMemberRoleRequest {
+    pb::ChangeMemberRoleRequest {
+        organization_id: org.into(),
+        user_id: user.into(),
+        role: role.into(),
+    }
+}
+
+#[tokio::test]
+async fn members_roles_and_exactly_one_owner() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let admin = user(&mut c, "admin").await;
+        let member = user(&mut c, "member").await;
+        let outsider = user(&mut c, "outsider").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await;
+        create_org(&mut c, &outsider.token, "Elsewhere").await;
+        add_member(&db.conn, &org, &admin.id, OrgRole::Admin).await;
+        add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
+
+        // Any member lists; outsiders get NotFound.
+        let list = c
+            .orgs
+            .list_members(authed(
+                pb::ListMembersRequest {
+                    organization_id: org.clone(),
+                },
+                &member.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.members.len(), 3, "{b}");
+        let first = &list.members[0];
+        assert_eq!(first.user_id, owner.id, "{b}");
+        assert_eq!(first.email, owner.email, "{b}");
+        assert_eq!(first.role, i32::from(pb::OrganizationRole::Owner), "{b}");
+        let got = c
+            .orgs
+            .list_members(authed(
+                pb::ListMembersRequest {
+                    organization_id: org.clone(),
+                },
+                &outsider.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+
+        // Validation names the field.
+        let err = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, &member.id, pb::OrganizationRole::Owner),
+                &owner.token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+        assert!(err.message().starts_with("role:"), "{b}: {}", err.message());
+        let err = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, "nope", pb::OrganizationRole::Viewer),
+                &owner.token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("userId:"),
+            "{b}: {}",
+            err.message()
+        );
+
+        // Members cannot change roles; admins cannot touch the owner;
+        // outsiders do not see the organization.
+        let got = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, &admin.id, pb::OrganizationRole::Viewer),
+                &member.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, &owner.id, pb::OrganizationRole::Viewer),
+                &admin.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}");
+        let got = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, &member.id, pb::OrganizationRole::Viewer),
+                &outsider.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+
+        // An admin promotes a member to admin (their own level), then back.
+        let changed = c
+            .orgs
+            .change_member_role(authed(
+                change_role(&org, &member.id, pb::OrganizationRole::Admin),
+                &admin.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(changed.role, i32::from(pb::OrganizationRole::Admin), "{b}");
+        c.orgs
+            .change_member_role(authed(
+                change_role(&org, &member.id, pb::OrganizationRole::Member),
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            role_of(&db.conn, &org, &member.id).await,
+            Some(OrgRole::Member),
+            "{b}"
+        );
+
+        // The owner can be neither removed nor leave.
+        let got = c
+            .orgs
+            .remove_member(authed(
+                pb::RemoveMemberRequest {
+                    organization_id: org.clone(),
+                    user_id: owner.id.clone(),
+                },
+                &admin.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}");
+        let err = c
+            .orgs
+            .leave_organization(authed(
+                pb::LeaveOrganizationRequest {
+                    organization_id: org.clone(),
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{b}");
+        assert!(
+            err.message().contains("transfer ownership first"),
+            "{b}: {}",
+            err.message()
+        );
+
+        // Only the owner transfers, only to a member.
+        let transfer = |to: &str| pb::TransferOwnershipRequest {
+            organization_id: org.clone(),
+            new_owner_user_id: to.into(),
+        };
+        let got = c
+            .orgs
+            .transfer_ownership(authed(transfer(&admin.id), &admin.token))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .orgs
+            .transfer_ownership(authed(transfer(&outsider.id), &owner.token))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}");
+        let got = c
+            .orgs
+            .transfer_ownership(authed(transfer(&owner.id), &owner.token))
+            .await;
+        assert_eq!(code(got), Code::InvalidArgument, "{b}");
+        let got = c
+            .orgs
+            .transfer_ownership(authed(transfer(&admin.id), &outsider.token))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        assert_eq!(owners(&db.conn, &org).await, 1, "{b}");
+
+        c.orgs
+            .transfer_ownership(authed(transfer(&member.id), &owner.token))
+            .await
+            .unwrap();
+        assert_eq!(owners(&db.conn, &org).await, 1, "{b}");
+        assert_eq!(
+            role_of(&db.conn, &org, &member.id).await,
+            Some(OrgRole::Owner),
+            "{b}"
+        );
+        assert_eq!(
+            role_of(&db.conn, &org, &owner.id).await,
+            Some(OrgRole::Admin),
+            "{b}"
+        );
+        // The old owner is an admin now and cannot transfer again.
+        let got = c
+            .orgs
+            .transfer_ownership(authed(transfer(&owner.id), &owner.token))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+
+        // The index refuses a second owner even if the API were bypassed.
+        let second = organization_members::Entity::update_many()
+            .col_expr(
+                organization_members::Column::Role,
+                Expr::value(OrgRole::Owner),
+            )
+            .filter(organization_members::Column::UserId.eq(admin.id.parse::<Uuid>().unwrap()))
+            .filter(organization_members::Column::OrganizationId.eq(org.parse::<Uuid>().unwrap()))
+            .exec(&db.conn)
+            .await;
+        assert!(second.is_err(), "{b}: a second owner was stored");
+
+        // The old owner can leave now; the new owner removes the admin.
+        c.orgs
+            .leave_organization(authed(
+                pb::LeaveOrganizationRequest {
+                    organization_id: org.clone(),
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(role_of(&db.conn, &org, &owner.id).await, None, "{b}");
+        c.orgs
+            .remove_member(authed(
+                pb::RemoveMemberRequest {
+                    organization_id: org.clone(),
+                    user_id: admin.id.clone(),
+                },
+                &member.token,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(role_of(&db.conn, &org, &admin.id).await, None, "{b}");
+        let got = c
+            .orgs
+            .get_organization(authed(
+                pb::GetOrganizationRequest { id: org.clone() },
+                &admin.token,
+            ))
+            .await;
+        assert_eq!(
+            code(got),
+            Code::NotFound,
+            "{b}: removed admin still sees the org"
+        );
+
+        let actions = audit_actions(&db.conn, &org).await;
+        for action in [
+            "member.change_role",
+            "organization.transfer_ownership",
+            "member.leave",
+            "member.remove",
+        ] {
+            assert!(
+                actions.iter().any(|a| a == action),
+                "{b}: no {action} in {actions:?}"
+            );
+        }
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_transfers_leave_exactly_one_owner() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let mut heirs = Vec::new();
+        for name in ["heir-a", "heir-b", "heir-c"] {
+            let heir = user(&mut c, name).await;
+            add_member(&db.conn, &org, &heir.id, OrgRole::Admin).await;
+            heirs.push(heir.id);
+        }
+        let calls = heirs.iter().map(|heir| {
+            let mut orgs = c.orgs.clone();
+            let request = authed(
+                pb::TransferOwnershipRequest {
+                    organization_id: org.clone(),
+                    new_owner_user_id: heir.clone(),
+                },
+                &owner.token,
+            );
+            async move { orgs.transfer_ownership(request).await }
+        });
+        let results = futures_join_all(calls).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{b}: {results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r.code(), Code::PermissionDenied | Code::FailedPrecondition),
+                "{b}: {r:?}"
+            );
+        }
+        assert_eq!(owners(&db.conn, &org).await, 1, "{b}");
+        assert_eq!(
+            role_of(&db.conn, &org, &owner.id).await,
+            Some(OrgRole::Admin),
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+/// Runs the futures concurrently on the runtime, in order of results.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn api_tokens_are_capped_shown_once_and_revocable() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let member = user(&mut c, "member").await;
+        let outsider = user(&mut c, "outsider").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await;
+        add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
+        let create = |name: &str, role: pb::OrganizationRole| pb::CreateApiTokenRequest {
+            organization_id: org.clone(),
+            name: name.into(),
+            role: role.into(),
+            expires_at: None,
+        };
+
+        // A member cannot mint an admin token; outsiders see nothing.
+        let got = c
+            .tokens
+            .create_api_token(authed(
+                create("ci", pb::OrganizationRole::Admin),
+                &member.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .tokens
+            .create_api_token(authed(
+                create("ci", pb::OrganizationRole::Viewer),
+                &outsider.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let err = c
+            .tokens
+            .create_api_token(authed(
+                create(" ", pb::OrganizationRole::Viewer),
+                &member.token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("name:"), "{b}: {}", err.message());
+        let mut past = create("old", pb::OrganizationRole::Viewer);
+        past.expires_at = Some(prost_types::Timestamp {
+            seconds: 1_000,
+            nanos: 0,
+        });
+        let err = c
+            .tokens
+            .create_api_token(authed(past, &member.token))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("expiresAt:"),
+            "{b}: {}",
+            err.message()
+        );
+
+        let created = c
+            .tokens
+            .create_api_token(authed(
+                create("ci", pb::OrganizationRole::Member),
+                &member.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let pat = created.token.clone();
+        assert!(pat.starts_with("ferry_pat_"), "{b}");
+        let row = api_tokens::Entity::find()
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(row.token_hash, pat, "{b}: stored in clear");
+        assert_eq!(row.token_hash, ferry_db::token::hash_token(&pat), "{b}");
+
+        // The token reads its org, cannot rename it nor mint tokens.
+        c.orgs
+            .get_organization(authed(pb::GetOrganizationRequest { id: org.clone() }, &pat))
+            .await
+            .unwrap();
+        let got = c
+            .orgs
+            .rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org.clone(),
+                    name: "x".into(),
+                },
+                &pat,
+            ))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .tokens
+            .create_api_token(authed(create("more", pb::OrganizationRole::Viewer), &pat))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+
+        // Lists carry no value; members see their own, the owner sees all.
+        c.tokens
+            .create_api_token(authed(
+                create("owner-ci", pb::OrganizationRole::Admin),
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        let list = |token: &str| {
+            authed(
+                pb::ListApiTokensRequest {
+                    organization_id: org.clone(),
+                },
+                token,
+            )
+        };
+        let mine = c
+            .tokens
+            .list_api_tokens(list(&member.token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.api_tokens.len(), 1, "{b}");
+        assert_eq!(mine.api_tokens[0].name, "ci", "{b}");
+        assert!(
+            !format!("{mine:?}").contains(&pat[14..]),
+            "{b}: value listed"
+        );
+        let all = c
+            .tokens
+            .list_api_tokens(list(&owner.token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.api_tokens.len(), 2, "{b}");
+
+        // Another member's token is invisible; revoke ends the token.
+        let owner_token_id = all
+            .api_tokens
+            .iter()
+            .find(|t| t.name == "owner-ci")
+            .unwrap()
+            .id
+            .clone();
+        let got = c
+            .tokens
+            .revoke_api_token(authed(
+                pb::RevokeApiTokenRequest {
+                    organization_id: org.clone(),
+                    id: owner_token_id,
+                },
+                &member.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let revoke = pb::RevokeApiTokenRequest {
+            organization_id: org.clone(),
+            id: created.api_token.unwrap().id,
+        };
+        let got = c
+            .tokens
+            .revoke_api_token(authed(revoke.clone(), &outsider.token))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        c.tokens
+            .revoke_api_token(authed(revoke, &member.token))
+            .await
+            .unwrap();
+        let got = c
+            .orgs
+            .get_organization(authed(pb::GetOrganizationRequest { id: org.clone() }, &pat))
+            .await;
+        assert_eq!(code(got), Code::Unauthenticated, "{b}");
+        let mine = c
+            .tokens
+            .list_api_tokens(list(&member.token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(mine.api_tokens[0].revoked_at.is_some(), "{b}");
+
+        let actions = audit_actions(&db.conn, &org).await;
+        assert!(actions.iter().any(|a| a == "api_token.create"), "{b}");
+        assert!(actions.iter().any(|a| a == "api_token.revoke"), "{b}");
+        let details = audit_logs::Entity::find().all(&db.conn).await.unwrap();
+        assert!(
+            details
+                .iter()
+                .all(|r| !r.details.to_string().contains(&pat)),
+            "{b}: token value in the audit log"
+        );
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn invitations_by_link() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let member = user(&mut c, "member").await;
+        let invitee = user(&mut c, "invitee").await;
+        let other = user(&mut c, "other").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await;
+        add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
+        let invite = |email: &str, role: pb::OrganizationRole| pb::CreateInvitationRequest {
+            organization_id: org.clone(),
+            email: email.into(),
+            role: role.into(),
+            ttl_hours: 0,
+        };
+
+        let err = c
+            .invites
+            .create_invitation(authed(
+                invite("not-an-email", pb::OrganizationRole::Member),
+                &owner.token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("email:"),
+            "{b}: {}",
+            err.message()
+        );
+        let got = c
+            .invites
+            .create_invitation(authed(
+                invite(&invitee.email, pb::OrganizationRole::Member),
+                &member.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .invites
+            .create_invitation(authed(
+                invite(&invitee.email, pb::OrganizationRole::Member),
+                &other.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got = c
+            .invites
+            .create_invitation(authed(
+                invite(&member.email, pb::OrganizationRole::Member),
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::AlreadyExists, "{b}");
+
+        let created = c
+            .invites
+            .create_invitation(authed(
+                invite(&invitee.email.to_uppercase(), pb::OrganizationRole::Viewer),
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!created.emailed, "{b}");
+        assert!(created.token.starts_with("ferry_inv_"), "{b}");
+        assert!(created.accept_url.ends_with(&created.token), "{b}");
+        let stored = org_invitations::Entity::find()
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.email, invitee.email, "{b}: email normalised");
+        assert_eq!(
+            stored.token_hash,
+            ferry_db::token::hash_token(&created.token),
+            "{b}"
+        );
+        let got = c
+            .invites
+            .create_invitation(authed(
+                invite(&invitee.email, pb::OrganizationRole::Viewer),
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(
+            code(got),
+            Code::AlreadyExists,
+            "{b}: second pending invitation"
+        );
+
+        let listed = c
+            .invites
+            .list_invitations(authed(
+                pb::ListInvitationsRequest {
+                    organization_id: org.clone(),
+                    include_inactive: false,
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.invitations.len(), 1, "{b}");
+        assert!(
+            !format!("{listed:?}").contains(&created.token),
+            "{b}: token listed"
+        );
+
+        let accept = |token: &str| pb::AcceptInvitationRequest {
+            token: token.into(),
+        };
+        // Someone else holding the token cannot use it.
+        let got = c
+            .invites
+            .accept_invitation(authed(accept(&created.token), &other.token))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .invites
+            .accept_invitation(authed(accept("ferry_inv_forged"), &invitee.token))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let joined = c
+            .invites
+            .accept_invitation(authed(accept(&created.token), &invitee.token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(joined.id, org, "{b}");
+        assert_eq!(joined.role, i32::from(pb::OrganizationRole::Viewer), "{b}");
+        assert_eq!(
+            role_of(&db.conn, &org, &invitee.id).await,
+            Some(OrgRole::Viewer),
+            "{b}"
+        );
+        let got = c
+            .invites
+            .accept_invitation(authed(accept(&created.token), &invitee.token))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}: reused");
+
+        // Revoked and expired invitations are refused.
+        let revoked = c
+            .invites
+            .create_invitation(authed(
+                invite(&other.email, pb::OrganizationRole::Member),
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let got = c
+            .invites
+            .revoke_invitation(authed(
+                pb::RevokeInvitationRequest {
+                    organization_id: org.clone(),
+                    id: revoked.invitation.clone().unwrap().id,
+                },
+                &other.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        c.invites
+            .revoke_invitation(authed(
+                pb::RevokeInvitationRequest {
+                    organization_id: org.clone(),
+                    id: revoked.invitation.unwrap().id,
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        let got = c
+            .invites
+            .accept_invitation(authed(accept(&revoked.token), &other.token))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}: revoked");
+
+        let expiring = c
+            .invites
+            .create_invitation(authed(
+                invite(&other.email, pb::OrganizationRole::Member),
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        org_invitations::Entity::update_many()
+            .col_expr(
+                org_invitations::Column::ExpiresAt,
+                Expr::value(chrono::Utc::now() - chrono::Duration::minutes(1)),
+            )
+            .filter(
+                org_invitations::Column::Id.eq(expiring
+                    .invitation
+                    .unwrap()
+                    .id
+                    .parse::<Uuid>()
+                    .unwrap()),
+            )
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let got = c
+            .invites
+            .accept_invitation(authed(accept(&expiring.token), &other.token))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}: expired");
+        assert_eq!(role_of(&db.conn, &org, &other.id).await, None, "{b}");
+
+        let actions = audit_actions(&db.conn, &org).await;
+        for action in [
+            "invitation.create",
+            "invitation.accept",
+            "invitation.revoke",
+        ] {
+            assert!(actions.iter().any(|a| a == action), "{b}: no {action}");
+        }
+        api.stop().await;
+    }
+}
+
+/// What the SMTP sink saw.
+#[derive(Debug, Default, Clone)]
+struct Received {
+    commands: Vec<String>,
+    data: String,
+}
+
+/// A one-connection-at-a-time SMTP sink speaking just enough SMTP (with
+/// AUTH PLAIN) for lettre; returns its port and what it received.
+async fn smtp_sink() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inbox = Arc::new(Mutex::new(Vec::new()));
+    let sink = inbox.clone();
+    tokio::spawn(async move {
+        // Bounded: the test sends a handful of messages.
+        for _ in 0..10 {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut got = Received::default();
+            write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+            let mut in_data = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if in_data {
+                    if line == "." {
+                        in_data = false;
+                        write.write_all(b"250 queued\r\n").await.unwrap();
+                    } else {
+                        got.data.push_str(&line);
+                        got.data.push('\n');
+                    }
+                    continue;
+                }
+                got.commands.push(line.clone());
+                let verb = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" => b"250-sink\r\n250 AUTH PLAIN LOGIN\r\n",
+                    "HELO" => b"250 sink\r\n",
+                    "AUTH" => b"235 ok\r\n",
+                    "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
+                    "DATA" => {
+                        in_data = true;
+                        b"354 go on\r\n"
+                    }
+                    "QUIT" => {
+                        write.write_all(b"221 bye\r\n").await.ok();
+                        break;
+                    }
+                    _ => b"502 no\r\n",
+                };
+                write.write_all(reply).await.unwrap();
+            }
+            sink.lock().unwrap().push(got);
+        }
+    });
+    (port, inbox)
+}
+
+/// Undoes quoted-printable soft breaks and `=3D`.
+fn unfold(data: &str) -> String {
+    data.replace("=\n", "").replace("=3D", "=")
+}
+
+#[tokio::test]
+async fn invitations_by_email_reach_the_smtp_sink() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let invitee = user(&mut c, "invitee").await;
+        let org = create_org(&mut c, &owner.token, "Acme Mail").await;
+        let (port, inbox) = smtp_sink().await;
+        let now = chrono::Utc::now();
+        let keyring = ferry_tests::test_keyring();
+        org_email_configs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org.parse().unwrap()),
+            smtp_host: Set("127.0.0.1".into()),
+            smtp_port: Set(i32::from(port)),
+            username: Set(Some("mailer".into())),
+            password: Set(Some(
+                keyring
+                    .encrypt("org_email_configs", "password", "smtp-secret")
+                    .unwrap(),
+            )),
+            from_address: Set("ferry@example.com".into()),
+            from_name: Set(Some("Ferry".into())),
+            tls_mode: Set(SmtpTlsMode::None),
+            enabled: Set(true),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+
+        let created = c
+            .invites
+            .create_invitation(authed(
+                pb::CreateInvitationRequest {
+                    organization_id: org.clone(),
+                    email: invitee.email.clone(),
+                    role: pb::OrganizationRole::Member.into(),
+                    ttl_hours: 24,
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(created.emailed, "{b}");
+        assert!(
+            created.token.is_empty() && created.accept_url.is_empty(),
+            "{b}"
+        );
+
+        let mail = {
+            let inbox = inbox.lock().unwrap();
+            assert_eq!(inbox.len(), 1, "{b}: {inbox:?}");
+            inbox[0].clone()
+        };
+        let auth = base64::engine::general_purpose::STANDARD.encode("\0mailer\0smtp-secret");
+        assert!(
+            mail.commands
+                .iter()
+                .any(|l| l == &format!("AUTH PLAIN {auth}")),
+            "{b}: decrypted credentials not used: {:?}",
+            mail.commands
+        );
+        assert!(
+            mail.commands
+                .iter()
+                .any(|l| l.contains("RCPT TO") && l.contains(&invitee.email)),
+            "{b}: {:?}",
+            mail.commands
+        );
+        let body = unfold(&mail.data);
+        let start = body.find("ferry_inv_").expect("token in the e-mail");
+        let token: String = body[start..]
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_' || *ch == '-')
+            .collect();
+        assert_eq!(token.len(), "ferry_inv_".len() + 43, "{b}: {token}");
+        assert_eq!(
+            org_invitations::Entity::find()
+                .one(&db.conn)
+                .await
+                .unwrap()
+                .unwrap()
+                .token_hash,
+            ferry_db::token::hash_token(&token),
+            "{b}"
+        );
+        let details = audit_logs::Entity::find().all(&db.conn).await.unwrap();
+        assert!(
+            details
+                .iter()
+                .all(|r| !r.details.to_string().contains(&token)
+                    && !r.details.to_string().contains("smtp-secret")),
+            "{b}: secret in the audit log"
+        );
+
+        // The e-mailed token works.
+        c.invites
+            .accept_invitation(authed(
+                pb::AcceptInvitationRequest { token },
+                &invitee.token,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            role_of(&db.conn, &org, &invitee.id).await,
+            Some(OrgRole::Member),
+            "{b}"
+        );
+
+        // An unreachable SMTP server fails the call and leaves no invitation.
+        org_email_configs::Entity::update_many()
+            .col_expr(org_email_configs::Column::SmtpPort, Expr::value(1))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let got = c
+            .invites
+            .create_invitation(authed(
+                pb::CreateInvitationRequest {
+                    organization_id: org.clone(),
+                    email: "nobody@example.com".into(),
+                    role: pb::OrganizationRole::Viewer.into(),
+                    ttl_hours: 0,
+                },
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::FailedPrecondition, "{b}");
+        assert_eq!(
+            org_invitations::Entity::find()
+                .count(&db.conn)
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+fn session_actor(user: &str) -> Actor {
+    Actor {
+        user_id: user.parse().unwrap(),
+        super_admin: false,
+        credential: Credential::Session { id: Uuid::now_v7() },
+        meta: RequestMeta::default(),
+    }
+}
+
+#[tokio::test]
+async fn grants_feed_the_policy() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn).await;
+        let mut c = clients(api.addr).await;
+        let owner = user(&mut c, "owner").await;
+        let deployer = user(&mut c, "deployer").await;
+        let bystander = user(&mut c, "bystander").await;
+        let outsider = user(&mut c, "outsider").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let other_org = create_org(&mut c, &outsider.token, "Other").await;
+        add_member(&db.conn, &org, &deployer.id, OrgRole::Member).await;
+        add_member(&db.conn, &org, &bystander.id, OrgRole::Member).await;
+        let now = chrono::Utc::now();
+        let project = |org: &str, slug: &str| projects::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org.parse().unwrap()),
+            name: Set(slug.into()),
+            slug: Set(slug.into()),
+            description: Set(None),
+            created_by: Set(None),
+            metadata: Set(serde_json::json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let shop = project(&org, "shop").insert(&db.conn).await.unwrap();
+        let foreign = project(&other_org, "theirs")
+            .insert(&db.conn)
+            .await
+            .unwrap();
+        let web = services::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(shop.id),
+            stack_id: Set(None),
+            name: Set("web".into()),
+            kind: Set(ServiceKind::Application),
+            source_type: Set(SourceType::Image),
+            status: Set(ServiceStatus::Pending),
+            image: Set(Some("nginx:1".into())),
+            replicas: Set(1),
+            cpu_request: Set(None),
+            cpu_limit: Set(None),
+            memory_request: Set(None),
+            memory_limit: Set(None),
+            command: Set(None),
+            health_check_path: Set(None),
+            health_check_interval_seconds: Set(30),
+            auto_deploy: Set(false),
+            template_slug: Set(None),
+            created_by: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let service = Resource::Service {
+            organization_id: org.parse().unwrap(),
+            project_id: shop.id,
+            id: web.id,
+        };
+        let grant = |user: &str, kind: pb::GrantResourceType, id: Uuid| pb::CreateGrantRequest {
+            organization_id: org.clone(),
+            user_id: user.into(),
+            resource_type: kind.into(),
+            resource_id: id.to_string(),
+            level: pb::GrantLevel::Deploy.into(),
+        };
+
+        // Nobody but admins grants; resources of other orgs are not found.
+        let got = c
+            .grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                &deployer.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        let got = c
+            .grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                &outsider.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got = c
+            .grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Project, foreign.id),
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}: foreign project");
+        let got = c
+            .grants
+            .create_grant(authed(
+                grant(&outsider.id, pb::GrantResourceType::Service, web.id),
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}: non-member");
+        let mut bad = grant(&deployer.id, pb::GrantResourceType::Service, web.id);
+        bad.level = 0;
+        let err = c
+            .grants
+            .create_grant(authed(bad, &owner.token))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("level:"),
+            "{b}: {}",
+            err.message()
+        );
+
+        // Before the grant, members are denied.
+        let denied = can(
+            &db.conn,
+            &session_actor(&deployer.id),
+            "service.deploy",
+            service,
+        )
+        .await;
+        assert!(
+            matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
+            "{b}: {denied:?}"
+        );
+
+        let created = c
+            .grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.resource_id, web.id.to_string(), "{b}");
+        assert_eq!(created.granted_by, owner.id, "{b}");
+        let got = c
+            .grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                &owner.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::AlreadyExists, "{b}");
+
+        can(
+            &db.conn,
+            &session_actor(&deployer.id),
+            "service.deploy",
+            service,
+        )
+        .await
+        .unwrap();
+        let denied = can(
+            &db.conn,
+            &session_actor(&bystander.id),
+            "service.deploy",
+            service,
+        )
+        .await;
+        assert!(
+            matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
+            "{b}: {denied:?}"
+        );
+        // Deploy does not imply manage.
+        let denied = can(
+            &db.conn,
+            &session_actor(&deployer.id),
+            "service.manage",
+            service,
+        )
+        .await;
+        assert!(
+            matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
+            "{b}: {denied:?}"
+        );
+        let foreign_actor = can(
+            &db.conn,
+            &session_actor(&outsider.id),
+            "service.deploy",
+            service,
+        )
+        .await;
+        assert!(
+            matches!(foreign_actor, Err(ferry_api::Error::NotFound(_))),
+            "{b}: {foreign_actor:?}"
+        );
+
+        let listed = c
+            .grants
+            .list_grants(authed(
+                pb::ListGrantsRequest {
+                    organization_id: org.clone(),
+                    user_id: deployer.id.clone(),
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.grants.len(), 1, "{b}");
+        let got = c
+            .grants
+            .list_grants(authed(
+                pb::ListGrantsRequest {
+                    organization_id: org.clone(),
+                    user_id: String::new(),
+                },
+                &outsider.token,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let delete = pb::DeleteGrantRequest {
+            organization_id: org.clone(),
+            id: created.id.clone(),
+        };
+        let got = c
+            .grants
+            .delete_grant(authed(delete.clone(), &deployer.token))
+            .await;
+        assert_eq!(code(got), Code::PermissionDenied, "{b}");
+        c.grants
+            .delete_grant(authed(delete, &owner.token))
+            .await
+            .unwrap();
+        let denied = can(
+            &db.conn,
+            &session_actor(&deployer.id),
+            "service.deploy",
+            service,
+        )
+        .await;
+        assert!(
+            matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
+            "{b}: {denied:?}"
+        );
+
+        // A project grant covers its services; removal drops grants.
+        c.grants
+            .create_grant(authed(
+                grant(&deployer.id, pb::GrantResourceType::Project, shop.id),
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        can(
+            &db.conn,
+            &session_actor(&deployer.id),
+            "service.deploy",
+            service,
+        )
+        .await
+        .unwrap();
+        c.orgs
+            .remove_member(authed(
+                pb::RemoveMemberRequest {
+                    organization_id: org.clone(),
+                    user_id: deployer.id.clone(),
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            resource_permissions::Entity::find()
+                .count(&db.conn)
+                .await
+                .unwrap(),
+            0,
+            "{b}: grants survived removal"
+        );
+
+        let actions = audit_actions(&db.conn, &org).await;
+        assert!(actions.iter().any(|a| a == "grant.create"), "{b}");
+        assert!(actions.iter().any(|a| a == "grant.delete"), "{b}");
+        api.stop().await;
+    }
+}

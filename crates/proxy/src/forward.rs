@@ -1,0 +1,552 @@
+//! The data plane: route a request through the current table and forward
+//! it to an upstream over a pooled keep-alive HTTP/1.1 connection. Bodies
+//! stream in both directions; HTTP upgrades (WebSocket) become a raw
+//! tunnel. Failures answer with short bodies: 404 unknown host, 502
+//! upstream unreachable or broken, 503 no upstream, 504 upstream timeout.
+//!
+//! Each worker thread owns one [`Forwarder`] and so its own connection
+//! pool ([`Pool`]): a request never leaves the thread that accepted it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{
+    CONNECTION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, UPGRADE,
+};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::ProxyState;
+use crate::metrics::UpstreamError;
+use crate::table::Upstream;
+
+/// Body of every data-plane response: the upstream's, streamed, or a short
+/// one of our own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Body sent upstream: the client's, streamed, or none.
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection and are never forwarded.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
+];
+
+/// Upstream timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Routes and forwards requests; one per worker thread, shared by the
+/// connections that thread accepted.
+#[derive(Debug)]
+pub struct Forwarder {
+    state: Arc<ProxyState>,
+    pool: Pool,
+    timeouts: Timeouts,
+    id_prefix: u64,
+    next_id: AtomicU64,
+}
+
+impl Forwarder {
+    pub fn new(state: Arc<ProxyState>, timeouts: Timeouts) -> Self {
+        // Request ids: a per-forwarder random prefix and a counter, cheaper
+        // than a UUID per request and unique enough to correlate logs.
+        let id_prefix = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::time::SystemTime::now(),
+        );
+        Self {
+            state,
+            pool: Pool::default(),
+            timeouts,
+            id_prefix,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Closes pooled upstream connections idle for longer than the idle
+    /// timeout, every few seconds, until `shutdown` fires.
+    pub async fn expire_idle(self: Arc<Self>, shutdown: ferry_common::Shutdown) {
+        let period =
+            (self.timeouts.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(period) => self.pool.expire(self.timeouts.idle),
+            }
+        }
+    }
+
+    /// Serves one request that arrived over `scheme` from `peer`.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &Scheme,
+    ) -> Response<ProxyBody> {
+        let https = *scheme == Scheme::HTTPS;
+        if !https {
+            self.state.http_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let table = self.state.table();
+        let Some(raw_host) = request_host(&req) else {
+            self.state.metrics.unrouted.record(404);
+            return no_route();
+        };
+        let path = req.uri().path();
+        if !https
+            && let Some(token) = path.strip_prefix(ACME_PREFIX)
+            && let Some(answer) = table.acme(token)
+        {
+            let mut response = Response::new(Either::Right(Full::new(answer.clone())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return response;
+        }
+        let host = crate::table::normalize_host(raw_host);
+        let Some(route) = table.route(&host) else {
+            self.state.metrics.unrouted.record(404);
+            return no_route();
+        };
+        if !https && route.redirect_https {
+            route.counters.record(308);
+            return redirect(&host, req.uri());
+        }
+        let Some(target) = route.target(path) else {
+            route.counters.record(404);
+            return no_route();
+        };
+        let Some(upstream) = target.pick() else {
+            self.state.metrics.upstream_error(UpstreamError::NoUpstream);
+            route.counters.record(503);
+            return short(StatusCode::SERVICE_UNAVAILABLE, "no upstream\n");
+        };
+
+        let started = Instant::now();
+        let forwarded_host = HeaderValue::from_str(raw_host).ok();
+        let wants_upgrade =
+            req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+        let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        let request_id = match parts.headers.get(&X_REQUEST_ID) {
+            Some(id) if id.len() <= 128 => id.clone(),
+            _ => self.request_id(),
+        };
+        prepare_request_headers(&mut parts.headers, wants_upgrade);
+        let headers = &mut parts.headers;
+        append_forwarded_for(headers, peer);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+        if let Some(value) = forwarded_host {
+            if !headers.contains_key(HOST) {
+                headers.insert(HOST, value.clone());
+            }
+            headers.insert(X_FORWARDED_HOST.clone(), value);
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(pq) => match target.rewrite(pq.as_str()) {
+                std::borrow::Cow::Borrowed(same) if same.len() == pq.as_str().len() => pq.clone(),
+                rewritten => PathAndQuery::try_from(rewritten.as_ref())
+                    .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            },
+            None => PathAndQuery::from_static("/"),
+        };
+        parts.version = Version::HTTP_11;
+        // Origin form: the upstream connection already names the host.
+        parts.uri = Uri::from(path_and_query.clone());
+        // A bodiless request goes out with an empty body and can be
+        // replayed on another upstream if the first refuses the connection.
+        let bodiless = body.is_end_stream();
+        let replay = (bodiless && target.upstream_count() > 1)
+            .then(|| (parts.method.clone(), parts.headers.clone()));
+        let body = if bodiless {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(body)
+        };
+        let request = Request::from_parts(parts, body);
+        // One timer for the whole exchange, retry included.
+        let exchange = async {
+            let outcome = self.send(upstream, request).await;
+            if matches!(outcome, Err(UpstreamError::Connect))
+                && let Some((method, headers)) = replay
+                && let Some(other) = target.pick_other(upstream)
+            {
+                self.state.metrics.upstream_error(UpstreamError::Connect);
+                let mut request = Request::new(Either::Right(Empty::new()));
+                *request.method_mut() = method;
+                *request.headers_mut() = headers;
+                *request.uri_mut() = Uri::from(path_and_query);
+                return self.send(other, request).await;
+            }
+            outcome
+        };
+        let outcome = tokio::time::timeout(self.timeouts.response, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        self.state.metrics.observe_latency(started.elapsed());
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(kind) => {
+                self.state.metrics.upstream_error(kind);
+                let response = match kind {
+                    UpstreamError::Timeout => {
+                        short(StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n")
+                    }
+                    _ => short(StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
+                };
+                route.counters.record(response.status().as_u16());
+                return response;
+            }
+        };
+        route.counters.record(response.status().as_u16());
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match client_upgrade {
+                Some(client) => {
+                    let upstream_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client, upstream_side));
+                }
+                None => return short(StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
+            }
+        } else {
+            strip_hop_by_hop(response.headers_mut());
+        }
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+        response.map(Either::Left)
+    }
+
+    /// One attempt against `upstream`: a pooled connection, or a new one.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        upstream.outstanding.fetch_add(1, Ordering::Relaxed);
+        let result = self.exchange(upstream, request).await;
+        upstream.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if result.is_ok() {
+            upstream.healthy();
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // A pooled connection the upstream closed meanwhile gives the
+        // request back unsent: try the next one, then a fresh connection.
+        while let Some(mut sender) = self.pool.checkout(&upstream.addr) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.pool.checkin(&upstream.addr, sender);
+                    return Ok(response);
+                }
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => {
+                        tracing::debug!(upstream = %upstream.addr, error = %err.error(), "upstream request failed");
+                        return Err(UpstreamError::Protocol);
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect(upstream).await?;
+        match sender.send_request(request).await {
+            Ok(response) => {
+                self.pool.checkin(&upstream.addr, sender);
+                Ok(response)
+            }
+            Err(err) => {
+                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream request failed");
+                Err(UpstreamError::Protocol)
+            }
+        }
+    }
+
+    /// A new keep-alive connection; a refusal or timeout ejects `upstream`.
+    async fn connect(
+        &self,
+        upstream: &Upstream,
+    ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let connect = tokio::net::TcpStream::connect(&*upstream.addr);
+        let stream = match tokio::time::timeout(self.timeouts.connect, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                upstream.eject();
+                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream connect failed");
+                return Err(if err.kind() == std::io::ErrorKind::TimedOut {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Connect
+                });
+            }
+            Err(_) => {
+                upstream.eject();
+                tracing::debug!(upstream = %upstream.addr, "upstream connect timed out");
+                return Err(UpstreamError::Timeout);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| {
+                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream handshake failed");
+                UpstreamError::Protocol
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // 32 hex digits, formatted without an intermediate String.
+        let mut id = [0u8; 32];
+        for (i, byte) in self
+            .id_prefix
+            .to_be_bytes()
+            .iter()
+            .chain(&n.to_be_bytes())
+            .enumerate()
+        {
+            id[2 * i] = HEX[usize::from(byte >> 4)];
+            id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+/// The requested host: the HTTP/2 `:authority` or the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str());
+    }
+    req.headers().get(HOST)?.to_str().ok()
+}
+
+/// Removes hop-by-hop headers, keeping `Connection: upgrade` and
+/// `Upgrade` for an upgrade request.
+fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_value = upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
+    strip_hop_by_hop(headers);
+    if let Some(value) = upgrade_value {
+        headers.insert(UPGRADE, value);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.is_empty() {
+        return;
+    }
+    // Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    use std::io::Write as _;
+    let ip = peer.ip().to_canonical();
+    let existing = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let value = match existing {
+        Some(existing) => HeaderValue::try_from(format!("{existing}, {ip}")),
+        None => {
+            // The common case: format the address on the stack.
+            let mut buf = [0u8; 64];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            HeaderValue::from_bytes(&buf[..len])
+        }
+    };
+    if let Ok(value) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream
+/// connections until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %err, "upgraded connection closed with an error");
+    }
+}
+
+fn redirect(host: &str, uri: &Uri) -> Response<ProxyBody> {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let mut response = short(StatusCode::PERMANENT_REDIRECT, "redirecting to https\n");
+    if let Ok(location) = HeaderValue::try_from(format!("https://{host}{path}")) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}
+
+fn no_route() -> Response<ProxyBody> {
+    short(StatusCode::NOT_FOUND, "no route\n")
+}
+
+fn short(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Keep-alive HTTP/1.1 connections by upstream address. A connection goes
+/// back as soon as the response head arrives; it is handed out again only
+/// once hyper reports it ready (the previous response fully read), and
+/// dropped once closed (upstream hangup, upgrade) or idle too long.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Only the owning worker thread touches it, so the lock never waits.
+    idle: Mutex<HashMap<Box<str>, Vec<Pooled>>>,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl Pool {
+    fn checkout(&self, addr: &str) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let conns = idle.get_mut(addr)?;
+        let mut i = conns.len();
+        while i > 0 {
+            i -= 1;
+            if conns[i].sender.is_closed() {
+                conns.swap_remove(i);
+            } else if conns[i].sender.is_ready() {
+                return Some(conns.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: &str, sender: SendRequest<UpstreamBody>) {
+        let pooled = Pooled {
+            sender,
+            since: Instant::now(),
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        match idle.get_mut(addr) {
+            Some(conns) => conns.push(pooled),
+            None => {
+                idle.insert(addr.into(), vec![pooled]);
+            }
+        }
+    }
+
+    fn expire(&self, max_idle: Duration) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, conns| {
+            conns.retain(|c| {
+                let expired = c.sender.is_ready() && now - c.since > max_idle;
+                !c.sender.is_closed() && !expired
+            });
+            !conns.is_empty()
+        });
+    }
+}
+
+/// A hyper service for one accepted connection.
+#[derive(Clone, Debug)]
+pub struct ProxyService {
+    pub forwarder: Arc<Forwarder>,
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forwarder.handle(req, this.peer, &this.scheme).await) })
+    }
+}

@@ -1,0 +1,487 @@
+//! The compiled routing table: built once per snapshot, then read lock-free
+//! by every request (it lives behind an `ArcSwap` in [`crate::ProxyState`]).
+//!
+//! Lookup order: exact host, then a one-label wildcard (`*.example.com`
+//! matches `a.example.com`, not `a.b.example.com` nor `example.com`), then
+//! the longest path prefix among the route's targets, on segment
+//! boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper::body::Bytes;
+use hyper::http::uri::Authority;
+
+use crate::config::{Balance, Snapshot};
+use crate::metrics::{Metrics, RouteCounters};
+use crate::tls::CertStore;
+use crate::{Error, Result};
+
+/// First ejection of an upstream that refused a connection.
+const EJECT_BASE: Duration = Duration::from_secs(10);
+/// Longest ejection after repeated failures.
+const EJECT_MAX: Duration = Duration::from_secs(60);
+
+/// One compiled snapshot.
+#[derive(Debug, Default)]
+pub struct Table {
+    version: u64,
+    exact: HashMap<Box<str>, Arc<RouteEntry>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<Box<str>, Arc<RouteEntry>>,
+    acme: HashMap<Box<str>, Bytes>,
+    certs: CertStore,
+    /// Upstream state by address; reused by the next compile so health and
+    /// in-flight counts survive a route change.
+    upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    snapshot: Arc<Snapshot>,
+}
+
+/// One route, with its targets sorted longest prefix first.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub id: Arc<str>,
+    pub redirect_https: bool,
+    pub targets: Vec<TargetEntry>,
+    pub counters: Arc<RouteCounters>,
+}
+
+/// A path prefix and its upstreams.
+#[derive(Debug)]
+pub struct TargetEntry {
+    /// Normalised: no trailing `/`; the root prefix is empty.
+    prefix: Box<str>,
+    strip: bool,
+    balance: Balance,
+    upstreams: Vec<Arc<Upstream>>,
+    next: AtomicUsize,
+}
+
+/// A `host:port` upstream with passive health state.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: Box<str>,
+    pub authority: Authority,
+    /// Requests sent and not yet answered (for least-outstanding).
+    pub outstanding: AtomicUsize,
+    failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the upstream is skipped.
+    ejected_until: AtomicU64,
+}
+
+impl Table {
+    /// Validates and compiles `snapshot`. `previous` lends its upstream
+    /// health state; `metrics` its per-route counters.
+    pub fn compile(
+        snapshot: Snapshot,
+        previous: Option<&Table>,
+        metrics: &Metrics,
+    ) -> Result<Self> {
+        let mut table = Table {
+            version: snapshot.version,
+            ..Table::default()
+        };
+        for route in &snapshot.routes {
+            if route.id.trim().is_empty() {
+                return Err(invalid("a route has an empty id".to_owned()));
+            }
+            if route.hosts.is_empty() {
+                return Err(invalid(format!("route {} has no hosts", route.id)));
+            }
+            let mut targets = Vec::with_capacity(route.targets.len());
+            for target in &route.targets {
+                let prefix = normalize_prefix(&target.path_prefix).ok_or_else(|| {
+                    invalid(format!(
+                        "route {}: path prefix {:?} must start with /",
+                        route.id, target.path_prefix
+                    ))
+                })?;
+                if targets.iter().any(|t: &TargetEntry| *t.prefix == *prefix) {
+                    return Err(invalid(format!(
+                        "route {}: path prefix {:?} appears twice",
+                        route.id, target.path_prefix
+                    )));
+                }
+                let mut upstreams = Vec::with_capacity(target.upstreams.len());
+                for addr in &target.upstreams {
+                    let addr = addr.trim();
+                    let upstream = match previous.and_then(|p| p.upstreams.get(addr)) {
+                        Some(up) => up.clone(),
+                        None => Arc::new(
+                            Upstream::parse(addr)
+                                .map_err(|e| invalid(format!("route {}: {e}", route.id)))?,
+                        ),
+                    };
+                    table.upstreams.insert(addr.into(), upstream.clone());
+                    upstreams.push(upstream);
+                }
+                targets.push(TargetEntry {
+                    prefix: prefix.into(),
+                    strip: target.strip_prefix,
+                    balance: target.balance,
+                    upstreams,
+                    next: AtomicUsize::new(0),
+                });
+            }
+            targets.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
+            let entry = Arc::new(RouteEntry {
+                id: Arc::from(route.id.as_str()),
+                redirect_https: route.redirect_https,
+                targets,
+                counters: metrics.route(&route.id),
+            });
+            for host in &route.hosts {
+                let host =
+                    validate_host(host).map_err(|e| invalid(format!("route {}: {e}", route.id)))?;
+                let (map, key) = match host.strip_prefix("*.") {
+                    Some(suffix) => (&mut table.wildcard, suffix.to_owned()),
+                    None => (&mut table.exact, host),
+                };
+                if let Some(other) = map.insert(key.clone().into(), entry.clone()) {
+                    return Err(invalid(format!(
+                        "host {key} belongs to both route {} and route {}",
+                        other.id, route.id
+                    )));
+                }
+            }
+        }
+        for challenge in &snapshot.acme_challenges {
+            let token = challenge.token.as_str();
+            if token.is_empty()
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    "an ACME token is not base64url (RFC 8555 §8.3)".to_owned(),
+                ));
+            }
+            table.acme.insert(
+                token.into(),
+                Bytes::from(challenge.key_authorization.clone()),
+            );
+        }
+        table.certs = CertStore::build(&snapshot.certificates, metrics);
+        table.snapshot = Arc::new(snapshot);
+        Ok(table)
+    }
+
+    /// The snapshot this table was compiled from.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of routes.
+    pub fn routes(&self) -> usize {
+        self.snapshot.routes.len()
+    }
+
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
+    }
+
+    /// The key authorization for an ACME HTTP-01 token.
+    pub fn acme(&self, token: &str) -> Option<&Bytes> {
+        self.acme.get(token)
+    }
+
+    /// The route for a normalised host (see [`normalize_host`]).
+    pub fn route(&self, host: &str) -> Option<&Arc<RouteEntry>> {
+        if let Some(route) = self.exact.get(host) {
+            return Some(route);
+        }
+        let (label, suffix) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard.get(suffix)
+    }
+}
+
+impl RouteEntry {
+    /// The target with the longest prefix matching `path`.
+    pub fn target(&self, path: &str) -> Option<&TargetEntry> {
+        self.targets.iter().find(|t| t.matches(path))
+    }
+}
+
+impl TargetEntry {
+    fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(&*self.prefix) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The path and query to send upstream: `path_and_query` with the
+    /// prefix removed when configured. Always starts with `/`.
+    pub fn rewrite<'a>(&self, path_and_query: &'a str) -> Cow<'a, str> {
+        if !self.strip || self.prefix.is_empty() {
+            return Cow::Borrowed(path_and_query);
+        }
+        let rest = path_and_query
+            .strip_prefix(&*self.prefix)
+            .unwrap_or(path_and_query);
+        if rest.starts_with('/') {
+            Cow::Borrowed(rest)
+        } else {
+            Cow::Owned(format!("/{rest}"))
+        }
+    }
+
+    /// Picks an upstream: healthy ones first; when all are ejected, any.
+    pub fn pick(&self) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        if n <= 1 {
+            return self.upstreams.first();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = now_ms();
+        let ring = (0..n).map(|i| &self.upstreams[(start + i) % n]);
+        let picked = match self.balance {
+            Balance::RoundRobin => ring.clone().find(|u| !u.is_ejected(now)),
+            Balance::LeastOutstanding => ring
+                .clone()
+                .filter(|u| !u.is_ejected(now))
+                .min_by_key(|u| u.outstanding.load(Ordering::Relaxed)),
+        };
+        picked.or_else(|| self.upstreams.get(start))
+    }
+
+    /// Another healthy upstream than `failed`, for one retry of a request
+    /// that never reached `failed`.
+    pub fn pick_other(&self, failed: &Upstream) -> Option<&Arc<Upstream>> {
+        let now = now_ms();
+        self.upstreams
+            .iter()
+            .filter(|u| !std::ptr::eq(u.as_ref(), failed) && !u.is_ejected(now))
+            .min_by_key(|u| u.outstanding.load(Ordering::Relaxed))
+    }
+
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+}
+
+impl Upstream {
+    fn parse(addr: &str) -> Result<Self, String> {
+        let authority: Authority = addr
+            .parse()
+            .map_err(|_| format!("upstream {addr:?} is not host:port"))?;
+        if authority.port_u16().is_none() || authority.host().is_empty() {
+            return Err(format!("upstream {addr:?} has no port"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(format!("upstream {addr:?} must not carry credentials"));
+        }
+        Ok(Self {
+            addr: addr.into(),
+            authority,
+            outstanding: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        })
+    }
+
+    fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    /// Whether the upstream is currently ejected.
+    pub fn ejected(&self) -> bool {
+        self.is_ejected(now_ms())
+    }
+
+    /// The upstream refused or timed out a connection: skip it for a
+    /// while (10 s, doubling per consecutive failure, at most 60 s).
+    pub fn eject(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
+        let backoff = EJECT_BASE.saturating_mul(1 << failures).min(EJECT_MAX);
+        let until = now_ms() + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        tracing::warn!(upstream = %self.addr, backoff_secs = backoff.as_secs(), "upstream ejected");
+    }
+
+    /// The upstream answered: forget earlier failures.
+    pub fn healthy(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Lowercases `host`, strips a port and a trailing dot. Borrows when the
+/// host is already normal (the common case).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split_once(']').map_or(host, |(addr, _)| addr)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+fn validate_host(host: &str) -> Result<String, String> {
+    let lower = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(lower)
+    } else {
+        Err(format!("host {host:?} is not a DNS name or *.wildcard"))
+    }
+}
+
+fn normalize_prefix(prefix: &str) -> Option<&str> {
+    if !prefix.starts_with('/') {
+        return None;
+    }
+    Some(prefix.trim_end_matches('/'))
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidSnapshot(msg)
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Route, Target};
+
+    fn route(id: &str, hosts: &[&str], targets: &[(&str, bool, &[&str])]) -> Route {
+        Route {
+            id: id.into(),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            targets: targets
+                .iter()
+                .map(|(p, strip, ups)| Target {
+                    path_prefix: (*p).to_owned(),
+                    strip_prefix: *strip,
+                    upstreams: ups.iter().map(|u| (*u).to_owned()).collect(),
+                    balance: Balance::RoundRobin,
+                })
+                .collect(),
+            redirect_https: false,
+        }
+    }
+
+    fn compile(routes: Vec<Route>) -> Result<Table> {
+        let snapshot = Snapshot {
+            version: 1,
+            routes,
+            ..Snapshot::default()
+        };
+        Table::compile(snapshot, None, &Metrics::default())
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcard_is_one_label() {
+        let t = compile(vec![
+            route("w", &["*.Example.com"], &[("/", false, &["10.0.0.1:80"])]),
+            route("e", &["app.example.com"], &[("/", false, &["10.0.0.2:80"])]),
+        ])
+        .unwrap();
+        assert_eq!(&*t.route("app.example.com").unwrap().id, "e");
+        assert_eq!(&*t.route("x.example.com").unwrap().id, "w");
+        assert!(t.route("a.b.example.com").is_none());
+        assert!(t.route("example.com").is_none());
+        assert_eq!(normalize_host("APP.Example.com:8080"), "app.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("app.example.com."), "app.example.com");
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries_with_strip() {
+        let t = compile(vec![route(
+            "r",
+            &["a.test"],
+            &[
+                ("/", false, &["10.0.0.1:80"]),
+                ("/api", true, &["10.0.0.2:80"]),
+                ("/api/v2/", false, &["10.0.0.3:80"]),
+            ],
+        )])
+        .unwrap();
+        let r = t.route("a.test").unwrap();
+        let up = |p: &str| r.target(p).unwrap().pick().unwrap().addr.to_string();
+        assert_eq!(up("/apix"), "10.0.0.1:80");
+        assert_eq!(up("/api"), "10.0.0.2:80");
+        assert_eq!(up("/api/users"), "10.0.0.2:80");
+        assert_eq!(up("/api/v2"), "10.0.0.3:80");
+        assert_eq!(up("/api/v2/x"), "10.0.0.3:80");
+        let api = r.target("/api/users").unwrap();
+        assert_eq!(api.rewrite("/api/users?q=1"), "/users?q=1");
+        assert_eq!(api.rewrite("/api"), "/");
+        assert_eq!(api.rewrite("/api?q=1"), "/?q=1");
+    }
+
+    #[test]
+    fn invalid_snapshots_are_rejected() {
+        for bad in [
+            vec![route("", &["a.test"], &[])],
+            vec![route("r", &["a b"], &[])],
+            vec![route("r", &["a.*.test"], &[])],
+            vec![route("r", &["a.test"], &[("api", false, &[])])],
+            vec![route("r", &["a.test"], &[("/", false, &["nohost"])])],
+            vec![route("r", &["a.test"], &[("/", false, &["u:p@h:80"])])],
+            vec![route("r", &["a.test"], &[]), route("s", &["A.test"], &[])],
+        ] {
+            assert!(compile(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_until_all_are() {
+        let t = compile(vec![route(
+            "r",
+            &["a.test"],
+            &[("/", false, &["10.0.0.1:80", "10.0.0.2:80"])],
+        )])
+        .unwrap();
+        let target = t.route("a.test").unwrap().target("/").unwrap();
+        let picks: Vec<_> = (0..4)
+            .map(|_| target.pick().unwrap().addr.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
+        );
+        target.upstreams[0].eject();
+        assert!((0..4).all(|_| &*target.pick().unwrap().addr == "10.0.0.2:80"));
+        target.upstreams[1].eject();
+        assert!(target.pick().is_some());
+        target.upstreams[0].healthy();
+        assert!(!target.upstreams[0].ejected());
+    }
+}
