@@ -39,6 +39,21 @@ export FERRY_PROXY_HTTP_LISTEN="${FERRY_PROXY_HTTP_LISTEN:-127.0.0.1:8080}"
 export FERRY_PROXY_HTTPS_LISTEN="${FERRY_PROXY_HTTPS_LISTEN:-127.0.0.1:8443}"
 export FERRY_PROXY_ADMIN_LISTEN="${FERRY_PROXY_ADMIN_LISTEN:-127.0.0.1:9090}"
 
+# The proxy follows the api's route feed with a shared service credential.
+if [[ -z "${FERRY_PROXY_FEED_TOKEN:-}" ]]; then
+    FEED_TOKEN_FILE="$DATA_DIR/proxy-feed.token"
+    if [[ ! -s "$FEED_TOKEN_FILE" ]]; then
+        (umask 077 && "$BIN_DIR/ferry-api" generate-key >"$FEED_TOKEN_FILE")
+    fi
+    chmod 600 "$FEED_TOKEN_FILE"
+    FERRY_PROXY_FEED_TOKEN="$(<"$FEED_TOKEN_FILE")"
+fi
+export FERRY_PROXY_FEED_TOKEN
+api_host="${FERRY_API_LISTEN%:*}"
+[[ "$api_host" == "0.0.0.0" ]] && api_host=127.0.0.1
+export FERRY_PROXY_API_URL="${FERRY_PROXY_API_URL:-http://$api_host:${FERRY_API_LISTEN##*:}}"
+export FERRY_PROXY_STATE_DIR="${FERRY_PROXY_STATE_DIR:-$DATA_DIR/proxy}"
+
 PIDS=()
 NAMES=()
 

@@ -60,6 +60,15 @@ pub struct Args {
     )]
     pub session_ttl_hours: u64,
 
+    /// Public base URL of Ferry, used in invitation accept links.
+    #[arg(
+        long,
+        env = "FERRY_PUBLIC_URL",
+        default_value = crate::services::invitations::DEFAULT_PUBLIC_URL,
+        global = true
+    )]
+    pub public_url: String,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -77,6 +86,7 @@ impl Args {
             session_ttl: chrono::Duration::hours(
                 i64::try_from(self.session_ttl_hours).unwrap_or(87_600),
             ),
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
             ..crate::auth::IdentityConfig::default()
         }
     }

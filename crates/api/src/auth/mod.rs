@@ -49,6 +49,8 @@ pub struct IdentityConfig {
     pub challenge_ttl: Duration,
     /// How long a remembered device skips the second factor.
     pub trusted_device_ttl: Duration,
+    /// Base of invitation accept links (the public URL of Ferry's front end).
+    pub public_url: String,
 }
 
 impl Default for IdentityConfig {
@@ -58,6 +60,7 @@ impl Default for IdentityConfig {
             throttle: ThrottlePolicy::default(),
             challenge_ttl: Duration::minutes(5),
             trusted_device_ttl: Duration::days(30),
+            public_url: crate::services::invitations::DEFAULT_PUBLIC_URL.to_owned(),
         }
     }
 }

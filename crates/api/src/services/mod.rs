@@ -41,20 +41,16 @@ pub fn add_identity_services(services: GrpcServices, identity: &Identity) -> Grp
 }
 
 /// Adds the tenancy services (`InvitationService`, `ApiTokenService`,
-/// `GrantService`) to `services`. Accept links start with
-/// `FERRY_PUBLIC_URL` (default [`invitations::DEFAULT_PUBLIC_URL`]).
+/// `GrantService`) to `services`. Accept links start with the configured
+/// public URL (`--public-url`).
 pub fn add_tenancy_services(
     services: GrpcServices,
     identity: &Identity,
     keyring: std::sync::Arc<ferry_db::crypto::Keyring>,
 ) -> GrpcServices {
-    let public_url = std::env::var("FERRY_PUBLIC_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| invitations::DEFAULT_PUBLIC_URL.to_owned());
     services
         .add_service(pb::invitation_service_server::InvitationServiceServer::new(
-            invitations::InvitationApi::new(identity.clone(), keyring, &public_url),
+            invitations::InvitationApi::new(identity.clone(), keyring, &identity.config.public_url),
         ))
         .add_service(pb::api_token_service_server::ApiTokenServiceServer::new(
             tokens::ApiTokenApi::new(identity.clone()),
