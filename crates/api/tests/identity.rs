@@ -2,188 +2,33 @@
 //! the api server, on PostgreSQL and SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use ferry_api::ApiState;
+use support::*;
+
 use ferry_api::auth::{IdentityConfig, ThrottlePolicy};
-use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
-use ferry_common::{GrpcServer, Shutdown, SystemInfo};
 use ferry_db::entities::enums::{InviteRole, OrgRole};
-use ferry_db::entities::{api_tokens, audit_logs, organization_members, sessions, users};
+use ferry_db::entities::{api_tokens, audit_logs, sessions, users};
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
-    EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _,
 };
 use ferry_proto::ferry::v1 as pb;
-use pb::audit_service_client::AuditServiceClient;
-use pb::auth_service_client::AuthServiceClient;
-use pb::organization_service_client::OrganizationServiceClient;
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 const FEED_TOKEN: &str = "feed-token-0123456789abcdef";
-const PASSWORD: &str = "correct horse battery";
 const USER_AGENT: &str = "ferry-identity-test/1";
-
-struct Api {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    server: JoinHandle<ferry_common::Result<()>>,
-}
-
-impl Api {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn relaxed() -> IdentityConfig {
-    IdentityConfig {
-        throttle: ThrottlePolicy {
-            account_free_failures: 50,
-            ip_free_failures: 500,
-            ..ThrottlePolicy::default()
-        },
-        ..IdentityConfig::default()
-    }
-}
-
-async fn start(conn: &DatabaseConnection, config: IdentityConfig) -> Api {
-    let token: FeedToken = FEED_TOKEN.parse().unwrap();
-    let state = ApiState {
-        db: conn.clone(),
-        keyring: Arc::new(ferry_tests::test_keyring()),
-        feed: FeedHub::new(),
-        feed_auth: FeedAuth::new(Some(&token)),
-    };
-    let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
-            .services(ferry_api::services_with(&state, &config))
-            .grace(Duration::from_secs(5))
-            .serve(listener, std::future::ready(()), shutdown.clone()),
-    );
-    Api {
-        addr,
-        shutdown,
-        server,
-    }
-}
-
-#[derive(Clone)]
-struct Clients {
-    channel: Channel,
-    auth: AuthServiceClient<Channel>,
-    orgs: OrganizationServiceClient<Channel>,
-    audit: AuditServiceClient<Channel>,
-}
-
-async fn clients(addr: SocketAddr) -> Clients {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .user_agent(USER_AGENT)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Clients {
-        auth: AuthServiceClient::new(channel.clone()),
-        orgs: OrganizationServiceClient::new(channel.clone()),
-        audit: AuditServiceClient::new(channel.clone()),
-        channel,
-    }
-}
-
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-async fn register(c: &mut Clients, username: &str) -> pb::User {
-    c.auth
-        .register(pb::RegisterRequest {
-            email: format!("{username}@example.com"),
-            username: username.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-}
-
-async fn try_login(
-    c: &mut Clients,
-    login: &str,
-    password: &str,
-) -> Result<pb::LoginResponse, Status> {
-    c.auth
-        .login(pb::LoginRequest {
-            login: login.into(),
-            password: password.into(),
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn login(c: &mut Clients, login: &str) -> String {
-    try_login(c, login, PASSWORD).await.unwrap().token
-}
-
-async fn create_org(c: &mut Clients, token: &str, name: &str) -> pb::Organization {
-    c.orgs
-        .create_organization(authed(
-            pb::CreateOrganizationRequest { name: name.into() },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: OrgRole) {
-    organization_members::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        organization_id: Set(org.parse().unwrap()),
-        user_id: Set(user.parse().unwrap()),
-        role: Set(role),
-        invited_by: Set(None),
-        joined_at: Set(chrono::Utc::now()),
-    }
-    .insert(db)
-    .await
-    .unwrap();
-}
-
-fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
-    result.expect_err("expected an error").code()
-}
 
 #[tokio::test]
 async fn account_and_organization_lifecycle() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
 
         // Validation names the field.
         let bad = |email: &str, username: &str, password: &str| pb::RegisterRequest {
@@ -359,8 +204,8 @@ async fn account_and_organization_lifecycle() {
 async fn bad_credentials_are_indistinguishable_and_tokens_are_checked() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
         register(&mut c, "alice").await;
 
         let wrong = try_login(&mut c, "alice", "wrong password!")
@@ -402,8 +247,8 @@ async fn bad_credentials_are_indistinguishable_and_tokens_are_checked() {
 async fn sessions_are_listed_revoked_and_cut_by_password_change() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
         register(&mut c, "alice").await;
         register(&mut c, "bob").await;
         let s1 = login(&mut c, "alice").await;
@@ -529,11 +374,11 @@ async fn login_throttling_is_shared_through_the_database() {
             ..IdentityConfig::default()
         };
         // Two replicas on the same database, each with its own pool.
-        let a = start(&db.conn, config.clone()).await;
+        let a = start_with_feed(&db.conn, config.clone(), Some(FEED_TOKEN)).await;
         let other_pool = ferry_db::connect::connect_url(&db.url).await.unwrap();
-        let r = start(&other_pool, config).await;
-        let mut ca = clients(a.addr).await;
-        let mut cr = clients(r.addr).await;
+        let r = start_with_feed(&other_pool, config, Some(FEED_TOKEN)).await;
+        let mut ca = clients_as(a.addr, USER_AGENT).await;
+        let mut cr = clients_as(r.addr, USER_AGENT).await;
         for name in ["alice", "bob", "carol"] {
             register(&mut ca, name).await;
         }
@@ -589,8 +434,8 @@ async fn login_throttling_is_shared_through_the_database() {
 async fn tenants_are_isolated_and_roles_enforced() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
         let mut ids = std::collections::HashMap::new();
         for name in ["alice", "bob", "carol", "dave", "erin", "root"] {
             ids.insert(name, register(&mut c, name).await.id);
@@ -827,8 +672,8 @@ async fn tenants_are_isolated_and_roles_enforced() {
 async fn audit_chain_records_mutations_and_detects_tampering() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
         let alice_user = register(&mut c, "alice").await;
         let alice = login(&mut c, "alice").await;
         let org = create_org(&mut c, &alice, "Acme").await;
@@ -1532,8 +1377,8 @@ async fn every_rpc_is_authenticated_and_tenant_scoped() {
 
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn, relaxed()).await;
-        let mut c = clients(api.addr).await;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
         register(&mut c, "victim").await;
         register(&mut c, "outsider").await;
         let victim = login(&mut c, "victim").await;

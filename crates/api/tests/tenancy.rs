@@ -3,16 +3,15 @@
 //! e-mail through a local SMTP sink) and per-resource grants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod support;
+
+use support::*;
+
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_api::ApiState;
-use ferry_api::auth::{Actor, Credential, IdentityConfig, RequestMeta, ThrottlePolicy};
+use ferry_api::auth::{Actor, Credential, RequestMeta};
 use ferry_api::authz::{Resource, can};
-use ferry_api::feed::{FeedAuth, FeedHub};
-use ferry_common::{GrpcServer, Shutdown, SystemInfo};
 use ferry_db::entities::enums::{OrgRole, ServiceKind, ServiceStatus, SmtpTlsMode, SourceType};
 use ferry_db::entities::{
     api_tokens, audit_logs, org_email_configs, org_invitations, organization_members, projects,
@@ -25,98 +24,9 @@ use ferry_db::sea_orm::{
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
-use pb::api_token_service_client::ApiTokenServiceClient;
-use pb::auth_service_client::AuthServiceClient;
-use pb::grant_service_client::GrantServiceClient;
-use pb::invitation_service_client::InvitationServiceClient;
-use pb::organization_service_client::OrganizationServiceClient;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
-
-const PASSWORD: &str = "correct horse battery";
-
-struct Api {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    server: JoinHandle<ferry_common::Result<()>>,
-}
-
-impl Api {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-async fn start(conn: &DatabaseConnection) -> Api {
-    let state = ApiState {
-        db: conn.clone(),
-        keyring: Arc::new(ferry_tests::test_keyring()),
-        feed: FeedHub::new(),
-        feed_auth: FeedAuth::new(None),
-    };
-    let config = IdentityConfig {
-        throttle: ThrottlePolicy {
-            account_free_failures: 50,
-            ip_free_failures: 500,
-            ..ThrottlePolicy::default()
-        },
-        ..IdentityConfig::default()
-    };
-    let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
-            .services(ferry_api::services_with(&state, &config))
-            .grace(Duration::from_secs(5))
-            .serve(listener, std::future::ready(()), shutdown.clone()),
-    );
-    Api {
-        addr,
-        shutdown,
-        server,
-    }
-}
-
-#[derive(Clone)]
-struct Clients {
-    auth: AuthServiceClient<Channel>,
-    orgs: OrganizationServiceClient<Channel>,
-    invites: InvitationServiceClient<Channel>,
-    tokens: ApiTokenServiceClient<Channel>,
-    grants: GrantServiceClient<Channel>,
-}
-
-async fn clients(addr: SocketAddr) -> Clients {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Clients {
-        auth: AuthServiceClient::new(channel.clone()),
-        orgs: OrganizationServiceClient::new(channel.clone()),
-        invites: InvitationServiceClient::new(channel.clone()),
-        tokens: ApiTokenServiceClient::new(channel.clone()),
-        grants: GrantServiceClient::new(channel),
-    }
-}
-
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
+use tonic::Code;
 
 /// A registered, logged-in user.
 struct User {
@@ -126,62 +36,14 @@ struct User {
 }
 
 async fn user(c: &mut Clients, username: &str) -> User {
-    let email = format!("{username}@example.com");
-    let registered = c
-        .auth
-        .register(pb::RegisterRequest {
-            email: email.clone(),
-            username: username.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    let token = c
-        .auth
-        .login(pb::LoginRequest {
-            login: username.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let registered = register(c, username).await;
+    let token = login(c, username).await;
     assert!(!token.is_empty(), "login gave a token");
     User {
         id: registered.id,
-        email,
+        email: format!("{username}@example.com"),
         token,
     }
-}
-
-async fn create_org(c: &mut Clients, token: &str, name: &str) -> String {
-    c.orgs
-        .create_organization(authed(
-            pb::CreateOrganizationRequest { name: name.into() },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id
-}
-
-async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: OrgRole) {
-    organization_members::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        organization_id: Set(org.parse().unwrap()),
-        user_id: Set(user.parse().unwrap()),
-        role: Set(role),
-        invited_by: Set(None),
-        joined_at: Set(chrono::Utc::now()),
-    }
-    .insert(db)
-    .await
-    .unwrap();
 }
 
 async fn role_of(db: &DatabaseConnection, org: &str, user: &str) -> Option<OrgRole> {
@@ -214,10 +76,6 @@ async fn audit_actions(db: &DatabaseConnection, org: &str) -> Vec<String> {
         .collect()
 }
 
-fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
-    result.expect_err("expected an error").code()
-}
-
 fn change_role(org: &str, user: &str, role: pb::OrganizationRole) -> pb::ChangeMemberRoleRequest {
     pb::ChangeMemberRoleRequest {
         organization_id: org.into(),
@@ -230,13 +88,13 @@ fn change_role(org: &str, user: &str, role: pb::OrganizationRole) -> pb::ChangeM
 async fn members_roles_and_exactly_one_owner() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
         let admin = user(&mut c, "admin").await;
         let member = user(&mut c, "member").await;
         let outsider = user(&mut c, "outsider").await;
-        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await.id;
         create_org(&mut c, &outsider.token, "Elsewhere").await;
         add_member(&db.conn, &org, &admin.id, OrgRole::Admin).await;
         add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
@@ -490,10 +348,10 @@ async fn members_roles_and_exactly_one_owner() {
 async fn concurrent_transfers_leave_exactly_one_owner() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
-        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await.id;
         let mut heirs = Vec::new();
         for name in ["heir-a", "heir-b", "heir-c"] {
             let heir = user(&mut c, name).await;
@@ -548,12 +406,12 @@ where
 async fn api_tokens_are_capped_shown_once_and_revocable() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
         let member = user(&mut c, "member").await;
         let outsider = user(&mut c, "outsider").await;
-        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await.id;
         add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
         let create = |name: &str, role: pb::OrganizationRole| pb::CreateApiTokenRequest {
             organization_id: org.clone(),
@@ -744,13 +602,13 @@ async fn api_tokens_are_capped_shown_once_and_revocable() {
 async fn invitations_by_link() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
         let member = user(&mut c, "member").await;
         let invitee = user(&mut c, "invitee").await;
         let other = user(&mut c, "other").await;
-        let org = create_org(&mut c, &owner.token, "Acme").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await.id;
         add_member(&db.conn, &org, &member.id, OrgRole::Member).await;
         let invite = |email: &str, role: pb::OrganizationRole| pb::CreateInvitationRequest {
             organization_id: org.clone(),
@@ -1039,11 +897,11 @@ fn unfold(data: &str) -> String {
 async fn invitations_by_email_reach_the_smtp_sink() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
         let invitee = user(&mut c, "invitee").await;
-        let org = create_org(&mut c, &owner.token, "Acme Mail").await;
+        let org = create_org(&mut c, &owner.token, "Acme Mail").await.id;
         let (port, inbox) = smtp_sink().await;
         let now = chrono::Utc::now();
         let keyring = ferry_tests::test_keyring();
@@ -1193,14 +1051,14 @@ fn session_actor(user: &str) -> Actor {
 async fn grants_feed_the_policy() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let api = start(&db.conn).await;
+        let api = start(&db.conn, relaxed()).await;
         let mut c = clients(api.addr).await;
         let owner = user(&mut c, "owner").await;
         let deployer = user(&mut c, "deployer").await;
         let bystander = user(&mut c, "bystander").await;
         let outsider = user(&mut c, "outsider").await;
-        let org = create_org(&mut c, &owner.token, "Acme").await;
-        let other_org = create_org(&mut c, &outsider.token, "Other").await;
+        let org = create_org(&mut c, &owner.token, "Acme").await.id;
+        let other_org = create_org(&mut c, &outsider.token, "Other").await.id;
         add_member(&db.conn, &org, &deployer.id, OrgRole::Member).await;
         add_member(&db.conn, &org, &bystander.id, OrgRole::Member).await;
         let now = chrono::Utc::now();

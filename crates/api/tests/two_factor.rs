@@ -3,14 +3,12 @@
 //! trusted devices, throttling, and no secrets at rest or in the audit log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use ferry_api::ApiState;
-use ferry_api::auth::{IdentityConfig, ThrottlePolicy};
-use ferry_api::feed::{FeedAuth, FeedHub};
-use ferry_common::{GrpcServer, Shutdown, SystemInfo};
+use support::{PASSWORD, authed, channel, code, register, start, throttle};
+
+use std::net::SocketAddr;
+
 use ferry_db::entities::{
     audit_logs, auth_throttle, recovery_codes, sessions, trusted_devices, users,
 };
@@ -20,98 +18,11 @@ use ferry_db::sea_orm::{
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::auth_service_client::AuthServiceClient;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
-
-const PASSWORD: &str = "correct horse battery";
-
-struct Api {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    server: JoinHandle<ferry_common::Result<()>>,
-}
-
-impl Api {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn throttle(account: u32, ip: u32) -> IdentityConfig {
-    IdentityConfig {
-        throttle: ThrottlePolicy {
-            account_free_failures: account,
-            ip_free_failures: ip,
-            ..ThrottlePolicy::default()
-        },
-        ..IdentityConfig::default()
-    }
-}
-
-async fn start(conn: &DatabaseConnection, config: IdentityConfig) -> Api {
-    let state = ApiState {
-        db: conn.clone(),
-        keyring: Arc::new(ferry_tests::test_keyring()),
-        feed: FeedHub::new(),
-        feed_auth: FeedAuth::new(None),
-    };
-    let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
-            .services(ferry_api::services_with(&state, &config))
-            .grace(Duration::from_secs(5))
-            .serve(listener, std::future::ready(()), shutdown.clone()),
-    );
-    Api {
-        addr,
-        shutdown,
-        server,
-    }
-}
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 async fn client(addr: SocketAddr) -> AuthServiceClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .user_agent("ferry-2fa-test/1")
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AuthServiceClient::new(channel)
-}
-
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
-    result.expect_err("expected an error").code()
-}
-
-async fn register(c: &mut AuthServiceClient<Channel>, username: &str) -> pb::User {
-    c.register(pb::RegisterRequest {
-        email: format!("{username}@example.com"),
-        username: username.into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .user
-    .unwrap()
+    AuthServiceClient::new(channel(addr, Some("ferry-2fa-test/1")).await)
 }
 
 async fn login(

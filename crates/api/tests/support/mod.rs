@@ -1,0 +1,230 @@
+//! Shared harness for the api integration tests: the api server on a
+//! loopback port, gRPC clients, and register/login/organization helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::ApiState;
+use ferry_api::auth::{IdentityConfig, ThrottlePolicy};
+use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
+use ferry_common::{GrpcServer, Shutdown, SystemInfo};
+use ferry_db::entities::enums::OrgRole;
+use ferry_db::entities::organization_members;
+use ferry_db::sea_orm::prelude::Uuid;
+use ferry_db::sea_orm::{ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection};
+use ferry_proto::ferry::v1 as pb;
+use pb::api_token_service_client::ApiTokenServiceClient;
+use pb::audit_service_client::AuditServiceClient;
+use pb::auth_service_client::AuthServiceClient;
+use pb::grant_service_client::GrantServiceClient;
+use pb::invitation_service_client::InvitationServiceClient;
+use pb::organization_service_client::OrganizationServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The api's gRPC server on a loopback port.
+pub struct Api {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    server: JoinHandle<ferry_common::Result<()>>,
+}
+
+impl Api {
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An identity config whose login throttle frees `account` failures per
+/// account and `ip` failures per address.
+pub fn throttle(account: u32, ip: u32) -> IdentityConfig {
+    IdentityConfig {
+        throttle: ThrottlePolicy {
+            account_free_failures: account,
+            ip_free_failures: ip,
+            ..ThrottlePolicy::default()
+        },
+        ..IdentityConfig::default()
+    }
+}
+
+/// A throttle loose enough that tests which are not about it never hit it.
+pub fn relaxed() -> IdentityConfig {
+    throttle(50, 500)
+}
+
+/// Starts the api without a feed service credential.
+pub async fn start(conn: &DatabaseConnection, config: IdentityConfig) -> Api {
+    start_with_feed(conn, config, None).await
+}
+
+/// Starts the api, with `feed_token` as the feed service credential if any.
+pub async fn start_with_feed(
+    conn: &DatabaseConnection,
+    config: IdentityConfig,
+    feed_token: Option<&str>,
+) -> Api {
+    let token: Option<FeedToken> = feed_token.map(|t| t.parse().unwrap());
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: Arc::new(ferry_tests::test_keyring()),
+        feed: FeedHub::new(),
+        feed_auth: FeedAuth::new(token.as_ref()),
+    };
+    let shutdown = Shutdown::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
+            .services(ferry_api::services_with(&state, &config))
+            .grace(Duration::from_secs(5))
+            .serve(listener, std::future::ready(()), shutdown.clone()),
+    );
+    Api {
+        addr,
+        shutdown,
+        server,
+    }
+}
+
+/// A channel to the api at `addr`, sending `user_agent` if given.
+pub async fn channel(addr: SocketAddr, user_agent: Option<&str>) -> Channel {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    if let Some(user_agent) = user_agent {
+        endpoint = endpoint.user_agent(user_agent).unwrap();
+    }
+    endpoint.connect().await.unwrap()
+}
+
+#[derive(Clone)]
+pub struct Clients {
+    pub channel: Channel,
+    pub auth: AuthServiceClient<Channel>,
+    pub orgs: OrganizationServiceClient<Channel>,
+    pub audit: AuditServiceClient<Channel>,
+    pub invites: InvitationServiceClient<Channel>,
+    pub tokens: ApiTokenServiceClient<Channel>,
+    pub grants: GrantServiceClient<Channel>,
+}
+
+/// Clients for every public service, without a user agent.
+pub async fn clients(addr: SocketAddr) -> Clients {
+    clients_on(channel(addr, None).await)
+}
+
+/// Clients for every public service, sending `user_agent`.
+pub async fn clients_as(addr: SocketAddr, user_agent: &str) -> Clients {
+    clients_on(channel(addr, Some(user_agent)).await)
+}
+
+fn clients_on(channel: Channel) -> Clients {
+    Clients {
+        auth: AuthServiceClient::new(channel.clone()),
+        orgs: OrganizationServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel.clone()),
+        invites: InvitationServiceClient::new(channel.clone()),
+        tokens: ApiTokenServiceClient::new(channel.clone()),
+        grants: GrantServiceClient::new(channel.clone()),
+        channel,
+    }
+}
+
+/// Anything holding an auth service client.
+pub trait Auth {
+    fn auth(&mut self) -> &mut AuthServiceClient<Channel>;
+}
+
+impl Auth for Clients {
+    fn auth(&mut self) -> &mut AuthServiceClient<Channel> {
+        &mut self.auth
+    }
+}
+
+impl Auth for AuthServiceClient<Channel> {
+    fn auth(&mut self) -> &mut AuthServiceClient<Channel> {
+        self
+    }
+}
+
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+pub fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> Code {
+    result.expect_err("expected an error").code()
+}
+
+/// Registers `username` (`username@example.com`, [`PASSWORD`]).
+pub async fn register(c: &mut impl Auth, username: &str) -> pb::User {
+    c.auth()
+        .register(pb::RegisterRequest {
+            email: format!("{username}@example.com"),
+            username: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+}
+
+pub async fn try_login(
+    c: &mut impl Auth,
+    login: &str,
+    password: &str,
+) -> Result<pb::LoginResponse, Status> {
+    c.auth()
+        .login(pb::LoginRequest {
+            login: login.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Logs in with [`PASSWORD`]; returns the session token.
+pub async fn login(c: &mut impl Auth, login: &str) -> String {
+    try_login(c, login, PASSWORD).await.unwrap().token
+}
+
+pub async fn create_org(c: &mut Clients, token: &str, name: &str) -> pb::Organization {
+    c.orgs
+        .create_organization(authed(
+            pb::CreateOrganizationRequest { name: name.into() },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: OrgRole) {
+    organization_members::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        organization_id: Set(org.parse().unwrap()),
+        user_id: Set(user.parse().unwrap()),
+        role: Set(role),
+        invited_by: Set(None),
+        joined_at: Set(chrono::Utc::now()),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
