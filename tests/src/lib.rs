@@ -9,6 +9,8 @@
 // Test support: failing loudly with a clear message is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fixtures;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

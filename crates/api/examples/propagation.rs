@@ -18,18 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use clap::Parser as _;
 use ferry_api::ApiState;
 use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
 use ferry_common::testing::free_addr;
 use ferry_common::{GrpcServer, Shutdown, SystemInfo};
-use ferry_db::entities::enums::{ServiceKind, ServiceStatus, SourceType};
-use ferry_db::entities::{organizations, projects, route_targets, routes, services};
+use ferry_db::sea_orm::DatabaseConnection;
 use ferry_db::sea_orm::prelude::Uuid;
-use ferry_db::sea_orm::{DatabaseConnection, EntityTrait, IntoActiveModel as _};
 use ferry_proxy::ProxyState;
 use ferry_proxy::feed::FeedConfig;
+use ferry_tests::fixtures;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -166,107 +164,14 @@ async fn status(addr: SocketAddr, host: &str) -> u16 {
 }
 
 async fn seed(conn: &DatabaseConnection) -> (Uuid, Uuid) {
-    let now = Utc::now();
-    let org = Uuid::now_v7();
-    organizations::Entity::insert(
-        organizations::Model {
-            id: org,
-            name: "Bench".into(),
-            slug: "bench".into(),
-            settings: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    let project = Uuid::now_v7();
-    projects::Entity::insert(
-        projects::Model {
-            id: project,
-            organization_id: org,
-            name: "Bench".into(),
-            slug: "bench".into(),
-            description: None,
-            created_by: None,
-            metadata: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    let service = Uuid::now_v7();
-    services::Entity::insert(
-        services::Model {
-            id: service,
-            project_id: project,
-            stack_id: None,
-            name: "web".into(),
-            kind: ServiceKind::Application,
-            source_type: SourceType::Image,
-            status: ServiceStatus::Running,
-            image: Some("nginx:1".into()),
-            replicas: 1,
-            cpu_request: None,
-            cpu_limit: None,
-            memory_request: None,
-            memory_limit: None,
-            command: None,
-            health_check_path: None,
-            health_check_interval_seconds: 30,
-            auto_deploy: false,
-            template_slug: None,
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
+    let org = fixtures::organization(conn, "Bench", "bench").await;
+    let project = fixtures::project(conn, org, "Bench", "bench").await;
+    let service = fixtures::service(conn, project, "web", 8080).await;
     add_route(conn, project, service, "warm.test").await;
     (project, service)
 }
 
 async fn add_route(conn: &DatabaseConnection, project: Uuid, service: Uuid, host: &str) {
-    let now = Utc::now();
-    let route = Uuid::now_v7();
-    routes::Entity::insert(
-        routes::Model {
-            id: route,
-            project_id: project,
-            domain_id: None,
-            hostname: host.into(),
-            path_prefix: "/".into(),
-            tls_enabled: false,
-            https_redirect: false,
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    route_targets::Entity::insert(
-        route_targets::Model {
-            id: Uuid::now_v7(),
-            route_id: route,
-            service_id: service,
-            port: 8080,
-            weight: 100,
-            strip_path: false,
-            created_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
+    let route = fixtures::route(conn, project, None, host, "/", false).await;
+    fixtures::target(conn, route, service, 8080, false).await;
 }

@@ -13,16 +13,14 @@ use chrono::Utc;
 use ferry_api::ApiState;
 use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
 use ferry_common::{GrpcServer, Shutdown, SystemInfo};
-use ferry_db::entities::enums::{PortProtocol, ServiceKind, ServiceStatus, SourceType};
-use ferry_db::entities::{
-    certificates, domains, organizations, projects, route_targets, routes, service_ports, services,
-};
+use ferry_db::entities::{certificates, route_targets, routes, services};
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, EntityTrait, IntoActiveModel as _,
 };
 use ferry_proto::ferry::internal::v1 as pb;
-use ferry_tests::TestDb;
+use ferry_tests::{TestDb, fixtures};
+use fixtures::target;
 use pb::route_feed_client::RouteFeedClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -141,43 +139,12 @@ struct Fixture {
 
 async fn seed(conn: &DatabaseConnection) -> Fixture {
     let now = Utc::now();
-    let org = Uuid::now_v7();
-    organizations::Entity::insert(
-        organizations::Model {
-            id: org,
-            name: "Acme".into(),
-            slug: "acme".into(),
-            settings: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    let project = Uuid::now_v7();
-    projects::Entity::insert(
-        projects::Model {
-            id: project,
-            organization_id: org,
-            name: "Shop".into(),
-            slug: "shop".into(),
-            description: None,
-            created_by: None,
-            metadata: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    let web = service(conn, project, "web", 8080).await;
-    let api = service(conn, project, "api", 9000).await;
-    let gone = domain(conn, org, "old.example.org", true).await;
-    let domain = domain(conn, org, "example.com", false).await;
+    let org = fixtures::organization(conn, "Acme", "acme").await;
+    let project = fixtures::project(conn, org, "Shop", "shop").await;
+    let web = fixtures::service(conn, project, "web", 8080).await;
+    let api = fixtures::service(conn, project, "api", 9000).await;
+    let gone = fixtures::domain(conn, org, "old.example.org", true).await;
+    let domain = fixtures::domain(conn, org, "example.com", false).await;
 
     // The older certificate must lose to the one expiring last.
     for (days, key) in [(30, "old-key"), (90, KEY_PEM)] {
@@ -216,79 +183,7 @@ async fn seed(conn: &DatabaseConnection) -> Fixture {
     }
 }
 
-async fn service(conn: &DatabaseConnection, project: Uuid, name: &str, port: i32) -> Uuid {
-    let now = Utc::now();
-    let id = Uuid::now_v7();
-    services::Entity::insert(
-        services::Model {
-            id,
-            project_id: project,
-            stack_id: None,
-            name: name.into(),
-            kind: ServiceKind::Application,
-            source_type: SourceType::Image,
-            status: ServiceStatus::Running,
-            image: Some("nginx:1".into()),
-            replicas: 1,
-            cpu_request: None,
-            cpu_limit: None,
-            memory_request: None,
-            memory_limit: None,
-            command: None,
-            health_check_path: None,
-            health_check_interval_seconds: 30,
-            auto_deploy: false,
-            template_slug: None,
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    service_ports::Entity::insert(
-        service_ports::Model {
-            id: Uuid::now_v7(),
-            service_id: id,
-            name: Some("http".into()),
-            container_port: port,
-            protocol: PortProtocol::Tcp,
-            created_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    id
-}
-
-async fn domain(conn: &DatabaseConnection, org: Uuid, name: &str, deleted: bool) -> Uuid {
-    let now = Utc::now();
-    let id = Uuid::now_v7();
-    domains::Entity::insert(
-        domains::Model {
-            id,
-            organization_id: org,
-            name: name.into(),
-            verification_token: None,
-            verified_at: Some(now),
-            tls_enabled: true,
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-            deleted_at: deleted.then_some(now),
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    id
-}
-
+/// An HTTPS route (TLS + redirect), as the feed tests expect.
 async fn route(
     conn: &DatabaseConnection,
     project: Uuid,
@@ -296,52 +191,7 @@ async fn route(
     hostname: &str,
     path_prefix: &str,
 ) -> Uuid {
-    let now = Utc::now();
-    let id = Uuid::now_v7();
-    routes::Entity::insert(
-        routes::Model {
-            id,
-            project_id: project,
-            domain_id: domain,
-            hostname: hostname.into(),
-            path_prefix: path_prefix.into(),
-            tls_enabled: true,
-            https_redirect: true,
-            created_at: now,
-            updated_at: now,
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    id
-}
-
-async fn target(
-    conn: &DatabaseConnection,
-    route: Uuid,
-    service: Uuid,
-    port: i32,
-    strip: bool,
-) -> Uuid {
-    let id = Uuid::now_v7();
-    route_targets::Entity::insert(
-        route_targets::Model {
-            id,
-            route_id: route,
-            service_id: service,
-            port,
-            weight: 100,
-            strip_path: strip,
-            created_at: Utc::now(),
-        }
-        .into_active_model(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .unwrap();
-    id
+    fixtures::route(conn, project, domain, hostname, path_prefix, true).await
 }
 
 fn app_route(api_port: u16) -> pb::Route {
