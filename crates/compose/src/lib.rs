@@ -1,0 +1,1 @@
+//! Docker Compose parsing for Ferry stacks.
