@@ -15,6 +15,8 @@ pub(crate) const DEPLOYMENT_STATUSES: &[&str] = &[
     "failed",
     "rolled_back",
     "cancelled",
+    // Rendered and recorded, not applied: no cluster configured.
+    "planned",
 ];
 
 pub(crate) fn tables() -> Vec<Table> {
@@ -43,6 +45,9 @@ pub(crate) fn tables() -> Vec<Table> {
             .fk_null("rollback_of_id", "deployments", SetNull)
             .null("error_message", Text)
             .def("k8s_artifacts", Json, D::Json("{}"))
+            // The merged environment the deployment applied (JSON), so a
+            // rollback restores config as well as code.
+            .null("env_snapshot", Encrypted)
             .def("metadata", Json, D::Json("{}"))
             .null("started_at", Timestamp)
             .null("finished_at", Timestamp)

@@ -56,6 +56,8 @@ async fn main() {
         keyring: keyring.clone(),
         feed: hub.clone(),
         feed_auth: FeedAuth::new(Some(&token)),
+        cluster: None,
+        deploy: ferry_api::workloads::DeployConfig::default(),
     };
     let shutdown = Shutdown::new();
     hub.spawn_reloader(

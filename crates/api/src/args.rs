@@ -69,6 +69,26 @@ pub struct Args {
     )]
     pub public_url: String,
 
+    /// Seconds a rollout may take before the deployment is marked failed.
+    #[arg(
+        long,
+        env = "FERRY_ROLLOUT_TIMEOUT_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(5..=86_400),
+        global = true
+    )]
+    pub rollout_timeout_secs: u64,
+
+    /// Namespace ferry-proxy runs in: every project's NetworkPolicy admits
+    /// traffic from it.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_NAMESPACE",
+        default_value = "ferry-system",
+        global = true
+    )]
+    pub proxy_namespace: String,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -88,6 +108,17 @@ impl Args {
             ),
             public_url: self.public_url.trim_end_matches('/').to_owned(),
             ..crate::auth::IdentityConfig::default()
+        }
+    }
+}
+
+impl Args {
+    /// Deployment settings from the flags.
+    pub fn deploy_config(&self, stop: ferry_common::Shutdown) -> crate::workloads::DeployConfig {
+        crate::workloads::DeployConfig {
+            rollout_timeout: std::time::Duration::from_secs(self.rollout_timeout_secs),
+            proxy_namespace: self.proxy_namespace.clone(),
+            stop,
         }
     }
 }

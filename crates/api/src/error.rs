@@ -28,6 +28,9 @@ pub enum Error {
     /// Too many failed attempts: locked out for a while.
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     Throttled { retry_after_secs: u64 },
+    /// A dependency (the Kubernetes API) failed; details only in the log.
+    #[error("{0}")]
+    Unavailable(String),
     /// A server-side bug or broken invariant (details only in the log).
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,6 +73,9 @@ impl From<Error> for tonic::Status {
                 tonic::Status::failed_precondition("server encryption is not configured")
             }
             Error::Db(ferry_db::Error::Db(_)) => tonic::Status::unavailable("database unavailable"),
+            Error::Unavailable(_) => {
+                tonic::Status::unavailable("the Kubernetes API is unavailable; retry later")
+            }
             Error::Db(ferry_db::Error::Decrypt { .. }) => {
                 tonic::Status::internal("a stored secret could not be decrypted")
             }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod services;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,10 @@ pub struct ApiState {
     pub feed: feed::FeedHub,
     /// Who may watch the route feed.
     pub feed_auth: feed::FeedAuth,
+    /// The Kubernetes API; `None`: deployments are only planned.
+    pub cluster: Option<Arc<ferry_k8s::cluster::Cluster>>,
+    /// Rollout timeout and the proxy's namespace.
+    pub deploy: workloads::DeployConfig,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -51,6 +56,8 @@ impl std::fmt::Debug for ApiState {
             .field("keyring", &self.keyring)
             .field("feed", &self.feed)
             .field("feed_auth", &self.feed_auth)
+            .field("cluster", &self.cluster.is_some())
+            .field("deploy", &self.deploy)
             .finish()
     }
 }
@@ -100,8 +107,12 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
 
     let mut system = SystemInfo::new(SERVICE_NAME, env!("CARGO_PKG_VERSION"));
     system.db_backend = backend_name(&db);
-    system.kube_configured = ferry_common::kubernetes_configured();
-    if !system.kube_configured {
+    let cluster = ferry_k8s::cluster::Cluster::from_env()
+        .await
+        .map_err(|e| Error::Internal(format!("Kubernetes client configuration: {e}")))?
+        .map(Arc::new);
+    system.kube_configured = cluster.is_some();
+    if cluster.is_none() {
         tracing::warn!("{NO_CLUSTER_WARNING}");
     }
 
@@ -124,7 +135,15 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         keyring,
         feed,
         feed_auth,
+        cluster,
+        deploy: args.deploy_config(shutdown.clone()),
     };
+    // Rollouts a previous run left unfinished: resumed or marked failed.
+    match deployer(&state).resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deployments = n, "picked up unfinished deployments"),
+        Err(err) => tracing::error!(error = %err, "resuming unfinished deployments failed"),
+    }
     let listener = bind(args.listen).await?;
     let served = GrpcServer::new(system)
         .services(services_with(&state, &args.identity_config()))
@@ -158,7 +177,25 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
         feed::RouteFeedService::new(state.feed.clone(), state.feed_auth.clone()).into_server(),
     );
     let services = services::add_identity_services(services, &identity);
-    services::add_tenancy_services(services, &identity, state.keyring.clone())
+    let services = services::add_tenancy_services(services, &identity, state.keyring.clone());
+    workloads::add_workload_services(
+        services,
+        &workloads::Workloads {
+            identity,
+            deployer: deployer(state),
+            feed: state.feed.clone(),
+        },
+    )
+}
+
+/// The deployer of `state` (shared by the handlers and start-up resume).
+pub fn deployer(state: &ApiState) -> workloads::Deployer {
+    workloads::Deployer::new(
+        state.db.clone(),
+        state.keyring.clone(),
+        state.cluster.clone(),
+        state.deploy.clone(),
+    )
 }
 
 async fn migrate(args: &Args, action: MigrateAction) -> Result<()> {

@@ -49,6 +49,8 @@ async fn start(conn: &DatabaseConnection, token: Option<&str>) -> Api {
         keyring: keyring.clone(),
         feed,
         feed_auth: FeedAuth::new(token.as_ref()),
+        cluster: None,
+        deploy: ferry_api::workloads::DeployConfig::default(),
     };
     let shutdown = Shutdown::new();
     state.feed.spawn_reloader(
@@ -381,6 +383,8 @@ async fn feed_is_not_served_before_the_first_load() {
         keyring: Arc::new(ferry_tests::test_keyring()),
         feed: FeedHub::new(),
         feed_auth: FeedAuth::new(Some(&token)),
+        cluster: None,
+        deploy: ferry_api::workloads::DeployConfig::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

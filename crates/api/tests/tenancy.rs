@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use ferry_api::auth::{Actor, Credential, RequestMeta};
 use ferry_api::authz::{Resource, can};
-use ferry_db::entities::enums::{OrgRole, ServiceKind, ServiceStatus, SmtpTlsMode, SourceType};
+use ferry_db::entities::enums::{OrgRole, SmtpTlsMode};
 use ferry_db::entities::{
     api_tokens, audit_logs, org_email_configs, org_invitations, organization_members, projects,
-    resource_permissions, services,
+    resource_permissions,
 };
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::sea_query::Expr;
@@ -1078,36 +1078,11 @@ async fn grants_feed_the_policy() {
             .insert(&db.conn)
             .await
             .unwrap();
-        let web = services::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            project_id: Set(shop.id),
-            stack_id: Set(None),
-            name: Set("web".into()),
-            kind: Set(ServiceKind::Application),
-            source_type: Set(SourceType::Image),
-            status: Set(ServiceStatus::Pending),
-            image: Set(Some("nginx:1".into())),
-            replicas: Set(1),
-            cpu_request: Set(None),
-            cpu_limit: Set(None),
-            memory_request: Set(None),
-            memory_limit: Set(None),
-            command: Set(None),
-            health_check_path: Set(None),
-            health_check_interval_seconds: Set(30),
-            auto_deploy: Set(false),
-            template_slug: Set(None),
-            created_by: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
+        let web_id = ferry_tests::fixtures::service(&db.conn, shop.id, "web", 80).await;
         let service = Resource::Service {
             organization_id: org.parse().unwrap(),
             project_id: shop.id,
-            id: web.id,
+            id: web_id,
         };
         let grant = |user: &str, kind: pb::GrantResourceType, id: Uuid| pb::CreateGrantRequest {
             organization_id: org.clone(),
@@ -1121,7 +1096,7 @@ async fn grants_feed_the_policy() {
         let got = c
             .grants
             .create_grant(authed(
-                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                grant(&deployer.id, pb::GrantResourceType::Service, web_id),
                 &deployer.token,
             ))
             .await;
@@ -1129,7 +1104,7 @@ async fn grants_feed_the_policy() {
         let got = c
             .grants
             .create_grant(authed(
-                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                grant(&deployer.id, pb::GrantResourceType::Service, web_id),
                 &outsider.token,
             ))
             .await;
@@ -1145,12 +1120,12 @@ async fn grants_feed_the_policy() {
         let got = c
             .grants
             .create_grant(authed(
-                grant(&outsider.id, pb::GrantResourceType::Service, web.id),
+                grant(&outsider.id, pb::GrantResourceType::Service, web_id),
                 &owner.token,
             ))
             .await;
         assert_eq!(code(got), Code::NotFound, "{b}: non-member");
-        let mut bad = grant(&deployer.id, pb::GrantResourceType::Service, web.id);
+        let mut bad = grant(&deployer.id, pb::GrantResourceType::Service, web_id);
         bad.level = 0;
         let err = c
             .grants
@@ -1179,18 +1154,18 @@ async fn grants_feed_the_policy() {
         let created = c
             .grants
             .create_grant(authed(
-                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                grant(&deployer.id, pb::GrantResourceType::Service, web_id),
                 &owner.token,
             ))
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(created.resource_id, web.id.to_string(), "{b}");
+        assert_eq!(created.resource_id, web_id.to_string(), "{b}");
         assert_eq!(created.granted_by, owner.id, "{b}");
         let got = c
             .grants
             .create_grant(authed(
-                grant(&deployer.id, pb::GrantResourceType::Service, web.id),
+                grant(&deployer.id, pb::GrantResourceType::Service, web_id),
                 &owner.token,
             ))
             .await;

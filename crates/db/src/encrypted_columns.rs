@@ -45,4 +45,6 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     // secret environment values
     col("service_env_vars", "value_encrypted"),
     col("variable_group_items", "value_encrypted"),
+    // the environment a deployment applied (for rollbacks)
+    col("deployments", "env_snapshot"),
 ];

@@ -234,6 +234,15 @@ fn port(name: &str, container_port: u16) -> Value {
     json!({ "name": name, "container_port": container_port, "protocol": "tcp" })
 }
 
+/// The blueprint of the official template `slug` (what `seed` stores), so
+/// callers need not depend on the seed having run.
+pub fn official_template_spec(slug: &str) -> Option<Value> {
+    official_templates()
+        .into_iter()
+        .find(|t| t.slug == slug)
+        .map(|t| t.spec)
+}
+
 /// The official templates. `spec` is documented in docs/data-model.md.
 fn official_templates() -> Vec<Template> {
     vec![

@@ -1,5 +1,18 @@
 //! Ferry's Kubernetes layer: render a [`spec::WorkloadSpec`] into typed
-//! k8s-openapi objects, apply them with server-side apply (field manager
-//! `ferry`), watch rollouts, scale, restart and delete by label.
+//! k8s-openapi objects ([`render()`]), apply them with server-side apply
+//! (field manager `ferry`), watch rollouts, scale, restart and delete by
+//! label ([`Cluster`]).
+//!
+//! With the `testing` feature, [`fake::FakeCluster`] is an in-memory API
+//! server (with a simulated workload controller) for end-to-end tests.
 
+pub mod cluster;
+pub mod error;
+#[cfg(feature = "testing")]
+pub mod fake;
+pub mod render;
 pub mod spec;
+
+pub use cluster::{Applied, Cluster, RolloutEvent, RolloutOutcome};
+pub use error::{Error, Result};
+pub use render::{Redact, Rendered, Workload, WorkloadKindRef, diff, render};

@@ -1,7 +1,7 @@
 //! What the api asks the cluster to run: plain data, no database types.
 //!
 //! The api builds a [`WorkloadSpec`] from its rows (service, ports, volumes,
-//! merged variables, registry credentials); [`crate::render`] turns it into
+//! merged variables, registry credentials); [`crate::render()`] turns it into
 //! typed Kubernetes objects. Everything here is already validated by the api.
 
 use std::fmt;

@@ -95,6 +95,41 @@ pub const POLICY: &[(&str, Rule)] = &[
         },
     ),
     (
+        "service.read_secrets",
+        Rule::RoleOrGrant {
+            role: OrgRole::Admin,
+            floor: OrgRole::Member,
+            level: ResourceAccess::Deploy,
+        },
+    ),
+    ("project.create", Rule::Role(OrgRole::Member)),
+    (
+        "stack.read",
+        Rule::RoleOrGrant {
+            role: OrgRole::Viewer,
+            floor: OrgRole::Viewer,
+            level: ResourceAccess::View,
+        },
+    ),
+    (
+        "stack.deploy",
+        Rule::RoleOrGrant {
+            role: OrgRole::Admin,
+            floor: OrgRole::Member,
+            level: ResourceAccess::Deploy,
+        },
+    ),
+    (
+        "stack.manage",
+        Rule::RoleOrGrant {
+            role: OrgRole::Admin,
+            floor: OrgRole::Member,
+            level: ResourceAccess::Manage,
+        },
+    ),
+    ("template.read", Rule::Role(OrgRole::Viewer)),
+    ("template.manage", Rule::Role(OrgRole::Admin)),
+    (
         "service.manage",
         Rule::RoleOrGrant {
             role: OrgRole::Admin,

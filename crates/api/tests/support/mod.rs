@@ -81,13 +81,20 @@ pub async fn start_with_feed(
         keyring: Arc::new(ferry_tests::test_keyring()),
         feed: FeedHub::new(),
         feed_auth: FeedAuth::new(token.as_ref()),
+        cluster: None,
+        deploy: ferry_api::workloads::DeployConfig::default(),
     };
+    start_state(&state, config).await
+}
+
+/// Starts the api's gRPC server for `state`.
+pub async fn start_state(state: &ApiState, config: IdentityConfig) -> Api {
     let shutdown = Shutdown::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
         GrpcServer::new(SystemInfo::new("ferry-api", "test"))
-            .services(ferry_api::services_with(&state, &config))
+            .services(ferry_api::services_with(state, &config))
             .grace(Duration::from_secs(5))
             .serve(listener, std::future::ready(()), shutdown.clone()),
     );

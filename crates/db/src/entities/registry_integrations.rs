@@ -30,6 +30,8 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Organization,
+    #[sea_orm(has_many = "super::services::Entity")]
+    Services,
     #[sea_orm(has_many = "super::build_configs::Entity")]
     BuildConfigs,
 }
@@ -37,6 +39,12 @@ pub enum Relation {
 impl Related<super::organizations::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Organization.def()
+    }
+}
+
+impl Related<super::services::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Services.def()
     }
 }
 

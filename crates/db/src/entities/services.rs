@@ -24,10 +24,14 @@ pub struct Model {
     pub memory_limit: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
     pub command: Option<Json>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub args: Option<Json>,
     pub health_check_path: Option<String>,
+    pub health_check_port: Option<i32>,
     pub health_check_interval_seconds: i32,
     pub auto_deploy: bool,
     pub template_slug: Option<String>,
+    pub registry_integration_id: Option<Uuid>,
     pub created_by: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
@@ -49,6 +53,13 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Stack,
+    #[sea_orm(
+        belongs_to = "super::registry_integrations::Entity",
+        from = "Column::RegistryIntegrationId",
+        to = "super::registry_integrations::Column::Id",
+        on_delete = "SetNull"
+    )]
+    RegistryIntegration,
     #[sea_orm(
         belongs_to = "super::users::Entity",
         from = "Column::CreatedBy",
@@ -89,6 +100,12 @@ impl Related<super::projects::Entity> for Entity {
 impl Related<super::stacks::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Stack.def()
+    }
+}
+
+impl Related<super::registry_integrations::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::RegistryIntegration.def()
     }
 }
 

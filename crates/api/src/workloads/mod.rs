@@ -1,0 +1,223 @@
+//! Workloads: projects, services, volumes, variables, Compose stacks,
+//! templates and deployments (package `ferry.v1`).
+//!
+//! Every handler authenticates, loads the addressed row, finds its
+//! organization and asks [`crate::authz::can`]; callers outside that
+//! organization get `NotFound`, exactly as for a missing row. Mutations
+//! write their audit row in their own transaction ([`Scope::audit`]).
+//! Deployments render through `ferry-k8s` and are applied by
+//! [`deploy::Deployer`].
+
+pub mod deploy;
+pub mod deployments;
+pub mod projects;
+pub mod services;
+pub mod spec;
+pub mod stacks;
+pub mod templates;
+pub mod validate;
+pub mod variables;
+pub mod volumes;
+
+use ferry_common::GrpcServices;
+use ferry_db::entities::enums::AuditResourceType;
+use ferry_db::entities::{
+    projects as project_rows, services as service_rows, stacks as stack_rows,
+};
+use ferry_db::sea_orm::{ConnectionTrait, EntityTrait as _};
+use ferry_proto::ferry::v1 as pb;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditEvent};
+use crate::auth::{Actor, Identity};
+use crate::authz::{Resource, can};
+use crate::{Error, Result};
+
+pub use deploy::{DeployConfig, Deployer};
+
+/// What the workload handlers share.
+#[derive(Debug, Clone)]
+pub struct Workloads {
+    pub identity: Identity,
+    pub deployer: Deployer,
+    /// Deleting projects and services removes routes: the proxies hear it.
+    pub feed: crate::feed::FeedHub,
+}
+
+/// Adds the workload services to `services`.
+pub fn add_workload_services(services: GrpcServices, workloads: &Workloads) -> GrpcServices {
+    services
+        .add_service(pb::project_service_server::ProjectServiceServer::new(
+            projects::ProjectApi(workloads.clone()),
+        ))
+        .add_service(pb::service_service_server::ServiceServiceServer::new(
+            services::ServiceApi(workloads.clone()),
+        ))
+        .add_service(pb::volume_service_server::VolumeServiceServer::new(
+            volumes::VolumeApi(workloads.clone()),
+        ))
+        .add_service(
+            pb::variable_group_service_server::VariableGroupServiceServer::new(
+                variables::VariableApi(workloads.clone()),
+            ),
+        )
+        .add_service(pb::stack_service_server::StackServiceServer::new(
+            stacks::StackApi(workloads.clone()),
+        ))
+        .add_service(pb::template_service_server::TemplateServiceServer::new(
+            templates::TemplateApi(workloads.clone()),
+        ))
+        .add_service(pb::deployment_service_server::DeploymentServiceServer::new(
+            deployments::DeploymentApi(workloads.clone()),
+        ))
+}
+
+/// An authorised caller acting inside one organization.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub actor: Actor,
+    pub organization_id: Uuid,
+}
+
+impl Scope {
+    /// Appends an audit row for this caller in `txn`.
+    pub async fn audit<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        action: &'static str,
+        resource_type: AuditResourceType,
+        resource_id: Uuid,
+        details: Value,
+    ) -> Result<()> {
+        audit::record(
+            txn,
+            &self.actor.meta,
+            AuditEvent {
+                organization_id: Some(self.organization_id),
+                actor_id: Some(self.actor.user_id),
+                action,
+                resource_type,
+                resource_id: Some(resource_id),
+                details,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A project the caller may perform `action` on.
+pub async fn authorize_project<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    id: Uuid,
+) -> Result<(Scope, project_rows::Model)> {
+    let project = project_rows::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("project not found".into()))?;
+    can(
+        db,
+        actor,
+        action,
+        Resource::Project {
+            organization_id: project.organization_id,
+            id: project.id,
+        },
+    )
+    .await?;
+    Ok((
+        Scope {
+            actor: actor.clone(),
+            organization_id: project.organization_id,
+        },
+        project,
+    ))
+}
+
+/// A service the caller may perform `action` on, with its project.
+pub async fn authorize_service<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    id: Uuid,
+) -> Result<(Scope, service_rows::Model, project_rows::Model)> {
+    let not_found = || Error::NotFound("service not found".into());
+    let service = service_rows::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(not_found)?;
+    let project = project_rows::Entity::find_by_id(service.project_id)
+        .one(db)
+        .await?
+        .ok_or_else(not_found)?;
+    can(
+        db,
+        actor,
+        action,
+        Resource::Service {
+            organization_id: project.organization_id,
+            project_id: project.id,
+            id: service.id,
+        },
+    )
+    .await?;
+    Ok((
+        Scope {
+            actor: actor.clone(),
+            organization_id: project.organization_id,
+        },
+        service,
+        project,
+    ))
+}
+
+/// A stack the caller may perform `action` on, with its project.
+pub async fn authorize_stack<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    id: Uuid,
+) -> Result<(Scope, stack_rows::Model, project_rows::Model)> {
+    let not_found = || Error::NotFound("stack not found".into());
+    let stack = stack_rows::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(not_found)?;
+    let project = project_rows::Entity::find_by_id(stack.project_id)
+        .one(db)
+        .await?
+        .ok_or_else(not_found)?;
+    can(
+        db,
+        actor,
+        action,
+        Resource::Stack {
+            organization_id: project.organization_id,
+            project_id: project.id,
+            id: stack.id,
+        },
+    )
+    .await?;
+    Ok((
+        Scope {
+            actor: actor.clone(),
+            organization_id: project.organization_id,
+        },
+        stack,
+        project,
+    ))
+}
+
+/// Maps a unique-constraint violation to `AlreadyExists(message)`.
+pub(crate) fn unique_as(message: &str) -> impl Fn(ferry_db::sea_orm::DbErr) -> Error + '_ {
+    move |err| {
+        if crate::services::is_unique_violation(&err) {
+            Error::AlreadyExists(message.to_owned())
+        } else {
+            err.into()
+        }
+    }
+}

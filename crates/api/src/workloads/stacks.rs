@@ -1,0 +1,589 @@
+//! `ferry.v1.StackService`: Docker Compose files as services of a project.
+//!
+//! The file is parsed by `ferry-compose` (unsupported keys refused, keys
+//! Ferry does not apply reported as warnings). Each compose service becomes
+//! a Ferry service of the stack, each named volume a project volume
+//! `<stack>-<volume>`. Interpolation variables are not stored: send them
+//! again with every update. Environment values whose key looks sensitive
+//! (PASSWORD, SECRET, TOKEN, KEY) are stored as secrets.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use ferry_compose::{ComposeProject, ComposeService};
+use ferry_db::entities::enums::{
+    AuditResourceType, ServiceKind, ServiceStatus, SourceType, StackStatus, TriggerType,
+    VolumeAccessMode, VolumeType,
+};
+use ferry_db::entities::{projects, service_env_vars, services, stacks, volume_mounts, volumes};
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
+    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use pb::stack_service_server::StackService;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::deployments::deployment_to_pb;
+use super::services::{delete_service, replace_ports};
+use super::{Workloads, authorize_project, authorize_stack, unique_as, validate};
+use crate::audit;
+use crate::services::{parse_id, ts};
+use crate::{Error, Result};
+
+/// The `StackService` implementation.
+#[derive(Debug, Clone)]
+pub struct StackApi(pub Workloads);
+
+const MAX_COMPOSE: usize = 256 * 1024;
+
+fn sensitive(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn parse(
+    file: &str,
+    variables: &std::collections::HashMap<String, String>,
+) -> Result<ComposeProject> {
+    if file.trim().is_empty() || file.len() > MAX_COMPOSE {
+        return Err(Error::InvalidArgument(
+            "composeFile: must be 1 byte to 256 KiB of YAML".into(),
+        ));
+    }
+    let env: BTreeMap<String, String> = variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ferry_compose::parse(file, &env)
+        .map_err(|e| Error::InvalidArgument(format!("composeFile: {e}")))
+}
+
+async fn stack_to_pb<C: ConnectionTrait>(db: &C, s: &stacks::Model) -> Result<pb::Stack> {
+    let ids = services::Entity::find()
+        .filter(services::Column::StackId.eq(s.id))
+        .order_by_asc(services::Column::Name)
+        .all(db)
+        .await?;
+    Ok(pb::Stack {
+        id: s.id.to_string(),
+        project_id: s.project_id.to_string(),
+        name: s.name.clone(),
+        compose_file: s.compose_file.clone(),
+        status: format!("{:?}", s.status).to_lowercase(),
+        service_ids: ids.iter().map(|s| s.id.to_string()).collect(),
+        created_at: Some(ts(s.created_at)),
+        updated_at: Some(ts(s.updated_at)),
+    })
+}
+
+fn warnings(p: &ComposeProject) -> Vec<pb::StackWarning> {
+    p.warnings
+        .iter()
+        .map(|w| pb::StackWarning {
+            path: w.path.clone(),
+            message: w.message.clone(),
+        })
+        .collect()
+}
+
+/// Where a stack's services are written.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    keyring: &'a ferry_db::crypto::Keyring,
+    actor: Uuid,
+    project: &'a projects::Model,
+    stack: &'a stacks::Model,
+    volume_ids: &'a BTreeMap<String, Uuid>,
+}
+
+/// Creates or updates one compose service's rows inside `txn`.
+async fn upsert<C: ConnectionTrait>(
+    txn: &C,
+    to: &Target<'_>,
+    cs: &ComposeService,
+    existing: Option<services::Model>,
+) -> Result<services::Model> {
+    let Target {
+        keyring,
+        actor,
+        project,
+        stack,
+        volume_ids,
+    } = *to;
+    let now = Utc::now();
+    let field = |f: &str| format!("services.{}.{f}", cs.name);
+    validate::dns_label(&field("name"), &cs.name, 63)?;
+    validate::image(&field("image"), &cs.image)?;
+    // Not stored by Ferry yet: refused rather than silently dropped.
+    if cs.working_dir.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: not supported by Ferry yet; set it in the image",
+            field("working_dir")
+        )));
+    }
+    if cs.run_as_user.is_some() || cs.run_as_group.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: not supported by Ferry yet; set USER in the image",
+            field("user")
+        )));
+    }
+    let replicas = validate::replicas(
+        &field("deploy.replicas"),
+        i32::try_from(cs.replicas.unwrap_or(1)).unwrap_or(i32::MAX),
+    )?;
+    let row = match existing {
+        Some(s) => {
+            if s.kind != ServiceKind::Application {
+                return Err(Error::FailedPrecondition(format!(
+                    "{}: an existing database service has this name",
+                    field("name")
+                )));
+            }
+            s.into_active_model()
+        }
+        None => services::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(project.id),
+            stack_id: Set(Some(stack.id)),
+            name: Set(cs.name.clone()),
+            kind: Set(ServiceKind::Application),
+            source_type: Set(SourceType::Compose),
+            status: Set(ServiceStatus::Pending),
+            health_check_interval_seconds: Set(30),
+            auto_deploy: Set(true),
+            template_slug: Set(None),
+            registry_integration_id: Set(None),
+            created_by: Set(Some(actor)),
+            created_at: Set(now),
+            ..Default::default()
+        },
+    };
+    let mut row = row;
+    row.image = Set(Some(cs.image.clone()));
+    row.command = Set((!cs.entrypoint.is_empty()).then(|| json!(cs.entrypoint)));
+    row.args = Set((!cs.command.is_empty()).then(|| json!(cs.command)));
+    row.replicas = Set(replicas);
+    row.cpu_request = Set(cs.cpu_request.clone());
+    row.cpu_limit = Set(cs.cpu_limit.clone());
+    row.memory_request = Set(cs.memory_request.clone());
+    row.memory_limit = Set(cs.memory_limit.clone());
+    row.health_check_port = Set(cs.healthcheck_port.map(i32::from));
+    row.health_check_path = Set(cs.healthcheck_path.clone());
+    row.updated_at = Set(now);
+    let service = if row.id.is_unchanged() {
+        row.update(txn).await?
+    } else {
+        row.insert(txn).await.map_err(unique_as(
+            "a service with this name already exists in the project",
+        ))?
+    };
+    // Ports, variables and mounts follow the file exactly.
+    let ports: Vec<pb::Port> = cs
+        .ports
+        .iter()
+        .map(|p| pb::Port {
+            name: String::new(),
+            container_port: u32::from(p.container_port),
+            protocol: match p.protocol {
+                ferry_compose::Protocol::Udp => pb::Protocol::Udp,
+                ferry_compose::Protocol::Tcp => pb::Protocol::Tcp,
+            }
+            .into(),
+        })
+        .collect();
+    let mut unique_ports: Vec<pb::Port> = Vec::new();
+    for p in ports {
+        if !unique_ports
+            .iter()
+            .any(|q| q.container_port == p.container_port && q.protocol == p.protocol)
+        {
+            unique_ports.push(p);
+        }
+    }
+    let ports = validate::ports(&unique_ports).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("services.{}.{m}", cs.name)),
+        other => other,
+    })?;
+    replace_ports(txn, service.id, &ports).await?;
+    service_env_vars::Entity::delete_many()
+        .filter(service_env_vars::Column::ServiceId.eq(service.id))
+        .exec(txn)
+        .await?;
+    for (key, value) in &cs.environment {
+        validate::env_key(&field(&format!("environment.{key}")), key)?;
+        validate::env_value(&field(&format!("environment.{key}")), value)?;
+        super::spec::insert_env(txn, keyring, service.id, key, value, sensitive(key)).await?;
+    }
+    volume_mounts::Entity::delete_many()
+        .filter(volume_mounts::Column::ServiceId.eq(service.id))
+        .exec(txn)
+        .await?;
+    for m in &cs.mounts {
+        validate::mount_path(&field("volumes"), &m.target)?;
+        let volume = volume_ids.get(&m.volume).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: volume {} is not declared under top-level volumes",
+                field("volumes"),
+                m.volume
+            ))
+        })?;
+        volume_mounts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            volume_id: Set(*volume),
+            service_id: Set(service.id),
+            mount_path: Set(m.target.clone()),
+            sub_path: Set(validate::sub_path(
+                &field("volumes"),
+                m.sub_path.as_deref().unwrap_or(""),
+            )?),
+            read_only: Set(m.read_only),
+            created_at: Set(now),
+        }
+        .insert(txn)
+        .await
+        .map_err(unique_as("two volumes are mounted at the same path"))?;
+    }
+    Ok(service)
+}
+
+/// Ensures a project volume per named compose volume; returns name → id.
+async fn ensure_volumes<C: ConnectionTrait>(
+    txn: &C,
+    project: &projects::Model,
+    stack_name: &str,
+    parsed: &ComposeProject,
+) -> Result<BTreeMap<String, Uuid>> {
+    let mut ids = BTreeMap::new();
+    for v in &parsed.volumes {
+        let name = format!("{stack_name}-{}", v.name.replace('_', "-"));
+        validate::dns_label(&format!("volumes.{}", v.name), &name, 58)?;
+        let existing = volumes::Entity::find()
+            .filter(volumes::Column::ProjectId.eq(project.id))
+            .filter(volumes::Column::Name.eq(&name))
+            .one(txn)
+            .await?;
+        let id = match existing {
+            Some(v) => v.id,
+            None => {
+                let now = Utc::now();
+                volumes::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    project_id: Set(project.id),
+                    name: Set(name),
+                    volume_type: Set(VolumeType::Pvc),
+                    size_gb: Set(v.size_gb.unwrap_or(1)),
+                    storage_class: Set(None),
+                    access_mode: Set(VolumeAccessMode::ReadWriteOnce),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(txn)
+                .await?
+                .id
+            }
+        };
+        ids.insert(v.name.clone(), id);
+    }
+    Ok(ids)
+}
+
+fn stack_spec(parsed: &ComposeProject) -> serde_json::Value {
+    json!({
+        "services": parsed.services.iter().map(|s| json!({
+            "name": s.name,
+            "dependsOn": s.depends_on,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl StackApi {
+    async fn create(&self, request: Request<pb::CreateStackRequest>) -> Result<pb::StackResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let db = &self.0.identity.db;
+        let (scope, project) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        validate::dns_label("name", &req.name, 40)?;
+        let parsed = parse(&req.compose_file, &req.variables)?;
+        let keyring = self.0.identity.keyring()?;
+        let now = Utc::now();
+        let txn = audit::begin_write(db).await?;
+        let stack = stacks::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(project.id),
+            name: Set(req.name.clone()),
+            compose_file: Set(req.compose_file.clone()),
+            spec: Set(stack_spec(&parsed)),
+            status: Set(StackStatus::Pending),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await
+        .map_err(unique_as(
+            "a stack with this name already exists in the project",
+        ))?;
+        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed).await?;
+        let mut created = Vec::new();
+        for cs in &parsed.services {
+            upsert(
+                &txn,
+                &Target {
+                    keyring,
+                    actor: actor.user_id,
+                    project: &project,
+                    stack: &stack,
+                    volume_ids: &volume_ids,
+                },
+                cs,
+                None,
+            )
+            .await?;
+            created.push(cs.name.clone());
+        }
+        scope
+            .audit(
+                &txn,
+                "stack.create",
+                AuditResourceType::Stack,
+                stack.id,
+                json!({ "name": stack.name, "services": created }),
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(pb::StackResponse {
+            stack: Some(stack_to_pb(db, &stack).await?),
+            warnings: warnings(&parsed),
+            created,
+            updated: Vec::new(),
+            removed: Vec::new(),
+        })
+    }
+
+    async fn get(&self, request: Request<pb::GetStackRequest>) -> Result<pb::StackResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let db = &self.0.identity.db;
+        let (_, stack, _) = authorize_stack(db, &actor, "stack.read", id).await?;
+        Ok(pb::StackResponse {
+            stack: Some(stack_to_pb(db, &stack).await?),
+            ..Default::default()
+        })
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListStacksRequest>,
+    ) -> Result<pb::ListStacksResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let db = &self.0.identity.db;
+        authorize_project(db, &actor, "project.read", project_id).await?;
+        let rows = stacks::Entity::find()
+            .filter(stacks::Column::ProjectId.eq(project_id))
+            .order_by_asc(stacks::Column::Name)
+            .all(db)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for s in &rows {
+            out.push(stack_to_pb(db, s).await?);
+        }
+        Ok(pb::ListStacksResponse { stacks: out })
+    }
+
+    async fn update(&self, request: Request<pb::UpdateStackRequest>) -> Result<pb::StackResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let req = request.get_ref();
+        let id = parse_id("id", &req.id)?;
+        let db = &self.0.identity.db;
+        let (scope, stack, project) = authorize_stack(db, &actor, "stack.manage", id).await?;
+        let parsed = parse(&req.compose_file, &req.variables)?;
+        let keyring = self.0.identity.keyring()?;
+        let txn = audit::begin_write(db).await?;
+        let current = services::Entity::find()
+            .filter(services::Column::StackId.eq(stack.id))
+            .all(&txn)
+            .await?;
+        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed).await?;
+        let (mut created, mut updated) = (Vec::new(), Vec::new());
+        for cs in &parsed.services {
+            let existing = current.iter().find(|s| s.name == cs.name).cloned();
+            if existing.is_some() {
+                updated.push(cs.name.clone());
+            } else {
+                created.push(cs.name.clone());
+            }
+            upsert(
+                &txn,
+                &Target {
+                    keyring,
+                    actor: actor.user_id,
+                    project: &project,
+                    stack: &stack,
+                    volume_ids: &volume_ids,
+                },
+                cs,
+                existing,
+            )
+            .await?;
+        }
+        let removed: Vec<services::Model> = current
+            .into_iter()
+            .filter(|s| !parsed.services.iter().any(|cs| cs.name == s.name))
+            .collect();
+        let mut row = stack.clone().into_active_model();
+        row.compose_file = Set(req.compose_file.clone());
+        row.spec = Set(stack_spec(&parsed));
+        row.updated_at = Set(Utc::now());
+        let stack = row.update(&txn).await?;
+        scope
+            .audit(
+                &txn,
+                "stack.update",
+                AuditResourceType::Stack,
+                stack.id,
+                json!({
+                    "created": created,
+                    "updated": updated,
+                    "removed": removed.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                }),
+            )
+            .await?;
+        txn.commit().await?;
+        // Removed services leave the cluster first, then the database.
+        let mut removed_names = Vec::new();
+        for s in &removed {
+            delete_service(&self.0, &scope, s, &project).await?;
+            removed_names.push(s.name.clone());
+        }
+        Ok(pb::StackResponse {
+            stack: Some(stack_to_pb(db, &stack).await?),
+            warnings: warnings(&parsed),
+            created,
+            updated,
+            removed: removed_names,
+        })
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteStackRequest>) -> Result<()> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let db = &self.0.identity.db;
+        let (scope, stack, project) = authorize_stack(db, &actor, "stack.manage", id).await?;
+        let members = services::Entity::find()
+            .filter(services::Column::StackId.eq(stack.id))
+            .all(db)
+            .await?;
+        for s in &members {
+            delete_service(&self.0, &scope, s, &project).await?;
+        }
+        let txn = audit::begin_write(db).await?;
+        stacks::Entity::delete_by_id(stack.id).exec(&txn).await?;
+        scope
+            .audit(
+                &txn,
+                "stack.delete",
+                AuditResourceType::Stack,
+                stack.id,
+                json!({ "name": stack.name }),
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<pb::DeployStackRequest>,
+    ) -> Result<pb::DeployStackResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let db = &self.0.identity.db;
+        let (scope, stack, project) = authorize_stack(db, &actor, "stack.deploy", id).await?;
+        // The order recorded at parse time: dependencies first.
+        let order: Vec<String> = stack
+            .spec
+            .get("services")
+            .and_then(|s| s.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut members = services::Entity::find()
+            .filter(services::Column::StackId.eq(stack.id))
+            .all(db)
+            .await?;
+        members.sort_by_key(|s| {
+            order
+                .iter()
+                .position(|n| *n == s.name)
+                .unwrap_or(usize::MAX)
+        });
+        let mut deployments = Vec::new();
+        for s in &members {
+            let d = self
+                .0
+                .deployer
+                .start(&scope, s, &project, TriggerType::Manual, None)
+                .await?;
+            deployments.push(deployment_to_pb(&d));
+        }
+        let mut row = stack.into_active_model();
+        row.status = Set(if self.0.deployer.cluster.is_some() {
+            StackStatus::Deploying
+        } else {
+            StackStatus::Pending
+        });
+        row.updated_at = Set(Utc::now());
+        row.update(db).await?;
+        Ok(pb::DeployStackResponse { deployments })
+    }
+}
+
+#[tonic::async_trait]
+impl StackService for StackApi {
+    async fn create_stack(
+        &self,
+        request: Request<pb::CreateStackRequest>,
+    ) -> Result<Response<pb::StackResponse>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+    async fn get_stack(
+        &self,
+        request: Request<pb::GetStackRequest>,
+    ) -> Result<Response<pb::StackResponse>, Status> {
+        Ok(Response::new(self.get(request).await?))
+    }
+    async fn list_stacks(
+        &self,
+        request: Request<pb::ListStacksRequest>,
+    ) -> Result<Response<pb::ListStacksResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+    async fn update_stack(
+        &self,
+        request: Request<pb::UpdateStackRequest>,
+    ) -> Result<Response<pb::StackResponse>, Status> {
+        Ok(Response::new(self.update(request).await?))
+    }
+    async fn delete_stack(
+        &self,
+        request: Request<pb::DeleteStackRequest>,
+    ) -> Result<Response<pb::DeleteStackResponse>, Status> {
+        self.delete(request).await?;
+        Ok(Response::new(pb::DeleteStackResponse {}))
+    }
+    async fn deploy_stack(
+        &self,
+        request: Request<pb::DeployStackRequest>,
+    ) -> Result<Response<pb::DeployStackResponse>, Status> {
+        Ok(Response::new(self.deploy(request).await?))
+    }
+}

@@ -1,0 +1,1642 @@
+//! Workloads end to end over real gRPC/TCP: projects, services, variables,
+//! volumes, stacks, templates and deployments, against an in-memory
+//! Kubernetes API (`ferry_k8s::fake::FakeCluster`), on PostgreSQL and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_api::ApiState;
+use ferry_api::feed::{FeedAuth, FeedHub};
+use ferry_api::workloads::DeployConfig;
+use ferry_db::entities::enums::OrgRole;
+use ferry_db::entities::{audit_logs, deployments};
+use ferry_db::sea_orm::{DatabaseConnection, EntityTrait as _};
+use ferry_k8s::cluster::Cluster;
+use ferry_k8s::fake::{Behavior, FakeCluster};
+use ferry_proto::ferry::v1 as pb;
+use pb::deployment_service_client::DeploymentServiceClient;
+use pb::project_service_client::ProjectServiceClient;
+use pb::service_service_client::ServiceServiceClient;
+use pb::stack_service_client::StackServiceClient;
+use pb::template_service_client::TemplateServiceClient;
+use pb::variable_group_service_client::VariableGroupServiceClient;
+use pb::volume_service_client::VolumeServiceClient;
+use serde_json::Value;
+use support::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SECRET: &str = "s3cr3t-Value-never-shown";
+const GROUP_SECRET: &str = "group-Secret-never-shown";
+
+struct W {
+    projects: ProjectServiceClient<Channel>,
+    services: ServiceServiceClient<Channel>,
+    volumes: VolumeServiceClient<Channel>,
+    groups: VariableGroupServiceClient<Channel>,
+    stacks: StackServiceClient<Channel>,
+    templates: TemplateServiceClient<Channel>,
+    deploys: DeploymentServiceClient<Channel>,
+}
+
+fn w(channel: &Channel) -> W {
+    W {
+        projects: ProjectServiceClient::new(channel.clone()),
+        services: ServiceServiceClient::new(channel.clone()),
+        volumes: VolumeServiceClient::new(channel.clone()),
+        groups: VariableGroupServiceClient::new(channel.clone()),
+        stacks: StackServiceClient::new(channel.clone()),
+        templates: TemplateServiceClient::new(channel.clone()),
+        deploys: DeploymentServiceClient::new(channel.clone()),
+    }
+}
+
+/// The api with `cluster` (or none) and a short rollout timeout.
+async fn start_api(
+    conn: &DatabaseConnection,
+    cluster: Option<&FakeCluster>,
+    timeout: Duration,
+) -> (Api, ApiState) {
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: Arc::new(ferry_tests::test_keyring()),
+        feed: FeedHub::new(),
+        feed_auth: FeedAuth::new(None),
+        cluster: cluster.map(|f| {
+            Arc::new(Cluster::new(f.client()).with_pod_check_interval(Duration::from_millis(20)))
+        }),
+        deploy: DeployConfig {
+            rollout_timeout: timeout,
+            ..DeployConfig::default()
+        },
+    };
+    (start_state(&state, relaxed()).await, state)
+}
+
+/// A user with an organization and a project.
+struct Tenant {
+    c: Clients,
+    w: W,
+    token: String,
+    org: String,
+    project: pb::Project,
+}
+
+async fn tenant(api: &Api, name: &str) -> Tenant {
+    let mut c = clients(api.addr).await;
+    register(&mut c, name).await;
+    let token = login(&mut c, name).await;
+    let org = create_org(&mut c, &token, &format!("{name} org")).await.id;
+    let mut w = w(&c.channel);
+    let project = w
+        .projects
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                organization_id: org.clone(),
+                name: format!("{name} Shop"),
+                slug: String::new(),
+                description: "the shop".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    Tenant {
+        c,
+        w,
+        token,
+        org,
+        project,
+    }
+}
+
+fn app(image: &str) -> pb::create_service_request::Spec {
+    pb::create_service_request::Spec::Application(pb::ApplicationSpec {
+        image: image.into(),
+        command: vec![],
+        args: vec!["--port".into(), "8080".into()],
+        replicas: Some(2),
+        resources: Some(pb::Resources {
+            cpu_request: "100m".into(),
+            cpu_limit: "1".into(),
+            memory_request: "64Mi".into(),
+            memory_limit: "256Mi".into(),
+        }),
+        health_check: Some(pb::HealthCheck {
+            path: "/healthz".into(),
+            port: 8080,
+            interval_seconds: 10,
+        }),
+        registry_integration_id: String::new(),
+    })
+}
+
+fn http_port() -> Vec<pb::Port> {
+    vec![pb::Port {
+        name: "http".into(),
+        container_port: 8080,
+        protocol: pb::Protocol::Tcp.into(),
+    }]
+}
+
+/// A service `web` with a plain and a secret variable, a variable group
+/// (overridden by the service's own value) and a mounted volume.
+async fn web_service(t: &mut Tenant) -> pb::Service {
+    let tok = t.token.clone();
+    let svc =
+        t.w.services
+            .create_service(authed(
+                pb::CreateServiceRequest {
+                    project_id: t.project.id.clone(),
+                    name: "web".into(),
+                    spec: Some(app("ghcr.io/acme/web:1.0")),
+                    ports: http_port(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    for (key, value, secret) in [("LOG_LEVEL", "debug", false), ("API_KEY", SECRET, true)] {
+        let v =
+            t.w.services
+                .set_env_var(authed(
+                    pb::SetEnvVarRequest {
+                        service_id: svc.id.clone(),
+                        key: key.into(),
+                        value: value.into(),
+                        secret,
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(v.value, if secret { "***" } else { value });
+    }
+    let group =
+        t.w.groups
+            .create_variable_group(authed(
+                pb::CreateVariableGroupRequest {
+                    project_id: t.project.id.clone(),
+                    name: "shared".into(),
+                    description: String::new(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    for (key, value, secret) in [
+        ("LOG_LEVEL", "info", false),
+        ("SHARED_TOKEN", GROUP_SECRET, true),
+    ] {
+        t.w.groups
+            .set_variable(authed(
+                pb::SetVariableRequest {
+                    variable_group_id: group.id.clone(),
+                    key: key.into(),
+                    value: value.into(),
+                    secret,
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+    }
+    t.w.services
+        .attach_variable_group(authed(
+            pb::AttachVariableGroupRequest {
+                service_id: svc.id.clone(),
+                variable_group_id: group.id.clone(),
+            },
+            &tok,
+        ))
+        .await
+        .unwrap();
+    let volume =
+        t.w.volumes
+            .create_volume(authed(
+                pb::CreateVolumeRequest {
+                    project_id: t.project.id.clone(),
+                    name: "uploads".into(),
+                    size_gb: 5,
+                    storage_class: String::new(),
+                    access_mode: pb::VolumeAccessMode::ReadWriteOnce.into(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    t.w.services
+        .mount_volume(authed(
+            pb::MountVolumeRequest {
+                service_id: svc.id.clone(),
+                volume_id: volume.id.clone(),
+                mount_path: "/app/uploads".into(),
+                sub_path: String::new(),
+                read_only: false,
+            },
+            &tok,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Follows WatchDeployment until the deployment finishes.
+async fn wait_done(w: &mut W, token: &str, id: &str) -> (pb::Deployment, Vec<String>) {
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        w.deploys
+            .watch_deployment(authed(pb::WatchDeploymentRequest { id: id.into() }, token)),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+    let mut last = None;
+    let mut logs = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("watch stalled")
+        .unwrap()
+    {
+        logs.extend(event.logs.iter().map(|l| l.message.clone()));
+        last = event.deployment;
+    }
+    (last.expect("at least one event"), logs)
+}
+
+fn secret_env(fake: &FakeCluster, ns: &str, name: &str) -> serde_json::Map<String, Value> {
+    let secret = fake
+        .get("Secret", ns, &format!("{name}-env"))
+        .expect("env secret");
+    let mut out = serde_json::Map::new();
+    if let Some(data) = secret["data"].as_object() {
+        for (k, v) in data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            out.insert(k.clone(), Value::String(String::from_utf8(bytes).unwrap()));
+        }
+    }
+    if let Some(data) = secret["stringData"].as_object() {
+        out.extend(data.clone());
+    }
+    out
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn status(d: &pb::Deployment) -> pb::DeploymentStatus {
+    pb::DeploymentStatus::try_from(d.status).unwrap()
+}
+
+#[tokio::test]
+async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
+        let mut t = tenant(&api, "alice").await;
+        let ns = t.project.slug.clone();
+        assert_eq!(ns, "alice-shop", "{b}");
+        let svc = web_service(&mut t).await;
+        let tok = t.token.clone();
+
+        // Deploy #1.
+        let d1 =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(status(&d1), pb::DeploymentStatus::Pending, "{b}");
+        let (d1, logs) = wait_done(&mut t.w, &tok, &d1.id).await;
+        assert_eq!(status(&d1), pb::DeploymentStatus::Running, "{b}: {d1:?}");
+        assert!(
+            logs.iter().any(|l| l.contains("rollout complete")),
+            "{b}: {logs:?}"
+        );
+
+        // What the cluster got.
+        let dep = fake.get("Deployment", &ns, "web").expect("deployment");
+        assert_eq!(dep["spec"]["replicas"], 2, "{b}");
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "ghcr.io/acme/web:1.0", "{b}");
+        assert_eq!(c["args"], serde_json::json!(["--port", "8080"]), "{b}");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz", "{b}");
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{b}"
+        );
+        assert_eq!(
+            dep["metadata"]["labels"]["app.kubernetes.io/managed-by"], "ferry",
+            "{b}"
+        );
+        assert!(fake.get("Namespace", "", &ns).is_some(), "{b}");
+        assert!(
+            fake.get("NetworkPolicy", &ns, "ferry-default-deny")
+                .is_some(),
+            "{b}"
+        );
+        assert!(
+            fake.get("PersistentVolumeClaim", &ns, "vol-uploads")
+                .is_some(),
+            "{b}"
+        );
+        let service = fake.get("Service", &ns, "web").expect("service");
+        assert_eq!(service["spec"]["ports"][0]["port"], 8080, "{b}");
+        let env = secret_env(&fake, &ns, "web");
+        // The service's own value overrides the group's.
+        assert_eq!(env["LOG_LEVEL"], "debug", "{b}");
+        assert_eq!(env["API_KEY"], SECRET, "{b}");
+        assert_eq!(env["SHARED_TOKEN"], GROUP_SECRET, "{b}");
+        // Every apply used server-side apply with the `ferry` manager.
+        let applies: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_apply())
+            .collect();
+        assert!(applies.len() >= 6, "{b}: {applies:?}");
+        assert!(
+            applies.iter().all(|r| r.field_manager() == Some("ferry")),
+            "{b}"
+        );
+
+        // The recorded manifests mask secret values.
+        assert!(d1.manifests_yaml.contains("kind: Deployment"), "{b}");
+        assert!(!d1.manifests_yaml.contains(SECRET), "{b}");
+
+        // Deploy #2 with a new image; #1 becomes superseded.
+        t.w.services
+            .update_service(authed(
+                pb::UpdateServiceRequest {
+                    id: svc.id.clone(),
+                    image: Some("ghcr.io/acme/web:2.0".into()),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(plan.cluster_configured && plan.secrets_revealed, "{b}");
+        assert!(
+            plan.diff.contains("-") && plan.diff.contains("web:2.0"),
+            "{b}: {}",
+            plan.diff
+        );
+        let d2 =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let (d2, _) = wait_done(&mut t.w, &tok, &d2.id).await;
+        assert_eq!(status(&d2), pb::DeploymentStatus::Running, "{b}");
+        let dep = fake.get("Deployment", &ns, "web").unwrap();
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/acme/web:2.0",
+            "{b}"
+        );
+        let d1_now =
+            t.w.deploys
+                .get_deployment(authed(pb::GetDeploymentRequest { id: d1.id.clone() }, &tok))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(status(&d1_now), pb::DeploymentStatus::Superseded, "{b}");
+
+        // Changing a variable after #1 does not leak into its rollback:
+        // the rollback restores #1's image and environment.
+        t.w.services
+            .set_env_var(authed(
+                pb::SetEnvVarRequest {
+                    service_id: svc.id.clone(),
+                    key: "LOG_LEVEL".into(),
+                    value: "trace".into(),
+                    secret: false,
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let r =
+            t.w.deploys
+                .rollback(authed(
+                    pb::RollbackRequest {
+                        deployment_id: d1.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(r.rollback_of_id, d1.id, "{b}");
+        let (r, _) = wait_done(&mut t.w, &tok, &r.id).await;
+        assert_eq!(status(&r), pb::DeploymentStatus::Running, "{b}");
+        assert_eq!(
+            pb::DeploymentTrigger::try_from(r.trigger).unwrap(),
+            pb::DeploymentTrigger::Rollback
+        );
+        let dep = fake.get("Deployment", &ns, "web").unwrap();
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/acme/web:1.0",
+            "{b}"
+        );
+        assert_eq!(secret_env(&fake, &ns, "web")["LOG_LEVEL"], "debug", "{b}");
+
+        // History, newest first, paged.
+        let page =
+            t.w.deploys
+                .list_deployments(authed(
+                    pb::ListDeploymentsRequest {
+                        service_id: svc.id.clone(),
+                        page_size: 2,
+                        page_token: String::new(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(page.deployments.len(), 2, "{b}");
+        assert_eq!(page.deployments[0].id, r.id, "{b}");
+        assert!(!page.next_page_token.is_empty(), "{b}");
+
+        // Scale, restart, stop.
+        let s =
+            t.w.deploys
+                .scale(authed(
+                    pb::ScaleRequest {
+                        service_id: svc.id.clone(),
+                        replicas: 3,
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(s.replicas, 3, "{b}");
+        assert_eq!(
+            fake.get("Deployment", &ns, "web").unwrap()["spec"]["replicas"],
+            3,
+            "{b}"
+        );
+        t.w.deploys
+            .restart(authed(
+                pb::RestartRequest {
+                    service_id: svc.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let dep = fake.get("Deployment", &ns, "web").unwrap();
+        assert!(
+            dep["spec"]["template"]["metadata"]["annotations"]["ferry.dev/restarted-at"]
+                .is_string(),
+            "{b}: {dep}"
+        );
+        let s =
+            t.w.deploys
+                .stop(authed(
+                    pb::StopRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!((s.replicas, s.status.as_str()), (0, "stopped"), "{b}");
+        assert_eq!(
+            fake.get("Deployment", &ns, "web").unwrap()["spec"]["replicas"],
+            0,
+            "{b}"
+        );
+
+        // Delete: cluster objects by label, then rows.
+        let deleted =
+            t.w.services
+                .delete_service(authed(
+                    pb::DeleteServiceRequest { id: svc.id.clone() },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            deleted
+                .deleted_objects
+                .iter()
+                .any(|o| o.contains("Deployment")),
+            "{b}: {deleted:?}"
+        );
+        assert!(fake.get("Deployment", &ns, "web").is_none(), "{b}");
+        assert!(fake.get("Secret", &ns, "web-env").is_none(), "{b}");
+        let err =
+            t.w.services
+                .get_service(authed(pb::GetServiceRequest { id: svc.id.clone() }, &tok))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{b}");
+
+        // No secret value in any audit row or recorded deployment.
+        for row in audit_logs::Entity::find().all(&db.conn).await.unwrap() {
+            let text = row.details.to_string();
+            assert!(
+                !text.contains(SECRET) && !text.contains(GROUP_SECRET),
+                "{b}: {text}"
+            );
+        }
+        for d in deployments::Entity::find().all(&db.conn).await.unwrap() {
+            let text = d.k8s_artifacts.to_string();
+            assert!(
+                !text.contains(SECRET) && !text.contains(GROUP_SECRET),
+                "{b}"
+            );
+        }
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn failed_rollouts_keep_the_previous_version_serving() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(2)).await;
+        let mut t = tenant(&api, "bob").await;
+        let ns = t.project.slug.clone();
+        let svc = web_service(&mut t).await;
+        let tok = t.token.clone();
+        let deploy = |w: &mut W| {
+            let mut d = w.deploys.clone();
+            let id = svc.id.clone();
+            let tok = tok.clone();
+            async move {
+                d.deploy(authed(pb::DeployRequest { service_id: id }, &tok))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        let d1 = deploy(&mut t.w).await;
+        assert_eq!(
+            status(&wait_done(&mut t.w, &tok, &d1.id).await.0),
+            pb::DeploymentStatus::Running
+        );
+
+        for (behavior, image, expect) in [
+            (
+                Behavior::ImagePullBackOff,
+                "ghcr.io/acme/web:missing",
+                "ImagePullBackOff",
+            ),
+            (
+                Behavior::CrashLoop,
+                "ghcr.io/acme/web:crashes",
+                "CrashLoopBackOff",
+            ),
+            (Behavior::Hang, "ghcr.io/acme/web:slow", "did not finish"),
+        ] {
+            fake.set_behavior("web", behavior);
+            t.w.services
+                .update_service(authed(
+                    pb::UpdateServiceRequest {
+                        id: svc.id.clone(),
+                        image: Some(image.into()),
+                        ..Default::default()
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap();
+            let d = deploy(&mut t.w).await;
+            let (d, logs) = wait_done(&mut t.w, &tok, &d.id).await;
+            assert_eq!(
+                status(&d),
+                pb::DeploymentStatus::Failed,
+                "{b}: {behavior:?}"
+            );
+            assert!(
+                d.message.contains(expect),
+                "{b}: {behavior:?}: {}",
+                d.message
+            );
+            assert!(
+                logs.iter()
+                    .any(|l| l.contains("previous version keeps serving")),
+                "{b}: {logs:?}"
+            );
+            // The running deployment's objects were re-applied.
+            fake.set_behavior("web", Behavior::Ready);
+            let dep = fake.get("Deployment", &ns, "web").unwrap();
+            assert_eq!(
+                dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/acme/web:1.0",
+                "{b}: {behavior:?}"
+            );
+            let svc_now =
+                t.w.services
+                    .get_service(authed(pb::GetServiceRequest { id: svc.id.clone() }, &tok))
+                    .await
+                    .unwrap()
+                    .into_inner();
+            assert_eq!(svc_now.status, "running", "{b}");
+        }
+        // The first deployment is still the running one.
+        let first =
+            t.w.deploys
+                .get_deployment(authed(pb::GetDeploymentRequest { id: d1.id.clone() }, &tok))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(status(&first), pb::DeploymentStatus::Running, "{b}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinished_ones() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, state) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "carol").await;
+        let svc = web_service(&mut t).await;
+        let tok = t.token.clone();
+        let d =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(status(&d), pb::DeploymentStatus::Planned, "{b}");
+        assert!(
+            d.message.contains("no Kubernetes cluster"),
+            "{b}: {}",
+            d.message
+        );
+        assert!(
+            d.manifests_yaml.contains("kind: Deployment") && !d.manifests_yaml.contains(SECRET),
+            "{b}"
+        );
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(!plan.cluster_configured, "{b}");
+        assert!(
+            plan.diff.is_empty(),
+            "{b}: nothing changed since the plan: {}",
+            plan.diff
+        );
+        // Restart needs a cluster; scale just records.
+        let err =
+            t.w.deploys
+                .restart(authed(
+                    pb::RestartRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{b}");
+
+        // A deployment left `deploying` by a crashed api (no cluster now):
+        // marked failed with a reason on start.
+        let fake = FakeCluster::new();
+        fake.set_default_behavior(Behavior::Hang);
+        let (api2, state2) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let mut w2 = w(&clients(api2.addr).await.channel);
+        let stuck = w2
+            .deploys
+            .deploy(authed(
+                pb::DeployRequest {
+                    service_id: svc.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        // Let the background task reach `deploying`, then "crash".
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state2.deploy.stop.trigger();
+        api2.stop().await;
+        let resumed = ferry_api::deployer(&state).resume().await.unwrap();
+        assert!(resumed >= 1, "{b}");
+        let row = deployments::Entity::find_by_id(stuck.id.parse::<uuid::Uuid>().unwrap())
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.status,
+            ferry_db::entities::enums::DeploymentStatus::Failed,
+            "{b}"
+        );
+        assert!(row.error_message.unwrap().contains("restarted"), "{b}");
+
+        // With a cluster, an unfinished rollout is resumed and completes.
+        let (api3, state3) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let mut w3 = w(&clients(api3.addr).await.channel);
+        let d = w3
+            .deploys
+            .deploy(authed(
+                pb::DeployRequest {
+                    service_id: svc.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state3.deploy.stop.trigger();
+        api3.stop().await;
+        let row = deployments::Entity::find_by_id(d.id.parse::<uuid::Uuid>().unwrap())
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.status,
+            ferry_db::entities::enums::DeploymentStatus::Deploying,
+            "{b}"
+        );
+        fake.set_default_behavior(Behavior::Ready);
+        let (api4, state4) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let resumed = ferry_api::deployer(&state4).resume().await.unwrap();
+        assert_eq!(resumed, 1, "{b}");
+        let (d, logs) = wait_done(&mut t.w, &tok, &d.id).await;
+        assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}: {d:?}");
+        assert!(logs.iter().any(|l| l.contains("resuming")), "{b}: {logs:?}");
+        api4.stop().await;
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field() {
+    let db = ferry_tests::TestDb::sqlite().await;
+    db.migrate().await;
+    let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+    let mut t = tenant(&api, "dave").await;
+    let tok = t.token.clone();
+    let project = t.project.id.clone();
+    let create = |name: &str, spec: pb::create_service_request::Spec, ports: Vec<pb::Port>| {
+        pb::CreateServiceRequest {
+            project_id: project.clone(),
+            name: name.into(),
+            spec: Some(spec),
+            ports,
+        }
+    };
+    let mut bad_resources = app("nginx:1");
+    if let pb::create_service_request::Spec::Application(a) = &mut bad_resources {
+        a.resources.as_mut().unwrap().memory_limit = "lots".into();
+    }
+    let mut bad_health = app("nginx:1");
+    if let pb::create_service_request::Spec::Application(a) = &mut bad_health {
+        a.health_check.as_mut().unwrap().path = "no-slash".into();
+    }
+    let cases = vec![
+        (create("Web_1", app("nginx:1"), vec![]), "name"),
+        (
+            create("web", app("nginx latest; rm -rf /"), vec![]),
+            "application.image",
+        ),
+        (
+            create("web", bad_resources, vec![]),
+            "resources.memoryLimit",
+        ),
+        (create("web", bad_health, vec![]), "healthCheck.path"),
+        (
+            create(
+                "web",
+                app("nginx:1"),
+                vec![pb::Port {
+                    name: String::new(),
+                    container_port: 70000,
+                    protocol: 0,
+                }],
+            ),
+            "ports[0].containerPort",
+        ),
+        (
+            create(
+                "db",
+                pb::create_service_request::Spec::Database(pb::DatabaseSpec {
+                    engine: 0,
+                    ..Default::default()
+                }),
+                vec![],
+            ),
+            "database.engine",
+        ),
+    ];
+    for (req, field) in cases {
+        let err =
+            t.w.services
+                .create_service(authed(req, &tok))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    let err =
+        t.w.projects
+            .create_project(authed(
+                pb::CreateProjectRequest {
+                    organization_id: t.org.clone(),
+                    name: "x".into(),
+                    slug: "kube-system".into(),
+                    description: String::new(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap_err();
+    assert!(err.message().starts_with("slug"), "{err}");
+    let err =
+        t.w.volumes
+            .create_volume(authed(
+                pb::CreateVolumeRequest {
+                    project_id: t.project.id.clone(),
+                    name: "data".into(),
+                    size_gb: 0,
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap_err();
+    assert!(err.message().starts_with("sizeGb"), "{err}");
+    let svc = web_service(&mut t).await;
+    for (key, field) in [("1BAD", "key"), ("A-B", "key")] {
+        let err =
+            t.w.services
+                .set_env_var(authed(
+                    pb::SetEnvVarRequest {
+                        service_id: svc.id.clone(),
+                        key: key.into(),
+                        value: "x".into(),
+                        secret: false,
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert!(err.message().starts_with(field), "{err}");
+    }
+    let err =
+        t.w.services
+            .mount_volume(authed(
+                pb::MountVolumeRequest {
+                    service_id: svc.id.clone(),
+                    volume_id: uuid::Uuid::now_v7().to_string(),
+                    mount_path: "/a/../etc".into(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap_err();
+    assert!(err.message().starts_with("mountPath"), "{err}");
+    // A slug is unique across the cluster, not just the organization.
+    let mut other = tenant(&api, "erin").await;
+    let err = other
+        .w
+        .projects
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                organization_id: other.org.clone(),
+                name: "Anything".into(),
+                slug: t.project.slug.clone(),
+                description: String::new(),
+            },
+            &other.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn viewers_never_see_secret_values() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "frank").await;
+        let svc = web_service(&mut t).await;
+        let mut c = clients(api.addr).await;
+        let viewer = register(&mut c, "vera").await;
+        let vtok = login(&mut c, "vera").await;
+        add_member(&db.conn, &t.org, &viewer.id, OrgRole::Viewer).await;
+        let mut vw = w(&c.channel);
+        let plan = vw
+            .deploys
+            .plan_deployment(authed(
+                pb::PlanDeploymentRequest {
+                    service_id: svc.id.clone(),
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!plan.secrets_revealed, "{b}");
+        for secret in [SECRET, GROUP_SECRET] {
+            assert!(
+                !plan.yaml.contains(secret) && !plan.yaml.contains(&b64(secret)),
+                "{b}"
+            );
+        }
+        assert!(plan.yaml.contains("***"), "{b}");
+        let env = vw
+            .services
+            .list_env_vars(authed(
+                pb::ListEnvVarsRequest {
+                    service_id: svc.id.clone(),
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            env.env_vars
+                .iter()
+                .any(|v| v.key == "API_KEY" && v.value == "***"),
+            "{b}"
+        );
+        // Viewers may not deploy, change or read credentials.
+        let err = vw
+            .deploys
+            .deploy(authed(
+                pb::DeployRequest {
+                    service_id: svc.id.clone(),
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}");
+        // The owner's plan shows the values.
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            plan.secrets_revealed && plan.yaml.contains(&b64(SECRET)),
+            "{b}"
+        );
+
+        // A database: credentials only for those who may deploy.
+        let pg =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: t.project.id.clone(),
+                        name: "db".into(),
+                        spec: Some(pb::create_service_request::Spec::Database(
+                            pb::DatabaseSpec {
+                                engine: pb::DatabaseEngine::Postgres.into(),
+                                version: "16".into(),
+                                storage_size_gb: 20,
+                                resources: None,
+                            },
+                        )),
+                        ports: vec![],
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            (pg.image.as_str(), pg.storage_size_gb),
+            ("postgres:16", 20),
+            "{b}"
+        );
+        let info =
+            t.w.services
+                .get_connection_info(authed(
+                    pb::GetConnectionInfoRequest {
+                        service_id: pg.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            info.host,
+            format!("db.{}.svc.cluster.local", t.project.slug),
+            "{b}"
+        );
+        assert_eq!(info.port, 5432, "{b}");
+        assert!(info.password.len() >= 20, "{b}");
+        assert!(
+            info.url.starts_with("postgresql://postgres:") && info.url.contains(&info.password),
+            "{b}"
+        );
+        let err = vw
+            .services
+            .get_connection_info(authed(
+                pb::GetConnectionInfoRequest {
+                    service_id: pg.id.clone(),
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}");
+        // The generated password is a secret variable, rendered as a StatefulSet.
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: pg.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            plan.yaml.contains("kind: StatefulSet") && plan.yaml.contains(&b64(&info.password)),
+            "{b}"
+        );
+        let vplan = vw
+            .deploys
+            .plan_deployment(authed(
+                pb::PlanDeploymentRequest {
+                    service_id: pg.id.clone(),
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !vplan.yaml.contains(&info.password) && !vplan.yaml.contains(&b64(&info.password)),
+            "{b}"
+        );
+        for row in audit_logs::Entity::find().all(&db.conn).await.unwrap() {
+            let text = row.details.to_string();
+            assert!(
+                !text.contains(&info.password) && !text.contains(SECRET),
+                "{b}: {text}"
+            );
+        }
+        let _ = &mut t.c;
+        api.stop().await;
+    }
+}
+
+const COMPOSE: &str = r#"
+services:
+  web:
+    image: ghcr.io/acme/shop:${TAG:-1.0}
+    ports: ["8080:80"]
+    environment:
+      DATABASE_URL: postgres://shop:${DB_PASSWORD}@db:5432/shop
+      MODE: production
+    depends_on: [db]
+    restart: unless-stopped
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_PASSWORD: ${DB_PASSWORD}
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+volumes:
+  pgdata:
+"#;
+
+#[tokio::test]
+async fn compose_stacks_create_reconcile_and_deploy() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
+        let mut t = tenant(&api, "gina").await;
+        let tok = t.token.clone();
+        let vars = |pw: &str| {
+            [("DB_PASSWORD".to_owned(), pw.to_owned())]
+                .into_iter()
+                .collect()
+        };
+
+        // Refused keys are all named, and nothing is created.
+        let err = t
+            .w
+            .stacks
+            .create_stack(authed(
+                pb::CreateStackRequest {
+                    project_id: t.project.id.clone(),
+                    name: "bad".into(),
+                    compose_file: "services:\n  x:\n    image: alpine\n    privileged: true\n    network_mode: host\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n".into(),
+                    variables: Default::default(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+        for path in [
+            "services.x.privileged",
+            "services.x.network_mode",
+            "services.x.volumes[0]",
+        ] {
+            assert!(
+                err.message().contains(path),
+                "{b}: {path}: {}",
+                err.message()
+            );
+        }
+        // An unset variable is an error, not an empty string.
+        let err =
+            t.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: t.project.id.clone(),
+                        name: "shop".into(),
+                        compose_file: COMPOSE.into(),
+                        variables: Default::default(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert!(err.message().contains("DB_PASSWORD"), "{b}: {err}");
+
+        let created =
+            t.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: t.project.id.clone(),
+                        name: "shop".into(),
+                        compose_file: COMPOSE.into(),
+                        variables: vars("pw-one"),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            created.created,
+            vec!["db", "web"],
+            "{b}: dependencies first"
+        );
+        assert!(
+            created
+                .warnings
+                .iter()
+                .any(|w| w.path == "services.web.restart"),
+            "{b}: {:?}",
+            created.warnings
+        );
+        let stack = created.stack.unwrap();
+        assert_eq!(stack.service_ids.len(), 2, "{b}");
+        let services =
+            t.w.services
+                .list_services(authed(
+                    pb::ListServicesRequest {
+                        project_id: t.project.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .services;
+        let web = services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.image, "ghcr.io/acme/shop:1.0", "{b}");
+        assert_eq!(web.ports[0].container_port, 80, "{b}");
+        let dbs = services.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!(dbs.mounts[0].mount_path, "/var/lib/postgresql/data", "{b}");
+        assert_eq!(dbs.mounts[0].volume_name, "shop-pgdata", "{b}");
+        let env =
+            t.w.services
+                .list_env_vars(authed(
+                    pb::ListEnvVarsRequest {
+                        service_id: dbs.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        // Sensitive-looking keys are stored as secrets.
+        assert!(
+            env.env_vars
+                .iter()
+                .any(|v| v.key == "POSTGRES_PASSWORD" && v.secret && v.value == "***"),
+            "{b}"
+        );
+
+        let deployed =
+            t.w.stacks
+                .deploy_stack(authed(
+                    pb::DeployStackRequest {
+                        id: stack.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(deployed.deployments.len(), 2, "{b}");
+        for d in &deployed.deployments {
+            let (d, _) = wait_done(&mut t.w, &tok, &d.id).await;
+            assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
+        }
+        assert!(
+            fake.get("Deployment", &t.project.slug, "web").is_some(),
+            "{b}"
+        );
+        assert_eq!(
+            secret_env(&fake, &t.project.slug, "db")["POSTGRES_PASSWORD"],
+            "pw-one",
+            "{b}"
+        );
+
+        // Update: web changes, db goes away, cache arrives.
+        let updated_file = "services:\n  web:\n    image: ghcr.io/acme/shop:2.0\n    ports: [\"80\"]\n  cache:\n    image: redis:7\n";
+        let updated =
+            t.w.stacks
+                .update_stack(authed(
+                    pb::UpdateStackRequest {
+                        id: stack.id.clone(),
+                        compose_file: updated_file.into(),
+                        variables: Default::default(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(updated.created, vec!["cache"], "{b}");
+        assert_eq!(updated.updated, vec!["web"], "{b}");
+        assert_eq!(updated.removed, vec!["db"], "{b}");
+        assert!(
+            fake.get("StatefulSet", &t.project.slug, "db").is_none()
+                && fake.get("Deployment", &t.project.slug, "db").is_none(),
+            "{b}"
+        );
+        let web_now =
+            t.w.services
+                .get_service(authed(pb::GetServiceRequest { id: web.id.clone() }, &tok))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(web_now.image, "ghcr.io/acme/shop:2.0", "{b}");
+
+        t.w.stacks
+            .delete_stack(authed(
+                pb::DeleteStackRequest {
+                    id: stack.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            fake.get("Deployment", &t.project.slug, "web").is_none(),
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn templates_list_create_and_deploy() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        ferry_db::seed::run(&db.conn).await.unwrap();
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "hank").await;
+        let tok = t.token.clone();
+        let list =
+            t.w.templates
+                .list_templates(authed(
+                    pb::ListTemplatesRequest {
+                        organization_id: t.org.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        for slug in ["postgres", "mysql", "mongodb", "redis", "uptime-kuma"] {
+            assert!(
+                list.templates.iter().any(|x| x.slug == slug && x.official),
+                "{b}: {slug}"
+            );
+        }
+        let err = t
+            .w
+            .templates
+            .create_template(authed(
+                pb::CreateTemplateRequest {
+                    organization_id: t.org.clone(),
+                    slug: "mine".into(),
+                    name: "Mine".into(),
+                    spec_json: r#"{"kind":"application","image":"nginx","privileged":true}"#.into(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("specJson"), "{b}: {err}");
+        t.w.templates
+            .create_template(authed(
+                pb::CreateTemplateRequest {
+                    organization_id: t.org.clone(),
+                    slug: "echo".into(),
+                    name: "Echo".into(),
+                    spec_json: r#"{"kind":"application","image":"hashicorp/http-echo:1.0","ports":[{"name":"http","container_port":5678}],"http_port":5678,"env":[{"key":"TOKEN","generate":"hex32","secret":true}]}"#.into(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let deployed =
+            t.w.templates
+                .deploy_template(authed(
+                    pb::DeployTemplateRequest {
+                        project_id: t.project.id.clone(),
+                        template_slug: "echo".into(),
+                        service_name: String::new(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let svc = deployed.service.unwrap();
+        assert_eq!(
+            (svc.name.as_str(), svc.template_slug.as_str()),
+            ("echo", "echo"),
+            "{b}"
+        );
+        assert_eq!(
+            status(&deployed.deployment.unwrap()),
+            pb::DeploymentStatus::Planned,
+            "{b}"
+        );
+        let redis =
+            t.w.templates
+                .deploy_template(authed(
+                    pb::DeployTemplateRequest {
+                        project_id: t.project.id.clone(),
+                        template_slug: "redis".into(),
+                        service_name: "cache".into(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let cache = redis.service.unwrap();
+        assert_eq!(
+            pb::ServiceKind::try_from(cache.kind).unwrap(),
+            pb::ServiceKind::Database,
+            "{b}"
+        );
+        assert!(
+            redis
+                .deployment
+                .unwrap()
+                .manifests_yaml
+                .contains("kind: StatefulSet"),
+            "{b}"
+        );
+        let _ = &mut t.c;
+        api.stop().await;
+    }
+}
+
+/// A request message with only field 1 (every workload request's first
+/// field names the resource it acts on).
+#[derive(Clone, PartialEq, prost::Message)]
+struct FirstField {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+/// `(method path, name of field 1)` of every workload RPC.
+fn workload_methods() -> Vec<(String, String, String)> {
+    use prost::Message as _;
+    let fds = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let services = [
+        "ProjectService",
+        "ServiceService",
+        "VolumeService",
+        "VariableGroupService",
+        "StackService",
+        "TemplateService",
+        "DeploymentService",
+    ];
+    let mut out = Vec::new();
+    for file in fds.file.iter().filter(|f| f.package() == "ferry.v1") {
+        for service in file.service.iter().filter(|s| services.contains(&s.name())) {
+            for method in &service.method {
+                let input = method.input_type().trim_start_matches(".ferry.v1.");
+                let message = fds
+                    .file
+                    .iter()
+                    .flat_map(|f| &f.message_type)
+                    .find(|m| m.name() == input)
+                    .unwrap();
+                let first = message.field.iter().find(|f| f.number() == 1).unwrap();
+                out.push((
+                    service.name().to_owned(),
+                    format!("/ferry.v1.{}/{}", service.name(), method.name()),
+                    first.name().to_owned(),
+                ));
+            }
+        }
+    }
+    assert!(out.len() >= 40, "{}", out.len());
+    out
+}
+
+#[tokio::test]
+async fn every_workload_rpc_is_tenant_scoped() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut v = tenant(&api, "victim").await;
+        let svc = web_service(&mut v).await;
+        let vt = v.token.clone();
+        let deployment =
+            v.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let stack =
+            v.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: v.project.id.clone(),
+                        name: "st".into(),
+                        compose_file: "services:\n  api:\n    image: nginx:1\n".into(),
+                        variables: Default::default(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .stack
+                .unwrap();
+        let group =
+            v.w.groups
+                .list_variable_groups(authed(
+                    pb::ListVariableGroupsRequest {
+                        project_id: v.project.id.clone(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .variable_groups[0]
+                .id
+                .clone();
+        let volume = svc.mounts[0].volume_id.clone();
+        let outsider = tenant(&api, "outsider").await;
+
+        let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
+        for (service, method, field) in workload_methods() {
+            let id = match (field.as_str(), service.as_str()) {
+                ("organization_id", _) => v.org.clone(),
+                ("project_id", _) | ("id", "ProjectService") => v.project.id.clone(),
+                ("service_id", _) | ("id", "ServiceService") => svc.id.clone(),
+                ("variable_group_id", _) | ("id", "VariableGroupService") => group.clone(),
+                ("deployment_id", _) | ("id", "DeploymentService") => deployment.id.clone(),
+                ("id", "StackService") => stack.id.clone(),
+                ("id", "VolumeService") => volume.clone(),
+                other => panic!("{method}: no victim resource for {other:?}: add one"),
+            };
+            grpc.ready().await.unwrap();
+            let path = tonic::codegen::http::uri::PathAndQuery::try_from(method.as_str()).unwrap();
+            let result = grpc
+                .unary(
+                    authed(FirstField { id }, &outsider.token),
+                    path,
+                    tonic_prost::ProstCodec::<FirstField, ()>::default(),
+                )
+                .await;
+            let code = result
+                .expect_err(&format!("{b}: {method} succeeded cross-tenant"))
+                .code();
+            assert!(
+                matches!(code, Code::NotFound | Code::PermissionDenied),
+                "{b}: {method} cross-tenant: {code:?}"
+            );
+        }
+        // Everything of the victim's is still there.
+        let still =
+            v.w.services
+                .get_service(authed(pb::GetServiceRequest { id: svc.id.clone() }, &vt))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            (still.image.as_str(), still.replicas),
+            ("ghcr.io/acme/web:1.0", 2),
+            "{b}"
+        );
+        v.w.stacks
+            .get_stack(authed(
+                pb::GetStackRequest {
+                    id: stack.id.clone(),
+                },
+                &vt,
+            ))
+            .await
+            .unwrap();
+        let env =
+            v.w.services
+                .list_env_vars(authed(
+                    pb::ListEnvVarsRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(env.env_vars.len(), 2, "{b}");
+        api.stop().await;
+    }
+}

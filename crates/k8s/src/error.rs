@@ -1,0 +1,50 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong rendering, applying or watching.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot be rendered: `field` names the offending input.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The Kubernetes API answered with an error (or could not be reached).
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// A watch on the cluster failed.
+    #[error("kubernetes watch: {0}")]
+    Watch(#[from] kube::runtime::watcher::Error),
+    /// No usable kubeconfig / in-cluster configuration.
+    #[error("kubernetes config: {0}")]
+    Config(String),
+    /// Encoding or decoding a rendered object.
+    #[error("encoding: {0}")]
+    Encoding(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the API answered 404 Not Found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(status)) if status.is_not_found())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}
+
+impl From<serde_yaml_ng::Error> for Error {
+    fn from(e: serde_yaml_ng::Error) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,163 @@
+//! Scenario fixture (kube-rs controller-rs `fixtures.rs` style): a scripted
+//! API server on `tower_test::mock::pair` that checks every request of an
+//! apply, in order, and answers it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{SECRET_VALUE, db_spec};
+use ferry_k8s::{Cluster, Error, WorkloadKindRef, render};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request and how to answer it.
+struct Step {
+    path: &'static str,
+    kind: &'static str,
+    status: StatusCode,
+    /// Merged into the echoed body (server-set fields).
+    server_fields: Value,
+}
+
+impl Step {
+    fn ok(path: &'static str, kind: &'static str) -> Step {
+        Step {
+            path,
+            kind,
+            status: StatusCode::OK,
+            server_fields: json!({}),
+        }
+    }
+}
+
+fn query(req: &Request<Body>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// Serves `steps` in order, asserting each request is the expected
+/// server-side apply; returns the bodies it received.
+async fn run_scenario(mut handle: Handle, steps: Vec<Step>) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for step in steps {
+        let (request, send) = handle.next_request().await.expect("service not called");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), step.path);
+        let q = query(&request);
+        assert!(
+            q.contains(&("fieldManager".into(), "ferry".into())),
+            "{q:?}"
+        );
+        assert!(q.contains(&("force".into(), "true".into())), "{q:?}");
+        assert_eq!(
+            request.headers().get(http::header::CONTENT_TYPE).unwrap(),
+            "application/apply-patch+yaml"
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let mut body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["kind"], step.kind);
+        bodies.push(body.clone());
+        let response = if step.status.is_success() {
+            body["metadata"]["generation"] = json!(1);
+            body["metadata"]["resourceVersion"] = json!("42");
+            if let (Value::Object(b), Value::Object(extra)) = (&mut body, step.server_fields) {
+                for (k, v) in extra {
+                    if k == "metadata" {
+                        for (mk, mv) in v.as_object().unwrap() {
+                            b["metadata"][mk] = mv.clone();
+                        }
+                    } else {
+                        b.insert(k, v);
+                    }
+                }
+            }
+            body
+        } else {
+            json!({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "reason": "Forbidden", "code": step.status.as_u16(),
+                "message": "statefulsets.apps is forbidden",
+            })
+        };
+        send.send_response(
+            Response::builder()
+                .status(step.status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
+    }
+    bodies
+}
+
+fn db_steps() -> Vec<Step> {
+    vec![
+        Step::ok("/api/v1/namespaces/shop", "Namespace"),
+        Step::ok(
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/ferry-default-deny",
+            "NetworkPolicy",
+        ),
+        Step::ok("/api/v1/namespaces/shop/secrets/db-env", "Secret"),
+        Step::ok("/api/v1/namespaces/shop/services/db", "Service"),
+        Step {
+            path: "/apis/apps/v1/namespaces/shop/statefulsets/db",
+            kind: "StatefulSet",
+            status: StatusCode::OK,
+            server_fields: json!({ "metadata": { "generation": 7 } }),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn apply_sends_server_side_apply_for_every_object_in_order() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cluster = Cluster::new(kube::Client::new(service, "default"));
+    let server = tokio::spawn(run_scenario(handle, db_steps()));
+    let rendered = render(&db_spec()).unwrap();
+    let applied =
+        tokio::time::timeout(std::time::Duration::from_secs(10), cluster.apply(&rendered))
+            .await
+            .expect("apply timed out")
+            .unwrap();
+    assert_eq!(applied.generation, 7);
+    assert_eq!(applied.kind, WorkloadKindRef::StatefulSet);
+    assert_eq!(
+        (applied.name.as_str(), applied.namespace.as_str()),
+        ("db", "shop")
+    );
+    let bodies = server.await.unwrap();
+    // The real secret value goes to the cluster (base64 in `data`).
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE);
+    assert_eq!(bodies[2]["data"]["POSTGRES_PASSWORD"], encoded.as_str());
+    assert!(bodies.iter().all(|b| b.get("status").is_none()));
+}
+
+#[tokio::test]
+async fn apply_surfaces_api_errors() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cluster = Cluster::new(kube::Client::new(service, "default"));
+    let mut steps = db_steps();
+    steps[4].status = StatusCode::FORBIDDEN;
+    let server = tokio::spawn(run_scenario(handle, steps));
+    let err = cluster
+        .apply(&render(&db_spec()).unwrap())
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    match err {
+        Error::Kube(kube::Error::Api(status)) => assert!(status.is_forbidden()),
+        other => panic!("{other:?}"),
+    }
+}
