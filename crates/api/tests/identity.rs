@@ -1039,6 +1039,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "StackService",
     "TemplateService",
     "DeploymentService",
+    "RouteService",
 ];
 
 fn is_workload_method(method: &str) -> bool {

@@ -20,6 +20,7 @@ use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::project_service_client::ProjectServiceClient;
+use pb::route_service_client::RouteServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use pb::stack_service_client::StackServiceClient;
 use pb::template_service_client::TemplateServiceClient;
@@ -41,6 +42,7 @@ struct W {
     stacks: StackServiceClient<Channel>,
     templates: TemplateServiceClient<Channel>,
     deploys: DeploymentServiceClient<Channel>,
+    routes: RouteServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -52,6 +54,7 @@ fn w(channel: &Channel) -> W {
         stacks: StackServiceClient::new(channel.clone()),
         templates: TemplateServiceClient::new(channel.clone()),
         deploys: DeploymentServiceClient::new(channel.clone()),
+        routes: RouteServiceClient::new(channel.clone()),
     }
 }
 
@@ -1498,6 +1501,7 @@ fn workload_methods() -> Vec<(String, String, String)> {
         "StackService",
         "TemplateService",
         "DeploymentService",
+        "RouteService",
     ];
     let mut out = Vec::new();
     for file in fds.file.iter().filter(|f| f.package() == "ferry.v1") {
@@ -1573,6 +1577,25 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .id
                 .clone();
         let volume = svc.mounts[0].volume_id.clone();
+        let route =
+            v.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        project_id: v.project.id.clone(),
+                        hostname: "victim.example.com".into(),
+                        targets: vec![pb::RouteTarget {
+                            service_id: svc.id.clone(),
+                            port: 8080,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1585,6 +1608,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 ("deployment_id", _) | ("id", "DeploymentService") => deployment.id.clone(),
                 ("id", "StackService") => stack.id.clone(),
                 ("id", "VolumeService") => volume.clone(),
+                ("id", "RouteService") => route.clone(),
                 other => panic!("{method}: no victim resource for {other:?}: add one"),
             };
             grpc.ready().await.unwrap();
@@ -1637,6 +1661,107 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner();
         assert_eq!(env.env_vars.len(), 2, "{b}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn routes_reach_the_proxy_feed_on_commit() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, state) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        state.feed.reload(&db.conn, &state.keyring).await.unwrap();
+        let _reloader = state.feed.spawn_reloader(
+            db.conn.clone(),
+            state.keyring.clone(),
+            Duration::from_secs(3600),
+            ferry_common::Shutdown::new(),
+        );
+        let mut t = tenant(&api, "ivan").await;
+        let svc = web_service(&mut t).await;
+        let tok = t.token.clone();
+        let target = |port: u32| pb::RouteTarget {
+            service_id: svc.id.clone(),
+            port,
+            weight: 0,
+            strip_path: true,
+        };
+        let create = |host: &str, prefix: &str, port: u32| pb::CreateRouteRequest {
+            project_id: t.project.id.clone(),
+            hostname: host.into(),
+            path_prefix: prefix.into(),
+            tls_enabled: false,
+            https_redirect: false,
+            targets: vec![target(port)],
+        };
+        for (req, field) in [
+            (create("Shop.Example.com", "/", 8080), "hostname"),
+            (create("shop.example.com", "api", 8080), "pathPrefix"),
+            (create("shop.example.com", "/", 9999), "targets[0].port"),
+        ] {
+            let err =
+                t.w.routes
+                    .create_route(authed(req, &tok))
+                    .await
+                    .unwrap_err();
+            assert!(err.message().starts_with(field), "{b}: {field}: {err}");
+        }
+        let route =
+            t.w.routes
+                .create_route(authed(create("shop.example.com", "/api", 8080), &tok))
+                .await
+                .unwrap()
+                .into_inner();
+        let upstream = format!("web.{}.svc.cluster.local:8080", t.project.slug);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let snap = state.feed.snapshot();
+            let found = snap.routes.iter().any(|r| {
+                r.hosts.contains(&"shop.example.com".to_owned())
+                    && r.targets.iter().any(|tg| {
+                        tg.path_prefix == "/api"
+                            && tg.strip_prefix
+                            && tg.upstreams.contains(&upstream)
+                    })
+            });
+            if found {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{b}: route never reached the feed: {snap:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err =
+            t.w.routes
+                .create_route(authed(create("shop.example.com", "/api", 8080), &tok))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{b}");
+        t.w.routes
+            .delete_route(authed(
+                pb::DeleteRouteRequest {
+                    id: route.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while state
+            .feed
+            .snapshot()
+            .routes
+            .iter()
+            .any(|r| r.hosts.contains(&"shop.example.com".to_owned()))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{b}: deleted route still fed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         api.stop().await;
     }
 }

@@ -11,6 +11,7 @@
 pub mod deploy;
 pub mod deployments;
 pub mod projects;
+pub mod routes;
 pub mod services;
 pub mod spec;
 pub mod stacks;
@@ -67,6 +68,9 @@ pub fn add_workload_services(services: GrpcServices, workloads: &Workloads) -> G
         ))
         .add_service(pb::template_service_server::TemplateServiceServer::new(
             templates::TemplateApi(workloads.clone()),
+        ))
+        .add_service(pb::route_service_server::RouteServiceServer::new(
+            routes::RouteApi(workloads.clone()),
         ))
         .add_service(pb::deployment_service_server::DeploymentServiceServer::new(
             deployments::DeploymentApi(workloads.clone()),

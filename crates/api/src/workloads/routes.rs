@@ -1,0 +1,321 @@
+//! `ferry.v1.RouteService`: host names and path prefixes forwarded to
+//! services. Every change kicks the route feed after its commit.
+
+use chrono::Utc;
+use ferry_db::entities::enums::AuditResourceType;
+use ferry_db::entities::{route_targets, routes, service_ports, services};
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
+    QueryFilter as _, QueryOrder as _,
+};
+use ferry_proto::ferry::v1 as pb;
+use pb::route_service_server::RouteService;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{Workloads, authorize_project, unique_as};
+use crate::audit;
+use crate::services::{parse_id, ts};
+use crate::{Error, Result};
+
+/// The `RouteService` implementation.
+#[derive(Debug, Clone)]
+pub struct RouteApi(pub Workloads);
+
+/// A lower-case DNS name with at least two labels.
+fn hostname(value: &str) -> Result<String> {
+    let v = value.trim().trim_end_matches('.').to_owned();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if v.len() <= 253 && v.split('.').count() >= 2 && v.split('.').all(label_ok) {
+        Ok(v)
+    } else {
+        Err(Error::InvalidArgument(
+            "hostname: must be a lower-case host name like shop.example.com".into(),
+        ))
+    }
+}
+
+fn path_prefix(value: &str) -> Result<String> {
+    if value.is_empty() {
+        return Ok("/".into());
+    }
+    let ok = value.starts_with('/')
+        && value.len() <= 1024
+        && !value.contains(['?', '#', ' '])
+        && !value.split('/').any(|s| s == "..");
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(Error::InvalidArgument(
+            "pathPrefix: must start with '/', without '?', '#', spaces or '..'".into(),
+        ))
+    }
+}
+
+/// Checks targets against the project's services and their ports.
+async fn targets<C: ConnectionTrait>(
+    db: &C,
+    project: Uuid,
+    targets: &[pb::RouteTarget],
+) -> Result<Vec<(Uuid, i32, i32, bool)>> {
+    if targets.is_empty() || targets.len() > 32 {
+        return Err(Error::InvalidArgument("targets: 1 to 32".into()));
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let field = |f: &str| format!("targets[{i}].{f}");
+        let id = parse_id(&field("serviceId"), &t.service_id)?;
+        let service = services::Entity::find_by_id(id)
+            .filter(services::Column::ProjectId.eq(project))
+            .one(db)
+            .await?
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{}: no such service in this project",
+                    field("serviceId")
+                ))
+            })?;
+        let port = i32::try_from(t.port).unwrap_or(0);
+        let exposed = service_ports::Entity::find()
+            .filter(service_ports::Column::ServiceId.eq(id))
+            .filter(service_ports::Column::ContainerPort.eq(port))
+            .one(db)
+            .await?
+            .is_some();
+        if !exposed {
+            return Err(Error::InvalidArgument(format!(
+                "{}: service {} has no port {}",
+                field("port"),
+                service.name,
+                t.port
+            )));
+        }
+        let weight = if t.weight == 0 { 100 } else { t.weight };
+        if weight > 1000 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: 0 to 1000",
+                field("weight")
+            )));
+        }
+        if out.iter().any(|(s, p, _, _)| *s == id && *p == port) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: duplicate target",
+                field("serviceId")
+            )));
+        }
+        out.push((id, port, i32::try_from(weight).unwrap_or(100), t.strip_path));
+    }
+    Ok(out)
+}
+
+async fn write_targets<C: ConnectionTrait>(
+    txn: &C,
+    route: Uuid,
+    targets: &[(Uuid, i32, i32, bool)],
+) -> Result<()> {
+    route_targets::Entity::delete_many()
+        .filter(route_targets::Column::RouteId.eq(route))
+        .exec(txn)
+        .await?;
+    for (service, port, weight, strip) in targets {
+        route_targets::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            route_id: Set(route),
+            service_id: Set(*service),
+            port: Set(*port),
+            weight: Set(*weight),
+            strip_path: Set(*strip),
+            created_at: Set(Utc::now()),
+        }
+        .insert(txn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn route_to_pb<C: ConnectionTrait>(db: &C, r: &routes::Model) -> Result<pb::Route> {
+    let targets = route_targets::Entity::find()
+        .filter(route_targets::Column::RouteId.eq(r.id))
+        .order_by_asc(route_targets::Column::CreatedAt)
+        .all(db)
+        .await?;
+    Ok(pb::Route {
+        id: r.id.to_string(),
+        project_id: r.project_id.to_string(),
+        hostname: r.hostname.clone(),
+        path_prefix: r.path_prefix.clone(),
+        tls_enabled: r.tls_enabled,
+        https_redirect: r.https_redirect,
+        targets: targets
+            .iter()
+            .map(|t| pb::RouteTarget {
+                service_id: t.service_id.to_string(),
+                port: u32::try_from(t.port).unwrap_or(0),
+                weight: u32::try_from(t.weight).unwrap_or(0),
+                strip_path: t.strip_path,
+            })
+            .collect(),
+        created_at: Some(ts(r.created_at)),
+    })
+}
+
+impl RouteApi {
+    async fn create(&self, request: Request<pb::CreateRouteRequest>) -> Result<pb::Route> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let db = &self.0.identity.db;
+        let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let host = hostname(&req.hostname)?;
+        let prefix = path_prefix(&req.path_prefix)?;
+        let txn = audit::begin_write(db).await?;
+        let wanted = targets(&txn, project_id, &req.targets).await?;
+        let now = Utc::now();
+        let route = routes::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(project_id),
+            domain_id: Set(None),
+            hostname: Set(host),
+            path_prefix: Set(prefix),
+            tls_enabled: Set(req.tls_enabled),
+            https_redirect: Set(req.https_redirect),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await
+        .map_err(unique_as(
+            "this host name and path prefix are already routed",
+        ))?;
+        write_targets(&txn, route.id, &wanted).await?;
+        scope
+            .audit(
+                &txn,
+                "route.create",
+                AuditResourceType::Route,
+                route.id,
+                json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+            )
+            .await?;
+        txn.commit().await?;
+        self.0.feed.notify_committed();
+        route_to_pb(db, &route).await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<pb::ListRoutesResponse> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let db = &self.0.identity.db;
+        authorize_project(db, &actor, "project.read", project_id).await?;
+        let rows = routes::Entity::find()
+            .filter(routes::Column::ProjectId.eq(project_id))
+            .order_by_asc(routes::Column::Hostname)
+            .order_by_asc(routes::Column::PathPrefix)
+            .all(db)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(route_to_pb(db, r).await?);
+        }
+        Ok(pb::ListRoutesResponse { routes: out })
+    }
+
+    /// A route whose project the caller may `action`.
+    async fn authorize(
+        &self,
+        actor: &crate::auth::Actor,
+        action: &str,
+        id: Uuid,
+    ) -> Result<(super::Scope, routes::Model)> {
+        let db = &self.0.identity.db;
+        let route = routes::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .ok_or_else(|| Error::NotFound("route not found".into()))?;
+        let (scope, _) = authorize_project(db, actor, action, route.project_id).await?;
+        Ok((scope, route))
+    }
+
+    async fn set_targets(&self, request: Request<pb::SetRouteTargetsRequest>) -> Result<pb::Route> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let req = request.get_ref();
+        let id = parse_id("id", &req.id)?;
+        let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
+        let db = &self.0.identity.db;
+        let txn = audit::begin_write(db).await?;
+        let wanted = targets(&txn, route.project_id, &req.targets).await?;
+        write_targets(&txn, id, &wanted).await?;
+        scope
+            .audit(
+                &txn,
+                "route.set_targets",
+                AuditResourceType::Route,
+                id,
+                json!({ "targets": wanted.len() }),
+            )
+            .await?;
+        txn.commit().await?;
+        self.0.feed.notify_committed();
+        route_to_pb(db, &route).await
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRouteRequest>) -> Result<()> {
+        let actor = self.0.identity.authenticate(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
+        let txn = audit::begin_write(&self.0.identity.db).await?;
+        routes::Entity::delete_by_id(id).exec(&txn).await?;
+        scope
+            .audit(
+                &txn,
+                "route.delete",
+                AuditResourceType::Route,
+                id,
+                json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+            )
+            .await?;
+        txn.commit().await?;
+        self.0.feed.notify_committed();
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RouteService for RouteApi {
+    async fn create_route(
+        &self,
+        request: Request<pb::CreateRouteRequest>,
+    ) -> Result<Response<pb::Route>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+    async fn set_route_targets(
+        &self,
+        request: Request<pb::SetRouteTargetsRequest>,
+    ) -> Result<Response<pb::Route>, Status> {
+        Ok(Response::new(self.set_targets(request).await?))
+    }
+    async fn delete_route(
+        &self,
+        request: Request<pb::DeleteRouteRequest>,
+    ) -> Result<Response<pb::DeleteRouteResponse>, Status> {
+        self.delete(request).await?;
+        Ok(Response::new(pb::DeleteRouteResponse {}))
+    }
+}
