@@ -141,19 +141,19 @@ pub async fn authorize_project<C: ConnectionTrait>(
     ))
 }
 
-/// A service the caller may perform `action` on, with its project.
-pub async fn authorize_service<C: ConnectionTrait>(
+/// The project `project_id` of a child resource, authorised for `action` on
+/// `resource(organization, project)`; `what` names the child in NotFound.
+async fn authorize_child<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     action: &str,
-    id: Uuid,
-) -> Result<(Scope, service_rows::Model, project_rows::Model)> {
-    let not_found = || Error::NotFound("service not found".into());
-    let service = service_rows::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(not_found)?;
-    let project = project_rows::Entity::find_by_id(service.project_id)
+    project_id: Option<Uuid>,
+    what: &str,
+    resource: impl FnOnce(Uuid, Uuid) -> Resource,
+) -> Result<(Scope, project_rows::Model)> {
+    let not_found = || Error::NotFound(format!("{what} not found"));
+    let project_id = project_id.ok_or_else(not_found)?;
+    let project = project_rows::Entity::find_by_id(project_id)
         .one(db)
         .await?
         .ok_or_else(not_found)?;
@@ -161,11 +161,7 @@ pub async fn authorize_service<C: ConnectionTrait>(
         db,
         actor,
         action,
-        Resource::Service {
-            organization_id: project.organization_id,
-            project_id: project.id,
-            id: service.id,
-        },
+        resource(project.organization_id, project.id),
     )
     .await?;
     Ok((
@@ -173,9 +169,33 @@ pub async fn authorize_service<C: ConnectionTrait>(
             actor: actor.clone(),
             organization_id: project.organization_id,
         },
-        service,
         project,
     ))
+}
+
+/// A service the caller may perform `action` on, with its project.
+pub async fn authorize_service<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    id: Uuid,
+) -> Result<(Scope, service_rows::Model, project_rows::Model)> {
+    let service = service_rows::Entity::find_by_id(id).one(db).await?;
+    let (scope, project) = authorize_child(
+        db,
+        actor,
+        action,
+        service.as_ref().map(|s| s.project_id),
+        "service",
+        |organization_id, project_id| Resource::Service {
+            organization_id,
+            project_id,
+            id,
+        },
+    )
+    .await?;
+    let service = service.ok_or_else(|| Error::NotFound("service not found".into()))?;
+    Ok((scope, service, project))
 }
 
 /// A stack the caller may perform `action` on, with its project.
@@ -185,34 +205,22 @@ pub async fn authorize_stack<C: ConnectionTrait>(
     action: &str,
     id: Uuid,
 ) -> Result<(Scope, stack_rows::Model, project_rows::Model)> {
-    let not_found = || Error::NotFound("stack not found".into());
-    let stack = stack_rows::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(not_found)?;
-    let project = project_rows::Entity::find_by_id(stack.project_id)
-        .one(db)
-        .await?
-        .ok_or_else(not_found)?;
-    can(
+    let stack = stack_rows::Entity::find_by_id(id).one(db).await?;
+    let (scope, project) = authorize_child(
         db,
         actor,
         action,
-        Resource::Stack {
-            organization_id: project.organization_id,
-            project_id: project.id,
-            id: stack.id,
+        stack.as_ref().map(|s| s.project_id),
+        "stack",
+        |organization_id, project_id| Resource::Stack {
+            organization_id,
+            project_id,
+            id,
         },
     )
     .await?;
-    Ok((
-        Scope {
-            actor: actor.clone(),
-            organization_id: project.organization_id,
-        },
-        stack,
-        project,
-    ))
+    let stack = stack.ok_or_else(|| Error::NotFound("stack not found".into()))?;
+    Ok((scope, stack, project))
 }
 
 /// Maps a unique-constraint violation to `AlreadyExists(message)`.
