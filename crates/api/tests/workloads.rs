@@ -304,8 +304,36 @@ fn status(d: &pb::Deployment) -> pb::DeploymentStatus {
     pb::DeploymentStatus::try_from(d.status).unwrap()
 }
 
+/// Everything logged at DEBUG and above by every crate, for the secret check.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
+    // nextest runs each test in its own process, so a global subscriber is fine.
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
         let fake = FakeCluster::new();
@@ -591,6 +619,19 @@ async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
             );
         }
         api.stop().await;
+    }
+    // Nor in any log line, in clear or base64 (kube, hyper, sqlx, ours).
+    let text = logs.text();
+    assert!(
+        text.len() > 10_000,
+        "log capture works: {} bytes",
+        text.len()
+    );
+    for secret in [SECRET, GROUP_SECRET] {
+        assert!(
+            !text.contains(secret) && !text.contains(&b64(secret)),
+            "{secret} was logged"
+        );
     }
 }
 
