@@ -1780,6 +1780,29 @@ async fn routes_reach_the_proxy_feed_on_commit() {
                 .await
                 .unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{b}");
+        // Another tenant cannot capture a path under this host.
+        let mut other = tenant(&api, "mallory").await;
+        let other_svc = web_service(&mut other).await;
+        let err = other
+            .w
+            .routes
+            .create_route(authed(
+                pb::CreateRouteRequest {
+                    project_id: other.project.id.clone(),
+                    hostname: "shop.example.com".into(),
+                    path_prefix: "/admin".into(),
+                    targets: vec![pb::RouteTarget {
+                        service_id: other_svc.id.clone(),
+                        port: 8080,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                &other.token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{b}: {err}");
         t.w.routes
             .delete_route(authed(
                 pb::DeleteRouteRequest {

@@ -16,7 +16,10 @@ async fn needs_cluster_apply_roll_out_and_delete() {
         return;
     };
     let mut spec = common::app_spec();
-    spec.namespace = format!("ferry-e2e-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+    spec.namespace = format!(
+        "ferry-e2e-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[..12]
+    );
     // A small public image that serves HTTP on 8080 as a non-root user.
     spec.image = "registry.k8s.io/e2e-test-images/agnhost:2.52".into();
     spec.command = vec![];
@@ -33,9 +36,12 @@ async fn needs_cluster_apply_roll_out_and_delete() {
     let rendered = render(&spec).unwrap();
     let applied = cluster.apply(&rendered).await.unwrap();
     let outcome = cluster
-        .wait_rollout(&applied, spec.deployment_id, Duration::from_secs(180), |e| {
-            eprintln!("{e:?}")
-        })
+        .wait_rollout(
+            &applied,
+            spec.deployment_id,
+            Duration::from_secs(180),
+            |e| eprintln!("{e:?}"),
+        )
         .await;
     let cleanup = cluster.delete_namespace(&spec.namespace).await;
     assert_eq!(outcome.unwrap(), RolloutOutcome::Succeeded);

@@ -5,8 +5,8 @@ use chrono::Utc;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::{route_targets, routes, service_ports, services};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, Statement,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::route_service_server::RouteService;
@@ -116,6 +116,33 @@ async fn targets<C: ConnectionTrait>(
     Ok(out)
 }
 
+/// A host name belongs to the first project that routes it: another
+/// project (of any organization) adding a path under it would capture that
+/// host's traffic. Serialised per host on PostgreSQL (SQLite serialises
+/// writers already).
+async fn claim_host<C: ConnectionTrait>(txn: &C, host: &str, project: Uuid) -> Result<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            [format!("route-host:{host}").into()],
+        ))
+        .await?;
+    }
+    let taken = routes::Entity::find()
+        .filter(routes::Column::Hostname.eq(host))
+        .filter(routes::Column::ProjectId.ne(project))
+        .one(txn)
+        .await?
+        .is_some();
+    if taken {
+        return Err(Error::AlreadyExists(
+            "hostname: already routed by another project".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn write_targets<C: ConnectionTrait>(
     txn: &C,
     route: Uuid,
@@ -177,6 +204,7 @@ impl RouteApi {
         let host = hostname(&req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
         let txn = audit::begin_write(db).await?;
+        claim_host(&txn, &host, project_id).await?;
         let wanted = targets(&txn, project_id, &req.targets).await?;
         let now = Utc::now();
         let route = routes::ActiveModel {
