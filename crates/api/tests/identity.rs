@@ -1040,6 +1040,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "TemplateService",
     "DeploymentService",
     "RouteService",
+    "RegistryService",
 ];
 
 fn is_workload_method(method: &str) -> bool {

@@ -20,6 +20,7 @@ use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::project_service_client::ProjectServiceClient;
+use pb::registry_service_client::RegistryServiceClient;
 use pb::route_service_client::RouteServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use pb::stack_service_client::StackServiceClient;
@@ -43,6 +44,7 @@ struct W {
     templates: TemplateServiceClient<Channel>,
     deploys: DeploymentServiceClient<Channel>,
     routes: RouteServiceClient<Channel>,
+    registries: RegistryServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -55,6 +57,7 @@ fn w(channel: &Channel) -> W {
         templates: TemplateServiceClient::new(channel.clone()),
         deploys: DeploymentServiceClient::new(channel.clone()),
         routes: RouteServiceClient::new(channel.clone()),
+        registries: RegistryServiceClient::new(channel.clone()),
     }
 }
 
@@ -1543,6 +1546,7 @@ fn workload_methods() -> Vec<(String, String, String)> {
         "TemplateService",
         "DeploymentService",
         "RouteService",
+        "RegistryService",
     ];
     let mut out = Vec::new();
     for file in fds.file.iter().filter(|f| f.package() == "ferry.v1") {
@@ -1826,6 +1830,131 @@ async fn routes_reach_the_proxy_feed_on_commit() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn private_images_pull_with_the_organizations_registry_credentials() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
+        let mut t = tenant(&api, "judy").await;
+        let tok = t.token.clone();
+        let password = "ghp_registry-Token-never-shown";
+        let err =
+            t.w.registries
+                .create_registry(authed(
+                    pb::CreateRegistryRequest {
+                        organization_id: t.org.clone(),
+                        name: "GitHub".into(),
+                        url: "ghcr.io; rm -rf /".into(),
+                        username: "judy".into(),
+                        password: password.into(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert!(err.message().starts_with("url"), "{b}: {err}");
+        let registry =
+            t.w.registries
+                .create_registry(authed(
+                    pb::CreateRegistryRequest {
+                        organization_id: t.org.clone(),
+                        name: "GitHub".into(),
+                        url: "ghcr.io".into(),
+                        username: "judy".into(),
+                        password: password.into(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let listed =
+            t.w.registries
+                .list_registries(authed(
+                    pb::ListRegistriesRequest {
+                        organization_id: t.org.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(listed.registries.len(), 1, "{b}");
+        assert!(!format!("{listed:?}").contains(password), "{b}");
+        let mut spec = app("ghcr.io/judy/private:1");
+        if let pb::create_service_request::Spec::Application(a) = &mut spec {
+            a.registry_integration_id = registry.id.clone();
+        }
+        let svc =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: t.project.id.clone(),
+                        name: "private".into(),
+                        spec: Some(spec),
+                        ports: http_port(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(svc.registry_integration_id, registry.id, "{b}");
+        let d =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let (d, _) = wait_done(&mut t.w, &tok, &d.id).await;
+        assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
+        let ns = t.project.slug.clone();
+        let pull = fake
+            .get("Secret", &ns, "private-registry")
+            .expect("pull secret");
+        assert_eq!(pull["type"], "kubernetes.io/dockerconfigjson", "{b}");
+        let config = base64::engine::general_purpose::STANDARD
+            .decode(pull["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap();
+        let config: Value = serde_json::from_slice(&config).unwrap();
+        assert_eq!(config["auths"]["ghcr.io"]["password"], password, "{b}");
+        assert_eq!(
+            config["auths"]["ghcr.io"]["auth"],
+            b64(&format!("judy:{password}")),
+            "{b}"
+        );
+        let dep = fake.get("Deployment", &ns, "private").unwrap();
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["imagePullSecrets"][0]["name"], "private-registry",
+            "{b}"
+        );
+        assert!(!d.manifests_yaml.contains(password), "{b}");
+        // A registry of another organization cannot be used.
+        let other = tenant(&api, "kim").await;
+        let mut other_w = w(&other.c.channel);
+        let err = other_w
+            .services
+            .update_service(authed(
+                pb::UpdateServiceRequest {
+                    id: svc.id.clone(),
+                    registry_integration_id: Some(registry.id.clone()),
+                    ..Default::default()
+                },
+                &other.token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{b}");
         api.stop().await;
     }
 }

@@ -128,6 +128,8 @@ pub const POLICY: &[(&str, Rule)] = &[
         },
     ),
     ("template.read", Rule::Role(OrgRole::Viewer)),
+    ("registry.read", Rule::Role(OrgRole::Member)),
+    ("registry.manage", Rule::Role(OrgRole::Admin)),
     ("template.manage", Rule::Role(OrgRole::Admin)),
     (
         "service.manage",

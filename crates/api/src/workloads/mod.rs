@@ -11,6 +11,7 @@
 pub mod deploy;
 pub mod deployments;
 pub mod projects;
+pub mod registries;
 pub mod routes;
 pub mod services;
 pub mod spec;
@@ -68,6 +69,9 @@ pub fn add_workload_services(services: GrpcServices, workloads: &Workloads) -> G
         ))
         .add_service(pb::template_service_server::TemplateServiceServer::new(
             templates::TemplateApi(workloads.clone()),
+        ))
+        .add_service(pb::registry_service_server::RegistryServiceServer::new(
+            registries::RegistryApi(workloads.clone()),
         ))
         .add_service(pb::route_service_server::RouteServiceServer::new(
             routes::RouteApi(workloads.clone()),
