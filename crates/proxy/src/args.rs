@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ferry_common::CommonArgs;
 
+use crate::resolve::ResolveOverride;
+
 /// Command-line and environment configuration.
 #[derive(Clone, clap::Parser)]
 #[command(
@@ -75,6 +77,18 @@ pub struct Args {
     #[arg(long, env = "FERRY_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     pub idle_timeout_secs: u64,
 
+    /// Connect to ADDR instead of resolving the upstream NAME:PORT, like
+    /// curl's `--resolve` (ADDR is an IP, or IP:PORT). Repeatable; the
+    /// environment variable takes a comma-separated list. A debugging and
+    /// benchmark aid for in-cluster names outside the cluster.
+    #[arg(
+        long = "resolve",
+        env = "FERRY_PROXY_RESOLVE",
+        value_name = "NAME:PORT=ADDR",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<ResolveOverride>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -111,6 +125,7 @@ impl std::fmt::Debug for Args {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("resolve", &self.resolve)
             .finish_non_exhaustive()
     }
 }

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::ProxyState;
 use crate::metrics::UpstreamError;
+use crate::resolve::ResolveTable;
 use crate::table::Upstream;
 
 /// Body of every data-plane response: the upstream's, streamed, or a short
@@ -81,6 +82,8 @@ pub struct Forwarder {
     state: Arc<ProxyState>,
     pool: Pool,
     timeouts: Timeouts,
+    /// `--resolve` overrides; `None` (the default) costs nothing.
+    resolve: Option<Arc<ResolveTable>>,
     id_prefix: u64,
     next_id: AtomicU64,
 }
@@ -97,9 +100,18 @@ impl Forwarder {
             state,
             pool: Pool::default(),
             timeouts,
+            resolve: None,
             id_prefix,
             next_id: AtomicU64::new(0),
         }
+    }
+
+    /// Connects to the `--resolve` address of an upstream that has one
+    /// instead of resolving its name.
+    #[must_use]
+    pub fn with_resolve(mut self, resolve: Option<Arc<ResolveTable>>) -> Self {
+        self.resolve = resolve.filter(|table| !table.is_empty());
+        self
     }
 
     /// Closes pooled upstream connections idle for longer than the idle
@@ -318,7 +330,13 @@ impl Forwarder {
         &self,
         upstream: &Upstream,
     ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
-        let connect = tokio::net::TcpStream::connect(&*upstream.addr);
+        let pinned = self.resolve.as_ref().and_then(|r| r.get(&upstream.addr));
+        let connect = async {
+            match pinned {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await,
+                None => tokio::net::TcpStream::connect(&*upstream.addr).await,
+            }
+        };
         let stream = match tokio::time::timeout(self.timeouts.connect, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {

@@ -31,6 +31,7 @@ pub mod feed;
 pub mod forward;
 pub mod http;
 pub mod metrics;
+pub mod resolve;
 pub mod state;
 pub mod table;
 pub mod tls;
@@ -145,6 +146,12 @@ pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdo
         response: args.response_timeout(),
         idle: args.idle_timeout(),
     };
+    let resolve = (!args.resolve.is_empty()).then(|| {
+        for o in &args.resolve {
+            tracing::info!(upstream = %o.upstream, addr = %o.addr, "upstream address overridden (--resolve)");
+        }
+        Arc::new(resolve::ResolveTable::new(&args.resolve))
+    });
     let acceptor =
         tokio_rustls::TlsAcceptor::from(tls::server_config(state.clone(), default_cert)?);
     let mut done = Vec::with_capacity(workers);
@@ -153,6 +160,7 @@ pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdo
         let worker = Worker {
             state: state.clone(),
             timeouts,
+            resolve: resolve.clone(),
             acceptor: acceptor.clone(),
             options,
             shutdown: shutdown.clone(),
@@ -238,6 +246,7 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
 struct Worker {
     state: Arc<ProxyState>,
     timeouts: Timeouts,
+    resolve: Option<Arc<resolve::ResolveTable>>,
     acceptor: tokio_rustls::TlsAcceptor,
     options: http::ServeOptions,
     shutdown: Shutdown,
@@ -252,7 +261,10 @@ impl Worker {
         runtime.block_on(async {
             let http = tokio::net::TcpListener::from_std(http)?;
             let https = tokio::net::TcpListener::from_std(https)?;
-            let forwarder = Arc::new(Forwarder::new(self.state.clone(), self.timeouts));
+            let forwarder = Arc::new(
+                Forwarder::new(self.state.clone(), self.timeouts)
+                    .with_resolve(self.resolve.clone()),
+            );
             let expiry = tokio::spawn(forwarder.clone().expire_idle(self.shutdown.clone()));
             let plain = {
                 let forwarder = forwarder.clone();

@@ -422,3 +422,98 @@ async fn routes_file_serves_standalone_and_the_example_is_valid() {
         .unwrap_err();
     assert!(err.to_string().contains("bad host"), "{err}");
 }
+
+/// A route whose one target balances over upstreams given by name.
+fn named_route(id: &str, host: &str, upstreams: &[&str]) -> ferry_proxy::config::Route {
+    ferry_proxy::config::Route {
+        id: id.into(),
+        hosts: vec![host.into()],
+        targets: vec![ferry_proxy::config::Target {
+            path_prefix: "/".into(),
+            strip_prefix: false,
+            upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
+            balance: Balance::RoundRobin,
+        }],
+        redirect_https: false,
+    }
+}
+
+#[tokio::test]
+async fn resolve_overrides_reach_in_cluster_names() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    // In-cluster names that do not resolve outside a cluster.
+    let web = "web.ferry-resolve-test.svc.cluster.local:8080";
+    let api = format!("API.ferry-resolve-test.svc.cluster.local:{}", b.addr.port());
+    let other = "other.ferry-resolve-test.svc.cluster.local:8080";
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![
+                named_route("web", "web.test", &[web]),
+                named_route("api", "api.test", &[api.as_str()]),
+                named_route("other", "other.test", &[other]),
+            ],
+        ),
+        &[
+            // NAME:PORT=IP:PORT, and NAME:PORT=IP (the port stays) matched
+            // case-insensitively; commas separate several.
+            "--resolve",
+            &format!("{web}={}", a.addr),
+            "--resolve",
+            &format!(
+                "nobody.test:1=127.0.0.1,{}=127.0.0.1",
+                api.to_ascii_lowercase()
+            ),
+            "--connect-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+
+    for _ in 0..3 {
+        let (status, _, body) = get(proxy.http, "web.test", "/x").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The upstream still sees the client's host, not the override.
+        assert_eq!(
+            (field(&body, "upstream"), field(&body, "host")),
+            ("a", "web.test")
+        );
+        let (status, _, body) = get(proxy.http, "api.test", "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(field(&body, "upstream"), "b");
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // Without an override the same kind of name is not reachable.
+    let (status, _, body) = get(proxy.http, "other.test", "/").await;
+    assert!(
+        status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT,
+        "{status} {body}"
+    );
+    proxy.stop().await;
+}
+
+#[test]
+fn resolve_flag_rejects_malformed_overrides() {
+    use clap::Parser as _;
+    for bad in ["web:8080", "web=127.0.0.1", "web:8080=not-an-ip"] {
+        assert!(
+            ferry_proxy::Args::try_parse_from(["ferry-proxy", "--resolve", bad]).is_err(),
+            "{bad}"
+        );
+    }
+    let args = ferry_proxy::Args::try_parse_from([
+        "ferry-proxy",
+        "--resolve",
+        "a:1=127.0.0.1,b:2=127.0.0.2:3",
+        "--resolve",
+        "c:4=::1",
+    ])
+    .unwrap();
+    let got: Vec<String> = args
+        .resolve
+        .iter()
+        .map(|o| format!("{}={}", o.upstream, o.addr))
+        .collect();
+    assert_eq!(got, ["a:1=127.0.0.1:1", "b:2=127.0.0.2:3", "c:4=[::1]:4"]);
+}
