@@ -3,7 +3,7 @@
 # markdown table and writes it to crates/proxy/bench/RESULTS.md.
 #
 # Env: BENCH_DURATION (10s), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
-# BENCH_ROUNDS (3), BENCH_PROFILE (bench-release: fat LTO, see the root
+# BENCH_ROUNDS (3), BENCH_CARGO_ARGS (none), BENCH_PROFILE (bench-release: fat LTO, see the root
 # Cargo.toml), BENCH_CASES (all; "quick" runs only the two-route cases).
 set -euo pipefail
 
@@ -30,7 +30,8 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   apt-get install -y wrk nginx-light >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk nginx-light >/dev/null; }
 fi
 cd "$ROOT"
-cargo build --profile "$PROFILE" -p ferry-proxy --bin ferry-proxy --example bench_upstream
+# BENCH_CARGO_ARGS, e.g. "--no-default-features" to measure without mimalloc.
+cargo build --profile "$PROFILE" -p ferry-proxy --bin ferry-proxy --example bench_upstream ${BENCH_CARGO_ARGS:-}
 BIN="$ROOT/target/$PROFILE/ferry-proxy"
 UPSTREAM_BIN="$ROOT/target/$PROFILE/examples/bench_upstream"
 

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use ferry_proxy::{Args, SERVICE_NAME};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
