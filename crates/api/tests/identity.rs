@@ -1028,21 +1028,6 @@ const EXPECTATIONS: &[(&str, Unauth)] = &[
     ("/ferry.v1.GrantService/DeleteGrant", Unauth::Rejected),
 ];
 
-/// Services whose every RPC rejects unauthenticated callers; their
-/// cross-tenant cases run against real victim resources in
-/// tests/workloads.rs (`every_workload_rpc_is_tenant_scoped`).
-pub const WORKLOAD_SERVICES: &[&str] = &[
-    "ProjectService",
-    "ServiceService",
-    "VolumeService",
-    "VariableGroupService",
-    "StackService",
-    "TemplateService",
-    "DeploymentService",
-    "RouteService",
-    "RegistryService",
-];
-
 fn is_workload_method(method: &str) -> bool {
     WORKLOAD_SERVICES
         .iter()

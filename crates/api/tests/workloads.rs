@@ -1537,20 +1537,13 @@ struct FirstField {
 fn workload_methods() -> Vec<(String, String, String)> {
     use prost::Message as _;
     let fds = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let services = [
-        "ProjectService",
-        "ServiceService",
-        "VolumeService",
-        "VariableGroupService",
-        "StackService",
-        "TemplateService",
-        "DeploymentService",
-        "RouteService",
-        "RegistryService",
-    ];
     let mut out = Vec::new();
     for file in fds.file.iter().filter(|f| f.package() == "ferry.v1") {
-        for service in file.service.iter().filter(|s| services.contains(&s.name())) {
+        for service in file
+            .service
+            .iter()
+            .filter(|s| WORKLOAD_SERVICES.contains(&s.name()))
+        {
             for method in &service.method {
                 let input = method.input_type().trim_start_matches(".ferry.v1.");
                 let message = fds

@@ -235,3 +235,18 @@ pub async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: Or
     .await
     .unwrap();
 }
+
+/// The workload services (tests/workloads.rs): every RPC rejects
+/// unauthenticated callers (checked in tests/identity.rs) and is tenant
+/// scoped against real victim resources (`every_workload_rpc_is_tenant_scoped`).
+pub const WORKLOAD_SERVICES: &[&str] = &[
+    "ProjectService",
+    "ServiceService",
+    "VolumeService",
+    "VariableGroupService",
+    "StackService",
+    "TemplateService",
+    "DeploymentService",
+    "RouteService",
+    "RegistryService",
+];
