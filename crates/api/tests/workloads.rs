@@ -12,7 +12,7 @@ use base64::Engine as _;
 use ferry_api::ApiState;
 use ferry_api::feed::{FeedAuth, FeedHub};
 use ferry_api::workloads::DeployConfig;
-use ferry_db::entities::enums::OrgRole;
+use ferry_db::entities::enums::{DeploymentStatus, OrgRole};
 use ferry_db::entities::{audit_logs, deployments};
 use ferry_db::sea_orm::{DatabaseConnection, EntityTrait as _};
 use ferry_k8s::cluster::Cluster;
@@ -297,6 +297,28 @@ fn secret_env(fake: &FakeCluster, ns: &str, name: &str) -> serde_json::Map<Strin
         out.extend(data.clone());
     }
     out
+}
+
+/// Waits (up to 20 s) until deployment `id` has `status` in the database.
+async fn wait_status(db: &DatabaseConnection, id: &str, status: DeploymentStatus) {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = deployments::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.status == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} stuck at {:?}",
+            row.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn b64(s: &str) -> String {
@@ -811,7 +833,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
             .unwrap()
             .into_inner();
         // Let the background task reach `deploying`, then "crash".
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_status(&db.conn, &stuck.id, DeploymentStatus::Deploying).await;
         state2.deploy.stop.trigger();
         api2.stop().await;
         let resumed = ferry_api::deployer(&state).resume().await.unwrap();
@@ -821,11 +843,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            row.status,
-            ferry_db::entities::enums::DeploymentStatus::Failed,
-            "{b}"
-        );
+        assert_eq!(row.status, DeploymentStatus::Failed, "{b}");
         assert!(row.error_message.unwrap().contains("restarted"), "{b}");
 
         // With a cluster, an unfinished rollout is resumed and completes.
@@ -842,7 +860,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
             .await
             .unwrap()
             .into_inner();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_status(&db.conn, &d.id, DeploymentStatus::Deploying).await;
         state3.deploy.stop.trigger();
         api3.stop().await;
         let row = deployments::Entity::find_by_id(d.id.parse::<uuid::Uuid>().unwrap())
@@ -850,11 +868,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            row.status,
-            ferry_db::entities::enums::DeploymentStatus::Deploying,
-            "{b}"
-        );
+        assert_eq!(row.status, DeploymentStatus::Deploying, "{b}");
         fake.set_default_behavior(Behavior::Ready);
         let (api4, state4) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
         let resumed = ferry_api::deployer(&state4).resume().await.unwrap();
