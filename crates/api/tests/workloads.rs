@@ -1371,6 +1371,23 @@ async fn compose_stacks_create_reconcile_and_deploy() {
             let (d, _) = wait_done(&mut t.w, &tok, &d.id).await;
             assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
         }
+        let rolled_up =
+            t.w.stacks
+                .get_stack(authed(
+                    pb::GetStackRequest {
+                        id: stack.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .stack
+                .unwrap();
+        assert_eq!(
+            rolled_up.status, "running",
+            "{b}: the stack follows its services"
+        );
         assert!(
             fake.get("Deployment", &t.project.slug, "web").is_some(),
             "{b}"

@@ -15,12 +15,12 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_db::crypto::Keyring;
 use ferry_db::entities::enums::{
-    AuditResourceType, DeploymentStatus, LogLevel, ServiceStatus, TriggerType,
+    AuditResourceType, DeploymentStatus, LogLevel, ServiceStatus, StackStatus, TriggerType,
 };
-use ferry_db::entities::{deployment_logs, deployments, projects, services};
+use ferry_db::entities::{deployment_logs, deployments, projects, services, stacks};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection,
-    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use ferry_k8s::cluster::{Cluster, RolloutEvent, RolloutOutcome};
 use ferry_k8s::render::{Redact, Rendered, render};
@@ -490,10 +490,14 @@ impl Deployer {
                     _ if still_running => ServiceStatus::Running,
                     _ => ServiceStatus::Failed,
                 };
+                let stack = service.stack_id;
                 let mut s = service.into_active_model();
                 s.status = Set(new_status);
                 s.updated_at = Set(Utc::now());
                 s.update(&txn).await?;
+                if let Some(stack) = stack {
+                    roll_up_stack(&txn, stack).await?;
+                }
             }
         }
         txn.commit().await?;
@@ -575,6 +579,40 @@ fn describe(event: &RolloutEvent) -> (LogLevel, String) {
             format!("watch interrupted (retrying): {message}"),
         ),
     }
+}
+
+/// A stack's status from its services': failed if any failed, running
+/// (or stopped) when all are, deploying otherwise.
+async fn roll_up_stack<C: ConnectionTrait>(txn: &C, stack: Uuid) -> Result<()> {
+    // Serialise roll-ups of one stack: two services finishing at once must
+    // not each miss the other's new status (write skew on PostgreSQL).
+    if txn.get_database_backend() == ferry_db::sea_orm::DbBackend::Postgres {
+        stacks::Entity::find_by_id(stack)
+            .lock_exclusive()
+            .one(txn)
+            .await?;
+    }
+    let members = services::Entity::find()
+        .filter(services::Column::StackId.eq(stack))
+        .all(txn)
+        .await?;
+    let all = |wanted: &[ServiceStatus]| members.iter().all(|m| wanted.contains(&m.status));
+    let status = if members.iter().any(|m| m.status == ServiceStatus::Failed) {
+        StackStatus::Failed
+    } else if all(&[ServiceStatus::Stopped]) {
+        StackStatus::Stopped
+    } else if all(&[ServiceStatus::Running, ServiceStatus::Stopped]) {
+        StackStatus::Running
+    } else {
+        StackStatus::Deploying
+    };
+    if let Some(row) = stacks::Entity::find_by_id(stack).one(txn).await? {
+        let mut row = row.into_active_model();
+        row.status = Set(status);
+        row.updated_at = Set(Utc::now());
+        row.update(txn).await?;
+    }
+    Ok(())
 }
 
 /// Appends a deployment log line.

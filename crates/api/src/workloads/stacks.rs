@@ -526,6 +526,15 @@ impl StackApi {
                 .position(|n| *n == s.name)
                 .unwrap_or(usize::MAX)
         });
+        // Before any rollout starts: their outcomes roll the status up.
+        let mut row = stack.into_active_model();
+        row.status = Set(if self.0.deployer.cluster.is_some() {
+            StackStatus::Deploying
+        } else {
+            StackStatus::Pending
+        });
+        row.updated_at = Set(Utc::now());
+        row.update(db).await?;
         let mut deployments = Vec::new();
         for s in &members {
             let d = self
@@ -535,14 +544,6 @@ impl StackApi {
                 .await?;
             deployments.push(deployment_to_pb(&d));
         }
-        let mut row = stack.into_active_model();
-        row.status = Set(if self.0.deployer.cluster.is_some() {
-            StackStatus::Deploying
-        } else {
-            StackStatus::Pending
-        });
-        row.updated_at = Set(Utc::now());
-        row.update(db).await?;
         Ok(pb::DeployStackResponse { deployments })
     }
 }
