@@ -143,16 +143,22 @@ impl Deployer {
         .await
     }
 
-    /// Renders `spec` as YAML (`Redact::Secrets` unless `reveal`).
-    pub fn plan(&self, spec: &WorkloadSpec, reveal: bool) -> Result<String> {
+    /// Renders `spec` once as YAML: `(shown, redacted)`, where `shown`
+    /// reveals secret values only when `reveal`.
+    pub fn plan(&self, spec: &WorkloadSpec, reveal: bool) -> Result<(String, String)> {
         let rendered = render_checked(spec)?;
-        rendered
-            .to_yaml(if reveal {
-                Redact::None
-            } else {
-                Redact::Secrets
-            })
-            .map_err(|e| Error::Internal(e.to_string()))
+        let yaml = |redact| {
+            rendered
+                .to_yaml(redact)
+                .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let redacted = yaml(Redact::Secrets)?;
+        let shown = if reveal {
+            yaml(Redact::None)?
+        } else {
+            redacted.clone()
+        };
+        Ok((shown, redacted))
     }
 
     /// Records a deployment of `service` and starts applying it.

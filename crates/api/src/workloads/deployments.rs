@@ -130,12 +130,7 @@ impl DeploymentApi {
             .deployer
             .current_spec(db, &service, &project, Uuid::nil())
             .await?;
-        let yaml = self.0.deployer.plan(&spec, reveal)?;
-        let redacted = if reveal {
-            self.0.deployer.plan(&spec, false)?
-        } else {
-            yaml.clone()
-        };
+        let (yaml, redacted) = self.0.deployer.plan(&spec, reveal)?;
         let last = deployments::Entity::find()
             .filter(deployments::Column::ServiceId.eq(id))
             .order_by_desc(deployments::Column::CreatedAt)

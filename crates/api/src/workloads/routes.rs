@@ -14,7 +14,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Workloads, authorize_project, unique_as};
+use super::{Workloads, authorize_project, unique_as, validate};
 use crate::audit;
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
@@ -22,26 +22,6 @@ use crate::{Error, Result};
 /// The `RouteService` implementation.
 #[derive(Debug, Clone)]
 pub struct RouteApi(pub Workloads);
-
-/// A lower-case DNS name with at least two labels.
-fn hostname(value: &str) -> Result<String> {
-    let v = value.trim().trim_end_matches('.').to_owned();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if v.len() <= 253 && v.split('.').count() >= 2 && v.split('.').all(label_ok) {
-        Ok(v)
-    } else {
-        Err(Error::InvalidArgument(
-            "hostname: must be a lower-case host name like shop.example.com".into(),
-        ))
-    }
-}
 
 fn path_prefix(value: &str) -> Result<String> {
     if value.is_empty() {
@@ -201,7 +181,7 @@ impl RouteApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
         let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
-        let host = hostname(&req.hostname)?;
+        let host = validate::hostname("hostname", &req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
         let txn = audit::begin_write(db).await?;
         claim_host(&txn, &host, project_id).await?;

@@ -8,16 +8,32 @@ fn invalid(field: &str, why: &str) -> Error {
     Error::InvalidArgument(format!("{field}: {why}"))
 }
 
-/// A DNS-1123 label (namespace, object and port names).
-pub fn dns_label(field: &str, value: &str, max: usize) -> Result<()> {
-    let ok = !value.is_empty()
+fn is_label(value: &str, max: usize) -> bool {
+    !value.is_empty()
         && value.len() <= max
         && value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+        && !value.ends_with('-')
+}
+
+/// A lower-case DNS name of at least two labels (route host names).
+pub fn hostname(field: &str, value: &str) -> Result<String> {
+    let v = value.trim().trim_end_matches('.');
+    if v.len() <= 253 && v.split('.').count() >= 2 && v.split('.').all(|l| is_label(l, 63)) {
+        Ok(v.to_owned())
+    } else {
+        Err(invalid(
+            field,
+            "must be a lower-case host name like shop.example.com",
+        ))
+    }
+}
+
+/// A DNS-1123 label (namespace, object and port names).
+pub fn dns_label(field: &str, value: &str, max: usize) -> Result<()> {
+    if is_label(value, max) {
         Ok(())
     } else {
         Err(invalid(
