@@ -115,6 +115,42 @@ impl Scope {
     }
 }
 
+/// One audit entry of a [`Scope`].
+#[derive(Debug)]
+pub struct Audited {
+    pub action: &'static str,
+    pub resource_type: AuditResourceType,
+    pub resource_id: Uuid,
+    pub details: Value,
+}
+
+impl Scope {
+    /// Deletes the rows `rows` matches and audits it, in one transaction;
+    /// `NotFound(missing)` when nothing matched.
+    pub async fn remove<E: ferry_db::sea_orm::EntityTrait>(
+        &self,
+        db: &ferry_db::sea_orm::DatabaseConnection,
+        rows: ferry_db::sea_orm::DeleteMany<E>,
+        missing: &str,
+        entry: Audited,
+    ) -> Result<()> {
+        let txn = audit::begin_write(db).await?;
+        if rows.exec(&txn).await?.rows_affected == 0 {
+            return Err(Error::NotFound(missing.to_owned()));
+        }
+        self.audit(
+            &txn,
+            entry.action,
+            entry.resource_type,
+            entry.resource_id,
+            entry.details,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
 /// A project the caller may perform `action` on.
 pub async fn authorize_project<C: ConnectionTrait>(
     db: &C,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
-use super::{Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
+use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
 use crate::audit;
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
@@ -522,25 +522,21 @@ impl ServiceApi {
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
         let (scope, _, _) = authorize_service(db, &actor, "service.manage", id).await?;
-        let txn = audit::begin_write(db).await?;
-        let deleted = service_env_vars::Entity::delete_many()
-            .filter(service_env_vars::Column::ServiceId.eq(id))
-            .filter(service_env_vars::Column::Key.eq(&req.key))
-            .exec(&txn)
-            .await?;
-        if deleted.rows_affected == 0 {
-            return Err(Error::NotFound("variable not found".into()));
-        }
         scope
-            .audit(
-                &txn,
-                "service.delete_env",
-                AuditResourceType::Service,
-                id,
-                json!({ "key": req.key }),
+            .remove(
+                db,
+                service_env_vars::Entity::delete_many()
+                    .filter(service_env_vars::Column::ServiceId.eq(id))
+                    .filter(service_env_vars::Column::Key.eq(&req.key)),
+                "variable not found",
+                Audited {
+                    action: "service.delete_env",
+                    resource_type: AuditResourceType::Service,
+                    resource_id: id,
+                    details: json!({ "key": req.key }),
+                },
             )
             .await?;
-        txn.commit().await?;
         Ok(())
     }
 
@@ -595,25 +591,21 @@ impl ServiceApi {
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
         let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
-        let txn = audit::begin_write(db).await?;
-        let deleted = volume_mounts::Entity::delete_many()
-            .filter(volume_mounts::Column::ServiceId.eq(id))
-            .filter(volume_mounts::Column::MountPath.eq(&req.mount_path))
-            .exec(&txn)
-            .await?;
-        if deleted.rows_affected == 0 {
-            return Err(Error::NotFound("no volume is mounted at this path".into()));
-        }
         scope
-            .audit(
-                &txn,
-                "service.unmount_volume",
-                AuditResourceType::Service,
-                id,
-                json!({ "mountPath": req.mount_path }),
+            .remove(
+                db,
+                volume_mounts::Entity::delete_many()
+                    .filter(volume_mounts::Column::ServiceId.eq(id))
+                    .filter(volume_mounts::Column::MountPath.eq(&req.mount_path)),
+                "no volume is mounted at this path",
+                Audited {
+                    action: "service.unmount_volume",
+                    resource_type: AuditResourceType::Service,
+                    resource_id: id,
+                    details: json!({ "mountPath": req.mount_path }),
+                },
             )
             .await?;
-        txn.commit().await?;
         service_to_pb(db, &service).await
     }
 
@@ -665,25 +657,21 @@ impl ServiceApi {
         let db = &self.0.identity.db;
         let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let txn = audit::begin_write(db).await?;
-        let deleted = service_variable_groups::Entity::delete_many()
-            .filter(service_variable_groups::Column::ServiceId.eq(id))
-            .filter(service_variable_groups::Column::VariableGroupId.eq(group_id))
-            .exec(&txn)
-            .await?;
-        if deleted.rows_affected == 0 {
-            return Err(Error::NotFound("the group is not attached".into()));
-        }
         scope
-            .audit(
-                &txn,
-                "service.detach_variable_group",
-                AuditResourceType::Service,
-                id,
-                json!({ "variableGroupId": group_id.to_string() }),
+            .remove(
+                db,
+                service_variable_groups::Entity::delete_many()
+                    .filter(service_variable_groups::Column::ServiceId.eq(id))
+                    .filter(service_variable_groups::Column::VariableGroupId.eq(group_id)),
+                "the group is not attached",
+                Audited {
+                    action: "service.detach_variable_group",
+                    resource_type: AuditResourceType::Service,
+                    resource_id: id,
+                    details: json!({ "variableGroupId": group_id.to_string() }),
+                },
             )
             .await?;
-        txn.commit().await?;
         service_to_pb(db, &service).await
     }
 

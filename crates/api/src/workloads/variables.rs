@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::spec::{GROUP_TABLE, VALUE_COLUMN};
-use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use super::{Audited, Scope, Workloads, authorize_project, unique_as, validate};
 use crate::audit;
 use crate::auth::Actor;
 use crate::services::{parse_id, ts};
@@ -248,25 +248,21 @@ impl VariableApi {
         let id = parse_id("variableGroupId", &req.variable_group_id)?;
         let (scope, group) = self.authorize(&actor, "project.manage", id).await?;
         let db = &self.0.identity.db;
-        let txn = audit::begin_write(db).await?;
-        let deleted = variable_group_items::Entity::delete_many()
-            .filter(variable_group_items::Column::VariableGroupId.eq(id))
-            .filter(variable_group_items::Column::Key.eq(&req.key))
-            .exec(&txn)
-            .await?;
-        if deleted.rows_affected == 0 {
-            return Err(Error::NotFound("variable not found".into()));
-        }
         scope
-            .audit(
-                &txn,
-                "variable_group.delete_variable",
-                AuditResourceType::VariableGroup,
-                id,
-                json!({ "key": req.key }),
+            .remove(
+                db,
+                variable_group_items::Entity::delete_many()
+                    .filter(variable_group_items::Column::VariableGroupId.eq(id))
+                    .filter(variable_group_items::Column::Key.eq(&req.key)),
+                "variable not found",
+                Audited {
+                    action: "variable_group.delete_variable",
+                    resource_type: AuditResourceType::VariableGroup,
+                    resource_id: id,
+                    details: json!({ "key": req.key }),
+                },
             )
             .await?;
-        txn.commit().await?;
         group_to_pb(db, &group).await
     }
 }
