@@ -103,6 +103,22 @@ impl ServiceProcess {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Waits up to `timeout` for `needle` to appear on stdout. Log lines
+    /// reach the capture asynchronously, so a check right after some other
+    /// observable effect (a health answer) would race.
+    pub async fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -33,16 +33,14 @@ async fn scheduler_boots_on_each_migrated_backend_and_stops() {
         .await;
         assert_eq!(info.database_backend, db.backend.to_string());
         // The first retention run starts right away.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !process.stdout().contains("retention cleanup finished") {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: no retention run\n{}",
-                db.backend,
-                process.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(
+            process
+                .wait_for_stdout("retention cleanup finished", Duration::from_secs(20))
+                .await,
+            "{}: no retention run\n{}",
+            db.backend,
+            process.output()
+        );
         stop_cleanly(process, Duration::from_secs(8)).await;
     }
 }
@@ -77,7 +75,9 @@ async fn scheduler_waits_not_serving_until_the_schema_exists() {
         }
     }
     assert!(
-        process.stdout().contains("waiting for ferry-api"),
+        process
+            .wait_for_stdout("waiting for ferry-api", Duration::from_secs(10))
+            .await,
         "{}",
         process.output()
     );
