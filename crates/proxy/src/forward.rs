@@ -7,7 +7,6 @@
 //! Each worker thread owns one [`Forwarder`] and so its own connection
 //! pool ([`Pool`]): a request never leaves the thread that accepted it.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use crate::ProxyState;
 use crate::metrics::UpstreamError;
 use crate::resolve::ResolveTable;
-use crate::table::Upstream;
+use crate::table::{FastMap, Upstream};
 
 /// Body of every data-plane response: the upstream's, streamed, or a short
 /// one of our own.
@@ -297,10 +296,10 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection the upstream closed meanwhile gives the
         // request back unsent: try the next one, then a fresh connection.
-        while let Some(mut sender) = self.pool.checkout(&upstream.addr) {
+        while let Some(mut sender) = self.pool.checkout(upstream.id) {
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.pool.checkin(&upstream.addr, sender);
+                    self.pool.checkin(upstream.id, sender);
                     return Ok(response);
                 }
                 Err(mut err) => match err.take_message() {
@@ -315,7 +314,7 @@ impl Forwarder {
         let mut sender = self.connect(upstream).await?;
         match sender.send_request(request).await {
             Ok(response) => {
-                self.pool.checkin(&upstream.addr, sender);
+                self.pool.checkin(upstream.id, sender);
                 Ok(response)
             }
             Err(err) => {
@@ -410,7 +409,9 @@ fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.is_empty() {
+    // Most messages carry none: one pass over the names instead of nine
+    // hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
@@ -424,6 +425,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
@@ -491,14 +506,14 @@ fn short(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     response
 }
 
-/// Keep-alive HTTP/1.1 connections by upstream address. A connection goes
+/// Keep-alive HTTP/1.1 connections by upstream ([`Upstream::id`]). A connection goes
 /// back as soon as the response head arrives; it is handed out again only
 /// once hyper reports it ready (the previous response fully read), and
 /// dropped once closed (upstream hangup, upgrade) or idle too long.
 #[derive(Debug, Default)]
 struct Pool {
     /// Only the owning worker thread touches it, so the lock never waits.
-    idle: Mutex<HashMap<Box<str>, Vec<Pooled>>>,
+    idle: Mutex<FastMap<u64, Vec<Pooled>>>,
 }
 
 #[derive(Debug)]
@@ -508,9 +523,9 @@ struct Pooled {
 }
 
 impl Pool {
-    fn checkout(&self, addr: &str) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&self, upstream: u64) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let conns = idle.get_mut(addr)?;
+        let conns = idle.get_mut(&upstream)?;
         let mut i = conns.len();
         while i > 0 {
             i -= 1;
@@ -523,18 +538,13 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, addr: &str, sender: SendRequest<UpstreamBody>) {
+    fn checkin(&self, upstream: u64, sender: SendRequest<UpstreamBody>) {
         let pooled = Pooled {
             sender,
             since: Instant::now(),
         };
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        match idle.get_mut(addr) {
-            Some(conns) => conns.push(pooled),
-            None => {
-                idle.insert(addr.into(), vec![pooled]);
-            }
-        }
+        idle.entry(upstream).or_default().push(pooled);
     }
 
     fn expire(&self, max_idle: Duration) {
@@ -566,5 +576,36 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.forwarder.handle(req, this.peer, &this.scheme).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_hop_by_hop_check_knows_every_stripped_name() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        assert!(!is_hop_by_hop(&HOST));
+        assert!(!is_hop_by_hop(&X_FORWARDED_FOR));
+    }
+
+    #[test]
+    fn strip_removes_standard_and_connection_listed_headers_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(HOST, HeaderValue::from_static("a.example"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(HOST, HeaderValue::from_static("a.example"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

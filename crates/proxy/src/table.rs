@@ -25,13 +25,17 @@ const EJECT_BASE: Duration = Duration::from_secs(10);
 /// Longest ejection after repeated failures.
 const EJECT_MAX: Duration = Duration::from_secs(60);
 
+/// Maps looked up on every request: foldhash (seeded per process) costs a
+/// fraction of SipHash for short keys such as host names.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One compiled snapshot.
 #[derive(Debug, Default)]
 pub struct Table {
     version: u64,
-    exact: HashMap<Box<str>, Arc<RouteEntry>>,
+    exact: FastMap<Box<str>, Arc<RouteEntry>>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, Arc<RouteEntry>>,
+    wildcard: FastMap<Box<str>, Arc<RouteEntry>>,
     acme: HashMap<Box<str>, Bytes>,
     certs: CertStore,
     /// Upstream state by address; reused by the next compile so health and
@@ -63,6 +67,9 @@ pub struct TargetEntry {
 /// A `host:port` upstream with passive health state.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Unique for the life of the process (never reused, unlike the
+    /// address of a dropped `Arc`): the connection pool's key.
+    pub id: u64,
     pub addr: Box<str>,
     pub authority: Authority,
     /// Requests sent and not yet answered (for least-outstanding).
@@ -108,7 +115,13 @@ impl Table {
                 let mut upstreams = Vec::with_capacity(target.upstreams.len());
                 for addr in &target.upstreams {
                     let addr = addr.trim();
-                    let upstream = match previous.and_then(|p| p.upstreams.get(addr)) {
+                    // One `Upstream` per address, shared by every route
+                    // naming it: one health state and one connection pool.
+                    let known = table
+                        .upstreams
+                        .get(addr)
+                        .or_else(|| previous.and_then(|p| p.upstreams.get(addr)));
+                    let upstream = match known {
                         Some(up) => up.clone(),
                         None => Arc::new(
                             Upstream::parse(addr)
@@ -281,7 +294,9 @@ impl Upstream {
         if authority.as_str().contains('@') {
             return Err(format!("upstream {addr:?} must not carry credentials"));
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr: addr.into(),
             authority,
             outstanding: AtomicUsize::new(0),
@@ -302,11 +317,19 @@ impl Upstream {
     /// The upstream refused or timed out a connection: skip it for a
     /// while (10 s, doubling per consecutive failure, at most 60 s).
     pub fn eject(&self) {
+        let now = now_ms();
+        let was_ejected = self.is_ejected(now);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
         let backoff = EJECT_BASE.saturating_mul(1 << failures).min(EJECT_MAX);
-        let until = now_ms() + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
+        let until = now + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
         self.ejected_until.store(until, Ordering::Relaxed);
-        tracing::warn!(upstream = %self.addr, backoff_secs = backoff.as_secs(), "upstream ejected");
+        // Requests still reach an ejected upstream when it is the only one:
+        // warn once per ejection, not once per refused request.
+        if was_ejected {
+            tracing::debug!(upstream = %self.addr, backoff_secs = backoff.as_secs(), "upstream still refusing");
+        } else {
+            tracing::warn!(upstream = %self.addr, backoff_secs = backoff.as_secs(), "upstream ejected");
+        }
     }
 
     /// The upstream answered: forget earlier failures.
@@ -403,6 +426,35 @@ mod tests {
             ..Snapshot::default()
         };
         Table::compile(snapshot, None, &Metrics::default())
+    }
+
+    #[test]
+    fn routes_naming_one_address_share_its_health_and_pool_key() {
+        let t = compile(vec![
+            route("a", &["a.example"], &[("/", false, &["10.0.0.1:80"])]),
+            route(
+                "b",
+                &["b.example"],
+                &[("/", false, &["10.0.0.1:80", "10.0.0.2:80"])],
+            ),
+        ])
+        .unwrap();
+        let a = t
+            .route("a.example")
+            .unwrap()
+            .target("/")
+            .unwrap()
+            .pick()
+            .unwrap()
+            .clone();
+        let b = &t.route("b.example").unwrap().target("/").unwrap().upstreams;
+        assert!(Arc::ptr_eq(&a, &b[0]));
+        assert_ne!(b[0].id, b[1].id);
+        a.eject();
+        assert!(
+            b[0].ejected(),
+            "an ejection holds for every route of the address"
+        );
     }
 
     #[test]
