@@ -28,6 +28,12 @@ build:
 bench-proxy:
 	bash crates/proxy/bench/run.sh
 
+.PHONY: bench-proxy-instr
+# Instructions per request under callgrind, ferry-proxy vs nginx: the
+# repeatable comparison (wall-clock numbers swing on a shared 2-core VM).
+bench-proxy-instr:
+	bash crates/proxy/bench/instr.sh
+
 .PHONY: bench-proxy-cpu
 ## CPU time per request, ferry-proxy vs nginx, one instance each with 10,001 routes
 bench-proxy-cpu:

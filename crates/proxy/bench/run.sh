@@ -26,81 +26,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  apt-get install -y wrk nginx-light >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk nginx-light >/dev/null; }
-fi
+source "$ROOT/crates/proxy/bench/common.sh"
+need_tools
 cd "$ROOT"
 # BENCH_CARGO_ARGS, e.g. "--no-default-features" to measure without mimalloc.
 cargo build --profile "$PROFILE" -p ferry-proxy --bin ferry-proxy --example bench_upstream ${BENCH_CARGO_ARGS:-}
-BIN="$ROOT/target/$PROFILE/ferry-proxy"
-UPSTREAM_BIN="$ROOT/target/$PROFILE/examples/bench_upstream"
+BIN="$ROOT/target/$PROFILE"
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
-
-# --- routes: app.bench (host only) and prefix.bench (/api stripped) -------
 UP="127.0.0.1:$UP_PORT"
-routes_json() { # $1 = number of extra generated hosts
-  python3 - "$1" "$UP" <<'PY'
-import json, sys
-n, up = int(sys.argv[1]), sys.argv[2]
-routes = [
-  {"id": "app", "hosts": ["app.bench"], "targets": [{"path_prefix": "/", "upstreams": [up]}]},
-  {"id": "prefix", "hosts": ["prefix.bench"], "targets": [{"path_prefix": "/api", "strip_prefix": True, "upstreams": [up]}]},
-]
-routes += [{"id": f"gen{i}", "hosts": [f"h{i}.bench"], "targets": [{"path_prefix": "/", "upstreams": [up]}]} for i in range(n)]
-print(json.dumps({"version": 1, "routes": routes}))
-PY
-}
-routes_json 1 > "$WORK/routes2.json"      # h0.bench too, for the like-for-like Lua run
-routes_json 10000 > "$WORK/routes10k.json"
+bench_files "$WORK" "$UP" "$NGINX_PORT" 2
 
-python3 - "$WORK" "$UP" "$NGINX_PORT" <<'PY'
-import sys
-work, up, port = sys.argv[1], sys.argv[2], sys.argv[3]
-common = """proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Request-Id $request_id;"""
-names = " ".join(f"h{i}.bench" for i in range(10000))
-conf = f"""worker_processes 2;
-pid {work}/nginx.pid; error_log {work}/nginx.err warn; daemon on;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; server_names_hash_max_size 65536; server_names_hash_bucket_size 128;
-  client_body_temp_path {work}/ncb; proxy_temp_path {work}/np; fastcgi_temp_path {work}/nf;
-  uwsgi_temp_path {work}/nu; scgi_temp_path {work}/ns;
-  upstream up {{ server {up}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{port} default_server; return 404; }}
-  server {{ listen 127.0.0.1:{port}; server_name app.bench {names};
-    location / {{ proxy_pass http://up; {common} }} }}
-  server {{ listen 127.0.0.1:{port}; server_name prefix.bench;
-    location /api/ {{ proxy_pass http://up/; {common} }} }}
-}}
-"""
-open(f"{work}/nginx.conf", "w").write(conf)
-PY
-
-cat > "$WORK/hosts.lua" <<'LUA'
-local n = tonumber(os.getenv("WRK_HOSTS") or "1")
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", "/", { ["Host"] = "h" .. (i % n) .. ".bench" })
-end
-LUA
-
-"$UPSTREAM_BIN" "$UP" >/dev/null & PIDS+=($!)
+"$BIN/examples/bench_upstream" "$UP" >/dev/null & PIDS+=($!)
 wait_port "$UP_PORT"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 wait_port "$NGINX_PORT"
-
-start_ferry() { # $1 = routes file, $2 = port base
-  RUST_LOG=warn FERRY_PROXY_ROUTES_FILE="$1" FERRY_PROXY_HTTP_LISTEN="127.0.0.1:$2" \
-  FERRY_PROXY_HTTPS_LISTEN="127.0.0.1:$(($2 + 1))" FERRY_PROXY_ADMIN_LISTEN="127.0.0.1:$(($2 + 2))" \
-  FERRY_PROXY_LISTEN="127.0.0.1:$(($2 + 3))" "$BIN" >"$WORK/ferry-$2.log" 2>&1 &
-  FERRY_PID=$!; PIDS+=($FERRY_PID)
-  wait_port "$2"
-}
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}'; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -125,7 +64,9 @@ run() {
 
 FERRY2=18090 FERRY10K=18100
 start_ferry "$WORK/routes2.json" $FERRY2
+wait_port $FERRY2
 start_ferry "$WORK/routes10k.json" $FERRY10K
+wait_port $FERRY10K
 FERRY10K_PID=$FERRY_PID
 RSS_IDLE=$(awk '/VmRSS/ {print $2}' "/proc/$FERRY10K_PID/status")
 

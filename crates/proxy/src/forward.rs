@@ -19,7 +19,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{
-    CONNECTION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, UPGRADE,
+    CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, UPGRADE,
 };
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -181,24 +181,27 @@ impl Forwarder {
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
-        let request_id = match parts.headers.get(&X_REQUEST_ID) {
-            Some(id) if id.len() <= 128 => id.clone(),
-            _ => self.request_id(),
-        };
         prepare_request_headers(&mut parts.headers, wants_upgrade);
         let headers = &mut parts.headers;
+        // Entry API: one hash per header instead of a get and an insert.
+        let request_id = match headers.entry(&X_REQUEST_ID) {
+            Entry::Occupied(mut id) => {
+                if id.get().len() > 128 {
+                    id.insert(self.request_id());
+                }
+                id.get().clone()
+            }
+            Entry::Vacant(slot) => slot.insert(self.request_id()).clone(),
+        };
         append_forwarded_for(headers, peer);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
         if let Some(value) = forwarded_host {
-            if !headers.contains_key(HOST) {
-                headers.insert(HOST, value.clone());
-            }
+            headers.entry(HOST).or_insert_with(|| value.clone());
             headers.insert(X_FORWARDED_HOST.clone(), value);
         }
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
         let path_and_query = match parts.uri.path_and_query() {
             Some(pq) => match target.rewrite(pq.as_str()) {
@@ -444,10 +447,11 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     use std::io::Write as _;
     let ip = peer.ip().to_canonical();
-    let existing = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
+    let entry = headers.entry(&X_FORWARDED_FOR);
+    let existing = match &entry {
+        Entry::Occupied(e) => e.get().to_str().ok().filter(|v| !v.trim().is_empty()),
+        Entry::Vacant(_) => None,
+    };
     let value = match existing {
         Some(existing) => HeaderValue::try_from(format!("{existing}, {ip}")),
         None => {
@@ -460,7 +464,14 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         }
     };
     if let Ok(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(value);
+            }
+            Entry::Vacant(e) => {
+                e.insert(value);
+            }
+        }
     }
 }
 
