@@ -33,6 +33,11 @@ pub struct Args {
     #[arg(long, env = "FERRY_PROXY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
+    /// Traffic worker threads, each with its own runtime, listeners and
+    /// upstream pool. Default: one per CPU.
+    #[arg(long, env = "FERRY_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+
     /// Standalone mode: serve this static JSON snapshot (see the crate
     /// README) instead of, or until, the api's feed.
     #[arg(long, env = "FERRY_PROXY_ROUTES_FILE")]

@@ -73,6 +73,63 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
 
 /// [`run`] with a caller-provided state (tests apply snapshots directly).
 pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdown) -> Result<()> {
+    let listeners = Listeners::bind(&args).await?;
+    run_with_listeners(args, listeners, state, shutdown).await
+}
+
+/// Every socket the proxy listens on, bound before anything is served, so
+/// a caller asking for port 0 learns the real ports first.
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: tokio::net::TcpListener,
+    http: Vec<std::net::TcpListener>,
+    https: Vec<std::net::TcpListener>,
+    admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the four listeners of `args`, the traffic ones once per worker.
+    pub async fn bind(args: &Args) -> Result<Self> {
+        let workers = worker_count(args);
+        Ok(Self {
+            grpc: bind(args.listen).await?,
+            http: bind_reuseport(args.http_listen, workers)?,
+            https: bind_reuseport(args.https_listen, workers)?,
+            admin: bind(args.admin_listen).await?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        first_addr(&self.http)
+    }
+
+    pub fn https_addr(&self) -> std::io::Result<SocketAddr> {
+        first_addr(&self.https)
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+fn first_addr(listeners: &[std::net::TcpListener]) -> std::io::Result<SocketAddr> {
+    match listeners.first() {
+        Some(l) => l.local_addr(),
+        None => Err(std::io::ErrorKind::NotFound.into()),
+    }
+}
+
+/// [`run_with_state`] on listeners bound by [`Listeners::bind`].
+pub async fn run_with_listeners(
+    args: Args,
+    listeners: Listeners,
+    state: Arc<ProxyState>,
+    shutdown: Shutdown,
+) -> Result<()> {
     tls::install_provider();
     let grace = args.common.shutdown_grace();
     let default_cert = match (&args.default_cert, &args.default_key) {
@@ -88,14 +145,16 @@ pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdo
         // Nothing will ever feed us: serve an empty table (404 everywhere).
         state.apply_snapshot(config::Snapshot::default())?;
     }
-    let grpc_listener = bind(args.listen).await?;
-    let workers = worker_count();
-    let http_listeners = bind_reuseport(args.http_listen, workers)?;
-    let https_listeners = bind_reuseport(args.https_listen, workers)?;
-    let admin_listener = bind(args.admin_listen).await?;
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listeners,
+        https: https_listeners,
+        admin: admin_listener,
+    } = listeners;
+    let workers = http_listeners.len();
     tracing::info!(
-        http = %http_listeners[0].local_addr()?,
-        https = %https_listeners[0].local_addr()?,
+        http = %first_addr(&http_listeners)?,
+        https = %first_addr(&https_listeners)?,
         admin = %admin_listener.local_addr()?,
         workers,
         "proxy HTTP listeners bound"
@@ -203,21 +262,27 @@ pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdo
     Ok(())
 }
 
-/// Worker threads for the traffic listeners: one per CPU, or
-/// `FERRY_PROXY_WORKERS`.
-fn worker_count() -> usize {
-    std::env::var("FERRY_PROXY_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+/// Worker threads for the traffic listeners: `--workers`, or one per CPU.
+fn worker_count(args: &Args) -> usize {
+    args.workers
+        .map(usize::from)
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1)
-        .clamp(1, 256)
 }
 
 /// `n` listening sockets sharing `addr` through `SO_REUSEPORT`, so the
 /// kernel spreads connections across the workers. A port 0 is resolved by
 /// the first socket and shared by the others.
+///
+/// `SO_REUSEPORT` would also let a second process of the same user join an
+/// explicit port silently and take half its connections (seen in CI: two
+/// test proxies on one port answered each other's hosts with 404). A plain
+/// bind first makes an occupied port fail loudly instead.
 fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>> {
+    let bind_err = |source| ferry_common::Error::Bind { addr, source };
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(bind_err)?);
+    }
     let bind_one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -231,7 +296,6 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
         socket.listen(1024)?;
         Ok(socket.into())
     };
-    let bind_err = |source| ferry_common::Error::Bind { addr, source };
     let first = bind_one(addr).map_err(bind_err)?;
     let shared = first.local_addr()?;
     let mut listeners = vec![first];
@@ -333,4 +397,22 @@ fn spawn_feed(
             shutdown.trigger();
         }
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_explicit_port_held_by_another_reuseport_socket_is_refused() {
+        let mine = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = mine[0].local_addr().unwrap();
+        assert_eq!(mine[1].local_addr().unwrap(), addr);
+        // A second proxy asking for the same port must not join it silently.
+        let err = bind_reuseport(addr, 2).unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        drop(mine);
+        assert_eq!(bind_reuseport(addr, 1).unwrap().len(), 1);
+    }
 }

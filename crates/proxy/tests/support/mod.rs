@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use ferry_common::Shutdown;
-use ferry_common::testing::free_addr;
 use ferry_proxy::config::{Balance, Route, Snapshot, Target};
 use ferry_proxy::{Args, ProxyState};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -36,24 +35,33 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(snapshot: Snapshot, extra: &[&str]) -> Self {
-        let (grpc, http, https, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
+        // Port 0 everywhere, read back from the bound listeners: a port
+        // picked and released beforehand can be picked again by a parallel
+        // test, and SO_REUSEPORT would then let both proxies share it.
         let mut argv: Vec<String> = vec!["ferry-proxy".into()];
-        for (flag, addr) in [
-            ("--listen", grpc),
-            ("--http-listen", http),
-            ("--https-listen", https),
-            ("--admin-listen", admin),
+        for flag in [
+            "--listen",
+            "--http-listen",
+            "--https-listen",
+            "--admin-listen",
         ] {
             argv.push(flag.into());
-            argv.push(addr.to_string());
+            argv.push("127.0.0.1:0".into());
         }
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let args = Args::parse_from(argv);
+        let listeners = ferry_proxy::Listeners::bind(&args).await.unwrap();
+        let (http, https, admin) = (
+            listeners.http_addr().unwrap(),
+            listeners.https_addr().unwrap(),
+            listeners.admin_addr().unwrap(),
+        );
         let state = Arc::new(ProxyState::default());
         state.apply_snapshot(snapshot).unwrap();
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(ferry_proxy::run_with_state(
+        let task = tokio::spawn(ferry_proxy::run_with_listeners(
             args,
+            listeners,
             state.clone(),
             shutdown.clone(),
         ));
