@@ -206,12 +206,14 @@ fn app_route(api_port: u16) -> pb::Route {
                 strip_prefix: false,
                 upstreams: vec!["web.shop.svc.cluster.local:8080".into()],
                 balance: 0,
+                weights: vec![],
             },
             pb::Target {
                 path_prefix: "/api".into(),
                 strip_prefix: true,
                 upstreams: vec![format!("api.shop.svc.cluster.local:{api_port}")],
                 balance: 0,
+                weights: vec![],
             },
         ],
         redirect_https: true,
@@ -271,6 +273,7 @@ async fn feed_streams_snapshot_then_committed_changes_on_each_backend() {
                 strip_prefix: false,
                 upstreams: vec!["web.shop.svc.cluster.local:8080".into()],
                 balance: 0,
+                weights: vec![],
             }],
             redirect_https: true,
         };

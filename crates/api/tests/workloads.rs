@@ -1802,6 +1802,78 @@ async fn routes_reach_the_proxy_feed_on_commit() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Weights reach the proxy in upstream order; a single upstream
+        // (the /api route, weight 0 = default) needs none.
+        let canary =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: t.project.id.clone(),
+                        name: "canary".into(),
+                        spec: Some(app("ghcr.io/acme/web:1.1")),
+                        ports: http_port(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let weighted = |service: &pb::Service, weight| pb::RouteTarget {
+            service_id: service.id.clone(),
+            port: 8080,
+            weight,
+            strip_path: false,
+        };
+        let root =
+            t.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        targets: vec![weighted(&svc, 90), weighted(&canary, 10)],
+                        ..create("shop.example.com", "/", 8080)
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let canary_upstream = format!("canary.{}.svc.cluster.local:8080", t.project.slug);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let snap = state.feed.snapshot();
+            let targets: Vec<_> = snap
+                .routes
+                .iter()
+                .filter(|r| r.hosts.contains(&"shop.example.com".to_owned()))
+                .flat_map(|r| r.targets.iter())
+                .map(|tg| {
+                    (
+                        tg.path_prefix.as_str(),
+                        tg.upstreams.clone(),
+                        tg.weights.clone(),
+                    )
+                })
+                .collect();
+            if targets.len() == 2 {
+                assert_eq!(
+                    targets,
+                    vec![
+                        (
+                            "/",
+                            vec![canary_upstream.clone(), upstream.clone()],
+                            vec![10, 90]
+                        ),
+                        ("/api", vec![upstream.clone()], vec![]),
+                    ],
+                    "{b}"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{b}: weighted route never reached the feed: {snap:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let err =
             t.w.routes
                 .create_route(authed(create("shop.example.com", "/api", 8080), &tok))
@@ -1831,15 +1903,12 @@ async fn routes_reach_the_proxy_feed_on_commit() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{b}: {err}");
-        t.w.routes
-            .delete_route(authed(
-                pb::DeleteRouteRequest {
-                    id: route.id.clone(),
-                },
-                &tok,
-            ))
-            .await
-            .unwrap();
+        for id in [&route.id, &root.id] {
+            t.w.routes
+                .delete_route(authed(pb::DeleteRouteRequest { id: id.clone() }, &tok))
+                .await
+                .unwrap();
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while state
             .feed

@@ -44,6 +44,12 @@ pub struct Target {
     pub strip_prefix: bool,
     /// `host:port` upstreams, e.g. `web.my-project.svc.cluster.local:8080` or `127.0.0.1:3000`.
     pub upstreams: Vec<String>,
+    /// One weight (1–10,000) per upstream, in order; empty or all equal
+    /// shares requests evenly. Round robin sends each upstream its share
+    /// (smooth, nginx's algorithm); least-outstanding compares in-flight
+    /// requests divided by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
     #[serde(default)]
     pub balance: Balance,
 }

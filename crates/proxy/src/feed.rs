@@ -167,6 +167,7 @@ fn route(r: pb::Route) -> Route {
                 path_prefix: t.path_prefix,
                 strip_prefix: t.strip_prefix,
                 upstreams: t.upstreams,
+                weights: t.weights,
             })
             .collect(),
         redirect_https: r.redirect_https,
@@ -550,6 +551,7 @@ mod tests {
                 strip_prefix: false,
                 upstreams: vec![upstream.into()],
                 balance: pb::Balance::LeastOutstanding.into(),
+                weights: vec![],
             }],
             redirect_https: false,
         }

@@ -61,8 +61,20 @@ pub struct TargetEntry {
     strip: bool,
     balance: Balance,
     upstreams: Vec<Arc<Upstream>>,
+    /// Per-upstream weights; empty when all are equal.
+    weights: Box<[u32]>,
+    /// One period of smooth weighted round robin (indices into
+    /// `upstreams`), computed at compile time so a pick stays one atomic
+    /// increment; empty when all weights are equal.
+    schedule: Box<[u32]>,
     next: AtomicUsize,
 }
+
+/// Longest weighted round-robin period kept; larger weight sums are scaled
+/// down (each weight stays at least 1).
+const MAX_SCHEDULE: u64 = 1024;
+/// Largest accepted weight.
+pub const MAX_WEIGHT: u32 = 10_000;
 
 /// A `host:port` upstream with passive health state.
 #[derive(Debug)]
@@ -131,11 +143,15 @@ impl Table {
                     table.upstreams.insert(addr.into(), upstream.clone());
                     upstreams.push(upstream);
                 }
+                let weights = check_weights(&target.weights, upstreams.len())
+                    .map_err(|e| invalid(format!("route {}: {e}", route.id)))?;
                 targets.push(TargetEntry {
                     prefix: prefix.into(),
                     strip: target.strip_prefix,
                     balance: target.balance,
                     upstreams,
+                    schedule: smooth_schedule(&weights),
+                    weights,
                     next: AtomicUsize::new(0),
                 });
             }
@@ -249,23 +265,36 @@ impl TargetEntry {
         }
     }
 
-    /// Picks an upstream: healthy ones first; when all are ejected, any.
+    /// Picks an upstream by the target's balance and weights: healthy ones
+    /// first; when all are ejected, any.
     pub fn pick(&self) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         if n <= 1 {
             return self.upstreams.first();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let tick = self.next.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        let ring = (0..n).map(|i| &self.upstreams[(start + i) % n]);
-        let picked = match self.balance {
-            Balance::RoundRobin => ring.clone().find(|u| !u.is_ejected(now)),
-            Balance::LeastOutstanding => ring
-                .clone()
-                .filter(|u| !u.is_ejected(now))
-                .min_by_key(|u| u.outstanding.load(Ordering::Relaxed)),
+        let healthy = |i: &usize| !self.upstreams[*i].is_ejected(now);
+        let picked = match (self.balance, self.schedule.len()) {
+            (Balance::RoundRobin, 0) => (0..n).map(|i| (tick + i) % n).find(healthy),
+            (Balance::RoundRobin, len) => (0..len)
+                .map(|i| self.schedule[(tick + i) % len] as usize)
+                .find(healthy),
+            (Balance::LeastOutstanding, _) => (0..n)
+                .map(|i| (tick + i) % n)
+                .filter(healthy)
+                .min_by(|&a, &b| self.load(a).cmp(&self.load(b))),
         };
-        picked.or_else(|| self.upstreams.get(start))
+        self.upstreams.get(picked.unwrap_or(tick % n))
+    }
+
+    /// Outstanding requests of upstream `i` relative to its weight, as a
+    /// fraction compared by cross-multiplication.
+    fn load(&self, i: usize) -> Load {
+        Load {
+            outstanding: self.upstreams[i].outstanding.load(Ordering::Relaxed) as u64,
+            weight: self.weights.get(i).copied().map_or(1, u64::from),
+        }
     }
 
     /// Another healthy upstream than `failed`, for one retry of a request
@@ -281,6 +310,87 @@ impl TargetEntry {
     pub fn upstream_count(&self) -> usize {
         self.upstreams.len()
     }
+}
+
+/// `outstanding / weight`, ordered without division.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Load {
+    outstanding: u64,
+    weight: u64,
+}
+
+impl PartialOrd for Load {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.outstanding * other.weight).cmp(&(other.outstanding * self.weight))
+    }
+}
+
+/// Validates a target's weights against its upstream count. All-equal
+/// weights come back empty: the plain round robin needs none.
+fn check_weights(weights: &[u32], upstreams: usize) -> Result<Box<[u32]>, String> {
+    if weights.is_empty() {
+        return Ok(Box::default());
+    }
+    if weights.len() != upstreams {
+        return Err(format!(
+            "{} weights for {upstreams} upstreams (give one per upstream, or none)",
+            weights.len()
+        ));
+    }
+    if let Some(w) = weights.iter().find(|w| !(1..=MAX_WEIGHT).contains(*w)) {
+        return Err(format!("weight {w} is outside 1..={MAX_WEIGHT}"));
+    }
+    if weights.iter().all(|w| *w == weights[0]) {
+        return Ok(Box::default());
+    }
+    Ok(weights.into())
+}
+
+/// One period of nginx's smooth weighted round robin over `weights`: each
+/// step adds every weight to its current value, picks the largest and
+/// subtracts the total from it. Heavier upstreams come more often, spread
+/// out rather than in bursts. The period is the weight sum over its gcd,
+/// scaled down to at most [`MAX_SCHEDULE`] steps.
+fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
+    if weights.is_empty() {
+        return Box::default();
+    }
+    let mut w: Vec<u64> = weights.iter().map(|w| u64::from(*w)).collect();
+    let sum: u64 = w.iter().sum();
+    if sum > MAX_SCHEDULE {
+        for x in &mut w {
+            *x = (*x * MAX_SCHEDULE / sum).max(1);
+        }
+    }
+    let g = w.iter().fold(0, |g, x| gcd(g, *x));
+    for x in &mut w {
+        *x /= g.max(1);
+    }
+    let total: u64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, x) in w.iter().enumerate() {
+            current[i] += *x as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        schedule.push(u32::try_from(best).unwrap_or(0));
+    }
+    schedule.into()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 impl Upstream {
@@ -412,6 +522,7 @@ mod tests {
                     path_prefix: (*p).to_owned(),
                     strip_prefix: *strip,
                     upstreams: ups.iter().map(|u| (*u).to_owned()).collect(),
+                    weights: Vec::new(),
                     balance: Balance::RoundRobin,
                 })
                 .collect(),
@@ -535,5 +646,94 @@ mod tests {
         assert!(target.pick().is_some());
         target.upstreams[0].healthy();
         assert!(!target.upstreams[0].ejected());
+    }
+
+    fn weighted(ups: &[&str], weights: &[u32], balance: Balance) -> Result<Table> {
+        let mut r = route("r", &["a.test"], &[("/", false, ups)]);
+        r.targets[0].weights = weights.to_vec();
+        r.targets[0].balance = balance;
+        compile(vec![r])
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_follows_nginx() {
+        // nginx's documented sequence for weights 5, 1, 1.
+        assert_eq!(&*smooth_schedule(&[5, 1, 1]), &[0, 0, 1, 0, 2, 0, 0]);
+        // Reduced by the gcd: 30:10 is 3:1, spread out.
+        assert_eq!(&*smooth_schedule(&[30, 10]), &[0, 0, 1, 0]);
+        // Large sums are scaled to at most MAX_SCHEDULE steps, and a
+        // light upstream keeps at least one slot.
+        let big = smooth_schedule(&[10_000, 1, 5_000]);
+        assert!(big.len() as u64 <= MAX_SCHEDULE, "{}", big.len());
+        let count = |i| big.iter().filter(|x| **x == i).count();
+        assert_eq!(count(1), 1);
+        assert!((count(0) as f64 / count(2) as f64 - 2.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn weighted_round_robin_shares_and_skips_ejected() {
+        let t = weighted(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            &[3, 1],
+            Balance::RoundRobin,
+        )
+        .unwrap();
+        let target = t.route("a.test").unwrap().target("/").unwrap();
+        let picks: Vec<_> = (0..400).map(|_| target.pick().unwrap().id).collect();
+        let heavy = picks
+            .iter()
+            .filter(|id| **id == target.upstreams[0].id)
+            .count();
+        assert_eq!(heavy, 300);
+        target.upstreams[0].eject();
+        assert!((0..8).all(|_| &*target.pick().unwrap().addr == "10.0.0.2:80"));
+        target.upstreams[1].eject();
+        assert!(target.pick().is_some(), "all ejected: still answers");
+    }
+
+    #[test]
+    fn equal_weights_are_plain_round_robin() {
+        let t = weighted(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            &[7, 7],
+            Balance::RoundRobin,
+        )
+        .unwrap();
+        let target = t.route("a.test").unwrap().target("/").unwrap();
+        assert!(target.schedule.is_empty() && target.weights.is_empty());
+    }
+
+    #[test]
+    fn weighted_least_outstanding_divides_by_weight() {
+        let t = weighted(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            &[3, 1],
+            Balance::LeastOutstanding,
+        )
+        .unwrap();
+        let target = t.route("a.test").unwrap().target("/").unwrap();
+        let set = |i: usize, n| target.upstreams[i].outstanding.store(n, Ordering::Relaxed);
+        // 2/3 < 1/1: the heavy one still has room.
+        set(0, 2);
+        set(1, 1);
+        assert!((0..4).all(|_| &*target.pick().unwrap().addr == "10.0.0.1:80"));
+        // 4/3 > 1/1.
+        set(0, 4);
+        assert!((0..4).all(|_| &*target.pick().unwrap().addr == "10.0.0.2:80"));
+    }
+
+    #[test]
+    fn bad_weights_are_rejected_naming_the_route() {
+        let ups = ["10.0.0.1:80", "10.0.0.2:80"];
+        for (weights, needle) in [
+            (&[1][..], "1 weights for 2 upstreams"),
+            (&[0, 1][..], "weight 0"),
+            (&[1, MAX_WEIGHT + 1][..], "weight 10001"),
+        ] {
+            let err = weighted(&ups, weights, Balance::RoundRobin)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("route r") && err.contains(needle), "{err}");
+        }
     }
 }

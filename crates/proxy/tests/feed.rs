@@ -160,6 +160,7 @@ fn pb_route(id: &str, upstream: SocketAddr) -> pb::Route {
             strip_prefix: false,
             upstreams: vec![upstream.to_string()],
             balance: 0,
+            weights: vec![],
         }],
         redirect_https: false,
     }

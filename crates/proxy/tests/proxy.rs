@@ -132,10 +132,13 @@ async fn round_robin_least_outstanding_and_ejection() {
     let dead = free_addr();
     let mut lo = route("lo", &["lo.test"], &[("/", false, &[a.addr, b.addr])]);
     lo.targets[0].balance = Balance::LeastOutstanding;
+    let mut wrr = route("wrr", &["wrr.test"], &[("/", false, &[a.addr, b.addr])]);
+    wrr.targets[0].weights = vec![1, 3];
     let proxy = Proxy::start(
         snapshot(
             1,
             vec![
+                wrr,
                 route("rr", &["rr.test"], &[("/", false, &[a.addr, b.addr])]),
                 route("ej", &["ej.test"], &[("/", false, &[dead, a.addr])]),
                 lo,
@@ -151,6 +154,15 @@ async fn round_robin_least_outstanding_and_ejection() {
     }
     assert_eq!(seen.iter().filter(|u| *u == "a").count(), 3, "{seen:?}");
     assert_ne!(seen[0], seen[1], "{seen:?}");
+
+    // Weights 1:3, spread out (never a run of four `b`).
+    let mut seen = String::new();
+    for _ in 0..40 {
+        let (_, _, body) = get(proxy.http, "wrr.test", "/").await;
+        seen.push_str(field(&body, "upstream"));
+    }
+    assert_eq!(seen.matches('a').count(), 10, "{seen}");
+    assert!(!seen.contains("bbbb"), "{seen}");
 
     // Least-outstanding: a slow request holds `a` or `b`; the next requests go to the other one.
     let slow = tokio::spawn(get(proxy.http, "lo.test", "/slow"));
@@ -433,6 +445,7 @@ fn named_route(id: &str, host: &str, upstreams: &[&str]) -> ferry_proxy::config:
             strip_prefix: false,
             upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
             balance: Balance::RoundRobin,
+            weights: Vec::new(),
         }],
         redirect_https: false,
     }

@@ -410,6 +410,7 @@ mod tests {
                 strip_prefix: false,
                 upstreams: vec![upstream.into()],
                 balance: 0,
+                weights: vec![],
             }],
             redirect_https: false,
         }

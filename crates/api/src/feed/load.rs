@@ -5,7 +5,7 @@
 //! proxy's longest-prefix match sees all of them. Each `route_targets` row
 //! becomes the upstream `<service>.<project-slug>.svc.cluster.local:<port>`
 //! (service names are DNS labels and a project's slug is its namespace);
-//! weight 0 drains a target. One certificate per domain (the one expiring
+//! weight 0 drains a target, other weights go to the proxy as shares. One certificate per domain (the one expiring
 //! last), decrypted here: private keys leave the api only over the
 //! authenticated feed.
 
@@ -21,6 +21,9 @@ use ferry_db::sea_orm::{
 use ferry_proto::ferry::internal::v1 as pb;
 
 use crate::{Error, Result};
+
+/// The proxy's largest weight (the api accepts up to 1,000 per row).
+const MAX_WEIGHT: u32 = 10_000;
 
 /// The part of the feed state that comes from the database, keyed by id.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -146,22 +149,32 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
             .get(&route.id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut upstreams: Vec<String> = rows_targets
-            .iter()
-            .filter(|t| t.weight > 0)
-            .filter_map(|t| {
-                let (project, service) = rows.services.get(&t.service_id)?;
-                let slug = rows.projects.get(project)?;
-                Some(upstream_address(service, slug, t.port))
-            })
-            .collect();
-        upstreams.sort();
-        upstreams.dedup();
+        // Two rows naming one address add up their weights.
+        let mut weighted: BTreeMap<String, u32> = BTreeMap::new();
+        for t in rows_targets.iter().filter(|t| t.weight > 0) {
+            let Some((project, service)) = rows.services.get(&t.service_id) else {
+                continue;
+            };
+            let Some(slug) = rows.projects.get(project) else {
+                continue;
+            };
+            let weight = weighted
+                .entry(upstream_address(service, slug, t.port))
+                .or_default();
+            *weight = weight
+                .saturating_add(u32::try_from(t.weight).unwrap_or(0))
+                .min(MAX_WEIGHT);
+        }
+        let mut weights: Vec<u32> = weighted.values().copied().collect();
+        if weights.windows(2).all(|w| w[0] == w[1]) {
+            weights.clear();
+        }
         let target = pb::Target {
             path_prefix: route.path_prefix.clone(),
             strip_prefix: rows_targets.iter().any(|t| t.strip_path),
-            upstreams,
+            upstreams: weighted.into_keys().collect(),
             balance: pb::Balance::Unspecified.into(),
+            weights,
         };
         let redirect = route.tls_enabled && route.https_redirect;
         let entry = by_host

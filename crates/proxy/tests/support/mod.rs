@@ -108,6 +108,7 @@ pub fn route(id: &str, hosts: &[&str], targets: &[(&str, bool, &[SocketAddr])]) 
                 strip_prefix: *strip,
                 upstreams: ups.iter().map(ToString::to_string).collect(),
                 balance: Balance::RoundRobin,
+                weights: Vec::new(),
             })
             .collect(),
         redirect_https: false,
