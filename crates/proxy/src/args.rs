@@ -78,7 +78,8 @@ pub struct Args {
     pub response_timeout_ms: u64,
 
     /// Idle keep-alive connections (clients and upstreams) close after
-    /// this many seconds.
+    /// this many seconds, and a streaming body (either direction) that
+    /// sends nothing for this long is cut. WebSocket tunnels are exempt.
     #[arg(long, env = "FERRY_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     pub idle_timeout_secs: u64,
 

@@ -26,16 +26,18 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::ProxyState;
+use crate::idle::IdleBody;
 use crate::metrics::UpstreamError;
 use crate::resolve::ResolveTable;
 use crate::table::{FastMap, Upstream};
 
-/// Body of every data-plane response: the upstream's, streamed, or a short
-/// one of our own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Body of every data-plane response: the upstream's, streamed (failing
+/// once idle too long), or a short one of our own.
+pub type ProxyBody = Either<IdleBody<Incoming>, Full<Bytes>>;
 
-/// Body sent upstream: the client's, streamed, or none.
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent upstream: the client's, streamed (failing once idle too
+/// long), or none.
+type UpstreamBody = Either<IdleBody<Incoming>, Empty<Bytes>>;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -61,6 +63,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 pub struct Timeouts {
     pub connect: Duration,
     pub response: Duration,
+    /// A pooled upstream connection unused this long is closed, and a body
+    /// (either direction) without a frame this long is cut.
     pub idle: Duration,
 }
 
@@ -222,7 +226,7 @@ impl Forwarder {
         let body = if bodiless {
             Either::Right(Empty::new())
         } else {
-            Either::Left(body)
+            Either::Left(IdleBody::new(body, self.timeouts.idle))
         };
         let request = Request::from_parts(parts, body);
         // One timer for the whole exchange, retry included.
@@ -274,7 +278,8 @@ impl Forwarder {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
-        response.map(Either::Left)
+        let idle = self.timeouts.idle;
+        response.map(|body| Either::Left(IdleBody::new(body, idle)))
     }
 
     /// One attempt against `upstream`: a pooled connection, or a new one.

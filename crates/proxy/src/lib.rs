@@ -30,6 +30,7 @@ pub mod error;
 pub mod feed;
 pub mod forward;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod resolve;
 pub mod state;

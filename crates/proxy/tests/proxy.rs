@@ -530,3 +530,78 @@ fn resolve_flag_rejects_malformed_overrides() {
         .collect();
     assert_eq!(got, ["a:1=127.0.0.1:1", "b:2=127.0.0.2:3", "c:4=[::1]:4"]);
 }
+
+#[tokio::test]
+async fn stalled_bodies_are_cut_after_the_idle_timeout() {
+    // An upstream that sends part of a chunked body, then nothing, holding
+    // the connection open; it also never reads a request body to its end.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = stall.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("GET") {
+                    conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await
+                    .ok();
+                }
+                // Keep reading (a stalled request body) without answering.
+                while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let up = upstream("echo").await;
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![
+                route("stall", &["stall.test"], &[("/", false, &[stall_addr])]),
+                route("echo", &["echo.test"], &[("/", false, &[up.addr])]),
+            ],
+        ),
+        &["--idle-timeout-secs", "1"],
+    )
+    .await;
+
+    // Response direction: the client gets the first chunk, then the
+    // connection ends short of a complete body instead of hanging.
+    let started = std::time::Instant::now();
+    let mut client = TcpStream::connect(proxy.http).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: stall.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut raw))
+        .await
+        .expect("the proxy cuts a stalled response body")
+        .ok();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("hello"), "{raw}");
+    assert!(!raw.ends_with("0\r\n\r\n"), "no clean end of body: {raw}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // Request direction: a client that stops sending mid-body does not
+    // hold the upstream forever; the upstream sees the body fail.
+    let mut client = TcpStream::connect(proxy.http).await.unwrap();
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: echo.test\r\ncontent-length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut raw))
+        .await
+        .expect("the proxy gives up on a stalled request body")
+        .ok();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains("len=100"), "{raw}");
+    proxy.stop().await;
+}
