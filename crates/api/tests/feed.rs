@@ -16,7 +16,8 @@ use ferry_common::{GrpcServer, Shutdown, SystemInfo};
 use ferry_db::entities::{certificates, route_targets, routes, services};
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, EntityTrait, IntoActiveModel as _,
+    ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, DbBackend, EntityTrait,
+    IntoActiveModel as _,
 };
 use ferry_proto::ferry::internal::v1 as pb;
 use ferry_tests::{TestDb, fixtures};
@@ -59,6 +60,12 @@ async fn start(conn: &DatabaseConnection, token: Option<&str>) -> Api {
         Duration::from_secs(3600),
         shutdown.clone(),
     );
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // Its first reload after LISTEN must not race the test's writes.
+        tokio::time::timeout(Duration::from_secs(10), state.feed.listening())
+            .await
+            .expect("LISTEN within 10 s");
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
@@ -344,6 +351,42 @@ async fn feed_streams_snapshot_then_committed_changes_on_each_backend() {
             .await
             .expect("stream ends on shutdown");
         assert!(matches!(ended, Ok(None) | Err(_)), "{b}");
+        tokio::time::timeout(Duration::from_secs(8), api.server)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Two api replicas on one PostgreSQL database, periodic reload off: a
+/// change committed through one reaches a proxy watching the other through
+/// LISTEN/NOTIFY, not the 30 s safety reload.
+#[tokio::test]
+async fn postgres_replicas_announce_changes_to_each_other() {
+    let Some(db) = ferry_tests::postgres_db().await else {
+        return; // SQLite-only mode: there is nothing to LISTEN on.
+    };
+    db.migrate().await;
+    let fx = seed(&db.conn).await;
+    let a = start(&db.conn, Some(TOKEN)).await;
+    let b = start(&db.connect_again().await, Some(TOKEN)).await;
+    let mut stream = watch(b.addr, Some(TOKEN), 0).await.unwrap();
+    let first = snapshot(next(&mut stream).await);
+    assert_eq!(first.routes.len(), 1);
+
+    for (i, host) in ["shop.example.net", "blog.example.net"].iter().enumerate() {
+        let id = route(&db.conn, fx.project, None, host, "/").await;
+        target(&db.conn, id, fx.web, 8080, false).await;
+        let started = std::time::Instant::now();
+        a.state.feed.notify_committed();
+        let up = update(next(&mut stream).await);
+        let ids: Vec<_> = up.upserted_routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec![*host], "change {i}");
+        eprintln!("replica b saw change {i} after {:?}", started.elapsed());
+    }
+    for api in [a, b] {
+        api.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(8), api.server)
             .await
             .expect("server stops")

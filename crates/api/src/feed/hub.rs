@@ -2,12 +2,14 @@
 //! the broadcast that carries new ones to the open streams.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_common::Shutdown;
 use ferry_db::crypto::Keyring;
-use ferry_db::sea_orm::DatabaseConnection;
+use ferry_db::sea_orm::prelude::Uuid;
+use ferry_db::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use ferry_proto::ferry::internal::v1 as pb;
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -18,6 +20,8 @@ use crate::Result;
 pub const HISTORY_LIMIT: usize = 1024;
 /// Updates buffered per stream before a slow one is sent a fresh snapshot.
 const BROADCAST_CAPACITY: usize = 256;
+/// PostgreSQL channel on which api replicas announce committed changes.
+pub const NOTIFY_CHANNEL: &str = "ferry_route_feed";
 
 /// Everything a snapshot contains, keyed by id.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,10 +49,17 @@ struct Inner {
     /// Serialises reloads so an older read never overwrites a newer one.
     reload: tokio::sync::Mutex<()>,
     kick: Notify,
+    /// Set by [`FeedHub::notify_committed`]: the next reload also tells the
+    /// other replicas (PostgreSQL `NOTIFY`).
+    local_change: AtomicBool,
+    /// This replica's id, the `NOTIFY` payload, so it ignores its own.
+    instance: String,
     /// When the oldest change not yet reloaded was committed (unix ms).
     pending_since: Mutex<Option<i64>>,
     /// Flips to true when the api shuts down: open streams end.
     closed: watch::Sender<bool>,
+    /// True once this replica `LISTEN`s for the others' changes.
+    listening: watch::Sender<bool>,
 }
 
 /// The api's routing state for the proxies. Cheap to clone (shared).
@@ -94,8 +105,11 @@ impl FeedHub {
                 updates: broadcast::channel(BROADCAST_CAPACITY).0,
                 reload: tokio::sync::Mutex::new(()),
                 kick: Notify::new(),
+                local_change: AtomicBool::new(false),
+                instance: Uuid::new_v4().to_string(),
                 pending_since: Mutex::new(None),
                 closed: watch::channel(false).0,
+                listening: watch::channel(false).0,
             }),
         }
     }
@@ -128,6 +142,12 @@ impl FeedHub {
     /// domains, certificates, services or projects has committed. Returns at
     /// once; the reloader picks the change up (several kicks coalesce).
     pub fn notify_committed(&self) {
+        self.inner.local_change.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    /// Marks a change pending and wakes the reloader.
+    fn kick(&self) {
         let mut pending = self
             .inner
             .pending_since
@@ -266,8 +286,11 @@ impl FeedHub {
     }
 
     /// Reloads on every [`FeedHub::notify_committed`] and every `interval`
-    /// (changes made by other api replicas), until `shutdown`; then closes
-    /// the hub. Failed reloads are logged and retried on the next tick.
+    /// (a safety net), until `shutdown`; then closes the hub. Failed reloads
+    /// are logged and retried on the next tick. On PostgreSQL, local changes
+    /// are announced with `NOTIFY` and other replicas' announcements kick a
+    /// reload here ([`FeedHub::spawn_listener`]), so every replica's
+    /// proxies see a change within milliseconds, not at the next interval.
     pub fn spawn_reloader(
         &self,
         db: DatabaseConnection,
@@ -276,6 +299,10 @@ impl FeedHub {
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
+        let postgres = db.get_database_backend() == DbBackend::Postgres;
+        if postgres {
+            self.spawn_listener(db.clone(), keyring.clone(), shutdown.clone());
+        }
         tokio::spawn(async move {
             let stop = shutdown.wait();
             tokio::pin!(stop);
@@ -293,6 +320,9 @@ impl FeedHub {
                     () = hub.inner.kick.notified() => {}
                     _ = ticker.tick() => {}
                 }
+                if postgres && hub.inner.local_change.swap(false, Ordering::AcqRel) {
+                    hub.announce(&db).await;
+                }
                 match hub.reload(&db, &keyring).await {
                     Ok(Some(version)) => tracing::info!(version, "route feed updated"),
                     Ok(None) => {}
@@ -302,6 +332,91 @@ impl FeedHub {
                 }
             }
             hub.close();
+        })
+    }
+}
+
+impl FeedHub {
+    /// Waits until this replica listens for other replicas' changes
+    /// (PostgreSQL only; never returns on SQLite).
+    pub async fn listening(&self) {
+        let mut rx = self.inner.listening.subscribe();
+        let _ = rx.wait_for(|listening| *listening).await;
+    }
+
+    /// Tells the other replicas that a change committed (after the commit:
+    /// a `NOTIFY` outside the writer's transaction). Best effort: a lost
+    /// announcement is caught by the periodic reload.
+    async fn announce(&self, db: &DatabaseConnection) {
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [NOTIFY_CHANNEL.into(), self.inner.instance.clone().into()],
+        );
+        if let Err(err) = db.execute_raw(statement).await {
+            tracing::warn!(error = %err, "announcing a route change to other replicas failed");
+        }
+    }
+
+    /// Listens for other replicas' announcements (PostgreSQL only) and
+    /// kicks a reload for each; after a lost connection it reloads too, as
+    /// announcements may have been missed meanwhile.
+    pub fn spawn_listener(
+        &self,
+        db: DatabaseConnection,
+        keyring: Arc<Keyring>,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        use ferry_db::sea_orm::sqlx::postgres::PgListener;
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let listening = async {
+                    let mut listener =
+                        PgListener::connect_with(db.get_postgres_connection_pool()).await?;
+                    listener.listen(NOTIFY_CHANNEL).await?;
+                    Ok::<_, ferry_db::sea_orm::sqlx::Error>(listener)
+                };
+                let mut listener = tokio::select! {
+                    () = shutdown.wait() => return,
+                    listener = listening => match listener {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "route feed: LISTEN failed; retrying");
+                            tokio::select! {
+                                () = shutdown.wait() => return,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                            continue;
+                        }
+                    },
+                };
+                backoff = Duration::from_millis(250);
+                // Anything committed before LISTEN took effect is unseen.
+                if let Err(err) = hub.reload(&db, &keyring).await {
+                    tracing::warn!(error = %err, "route feed reload failed; retrying");
+                    hub.kick();
+                }
+                hub.inner.listening.send_replace(true);
+                loop {
+                    let received = tokio::select! {
+                        () = shutdown.wait() => return,
+                        received = listener.try_recv() => received,
+                    };
+                    match received {
+                        Ok(Some(n)) if n.payload() == hub.inner.instance => {}
+                        Ok(Some(_)) => hub.kick(),
+                        // Reconnected: something may have been missed.
+                        Ok(None) => hub.kick(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "route feed: LISTEN connection lost");
+                            break;
+                        }
+                    }
+                }
+            }
         })
     }
 }
