@@ -132,11 +132,12 @@ impl Forwarder {
         }
     }
 
-    /// Serves one request that arrived over `scheme` from `peer`.
+    /// Serves one request that arrived over `scheme` from the client at
+    /// `client_ip` ([`client_ip_header`]).
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client_ip: &HeaderValue,
         scheme: &Scheme,
     ) -> Response<ProxyBody> {
         let https = *scheme == Scheme::HTTPS;
@@ -197,7 +198,7 @@ impl Forwarder {
             }
             Entry::Vacant(slot) => slot.insert(self.request_id()).clone(),
         };
-        append_forwarded_for(headers, peer);
+        append_forwarded_for(headers, client_ip);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
@@ -449,35 +450,31 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    use std::io::Write as _;
-    let ip = peer.ip().to_canonical();
-    let entry = headers.entry(&X_FORWARDED_FOR);
-    let existing = match &entry {
-        Entry::Occupied(e) => e.get().to_str().ok().filter(|v| !v.trim().is_empty()),
-        Entry::Vacant(_) => None,
-    };
-    let value = match existing {
-        Some(existing) => HeaderValue::try_from(format!("{existing}, {ip}")),
-        None => {
-            // The common case: format the address on the stack.
-            let mut buf = [0u8; 64];
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{ip}");
-            let len = usize::try_from(cursor.position()).unwrap_or(0);
-            HeaderValue::from_bytes(&buf[..len])
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client_ip.clone());
         }
-    };
-    if let Ok(value) = value {
-        match entry {
-            Entry::Occupied(mut e) => {
-                e.insert(value);
+        Entry::Occupied(mut e) => {
+            let existing = e.get().as_bytes();
+            if existing.trim_ascii().is_empty() {
+                e.insert(client_ip.clone());
+                return;
             }
-            Entry::Vacant(e) => {
+            let joined = [existing, b", ", client_ip.as_bytes()].concat();
+            if let Ok(value) = HeaderValue::from_bytes(&joined) {
                 e.insert(value);
             }
         }
     }
+}
+
+/// The peer's address as an `X-Forwarded-For` element (IPv4-mapped IPv6
+/// shown as IPv4), formatted once per connection: `Display` for an IP
+/// costs about a thousand instructions, a measurable share of a request.
+pub fn client_ip_header(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Copies bytes both ways between the upgraded client and upstream
@@ -579,9 +576,19 @@ impl Pool {
 /// A hyper service for one accepted connection.
 #[derive(Clone, Debug)]
 pub struct ProxyService {
-    pub forwarder: Arc<Forwarder>,
-    pub peer: SocketAddr,
-    pub scheme: Scheme,
+    forwarder: Arc<Forwarder>,
+    client_ip: HeaderValue,
+    scheme: Scheme,
+}
+
+impl ProxyService {
+    pub fn new(forwarder: Arc<Forwarder>, peer: SocketAddr, scheme: Scheme) -> Self {
+        Self {
+            forwarder,
+            client_ip: client_ip_header(peer),
+            scheme,
+        }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
@@ -591,13 +598,50 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.forwarder.handle(req, this.peer, &this.scheme).await) })
+        Box::pin(async move {
+            Ok(this
+                .forwarder
+                .handle(req, &this.client_ip, &this.scheme)
+                .await)
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_an_existing_chain() {
+        let v4 = client_ip_header("10.1.2.3:5000".parse().unwrap());
+        let mapped = client_ip_header(
+            "[::ffff:10.1.2.3]:5000"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(
+            (v4.as_bytes(), mapped.as_bytes()),
+            (&b"10.1.2.3"[..], &b"10.1.2.3"[..])
+        );
+        let v6 = client_ip_header(
+            "[2001:db8::1]:443"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, &v4);
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.1.2.3");
+        headers.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("203.0.113.9"),
+        );
+        append_forwarded_for(&mut headers, &v6);
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
+        headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("  "));
+        append_forwarded_for(&mut headers, &v4);
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.1.2.3");
+    }
 
     #[test]
     fn the_fast_hop_by_hop_check_knows_every_stripped_name() {

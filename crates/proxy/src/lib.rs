@@ -336,11 +336,7 @@ impl Worker {
                 http::serve(
                     http,
                     "http",
-                    move |peer| ProxyService {
-                        forwarder: forwarder.clone(),
-                        peer,
-                        scheme: Scheme::HTTP,
-                    },
+                    move |peer| ProxyService::new(forwarder.clone(), peer, Scheme::HTTP),
                     None,
                     self.options,
                     self.shutdown.clone(),
@@ -353,11 +349,7 @@ impl Worker {
                 "https",
                 move |peer| {
                     state.https_connections.fetch_add(1, Ordering::Relaxed);
-                    ProxyService {
-                        forwarder: forwarder.clone(),
-                        peer,
-                        scheme: Scheme::HTTPS,
-                    }
+                    ProxyService::new(forwarder.clone(), peer, Scheme::HTTPS)
                 },
                 Some(self.acceptor.clone()),
                 self.options,
