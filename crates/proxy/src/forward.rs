@@ -383,16 +383,10 @@ impl Forwarder {
     fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         // 32 hex digits, formatted without an intermediate String.
+        let v = (u128::from(self.id_prefix) << 64) | u128::from(n);
         let mut id = [0u8; 32];
-        for (i, byte) in self
-            .id_prefix
-            .to_be_bytes()
-            .iter()
-            .chain(&n.to_be_bytes())
-            .enumerate()
-        {
-            id[2 * i] = HEX[usize::from(byte >> 4)];
-            id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
         }
         HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
@@ -611,6 +605,18 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn request_ids_are_a_random_prefix_and_a_counter_in_hex() {
+        let f = Forwarder::new(Arc::default(), Timeouts::default());
+        let ids: Vec<String> = (0..3)
+            .map(|_| f.request_id().to_str().unwrap().to_owned())
+            .collect();
+        let prefix = format!("{:016x}", f.id_prefix);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(*id, format!("{prefix}{n:016x}"));
+        }
+    }
 
     #[test]
     fn forwarded_for_appends_the_client_to_an_existing_chain() {
