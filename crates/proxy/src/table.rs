@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Bytes;
 use hyper::http::uri::Authority;
 
-use crate::config::{Balance, Snapshot};
+use crate::config::{Balance, Route, Snapshot};
 use crate::metrics::{Metrics, RouteCounters};
 use crate::tls::CertStore;
 use crate::{Error, Result};
@@ -40,7 +40,10 @@ pub struct Table {
     certs: CertStore,
     /// Upstream state by address; reused by the next compile so health and
     /// in-flight counts survive a route change.
-    upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    upstreams: FastMap<Box<str>, Arc<Upstream>>,
+    /// Each route's index in `snapshot` and its entry, so the next compile
+    /// reuses the entries of unchanged routes instead of rebuilding them.
+    by_id: FastMap<Arc<str>, (usize, Arc<RouteEntry>)>,
     snapshot: Arc<Snapshot>,
 }
 
@@ -103,65 +106,30 @@ impl Table {
             version: snapshot.version,
             ..Table::default()
         };
-        for route in &snapshot.routes {
+        table.by_id.reserve(snapshot.routes.len());
+        for (index, route) in snapshot.routes.iter().enumerate() {
             if route.id.trim().is_empty() {
                 return Err(invalid("a route has an empty id".to_owned()));
             }
             if route.hosts.is_empty() {
                 return Err(invalid(format!("route {} has no hosts", route.id)));
             }
-            let mut targets = Vec::with_capacity(route.targets.len());
-            for target in &route.targets {
-                let prefix = normalize_prefix(&target.path_prefix).ok_or_else(|| {
-                    invalid(format!(
-                        "route {}: path prefix {:?} must start with /",
-                        route.id, target.path_prefix
-                    ))
-                })?;
-                if targets.iter().any(|t: &TargetEntry| *t.prefix == *prefix) {
-                    return Err(invalid(format!(
-                        "route {}: path prefix {:?} appears twice",
-                        route.id, target.path_prefix
-                    )));
-                }
-                let mut upstreams = Vec::with_capacity(target.upstreams.len());
-                for addr in &target.upstreams {
-                    let addr = addr.trim();
-                    // One `Upstream` per address, shared by every route
-                    // naming it: one health state and one connection pool.
-                    let known = table
-                        .upstreams
-                        .get(addr)
-                        .or_else(|| previous.and_then(|p| p.upstreams.get(addr)));
-                    let upstream = match known {
-                        Some(up) => up.clone(),
-                        None => Arc::new(
-                            Upstream::parse(addr)
-                                .map_err(|e| invalid(format!("route {}: {e}", route.id)))?,
-                        ),
-                    };
-                    table.upstreams.insert(addr.into(), upstream.clone());
-                    upstreams.push(upstream);
-                }
-                let weights = check_weights(&target.weights, upstreams.len())
-                    .map_err(|e| invalid(format!("route {}: {e}", route.id)))?;
-                targets.push(TargetEntry {
-                    prefix: prefix.into(),
-                    strip: target.strip_prefix,
-                    balance: target.balance,
-                    upstreams,
-                    schedule: smooth_schedule(&weights),
-                    weights,
-                    next: AtomicUsize::new(0),
-                });
-            }
-            targets.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
-            let entry = Arc::new(RouteEntry {
-                id: Arc::from(route.id.as_str()),
-                redirect_https: route.redirect_https,
-                targets,
-                counters: metrics.route(&route.id),
+            // An unchanged route keeps its entry: its upstreams, weights
+            // schedule, round-robin position and counters.
+            let unchanged = previous.and_then(|p| {
+                let (at, entry) = p.by_id.get(route.id.as_str())?;
+                (p.snapshot.routes.get(*at) == Some(route)).then(|| entry.clone())
             });
+            let entry = match unchanged {
+                Some(entry) => {
+                    for up in entry.targets.iter().flat_map(|t| &t.upstreams) {
+                        table.upstreams.insert(up.addr.clone(), up.clone());
+                    }
+                    entry
+                }
+                None => Self::compile_route(&mut table, route, previous, metrics)?,
+            };
+            table.by_id.insert(entry.id.clone(), (index, entry.clone()));
             for host in &route.hosts {
                 let host =
                     validate_host(host).map_err(|e| invalid(format!("route {}: {e}", route.id)))?;
@@ -193,9 +161,74 @@ impl Table {
                 Bytes::from(challenge.key_authorization.clone()),
             );
         }
-        table.certs = CertStore::build(&snapshot.certificates, metrics);
+        table.certs = CertStore::build(
+            &snapshot.certificates,
+            previous.map(|p| (p.snapshot.certificates.as_slice(), &p.certs)),
+            metrics,
+        );
         table.snapshot = Arc::new(snapshot);
         Ok(table)
+    }
+
+    /// Compiles one new or changed route; its upstreams join `table`.
+    fn compile_route(
+        table: &mut Table,
+        route: &Route,
+        previous: Option<&Table>,
+        metrics: &Metrics,
+    ) -> Result<Arc<RouteEntry>> {
+        let mut targets = Vec::with_capacity(route.targets.len());
+        for target in &route.targets {
+            let prefix = normalize_prefix(&target.path_prefix).ok_or_else(|| {
+                invalid(format!(
+                    "route {}: path prefix {:?} must start with /",
+                    route.id, target.path_prefix
+                ))
+            })?;
+            if targets.iter().any(|t: &TargetEntry| *t.prefix == *prefix) {
+                return Err(invalid(format!(
+                    "route {}: path prefix {:?} appears twice",
+                    route.id, target.path_prefix
+                )));
+            }
+            let mut upstreams = Vec::with_capacity(target.upstreams.len());
+            for addr in &target.upstreams {
+                let addr = addr.trim();
+                // One `Upstream` per address, shared by every route
+                // naming it: one health state and one connection pool.
+                let known = table
+                    .upstreams
+                    .get(addr)
+                    .or_else(|| previous.and_then(|p| p.upstreams.get(addr)));
+                let upstream = match known {
+                    Some(up) => up.clone(),
+                    None => Arc::new(
+                        Upstream::parse(addr)
+                            .map_err(|e| invalid(format!("route {}: {e}", route.id)))?,
+                    ),
+                };
+                table.upstreams.insert(addr.into(), upstream.clone());
+                upstreams.push(upstream);
+            }
+            let weights = check_weights(&target.weights, upstreams.len())
+                .map_err(|e| invalid(format!("route {}: {e}", route.id)))?;
+            targets.push(TargetEntry {
+                prefix: prefix.into(),
+                strip: target.strip_prefix,
+                balance: target.balance,
+                upstreams,
+                schedule: smooth_schedule(&weights),
+                weights,
+                next: AtomicUsize::new(0),
+            });
+        }
+        targets.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
+        Ok(Arc::new(RouteEntry {
+            id: Arc::from(route.id.as_str()),
+            redirect_https: route.redirect_https,
+            targets,
+            counters: metrics.route(&route.id),
+        }))
     }
 
     /// The snapshot this table was compiled from.
@@ -735,5 +768,47 @@ mod tests {
                 .to_string();
             assert!(err.contains("route r") && err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn unchanged_routes_keep_their_entries_across_a_compile() {
+        let ups: &[&str] = &["10.0.0.1:80", "10.0.0.2:80"];
+        let routes = |b_port: &'static str| {
+            vec![
+                route("a", &["a.test"], &[("/", false, ups)]),
+                route("b", &["b.test"], &[("/", false, &[b_port])]),
+            ]
+        };
+        let first = compile(routes("10.0.0.9:80")).unwrap();
+        let a = first.route("a.test").unwrap().clone();
+        a.target("/").unwrap().pick();
+        // b changes and a route is inserted before a: a is still reused.
+        let mut next = routes("10.0.0.9:81");
+        next.insert(
+            0,
+            route("c", &["c.test"], &[("/", false, &["10.0.0.3:80"])]),
+        );
+        let snapshot = Snapshot {
+            version: 2,
+            routes: next,
+            ..Snapshot::default()
+        };
+        let second = Table::compile(snapshot, Some(&first), &Metrics::default()).unwrap();
+        assert!(Arc::ptr_eq(&a, second.route("a.test").unwrap()));
+        assert!(!Arc::ptr_eq(
+            first.route("b.test").unwrap(),
+            second.route("b.test").unwrap()
+        ));
+        // Round robin continues where it was.
+        let next_pick = second.route("a.test").unwrap().target("/").unwrap().pick();
+        assert_eq!(&*next_pick.unwrap().addr, "10.0.0.2:80");
+        // Reused upstreams stay known to the next compile.
+        assert!(second.upstreams.contains_key("10.0.0.1:80"));
+        assert_eq!(
+            &*second.route("b.test").unwrap().targets[0].upstreams[0].addr,
+            "10.0.0.9:81"
+        );
+        // A reused entry still lives under every one of its hosts.
+        assert_eq!(second.by_id.len(), 3);
     }
 }

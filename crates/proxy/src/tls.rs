@@ -24,16 +24,46 @@ pub struct CertStore {
     exact: HashMap<Box<str>, Arc<CertifiedKey>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
+    /// The parsed key of each certificate of the snapshot, in order.
+    parsed: Vec<Option<Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
     /// Parses every certificate; one that rustls cannot use is skipped
-    /// (logged and counted) so it cannot block route updates.
-    pub fn build(certs: &[Certificate], metrics: &Metrics) -> Self {
+    /// (logged and counted) so it cannot block route updates. Certificates
+    /// unchanged since `previous` (the last snapshot's certificates and
+    /// their store) are not parsed again: a route change with many
+    /// certificates then costs no key parsing.
+    pub fn build(
+        certs: &[Certificate],
+        previous: Option<(&[Certificate], &CertStore)>,
+        metrics: &Metrics,
+    ) -> Self {
+        let known: HashMap<&str, usize> = previous
+            .map(|(certs, _)| {
+                certs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.cert_pem.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut store = Self::default();
+        store.parsed.reserve(certs.len());
         let mut bad = 0;
         for cert in certs {
-            match certified_key(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()) {
+            let reused = previous.and_then(|(old, old_store)| {
+                let i = *known.get(cert.cert_pem.as_str())?;
+                (old.get(i)?.key_pem == cert.key_pem)
+                    .then(|| old_store.parsed.get(i).cloned().flatten())
+                    .flatten()
+            });
+            let parsed = match reused {
+                Some(key) => Ok(key),
+                None => certified_key(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()),
+            };
+            store.parsed.push(parsed.as_ref().ok().cloned());
+            match parsed {
                 Ok(key) => {
                     for host in &cert.hosts {
                         let host = host.trim().trim_end_matches('.').to_ascii_lowercase();

@@ -217,3 +217,35 @@ async fn default_certificate_covers_unknown_names() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     proxy.stop().await;
 }
+
+#[test]
+fn an_unchanged_certificate_is_not_parsed_again_on_a_route_change() {
+    let (a, b) = (generate(&["a.test"]), generate(&["b.test"]));
+    let cert = |g: &Generated, host: &str| Certificate {
+        hosts: vec![host.into()],
+        cert_pem: g.cert_pem.clone(),
+        key_pem: g.key_pem.clone(),
+    };
+    let state = ferry_proxy::ProxyState::default();
+    let mut snap = Snapshot {
+        version: 1,
+        certificates: vec![cert(&a, "a.test"), cert(&b, "b.test")],
+        ..Snapshot::default()
+    };
+    state.apply_snapshot(snap.clone()).unwrap();
+    let first = state.table();
+    // A route change; b's key is replaced, a's is not.
+    let b2 = generate(&["b.test"]);
+    snap.version = 2;
+    snap.certificates[1] = cert(&b2, "b.test");
+    snap.routes.push(route("r", &["r.test"], &[]));
+    state.apply_snapshot(snap).unwrap();
+    let second = state.table();
+    let key = |t: &ferry_proxy::table::Table, name| t.certs().get(name).unwrap().clone();
+    assert!(Arc::ptr_eq(&key(&first, "a.test"), &key(&second, "a.test")));
+    assert!(!Arc::ptr_eq(
+        &key(&first, "b.test"),
+        &key(&second, "b.test")
+    ));
+    assert_eq!(second.certs().len(), 2);
+}
