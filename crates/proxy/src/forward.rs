@@ -89,6 +89,26 @@ pub struct Forwarder {
     resolve: Option<Arc<ResolveTable>>,
     id_prefix: u64,
     next_id: AtomicU64,
+    /// Open upgraded connections (WebSockets), drained on shutdown.
+    tunnels: Arc<Tunnels>,
+}
+
+/// Counts open tunnels so a draining worker can wait for them.
+#[derive(Debug, Default)]
+struct Tunnels {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// Held by a tunnel task; its drop counts the tunnel closed.
+struct TunnelGuard(Arc<Tunnels>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
 }
 
 impl Forwarder {
@@ -106,7 +126,28 @@ impl Forwarder {
             resolve: None,
             id_prefix,
             next_id: AtomicU64::new(0),
+            tunnels: Arc::default(),
         }
+    }
+
+    /// Waits until every upgraded connection this forwarder opened has
+    /// closed (the HTTP drain does not see them: hyper is done with a
+    /// connection once it is upgraded).
+    pub async fn tunnels_closed(&self) {
+        loop {
+            let closed = self.tunnels.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.tunnels.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Upgraded connections currently open.
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.open.load(Ordering::Acquire)
     }
 
     /// Connects to the `--resolve` address of an upstream that has one
@@ -269,7 +310,12 @@ impl Forwarder {
             match client_upgrade {
                 Some(client) => {
                     let upstream_side = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client, upstream_side));
+                    self.tunnels.open.fetch_add(1, Ordering::AcqRel);
+                    let guard = TunnelGuard(self.tunnels.clone());
+                    tokio::spawn(async move {
+                        tunnel(client, upstream_side).await;
+                        drop(guard);
+                    });
                 }
                 None => return short(StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
             }

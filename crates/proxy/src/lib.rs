@@ -344,19 +344,45 @@ impl Worker {
                 )
             };
             let state = &self.state;
+            let https_forwarder = forwarder.clone();
             let secure = http::serve(
                 https,
                 "https",
                 move |peer| {
                     state.https_connections.fetch_add(1, Ordering::Relaxed);
-                    ProxyService::new(forwarder.clone(), peer, Scheme::HTTPS)
+                    ProxyService::new(https_forwarder.clone(), peer, Scheme::HTTPS)
                 },
                 Some(self.acceptor.clone()),
                 self.options,
                 self.shutdown.clone(),
                 self.grace,
             );
+            let drain_started = {
+                let shutdown = self.shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown.wait().await;
+                    tokio::time::Instant::now()
+                })
+            };
             tokio::join!(plain, secure);
+            let drain_started = drain_started
+                .await
+                .unwrap_or_else(|_| tokio::time::Instant::now());
+            // WebSockets and other tunnels get what is left of the grace
+            // period; the runtime's end closes the rest.
+            let open = forwarder.open_tunnels();
+            if open > 0 {
+                let left = self.grace.saturating_sub(drain_started.elapsed());
+                if tokio::time::timeout(left, forwarder.tunnels_closed())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        open = forwarder.open_tunnels(),
+                        "grace period elapsed; closing upgraded connections"
+                    );
+                }
+            }
             expiry.abort();
             Ok(())
         })

@@ -266,6 +266,8 @@ async fn websocket_echo_survives_a_route_swap() {
         "ws:two"
     );
     ws.close(None).await.unwrap();
+    // An open tunnel would hold the drain for the grace period.
+    drop(ws);
     proxy.stop().await;
 }
 
@@ -604,4 +606,57 @@ async fn stalled_bodies_are_cut_after_the_idle_timeout() {
     let raw = String::from_utf8_lossy(&raw);
     assert!(!raw.contains("len=100"), "{raw}");
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_get_the_grace_period_on_shutdown() {
+    let ws_up = upstream("ws").await;
+    let open_ws = |proxy: std::net::SocketAddr| async move {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async("ws://ws.test/echo", stream)
+            .await
+            .unwrap();
+        ws
+    };
+    let routes = || {
+        snapshot(
+            1,
+            vec![route("ws", &["ws.test"], &[("/", false, &[ws_up.addr])])],
+        )
+    };
+
+    // A socket that closes on its own during the drain ends it early.
+    let proxy = Proxy::start(routes(), &["--shutdown-grace-secs", "8"]).await;
+    let mut ws = open_ws(proxy.http).await;
+    proxy.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send("still there".into()).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().to_text().unwrap(),
+        "ws:still there"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let started = std::time::Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // One that stays open is closed when the grace period runs out.
+    let proxy = Proxy::start(routes(), &["--shutdown-grace-secs", "1"]).await;
+    let mut ws = open_ws(proxy.http).await;
+    let started = std::time::Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the tunnel is closed");
+    assert!(!matches!(&ended, Some(Ok(m)) if m.is_text()), "{ended:?}");
 }
