@@ -214,6 +214,7 @@ fn app_route(api_port: u16) -> pb::Route {
                 upstreams: vec!["web.shop.svc.cluster.local:8080".into()],
                 balance: 0,
                 weights: vec![],
+                protocol: 0,
             },
             pb::Target {
                 path_prefix: "/api".into(),
@@ -221,6 +222,7 @@ fn app_route(api_port: u16) -> pb::Route {
                 upstreams: vec![format!("api.shop.svc.cluster.local:{api_port}")],
                 balance: 0,
                 weights: vec![],
+                protocol: 0,
             },
         ],
         redirect_https: true,
@@ -281,6 +283,7 @@ async fn feed_streams_snapshot_then_committed_changes_on_each_backend() {
                 upstreams: vec!["web.shop.svc.cluster.local:8080".into()],
                 balance: 0,
                 weights: vec![],
+                protocol: 0,
             }],
             redirect_https: true,
         };

@@ -1836,6 +1836,43 @@ async fn routes_reach_the_proxy_feed_on_commit() {
                 .await
                 .unwrap()
                 .into_inner();
+        // A port named `grpc` makes its path an HTTP/2 (h2c) target.
+        let rpc =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: t.project.id.clone(),
+                        name: "rpc".into(),
+                        spec: Some(app("ghcr.io/acme/rpc:1.0")),
+                        ports: vec![pb::Port {
+                            name: "grpc".into(),
+                            container_port: 9090,
+                            protocol: pb::Protocol::Tcp.into(),
+                        }],
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let rpc_route =
+            t.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        targets: vec![pb::RouteTarget {
+                            service_id: rpc.id.clone(),
+                            port: 9090,
+                            weight: 0,
+                            strip_path: false,
+                        }],
+                        ..create("shop.example.com", "/pkg.Svc", 9090)
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let rpc_upstream = format!("rpc.{}.svc.cluster.local:9090", t.project.slug);
         let canary_upstream = format!("canary.{}.svc.cluster.local:8080", t.project.slug);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -1850,19 +1887,24 @@ async fn routes_reach_the_proxy_feed_on_commit() {
                         tg.path_prefix.as_str(),
                         tg.upstreams.clone(),
                         tg.weights.clone(),
+                        ferry_proto::ferry::internal::v1::UpstreamProtocol::try_from(tg.protocol)
+                            .unwrap(),
                     )
                 })
                 .collect();
-            if targets.len() == 2 {
+            if targets.len() == 3 {
+                use ferry_proto::ferry::internal::v1::UpstreamProtocol::{H2c, Http1};
                 assert_eq!(
                     targets,
                     vec![
                         (
                             "/",
                             vec![canary_upstream.clone(), upstream.clone()],
-                            vec![10, 90]
+                            vec![10, 90],
+                            Http1
                         ),
-                        ("/api", vec![upstream.clone()], vec![]),
+                        ("/api", vec![upstream.clone()], vec![], Http1),
+                        ("/pkg.Svc", vec![rpc_upstream.clone()], vec![], H2c),
                     ],
                     "{b}"
                 );
@@ -1903,7 +1945,7 @@ async fn routes_reach_the_proxy_feed_on_commit() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{b}: {err}");
-        for id in [&route.id, &root.id] {
+        for id in [&route.id, &root.id, &rpc_route.id] {
             t.w.routes
                 .delete_route(authed(pb::DeleteRouteRequest { id: id.clone() }, &tok))
                 .await

@@ -21,6 +21,7 @@ fn route(i: usize, port: u16) -> Route {
             upstreams: vec![format!("web-{}.shop.svc.cluster.local:{port}", i % 500)],
             weights: Vec::new(),
             balance: Balance::RoundRobin,
+            protocol: Default::default(),
         }],
         redirect_https: false,
     }

@@ -52,6 +52,21 @@ pub struct Target {
     pub weights: Vec<u32>,
     #[serde(default)]
     pub balance: Balance,
+    /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge, e.g. gRPC).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the proxy talks to a target's upstreams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 keep-alive; upgrades (WebSocket) are tunnelled.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: one multiplexed connection per upstream
+    /// and worker, trailers and `te: trailers` passed through (gRPC).
+    H2c,
 }
 
 /// How several upstreams of one target share requests.

@@ -29,7 +29,9 @@ use tokio::sync::watch;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
-use crate::config::{AcmeChallenge, Balance, Certificate, Route, Snapshot, Target};
+use crate::config::{
+    AcmeChallenge, Balance, Certificate, Route, Snapshot, Target, UpstreamProtocol,
+};
 use crate::state::ProxyState;
 use crate::{Error, Result};
 
@@ -166,6 +168,11 @@ fn route(r: pb::Route) -> Route {
                 },
                 path_prefix: t.path_prefix,
                 strip_prefix: t.strip_prefix,
+                protocol: match pb::UpstreamProtocol::try_from(t.protocol) {
+                    Ok(pb::UpstreamProtocol::H2c) => UpstreamProtocol::H2c,
+                    // HTTP/1.1, or a value newer than us.
+                    _ => UpstreamProtocol::Http1,
+                },
                 upstreams: t.upstreams,
                 weights: t.weights,
             })
@@ -552,6 +559,7 @@ mod tests {
                 upstreams: vec![upstream.into()],
                 balance: pb::Balance::LeastOutstanding.into(),
                 weights: vec![],
+                protocol: 0,
             }],
             redirect_https: false,
         }

@@ -19,13 +19,15 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{
-    CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, UPGRADE,
+    CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE,
+    UPGRADE,
 };
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::ProxyState;
+use crate::config::UpstreamProtocol;
 use crate::idle::IdleBody;
 use crate::metrics::UpstreamError;
 use crate::resolve::ResolveTable;
@@ -226,6 +228,14 @@ impl Forwarder {
             req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // Upgrades always go over HTTP/1.1.
+        let h2c = target.protocol == UpstreamProtocol::H2c && !wants_upgrade;
+        // gRPC needs `te: trailers` end to end; it is hop-by-hop otherwise.
+        let te_trailers = h2c
+            && parts
+                .headers
+                .get(TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
 
         prepare_request_headers(&mut parts.headers, wants_upgrade);
         let headers = &mut parts.headers;
@@ -257,14 +267,41 @@ impl Forwarder {
             },
             None => PathAndQuery::from_static("/"),
         };
-        parts.version = Version::HTTP_11;
-        // Origin form: the upstream connection already names the host.
-        parts.uri = Uri::from(path_and_query.clone());
+        if h2c {
+            // HTTP/2 carries the host as `:authority` in an absolute URI.
+            let authority = parts
+                .headers
+                .remove(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| upstream.authority.clone());
+            parts.version = Version::HTTP_2;
+            parts.uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+                .unwrap_or_default();
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(TE, HeaderValue::from_static("trailers"));
+            }
+        } else {
+            parts.version = Version::HTTP_11;
+            // Origin form: the upstream connection already names the host.
+            parts.uri = Uri::from(path_and_query);
+        }
         // A bodiless request goes out with an empty body and can be
         // replayed on another upstream if the first refuses the connection.
         let bodiless = body.is_end_stream();
-        let replay = (bodiless && target.upstream_count() > 1)
-            .then(|| (parts.method.clone(), parts.headers.clone()));
+        let replay = (bodiless && target.upstream_count() > 1).then(|| {
+            (
+                parts.method.clone(),
+                parts.headers.clone(),
+                parts.uri.clone(),
+                parts.version,
+            )
+        });
         let body = if bodiless {
             Either::Right(Empty::new())
         } else {
@@ -273,17 +310,23 @@ impl Forwarder {
         let request = Request::from_parts(parts, body);
         // One timer for the whole exchange, retry included.
         let exchange = async {
-            let outcome = self.send(upstream, request).await;
+            let protocol = if h2c {
+                UpstreamProtocol::H2c
+            } else {
+                UpstreamProtocol::Http1
+            };
+            let outcome = self.send(upstream, protocol, request).await;
             if matches!(outcome, Err(UpstreamError::Connect))
-                && let Some((method, headers)) = replay
+                && let Some((method, headers, uri, version)) = replay
                 && let Some(other) = target.pick_other(upstream)
             {
                 self.state.metrics.upstream_error(UpstreamError::Connect);
                 let mut request = Request::new(Either::Right(Empty::new()));
                 *request.method_mut() = method;
                 *request.headers_mut() = headers;
-                *request.uri_mut() = Uri::from(path_and_query);
-                return self.send(other, request).await;
+                *request.uri_mut() = uri;
+                *request.version_mut() = version;
+                return self.send(other, protocol, request).await;
             }
             outcome
         };
@@ -306,6 +349,9 @@ impl Forwarder {
             }
         };
         route.counters.record(response.status().as_u16());
+        // The client's own version is used on the way back (hyper would
+        // otherwise warn about an HTTP/2 response on an HTTP/1.1 connection).
+        *response.version_mut() = Version::HTTP_11;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             match client_upgrade {
                 Some(client) => {
@@ -333,10 +379,14 @@ impl Forwarder {
     async fn send(
         &self,
         upstream: &Upstream,
+        protocol: UpstreamProtocol,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         upstream.outstanding.fetch_add(1, Ordering::Relaxed);
-        let result = self.exchange(upstream, request).await;
+        let result = match protocol {
+            UpstreamProtocol::Http1 => self.exchange(upstream, request).await,
+            UpstreamProtocol::H2c => self.exchange_h2(upstream, request).await,
+        };
         upstream.outstanding.fetch_sub(1, Ordering::Relaxed);
         if result.is_ok() {
             upstream.healthy();
@@ -379,11 +429,91 @@ impl Forwarder {
         }
     }
 
+    /// Over the worker's HTTP/2 connection to `upstream`, opened on first
+    /// use and replaced once closed. A request the connection never took
+    /// (it closed meanwhile) is sent once more on a fresh one.
+    async fn exchange_h2(
+        &self,
+        upstream: &Upstream,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = request;
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.pool.h2(upstream.id) {
+                Some(sender) if !fresh => sender,
+                _ => {
+                    fresh = true;
+                    let sender = self.connect_h2(upstream).await?;
+                    self.pool.set_h2(upstream.id, sender.clone());
+                    sender
+                }
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut err) => {
+                    let unsent = err.take_message();
+                    if unsent.is_some() || sender.is_closed() {
+                        self.pool.forget_h2(upstream.id, &sender);
+                    }
+                    match unsent {
+                        // The pooled connection never took it: once more, fresh.
+                        Some(unsent) if !fresh => {
+                            request = unsent;
+                            fresh = true;
+                        }
+                        _ => {
+                            tracing::debug!(upstream = %upstream.addr, error = %err.error(), "upstream h2 request failed");
+                            return Err(UpstreamError::Protocol);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_h2(&self, upstream: &Upstream) -> Result<Http2Sender, UpstreamError> {
+        let stream = self.dial(upstream).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| {
+                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream h2 handshake failed");
+                UpstreamError::Protocol
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "upstream h2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
     /// A new keep-alive connection; a refusal or timeout ejects `upstream`.
     async fn connect(
         &self,
         upstream: &Upstream,
     ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = self.dial(upstream).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| {
+                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream handshake failed");
+                UpstreamError::Protocol
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A TCP connection to `upstream`; a refusal or timeout ejects it.
+    async fn dial(&self, upstream: &Upstream) -> Result<tokio::net::TcpStream, UpstreamError> {
         let pinned = self.resolve.as_ref().and_then(|r| r.get(&upstream.addr));
         let connect = async {
             match pinned {
@@ -411,19 +541,7 @@ impl Forwarder {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| {
-                tracing::debug!(upstream = %upstream.addr, error = %err, "upstream handshake failed");
-                UpstreamError::Protocol
-            })?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
     fn request_id(&self) -> HeaderValue {
@@ -567,7 +685,11 @@ fn short(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 struct Pool {
     /// Only the owning worker thread touches it, so the lock never waits.
     idle: Mutex<FastMap<u64, Vec<Pooled>>>,
+    /// One multiplexed HTTP/2 connection per h2c upstream.
+    h2: Mutex<FastMap<u64, Http2Sender>>,
 }
+
+type Http2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>;
 
 #[derive(Debug)]
 struct Pooled {
@@ -598,6 +720,35 @@ impl Pool {
         };
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.entry(upstream).or_default().push(pooled);
+    }
+
+    fn h2(&self, upstream: u64) -> Option<Http2Sender> {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match h2.get(&upstream) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                h2.remove(&upstream);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_h2(&self, upstream: u64, sender: Http2Sender) {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        h2.insert(upstream, sender);
+    }
+
+    /// Forgets the connection after it failed; a replacement another
+    /// request opened meanwhile (still open) stays.
+    fn forget_h2(&self, upstream: u64, failed: &Http2Sender) {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if h2
+            .get(&upstream)
+            .is_some_and(|s| s.is_closed() || failed.is_closed() || !s.is_ready())
+        {
+            h2.remove(&upstream);
+        }
     }
 
     fn expire(&self, max_idle: Duration) {

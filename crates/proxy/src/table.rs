@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Bytes;
 use hyper::http::uri::Authority;
 
-use crate::config::{Balance, Route, Snapshot};
+use crate::config::{Balance, Route, Snapshot, UpstreamProtocol};
 use crate::metrics::{Metrics, RouteCounters};
 use crate::tls::CertStore;
 use crate::{Error, Result};
@@ -63,6 +63,7 @@ pub struct TargetEntry {
     prefix: Box<str>,
     strip: bool,
     balance: Balance,
+    pub protocol: UpstreamProtocol,
     upstreams: Vec<Arc<Upstream>>,
     /// Per-upstream weights; empty when all are equal.
     weights: Box<[u32]>,
@@ -216,6 +217,7 @@ impl Table {
                 prefix: prefix.into(),
                 strip: target.strip_prefix,
                 balance: target.balance,
+                protocol: target.protocol,
                 upstreams,
                 schedule: smooth_schedule(&weights),
                 weights,
@@ -557,6 +559,7 @@ mod tests {
                     upstreams: ups.iter().map(|u| (*u).to_owned()).collect(),
                     weights: Vec::new(),
                     balance: Balance::RoundRobin,
+                    protocol: UpstreamProtocol::Http1,
                 })
                 .collect(),
             redirect_https: false,

@@ -161,6 +161,7 @@ fn pb_route(id: &str, upstream: SocketAddr) -> pb::Route {
             upstreams: vec![upstream.to_string()],
             balance: 0,
             weights: vec![],
+            protocol: 0,
         }],
         redirect_https: false,
     }

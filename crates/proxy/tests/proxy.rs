@@ -15,7 +15,6 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::StatusCode;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::Digest as _;
 use support::{Proxy, field, get, hex, route, snapshot, try_get, upstream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -330,12 +329,7 @@ async fn h2c_prior_knowledge_is_proxied() {
         &[],
     )
     .await;
-    let stream = TcpStream::connect(proxy.http).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = support::h2c_client(proxy.http).await;
     let req = hyper::Request::get("http://h2.test/hello")
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -447,6 +441,7 @@ fn named_route(id: &str, host: &str, upstreams: &[&str]) -> ferry_proxy::config:
             strip_prefix: false,
             upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
             balance: Balance::RoundRobin,
+            protocol: Default::default(),
             weights: Vec::new(),
         }],
         redirect_https: false,
@@ -659,4 +654,41 @@ async fn websockets_get_the_grace_period_on_shutdown() {
         .await
         .expect("the tunnel is closed");
     assert!(!matches!(&ended, Some(Ok(m)) if m.is_text()), "{ended:?}");
+}
+
+#[tokio::test]
+async fn h2c_upstreams_carry_grpc_style_trailers() {
+    let grpc = support::upstream_h2c("grpc").await;
+    let mut r = route("grpc", &["grpc.test"], &[("/", false, &[grpc])]);
+    r.targets[0].protocol = ferry_proxy::config::UpstreamProtocol::H2c;
+    let proxy = Proxy::start(snapshot(1, vec![r]), &[]).await;
+
+    // An HTTP/2 client (gRPC-like): te: trailers reaches the upstream and
+    // the trailers come back.
+    let mut send = support::h2c_client(proxy.http).await;
+    for i in 0..3 {
+        let req = hyper::Request::post("http://grpc.test/pkg.Svc/Call")
+            .header("te", "trailers")
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "call {i}");
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+        assert_eq!(field(&body, "upstream"), "grpc");
+        assert_eq!(field(&body, "version"), "HTTP/2.0");
+        assert_eq!(field(&body, "authority"), "grpc.test");
+        assert_eq!(field(&body, "te"), "trailers");
+        assert_eq!(field(&body, "path"), "/pkg.Svc/Call");
+    }
+
+    // An HTTP/1.1 client reaches the same upstream over HTTP/2.
+    let (status, _, body) = get(proxy.http, "grpc.test", "/plain").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(field(&body, "version"), "HTTP/2.0");
+    assert_eq!(field(&body, "te"), "-");
+    proxy.stop().await;
 }

@@ -526,6 +526,7 @@ mod tests {
                 upstreams: vec![upstream.into()],
                 balance: 0,
                 weights: vec![],
+                protocol: 0,
             }],
             redirect_https: false,
         }

@@ -9,10 +9,12 @@
 //! last), decrypted here: private keys leave the api only over the
 //! authenticated feed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ferry_db::crypto::Keyring;
-use ferry_db::entities::{certificates, domains, projects, route_targets, routes, services};
+use ferry_db::entities::{
+    certificates, domains, projects, route_targets, routes, service_ports, services,
+};
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IsolationLevel,
@@ -69,6 +71,8 @@ struct Rows {
     domains: HashMap<Uuid, domains::Model>,
     routes: Vec<routes::Model>,
     targets: Vec<route_targets::Model>,
+    /// `(service, port)` pairs whose port name asks for HTTP/2 upstream.
+    h2c_ports: HashSet<(Uuid, i32)>,
     certificates: Vec<certificates::Model>,
 }
 
@@ -103,10 +107,26 @@ async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
         .into_iter()
         .map(|d| (d.id, d))
         .collect();
+    let h2c_ports = service_ports::Entity::find()
+        .select_only()
+        .columns([
+            service_ports::Column::ServiceId,
+            service_ports::Column::ContainerPort,
+            service_ports::Column::Name,
+        ])
+        .into_tuple::<(Uuid, i32, Option<String>)>()
+        .all(txn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .filter(|(_, _, name)| name.as_deref().is_some_and(speaks_h2c))
+        .map(|(service, port, _)| (service, port))
+        .collect();
     Ok(Rows {
         projects,
         services,
         domains,
+        h2c_ports,
         routes: routes::Entity::find().all(txn).await.map_err(db_err)?,
         targets: route_targets::Entity::find()
             .all(txn)
@@ -116,6 +136,22 @@ async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
             .all(txn)
             .await
             .map_err(db_err)?,
+    })
+}
+
+/// Whether a port name asks for HTTP/2 with prior knowledge upstream, by
+/// Istio's port-naming convention: `grpc`, `h2c` or `http2`, alone or
+/// before a `-suffix` (`grpc-api`). `grpc-web` is HTTP/1.1 and stays so.
+pub fn speaks_h2c(port_name: &str) -> bool {
+    let name = port_name.to_ascii_lowercase();
+    if name == "grpc-web" || name.starts_with("grpc-web-") {
+        return false;
+    }
+    ["grpc", "h2c", "http2"].iter().any(|p| {
+        name == *p
+            || name
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('-'))
     })
 }
 
@@ -169,12 +205,24 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
         if weights.windows(2).all(|w| w[0] == w[1]) {
             weights.clear();
         }
+        // A path's upstreams share one protocol: h2c only if every target
+        // port is named for it.
+        let h2c = !rows_targets.is_empty()
+            && rows_targets
+                .iter()
+                .all(|t| rows.h2c_ports.contains(&(t.service_id, t.port)));
+        let protocol = if h2c {
+            pb::UpstreamProtocol::H2c
+        } else {
+            pb::UpstreamProtocol::Http1
+        };
         let target = pb::Target {
             path_prefix: route.path_prefix.clone(),
             strip_prefix: rows_targets.iter().any(|t| t.strip_path),
             upstreams: weighted.into_keys().collect(),
             balance: pb::Balance::Unspecified.into(),
             weights,
+            protocol: protocol.into(),
         };
         let redirect = route.tls_enabled && route.https_redirect;
         let entry = by_host
@@ -240,5 +288,28 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
     DbState {
         routes: by_host,
         certificates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::speaks_h2c;
+
+    #[test]
+    fn port_names_that_ask_for_h2c() {
+        for yes in ["grpc", "GRPC", "grpc-api", "h2c", "http2", "http2-api"] {
+            assert!(speaks_h2c(yes), "{yes}");
+        }
+        for no in [
+            "http",
+            "grpcx",
+            "grpc-web",
+            "grpc-web-1",
+            "h2",
+            "http-2",
+            "",
+        ] {
+            assert!(!speaks_h2c(no), "{no}");
+        }
     }
 }

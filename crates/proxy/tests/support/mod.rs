@@ -108,6 +108,7 @@ pub fn route(id: &str, hosts: &[&str], targets: &[(&str, bool, &[SocketAddr])]) 
                 strip_prefix: *strip,
                 upstreams: ups.iter().map(ToString::to_string).collect(),
                 balance: Balance::RoundRobin,
+                protocol: Default::default(),
                 weights: Vec::new(),
             })
             .collect(),
@@ -279,4 +280,62 @@ pub fn field<'a>(body: &'a str, key: &str) -> &'a str {
     body.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .unwrap_or_else(|| panic!("no {key} in {body:?}"))
+}
+
+/// A local HTTP/2-only (prior knowledge) upstream, like a gRPC server: it
+/// answers with `upstream=<name>`, the version, `:authority` and `te` it
+/// saw, followed by a `grpc-status: 0` trailer.
+pub async fn upstream_h2c(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                let text = format!(
+                    "upstream={name}\nversion={:?}\nauthority={}\nte={}\npath={}\n",
+                    req.version(),
+                    req.uri().authority().map_or("-", |a| a.as_str()),
+                    req.headers()
+                        .get("te")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-"),
+                    req.uri().path(),
+                );
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames = vec![
+                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(text))),
+                    Ok(hyper::body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`.
+pub async fn h2c_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
 }
