@@ -28,8 +28,11 @@ pub struct ProxyState {
     pub metrics: Metrics,
     table: ArcSwap<Table>,
     loaded: AtomicBool,
-    /// Serialises writers; readers never take it.
-    apply: Mutex<()>,
+    /// Serialises writers (readers never take it) and holds replaced
+    /// tables that requests still use, so the writer frees them later
+    /// instead of the last request on a worker thread (~2 ms for 10,000
+    /// routes).
+    apply: Mutex<Vec<Arc<Table>>>,
 }
 
 impl Default for ProxyState {
@@ -42,7 +45,7 @@ impl Default for ProxyState {
             metrics: Metrics::default(),
             table: ArcSwap::from_pointee(Table::default()),
             loaded: AtomicBool::new(false),
-            apply: Mutex::new(()),
+            apply: Mutex::new(Vec::new()),
         }
     }
 }
@@ -52,12 +55,18 @@ impl ProxyState {
     /// Requests already routed keep the table they started with. On error
     /// the current table stays.
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        let _writer = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut retired = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.table.load_full();
         let table = Table::compile(snapshot, Some(&previous), &self.metrics)?;
         let version = table.version();
         let routes = table.routes() as u64;
         self.table.store(Arc::new(table));
+        // Requests that started on an older table hold it; free here the
+        // ones they have let go of since.
+        retired.retain(|t| Arc::strong_count(t) > 1);
+        if Arc::strong_count(&previous) > 1 {
+            retired.push(previous);
+        }
         self.loaded.store(true, Ordering::Release);
         self.metrics.feed_version.store(version, Ordering::Relaxed);
         self.metrics.routes.store(routes, Ordering::Relaxed);
@@ -91,5 +100,28 @@ impl ProxyState {
     /// The current table; hold it for the whole request.
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_replaced_table_still_in_use_is_freed_by_the_writer() {
+        let state = ProxyState::default();
+        let snapshot = |version| Snapshot {
+            version,
+            ..Snapshot::default()
+        };
+        state.apply_snapshot(snapshot(1)).unwrap();
+        let in_flight = state.table();
+        state.apply_snapshot(snapshot(2)).unwrap();
+        // The request's reference is not the last one: the writer keeps one.
+        assert_eq!(Arc::strong_count(&in_flight), 2);
+        drop(in_flight);
+        state.apply_snapshot(snapshot(3)).unwrap();
+        assert!(state.apply.lock().unwrap().is_empty(), "freed once let go");
     }
 }
