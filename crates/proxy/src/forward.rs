@@ -385,7 +385,9 @@ impl Forwarder {
         upstream.outstanding.fetch_add(1, Ordering::Relaxed);
         let result = match protocol {
             UpstreamProtocol::Http1 => self.exchange(upstream, request).await,
-            UpstreamProtocol::H2c => self.exchange_h2(upstream, request).await,
+            // Boxed: its connect and handshake states would otherwise
+            // enlarge every request's future (moved, so copied, per request).
+            UpstreamProtocol::H2c => Box::pin(self.exchange_h2(upstream, request)).await,
         };
         upstream.outstanding.fetch_sub(1, Ordering::Relaxed);
         if result.is_ok() {
