@@ -370,6 +370,9 @@ impl FeedHub {
         use ferry_db::sea_orm::sqlx::postgres::PgListener;
         let hub = self.clone();
         tokio::spawn(async move {
+            if db.get_database_backend() != DbBackend::Postgres {
+                return; // SQLite has no LISTEN; one process owns the file.
+            }
             let mut backoff = Duration::from_millis(250);
             loop {
                 let listening = async {
