@@ -1,6 +1,8 @@
 //! `ferry.v1.ServiceService`: applications and managed databases, their
 //! ports, variables, volume mounts and variable groups.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use ferry_db::entities::enums::{
     AuditResourceType, DatabaseEngine, PortProtocol, ServiceKind, VolumeAccessMode,
@@ -44,27 +46,79 @@ pub(crate) async fn service_to_pb<C: ConnectionTrait>(
     db: &C,
     s: &services::Model,
 ) -> Result<pb::Service> {
-    let ports = service_ports::Entity::find()
-        .filter(service_ports::Column::ServiceId.eq(s.id))
+    let mut out = services_to_pb(db, std::slice::from_ref(s)).await?;
+    out.pop()
+        .ok_or_else(|| Error::Internal("service message not built".into()))
+}
+
+/// [`service_to_pb`] for many services with four queries in all (ports,
+/// mounts, variable groups, database configs), not four per service.
+pub(crate) async fn services_to_pb<C: ConnectionTrait>(
+    db: &C,
+    rows: &[services::Model],
+) -> Result<Vec<pb::Service>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
+    let mut ports: HashMap<Uuid, Vec<service_ports::Model>> = HashMap::new();
+    for p in service_ports::Entity::find()
+        .filter(service_ports::Column::ServiceId.is_in(ids.clone()))
         .order_by_asc(service_ports::Column::ContainerPort)
         .all(db)
-        .await?;
-    let mounts = volume_mounts::Entity::find()
-        .filter(volume_mounts::Column::ServiceId.eq(s.id))
+        .await?
+    {
+        ports.entry(p.service_id).or_default().push(p);
+    }
+    let mut mounts: HashMap<Uuid, Vec<(volume_mounts::Model, Option<volumes::Model>)>> =
+        HashMap::new();
+    for (m, v) in volume_mounts::Entity::find()
+        .filter(volume_mounts::Column::ServiceId.is_in(ids.clone()))
         .find_also_related(volumes::Entity)
         .order_by_asc(volume_mounts::Column::MountPath)
         .all(db)
-        .await?;
-    let groups = service_variable_groups::Entity::find()
-        .filter(service_variable_groups::Column::ServiceId.eq(s.id))
+        .await?
+    {
+        mounts.entry(m.service_id).or_default().push((m, v));
+    }
+    let mut groups: HashMap<Uuid, Vec<service_variable_groups::Model>> = HashMap::new();
+    for g in service_variable_groups::Entity::find()
+        .filter(service_variable_groups::Column::ServiceId.is_in(ids.clone()))
         .order_by_asc(service_variable_groups::Column::CreatedAt)
         .all(db)
-        .await?;
-    let database = database_configs::Entity::find()
-        .filter(database_configs::Column::ServiceId.eq(s.id))
-        .one(db)
-        .await?;
-    Ok(pb::Service {
+        .await?
+    {
+        groups.entry(g.service_id).or_default().push(g);
+    }
+    let mut databases: HashMap<Uuid, database_configs::Model> = database_configs::Entity::find()
+        .filter(database_configs::Column::ServiceId.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.service_id, d))
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|s| {
+            service_message(
+                s,
+                &ports.remove(&s.id).unwrap_or_default(),
+                &mounts.remove(&s.id).unwrap_or_default(),
+                &groups.remove(&s.id).unwrap_or_default(),
+                databases.remove(&s.id),
+            )
+        })
+        .collect())
+}
+
+fn service_message(
+    s: &services::Model,
+    ports: &[service_ports::Model],
+    mounts: &[(volume_mounts::Model, Option<volumes::Model>)],
+    groups: &[service_variable_groups::Model],
+    database: Option<database_configs::Model>,
+) -> pb::Service {
+    pb::Service {
         id: s.id.to_string(),
         project_id: s.project_id.to_string(),
         name: s.name.clone(),
@@ -132,7 +186,7 @@ pub(crate) async fn service_to_pb<C: ConnectionTrait>(
             .unwrap_or_default(),
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
-    })
+    }
 }
 
 /// Replaces a service's ports inside `txn`.
@@ -340,11 +394,9 @@ impl ServiceApi {
             .order_by_asc(services::Column::Name)
             .all(db)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for s in &rows {
-            out.push(service_to_pb(db, s).await?);
-        }
-        Ok(pb::ListServicesResponse { services: out })
+        Ok(pb::ListServicesResponse {
+            services: services_to_pb(db, &rows).await?,
+        })
     }
 
     async fn update(&self, request: Request<pb::UpdateServiceRequest>) -> Result<pb::Service> {
