@@ -1,5 +1,6 @@
 //! The data plane: route a request through the current table and forward
-//! it to an upstream over a pooled keep-alive HTTP/1.1 connection. Bodies
+//! it to an upstream over a pooled keep-alive HTTP/1.1 connection, or the
+//! upstream's multiplexed HTTP/2 connection for `h2c` targets (gRPC). Bodies
 //! stream in both directions; HTTP upgrades (WebSocket) become a raw
 //! tunnel. Failures answer with short bodies: 404 unknown host, 502
 //! upstream unreachable or broken, 503 no upstream, 504 upstream timeout.
