@@ -187,6 +187,7 @@ impl Cluster {
                     .metadata
             }
         };
+        self.prune(rendered).await?;
         let name = meta.name.unwrap_or_default();
         let generation = meta.generation.unwrap_or_else(|| {
             tracing::warn!(%name, "applied workload has no metadata.generation");
@@ -199,6 +200,57 @@ impl Cluster {
             name,
             namespace: ns.to_owned(),
         })
+    }
+
+    /// Deletes the Services and Secrets of this service that the new
+    /// render no longer has (its ports were all removed, its private
+    /// registry unset). Claims are never pruned: they hold data and go with
+    /// DeleteVolume or DeleteService only.
+    async fn prune(&self, rendered: &Rendered) -> Result<()> {
+        let ns = rendered.namespace_name();
+        let Some(service_id) = rendered
+            .workload
+            .metadata()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::SERVICE_ID))
+        else {
+            return Ok(());
+        };
+        let selector = format!(
+            "{}={},{}={service_id}",
+            labels::MANAGED_BY,
+            labels::FERRY,
+            labels::SERVICE_ID
+        );
+        let keep_service = rendered.service.as_ref().map(|s| s.name_any());
+        let keep_secrets = [
+            Some(rendered.env_secret.name_any()),
+            rendered.registry_secret.as_ref().map(|s| s.name_any()),
+        ];
+        let mut pruned = Vec::new();
+        self.delete_labelled_except(
+            self.api::<Service>(ns),
+            &selector,
+            &[keep_service],
+            &mut pruned,
+        )
+        .await?;
+        self.delete_labelled_except(
+            self.api::<Secret>(ns),
+            &selector,
+            &keep_secrets,
+            &mut pruned,
+        )
+        .await?;
+        if !pruned.is_empty() {
+            tracing::info!(
+                namespace = ns,
+                ?pruned,
+                "pruned objects the service no longer has"
+            );
+        }
+        Ok(())
     }
 
     fn api<K>(&self, namespace: &str) -> Api<K>
@@ -400,7 +452,6 @@ impl Cluster {
         Ok(deleted)
     }
 
-    // List + delete one by one: not every resource supports deletecollection.
     async fn delete_labelled<K>(
         &self,
         api: Api<K>,
@@ -410,9 +461,27 @@ impl Cluster {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     {
+        self.delete_labelled_except(api, selector, &[], deleted)
+            .await
+    }
+
+    // List + delete one by one: not every resource supports deletecollection.
+    async fn delete_labelled_except<K>(
+        &self,
+        api: Api<K>,
+        selector: &str,
+        keep: &[Option<String>],
+        deleted: &mut Vec<String>,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
         let kind = K::kind(&());
         for obj in api.list(&ListParams::default().labels(selector)).await? {
             let name = obj.name_any();
+            if keep.iter().flatten().any(|k| *k == name) {
+                continue;
+            }
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => deleted.push(format!("{kind}/{name}")),
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}

@@ -27,6 +27,17 @@ async fn apply_creates_every_object_with_the_ferry_field_manager() {
     assert_eq!(applied.generation, 1);
 
     let requests = fake.requests();
+    let (applies, lists): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.is_apply());
+    // After the apply, the prune lists this service's Services and Secrets.
+    let listed: Vec<_> = lists.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "/api/v1/namespaces/shop/services",
+            "/api/v1/namespaces/shop/secrets"
+        ]
+    );
+    let requests = applies;
     let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -366,6 +377,33 @@ async fn delete_service_removes_only_that_service() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn apply_prunes_a_dropped_service_port_and_registry_secret_but_not_claims() {
+    let fake = FakeCluster::new();
+    let c = cluster(&fake);
+    let full = app_spec();
+    c.apply(&render(&full).unwrap()).await.unwrap();
+    c.apply(&render(&db_spec()).unwrap()).await.unwrap();
+    assert!(fake.get("Service", "shop", "web").is_some());
+    assert!(fake.get("Secret", "shop", "web-registry").is_some());
+
+    let mut bare = full.clone();
+    bare.ports.clear();
+    bare.image_pull = None;
+    c.apply(&render(&bare).unwrap()).await.unwrap();
+    assert!(fake.get("Service", "shop", "web").is_none());
+    assert!(fake.get("Secret", "shop", "web-registry").is_none());
+    assert!(fake.get("Secret", "shop", "web-env").is_some());
+    assert!(fake.get("Deployment", "shop", "web").is_some());
+    assert!(
+        fake.get("PersistentVolumeClaim", "shop", "vol-uploads")
+            .is_some()
+    );
+    // Another service's objects are untouched.
+    assert!(fake.get("Service", "shop", "db").is_some());
+    assert!(fake.get("Secret", "shop", "db-env").is_some());
 }
 
 #[tokio::test]

@@ -20,6 +20,8 @@ struct Step {
     status: StatusCode,
     /// Merged into the echoed body (server-set fields).
     server_fields: Value,
+    /// A label-selected list (the prune after an apply), answered empty.
+    list: bool,
 }
 
 impl Step {
@@ -29,6 +31,14 @@ impl Step {
             kind,
             status: StatusCode::OK,
             server_fields: json!({}),
+            list: false,
+        }
+    }
+
+    fn list(path: &'static str, kind: &'static str) -> Step {
+        Step {
+            list: true,
+            ..Step::ok(path, kind)
         }
     }
 }
@@ -52,6 +62,28 @@ async fn run_scenario(mut handle: Handle, steps: Vec<Step>) -> Vec<Value> {
     let mut bodies = Vec::new();
     for step in steps {
         let (request, send) = handle.next_request().await.expect("service not called");
+        if step.list {
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(request.uri().path(), step.path);
+            let q = query(&request);
+            assert!(
+                q.iter()
+                    .any(|(k, v)| k == "labelSelector" && v.contains("service-id")),
+                "{q:?}"
+            );
+            let list = json!({
+                "apiVersion": "v1", "kind": format!("{}List", step.kind),
+                "metadata": { "resourceVersion": "1" }, "items": [],
+            });
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                    .unwrap(),
+            );
+            continue;
+        }
         assert_eq!(request.method(), Method::PATCH);
         assert_eq!(request.uri().path(), step.path);
         let q = query(&request);
@@ -115,7 +147,11 @@ fn db_steps() -> Vec<Step> {
             kind: "StatefulSet",
             status: StatusCode::OK,
             server_fields: json!({ "metadata": { "generation": 7 } }),
+            list: false,
         },
+        // Then the prune: this service's Services and Secrets by label.
+        Step::list("/api/v1/namespaces/shop/services", "Service"),
+        Step::list("/api/v1/namespaces/shop/secrets", "Secret"),
     ]
 }
 
@@ -150,6 +186,8 @@ async fn apply_surfaces_api_errors() {
     let cluster = Cluster::new(kube::Client::new(service, "default"));
     let mut steps = db_steps();
     steps[4].status = StatusCode::FORBIDDEN;
+    // A failed apply stops there: no prune.
+    steps.truncate(5);
     let server = tokio::spawn(run_scenario(handle, steps));
     let err = cluster
         .apply(&render(&db_spec()).unwrap())
