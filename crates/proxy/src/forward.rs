@@ -103,6 +103,14 @@ struct Tunnels {
     closed: tokio::sync::Notify,
 }
 
+impl Tunnels {
+    /// Counts one more open tunnel until the returned guard drops.
+    fn track(self: &Arc<Self>) -> TunnelGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        TunnelGuard(self.clone())
+    }
+}
+
 /// Held by a tunnel task; its drop counts the tunnel closed.
 struct TunnelGuard(Arc<Tunnels>);
 
@@ -230,7 +238,12 @@ impl Forwarder {
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Upgrades always go over HTTP/1.1.
-        let h2c = target.protocol == UpstreamProtocol::H2c && !wants_upgrade;
+        let protocol = if wants_upgrade {
+            UpstreamProtocol::Http1
+        } else {
+            target.protocol
+        };
+        let h2c = protocol == UpstreamProtocol::H2c;
         // gRPC needs `te: trailers` end to end; it is hop-by-hop otherwise.
         let te_trailers = h2c
             && parts
@@ -311,11 +324,6 @@ impl Forwarder {
         let request = Request::from_parts(parts, body);
         // One timer for the whole exchange, retry included.
         let exchange = async {
-            let protocol = if h2c {
-                UpstreamProtocol::H2c
-            } else {
-                UpstreamProtocol::Http1
-            };
             let outcome = self.send(upstream, protocol, request).await;
             if matches!(outcome, Err(UpstreamError::Connect))
                 && let Some((method, headers, uri, version)) = replay
@@ -357,8 +365,7 @@ impl Forwarder {
             match client_upgrade {
                 Some(client) => {
                     let upstream_side = hyper::upgrade::on(&mut response);
-                    self.tunnels.open.fetch_add(1, Ordering::AcqRel);
-                    let guard = TunnelGuard(self.tunnels.clone());
+                    let guard = self.tunnels.track();
                     tokio::spawn(async move {
                         tunnel(client, upstream_side).await;
                         drop(guard);
@@ -457,7 +464,7 @@ impl Forwarder {
                 Err(mut err) => {
                     let unsent = err.take_message();
                     if unsent.is_some() || sender.is_closed() {
-                        self.pool.forget_h2(upstream.id, &sender);
+                        self.pool.forget_h2(upstream.id);
                     }
                     match unsent {
                         // The pooled connection never took it: once more, fresh.
@@ -742,16 +749,11 @@ impl Pool {
         h2.insert(upstream, sender);
     }
 
-    /// Forgets the connection after it failed; a replacement another
-    /// request opened meanwhile (still open) stays.
-    fn forget_h2(&self, upstream: u64, failed: &Http2Sender) {
+    /// Forgets the connection after it failed; the next request opens a
+    /// new one.
+    fn forget_h2(&self, upstream: u64) {
         let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        if h2
-            .get(&upstream)
-            .is_some_and(|s| s.is_closed() || failed.is_closed() || !s.is_ready())
-        {
-            h2.remove(&upstream);
-        }
+        h2.remove(&upstream);
     }
 
     fn expire(&self, max_idle: Duration) {
@@ -821,20 +823,12 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_client_to_an_existing_chain() {
         let v4 = client_ip_header("10.1.2.3:5000".parse().unwrap());
-        let mapped = client_ip_header(
-            "[::ffff:10.1.2.3]:5000"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
-        );
+        let mapped = client_ip_header("[::ffff:10.1.2.3]:5000".parse().unwrap());
         assert_eq!(
             (v4.as_bytes(), mapped.as_bytes()),
             (&b"10.1.2.3"[..], &b"10.1.2.3"[..])
         );
-        let v6 = client_ip_header(
-            "[2001:db8::1]:443"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
-        );
+        let v6 = client_ip_header("[2001:db8::1]:443".parse().unwrap());
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, &v4);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.1.2.3");

@@ -100,10 +100,6 @@ impl Listeners {
         })
     }
 
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
-    }
-
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
         first_addr(&self.http)
     }
@@ -357,31 +353,23 @@ impl Worker {
                 self.shutdown.clone(),
                 self.grace,
             );
-            let drain_started = {
-                let shutdown = self.shutdown.clone();
-                tokio::spawn(async move {
-                    shutdown.wait().await;
-                    tokio::time::Instant::now()
-                })
+            // When the drain began: tunnels get what is left of the grace
+            // period after the HTTP connections, then the runtime's end
+            // closes them.
+            let drain_started = async {
+                self.shutdown.wait().await;
+                tokio::time::Instant::now()
             };
-            tokio::join!(plain, secure);
-            let drain_started = drain_started
+            let ((), (), drain_started) = tokio::join!(plain, secure, drain_started);
+            let left = self.grace.saturating_sub(drain_started.elapsed());
+            if tokio::time::timeout(left, forwarder.tunnels_closed())
                 .await
-                .unwrap_or_else(|_| tokio::time::Instant::now());
-            // WebSockets and other tunnels get what is left of the grace
-            // period; the runtime's end closes the rest.
-            let open = forwarder.open_tunnels();
-            if open > 0 {
-                let left = self.grace.saturating_sub(drain_started.elapsed());
-                if tokio::time::timeout(left, forwarder.tunnels_closed())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        open = forwarder.open_tunnels(),
-                        "grace period elapsed; closing upgraded connections"
-                    );
-                }
+                .is_err()
+            {
+                tracing::warn!(
+                    open = forwarder.open_tunnels(),
+                    "grace period elapsed; closing upgraded connections"
+                );
             }
             expiry.abort();
             Ok(())

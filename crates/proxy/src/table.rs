@@ -315,21 +315,24 @@ impl TargetEntry {
             (Balance::RoundRobin, len) => (0..len)
                 .map(|i| self.schedule[(tick + i) % len] as usize)
                 .find(healthy),
+            // Least outstanding / weight, compared by cross-multiplying.
             (Balance::LeastOutstanding, _) => (0..n)
                 .map(|i| (tick + i) % n)
                 .filter(healthy)
-                .min_by(|&a, &b| self.load(a).cmp(&self.load(b))),
+                .min_by(|&a, &b| {
+                    (self.outstanding(a) * self.weight(b))
+                        .cmp(&(self.outstanding(b) * self.weight(a)))
+                }),
         };
         self.upstreams.get(picked.unwrap_or(tick % n))
     }
 
-    /// Outstanding requests of upstream `i` relative to its weight, as a
-    /// fraction compared by cross-multiplication.
-    fn load(&self, i: usize) -> Load {
-        Load {
-            outstanding: self.upstreams[i].outstanding.load(Ordering::Relaxed) as u64,
-            weight: self.weights.get(i).copied().map_or(1, u64::from),
-        }
+    fn outstanding(&self, i: usize) -> u64 {
+        self.upstreams[i].outstanding.load(Ordering::Relaxed) as u64
+    }
+
+    fn weight(&self, i: usize) -> u64 {
+        self.weights.get(i).copied().map_or(1, u64::from)
     }
 
     /// Another healthy upstream than `failed`, for one retry of a request
@@ -344,25 +347,6 @@ impl TargetEntry {
 
     pub fn upstream_count(&self) -> usize {
         self.upstreams.len()
-    }
-}
-
-/// `outstanding / weight`, ordered without division.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Load {
-    outstanding: u64,
-    weight: u64,
-}
-
-impl PartialOrd for Load {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Load {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.outstanding * other.weight).cmp(&(other.outstanding * self.weight))
     }
 }
 

@@ -54,9 +54,10 @@ impl CertStore {
         for cert in certs {
             let reused = previous.and_then(|(old, old_store)| {
                 let i = *known.get(cert.cert_pem.as_str())?;
-                (old.get(i)?.key_pem == cert.key_pem)
-                    .then(|| old_store.parsed.get(i).cloned().flatten())
-                    .flatten()
+                if old.get(i)?.key_pem != cert.key_pem {
+                    return None;
+                }
+                old_store.parsed.get(i)?.clone()
             });
             let parsed = match reused {
                 Some(key) => Ok(key),
