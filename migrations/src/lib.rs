@@ -17,11 +17,12 @@ mod m0005_workloads;
 mod m0006_deployments;
 mod m0007_operations;
 mod m0008_access_audit;
+mod m0009_project_namespaces;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
 
-use schema::{Dialect, PG_IP_DOMAINS, Table};
+use schema::{Alter, Dialect, PG_IP_DOMAINS, Table};
 
 /// Lists the tables of one migration, in creation order.
 type Tables = fn() -> Vec<Table>;
@@ -38,8 +39,19 @@ const AREAS: &[(&str, Tables)] = &[
     ("m0008_access_audit", m0008_access_audit::tables),
 ];
 
+/// Lists the changes of one migration to tables created earlier.
+type Alters = fn() -> Vec<Alter>;
+
+/// Migrations after the first release: changes to existing tables (a
+/// released migration is never edited), applied after [`AREAS`].
+const ALTERATIONS: &[(&str, Alters)] =
+    &[("m0009_project_namespaces", m0009_project_namespaces::alters)];
+
 /// Every migration, in the order they apply.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    let alterations = ALTERATIONS.iter().map(|&(name, alters)| {
+        Box::new(AlterMigration { name, alters }) as Box<dyn MigrationTrait>
+    });
     AREAS
         .iter()
         .map(|&(name, tables)| {
@@ -54,15 +66,23 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
                 },
             }) as Box<dyn MigrationTrait>
         })
+        .chain(alterations)
         .collect()
 }
 
-/// Every table of every migration, in creation order, with its migration's name.
+/// Every table of every migration, in creation order, with its migration's
+/// name, as the alterations left it.
 pub fn all_tables() -> Vec<(&'static str, Table)> {
-    AREAS
+    let mut tables: Vec<(&'static str, Table)> = AREAS
         .iter()
         .flat_map(|&(name, tables)| tables().into_iter().map(move |t| (name, t)))
-        .collect()
+        .collect();
+    for alter in ALTERATIONS.iter().flat_map(|(_, alters)| alters()) {
+        if let Some((_, table)) = tables.iter_mut().find(|(_, t)| t.name == alter.table) {
+            alter.apply_to(table);
+        }
+    }
+    tables
 }
 
 /// The Ferry migrator.
@@ -128,6 +148,46 @@ impl MigrationTrait for SchemaMigration {
     }
 
     // Atomic on SQLite too: a failed migration leaves nothing behind.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// A migration that alters tables created by earlier ones.
+struct AlterMigration {
+    name: &'static str,
+    alters: Alters,
+}
+
+impl MigrationName for AlterMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AlterMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for alter in (self.alters)() {
+            for sql in alter.up_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for alter in (self.alters)().iter().rev() {
+            for sql in alter.down_sql() {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn use_transaction(&self) -> Option<bool> {
         Some(true)
     }

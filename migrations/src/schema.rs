@@ -467,18 +467,7 @@ impl Table {
             self.name,
             parts.join(",\n    ")
         )];
-        for ix in &self.indexes {
-            out.push(format!(
-                "CREATE {}INDEX {} ON \"{}\" ({}){}",
-                if ix.unique { "UNIQUE " } else { "" },
-                ix.name,
-                self.name,
-                ix.columns,
-                ix.predicate
-                    .map(|p| format!(" WHERE {p}"))
-                    .unwrap_or_default(),
-            ));
-        }
+        out.extend(self.indexes.iter().map(|ix| index_sql(self.name, ix)));
         out
     }
 
@@ -539,4 +528,135 @@ fn column_sql(c: &Column, dialect: Dialect) -> String {
 /// A single-quoted SQL string literal.
 pub fn quote_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A change to a table created by an earlier migration: columns added
+/// (with a per-dialect backfill) and indexes replaced. Released migrations
+/// are never edited; later changes are alterations, and
+/// [`crate::all_tables`] folds them into the table descriptions so the
+/// entities and schema tests see the final shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alter {
+    pub table: &'static str,
+    pub add_columns: Vec<Column>,
+    /// `(postgres, sqlite)` UPDATE statements run after the columns exist.
+    pub backfill: Vec<(&'static str, &'static str)>,
+    /// Indexes dropped; `down()` recreates them.
+    pub drop_indexes: Vec<Index>,
+    pub add_indexes: Vec<Index>,
+}
+
+impl Alter {
+    pub fn table(table: &'static str) -> Self {
+        Self {
+            table,
+            add_columns: Vec::new(),
+            backfill: Vec::new(),
+            drop_indexes: Vec::new(),
+            add_indexes: Vec::new(),
+        }
+    }
+
+    /// A NOT NULL column with a default (SQLite can add no other kind of
+    /// NOT NULL column); the backfill gives existing rows their real value.
+    pub fn add_def(mut self, name: &'static str, ty: Ty, default: ColumnDefault) -> Self {
+        self.add_columns.push(Column {
+            name,
+            ty,
+            nullable: false,
+            default: Some(default),
+            primary_key: false,
+        });
+        self
+    }
+
+    pub fn backfill(mut self, postgres: &'static str, sqlite: &'static str) -> Self {
+        self.backfill.push((postgres, sqlite));
+        self
+    }
+
+    /// Drops a unique index `name` on `columns` (recreated by `down()`).
+    pub fn drop_unique(mut self, name: &'static str, columns: &'static str) -> Self {
+        self.drop_indexes.push(Index {
+            name,
+            unique: true,
+            columns,
+            predicate: None,
+        });
+        self
+    }
+
+    pub fn unique(mut self, name: &'static str, columns: &'static str) -> Self {
+        self.add_indexes.push(Index {
+            name,
+            unique: true,
+            columns,
+            predicate: None,
+        });
+        self
+    }
+
+    /// Applies the change to the table's description.
+    pub fn apply_to(&self, table: &mut Table) {
+        table.columns.extend(self.add_columns.iter().cloned());
+        table
+            .indexes
+            .retain(|ix| !self.drop_indexes.iter().any(|d| d.name == ix.name));
+        table.indexes.extend(self.add_indexes.iter().cloned());
+    }
+
+    pub fn up_sql(&self, dialect: Dialect) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .add_columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "ALTER TABLE \"{}\" ADD COLUMN {}",
+                    self.table,
+                    column_sql(c, dialect)
+                )
+            })
+            .collect();
+        out.extend(self.backfill.iter().map(|(pg, lite)| {
+            match dialect {
+                Dialect::Postgres => pg,
+                Dialect::Sqlite => lite,
+            }
+            .to_string()
+        }));
+        out.extend(
+            self.drop_indexes
+                .iter()
+                .map(|ix| format!("DROP INDEX {}", ix.name)),
+        );
+        out.extend(self.add_indexes.iter().map(|ix| index_sql(self.table, ix)));
+        out
+    }
+
+    pub fn down_sql(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .add_indexes
+            .iter()
+            .map(|ix| format!("DROP INDEX {}", ix.name))
+            .collect();
+        out.extend(self.drop_indexes.iter().map(|ix| index_sql(self.table, ix)));
+        out.extend(
+            self.add_columns
+                .iter()
+                .map(|c| format!("ALTER TABLE \"{}\" DROP COLUMN \"{}\"", self.table, c.name)),
+        );
+        out
+    }
+}
+
+fn index_sql(table: &str, ix: &Index) -> String {
+    format!(
+        "CREATE {}INDEX {} ON \"{table}\" ({}){}",
+        if ix.unique { "UNIQUE " } else { "" },
+        ix.name,
+        ix.columns,
+        ix.predicate
+            .map(|p| format!(" WHERE {p}"))
+            .unwrap_or_default(),
+    )
 }

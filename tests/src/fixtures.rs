@@ -46,6 +46,9 @@ pub async fn project(conn: &DatabaseConnection, org: Uuid, name: &str, slug: &st
             metadata: serde_json::json!({}),
             created_at: now,
             updated_at: now,
+            // Fixtures name the namespace after the slug, so tests can
+            // spell upstream addresses; the api generates its own.
+            namespace: slug.into(),
         }
         .into_active_model(),
     )

@@ -89,6 +89,56 @@ pub struct Args {
     )]
     pub proxy_namespace: String,
 
+    /// CIDRs tenant pods may not reach (comma-separated). The default keeps
+    /// them off private, CGNAT, loopback and link-local ranges (the control
+    /// plane, the Kubernetes API, cloud metadata); DNS and their own
+    /// project stay reachable.
+    #[arg(
+        long,
+        env = "FERRY_TENANT_EGRESS_DENY",
+        value_delimiter = ',',
+        default_values_t = ferry_k8s::spec::DEFAULT_EGRESS_DENY.map(String::from),
+        global = true
+    )]
+    pub tenant_egress_deny: Vec<String>,
+
+    /// Default total CPU of a project namespace (ResourceQuota); an
+    /// organization's `limits` setting overrides it.
+    #[arg(
+        long,
+        env = "FERRY_PROJECT_QUOTA_CPU",
+        default_value = "8",
+        global = true
+    )]
+    pub project_quota_cpu: String,
+
+    /// Default total memory of a project namespace.
+    #[arg(
+        long,
+        env = "FERRY_PROJECT_QUOTA_MEMORY",
+        default_value = "16Gi",
+        global = true
+    )]
+    pub project_quota_memory: String,
+
+    /// Default total requested volume storage of a project namespace.
+    #[arg(
+        long,
+        env = "FERRY_PROJECT_QUOTA_STORAGE",
+        default_value = "100Gi",
+        global = true
+    )]
+    pub project_quota_storage: String,
+
+    /// Default maximum number of pods in a project namespace.
+    #[arg(
+        long,
+        env = "FERRY_PROJECT_QUOTA_PODS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub project_quota_pods: i32,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -118,6 +168,16 @@ impl Args {
         crate::workloads::DeployConfig {
             rollout_timeout: std::time::Duration::from_secs(self.rollout_timeout_secs),
             proxy_namespace: self.proxy_namespace.clone(),
+            policy: ferry_k8s::spec::ProjectPolicy {
+                quota: ferry_k8s::spec::ProjectQuota {
+                    cpu: self.project_quota_cpu.clone(),
+                    memory: self.project_quota_memory.clone(),
+                    storage: self.project_quota_storage.clone(),
+                    pods: self.project_quota_pods,
+                    ..ferry_k8s::spec::ProjectQuota::default()
+                },
+                egress_deny_cidrs: self.tenant_egress_deny.clone(),
+            },
             stop,
         }
     }

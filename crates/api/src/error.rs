@@ -42,6 +42,21 @@ impl From<ferry_db::sea_orm::DbErr> for Error {
     }
 }
 
+/// The one mapping of cluster errors: a foreign object in the way is the
+/// caller's precondition, a spec that cannot render names its field, the
+/// rest is the Kubernetes API being unavailable (details only in the log).
+impl From<ferry_k8s::Error> for Error {
+    fn from(err: ferry_k8s::Error) -> Self {
+        match err {
+            ferry_k8s::Error::NotOwned { .. } => Error::FailedPrecondition(err.to_string()),
+            ferry_k8s::Error::Invalid { field, reason } => {
+                Error::FailedPrecondition(format!("cannot render: {field}: {reason}"))
+            }
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for tonic::Status {

@@ -176,16 +176,15 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
     let services = GrpcServices::new().add_service(
         feed::RouteFeedService::new(state.feed.clone(), state.feed_auth.clone()).into_server(),
     );
-    let services = services::add_identity_services(services, &identity);
-    let services = services::add_tenancy_services(services, &identity, state.keyring.clone());
-    workloads::add_workload_services(
-        services,
-        &workloads::Workloads {
-            identity,
-            deployer: deployer(state),
-            feed: state.feed.clone(),
-        },
-    )
+    let workloads = workloads::Workloads {
+        identity,
+        deployer: deployer(state),
+        feed: state.feed.clone(),
+    };
+    let services = services::add_identity_services(services, &workloads);
+    let services =
+        services::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
+    workloads::add_workload_services(services, &workloads)
 }
 
 /// The deployer of `state` (shared by the handlers and start-up resume).

@@ -1067,6 +1067,7 @@ async fn grants_feed_the_policy() {
             organization_id: Set(org.parse().unwrap()),
             name: Set(slug.into()),
             slug: Set(slug.into()),
+            namespace: Set(format!("ferry-{slug}-test")),
             description: Set(None),
             created_by: Set(None),
             metadata: Set(serde_json::json!({})),

@@ -364,8 +364,12 @@ async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
         let fake = FakeCluster::new();
         let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
         let mut t = tenant(&api, "alice").await;
-        let ns = t.project.slug.clone();
-        assert_eq!(ns, "alice-shop", "{b}");
+        let ns = t.project.namespace.clone();
+        assert!(
+            ns.starts_with("ferry-alice-shop-") && ns.len() == "ferry-alice-shop-".len() + 12,
+            "{b}: {ns}"
+        );
+        assert_eq!(t.project.slug, "alice-shop", "{b}");
         let svc = web_service(&mut t).await;
         let tok = t.token.clone();
 
@@ -667,7 +671,7 @@ async fn failed_rollouts_keep_the_previous_version_serving() {
         let fake = FakeCluster::new();
         let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(2)).await;
         let mut t = tenant(&api, "bob").await;
-        let ns = t.project.slug.clone();
+        let ns = t.project.namespace.clone();
         let svc = web_service(&mut t).await;
         let tok = t.token.clone();
         let deploy = |w: &mut W| {
@@ -954,20 +958,6 @@ async fn bad_input_is_refused_naming_the_field() {
         );
     }
     let err =
-        t.w.projects
-            .create_project(authed(
-                pb::CreateProjectRequest {
-                    organization_id: t.org.clone(),
-                    name: "x".into(),
-                    slug: "kube-system".into(),
-                    description: String::new(),
-                },
-                &tok,
-            ))
-            .await
-            .unwrap_err();
-    assert!(err.message().starts_with("slug"), "{err}");
-    let err =
         t.w.volumes
             .create_volume(authed(
                 pb::CreateVolumeRequest {
@@ -1012,23 +1002,6 @@ async fn bad_input_is_refused_naming_the_field() {
             .await
             .unwrap_err();
     assert!(err.message().starts_with("mountPath"), "{err}");
-    // A slug is unique across the cluster, not just the organization.
-    let mut other = tenant(&api, "erin").await;
-    let err = other
-        .w
-        .projects
-        .create_project(authed(
-            pb::CreateProjectRequest {
-                organization_id: other.org.clone(),
-                name: "Anything".into(),
-                slug: t.project.slug.clone(),
-                description: String::new(),
-            },
-            &other.token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     api.stop().await;
 }
 
@@ -1149,7 +1122,7 @@ async fn viewers_never_see_secret_values() {
                 .into_inner();
         assert_eq!(
             info.host,
-            format!("db.{}.svc.cluster.local", t.project.slug),
+            format!("db.{}.svc.cluster.local", t.project.namespace),
             "{b}"
         );
         assert_eq!(info.port, 5432, "{b}");
@@ -1389,11 +1362,12 @@ async fn compose_stacks_create_reconcile_and_deploy() {
             "{b}: the stack follows its services"
         );
         assert!(
-            fake.get("Deployment", &t.project.slug, "web").is_some(),
+            fake.get("Deployment", &t.project.namespace, "web")
+                .is_some(),
             "{b}"
         );
         assert_eq!(
-            secret_env(&fake, &t.project.slug, "db")["POSTGRES_PASSWORD"],
+            secret_env(&fake, &t.project.namespace, "db")["POSTGRES_PASSWORD"],
             "pw-one",
             "{b}"
         );
@@ -1417,8 +1391,9 @@ async fn compose_stacks_create_reconcile_and_deploy() {
         assert_eq!(updated.updated, vec!["web"], "{b}");
         assert_eq!(updated.removed, vec!["db"], "{b}");
         assert!(
-            fake.get("StatefulSet", &t.project.slug, "db").is_none()
-                && fake.get("Deployment", &t.project.slug, "db").is_none(),
+            fake.get("StatefulSet", &t.project.namespace, "db")
+                .is_none()
+                && fake.get("Deployment", &t.project.namespace, "db").is_none(),
             "{b}"
         );
         let web_now =
@@ -1439,7 +1414,8 @@ async fn compose_stacks_create_reconcile_and_deploy() {
             .await
             .unwrap();
         assert!(
-            fake.get("Deployment", &t.project.slug, "web").is_none(),
+            fake.get("Deployment", &t.project.namespace, "web")
+                .is_none(),
             "{b}"
         );
         api.stop().await;
@@ -1781,7 +1757,7 @@ async fn routes_reach_the_proxy_feed_on_commit() {
                 .await
                 .unwrap()
                 .into_inner();
-        let upstream = format!("web.{}.svc.cluster.local:8080", t.project.slug);
+        let upstream = format!("web.{}.svc.cluster.local:8080", t.project.namespace);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let snap = state.feed.snapshot();
@@ -1872,8 +1848,8 @@ async fn routes_reach_the_proxy_feed_on_commit() {
                 .await
                 .unwrap()
                 .into_inner();
-        let rpc_upstream = format!("rpc.{}.svc.cluster.local:9090", t.project.slug);
-        let canary_upstream = format!("canary.{}.svc.cluster.local:8080", t.project.slug);
+        let rpc_upstream = format!("rpc.{}.svc.cluster.local:9090", t.project.namespace);
+        let canary_upstream = format!("canary.{}.svc.cluster.local:8080", t.project.namespace);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let snap = state.feed.snapshot();
@@ -2053,7 +2029,7 @@ async fn private_images_pull_with_the_organizations_registry_credentials() {
                 .into_inner();
         let (d, _) = wait_done(&mut t.w, &tok, &d.id).await;
         assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
-        let ns = t.project.slug.clone();
+        let ns = t.project.namespace.clone();
         let pull = fake
             .get("Secret", &ns, "private-registry")
             .expect("pull secret");
@@ -2090,6 +2066,293 @@ async fn private_images_pull_with_the_organizations_registry_credentials() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{b}");
+        api.stop().await;
+    }
+}
+
+/// Deploys `service_id` and waits for the outcome.
+async fn deploy_and_wait(t: &mut Tenant, service_id: &str) -> (pb::Deployment, Vec<String>) {
+    let tok = t.token.clone();
+    let d =
+        t.w.deploys
+            .deploy(authed(
+                pb::DeployRequest {
+                    service_id: service_id.into(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    wait_done(&mut t.w, &tok, &d.id).await
+}
+
+#[tokio::test]
+async fn ferry_never_adopts_or_deletes_cluster_objects_it_does_not_own() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        // A namespace of the cluster's own, with a workload in it.
+        fake.insert(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "kube-system" },
+        }));
+        fake.insert(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "web-env", "namespace": "kube-system" },
+            "data": { "TOKEN": b64("cluster-admin") },
+        }));
+        let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
+        let mut t = tenant(&api, "mallory").await;
+        let tok = t.token.clone();
+
+        // A project named after a system namespace gets a namespace of its own.
+        let evil =
+            t.w.projects
+                .create_project(authed(
+                    pb::CreateProjectRequest {
+                        organization_id: t.org.clone(),
+                        name: "Kube System".into(),
+                        slug: "kube-system".into(),
+                        description: String::new(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(evil.slug, "kube-system", "{b}");
+        assert!(
+            evil.namespace.starts_with("ferry-kube-system-"),
+            "{b}: {}",
+            evil.namespace
+        );
+        let svc =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: evil.id.clone(),
+                        name: "web".into(),
+                        spec: Some(app("ghcr.io/acme/web:1.0")),
+                        ports: http_port(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let (d, logs) = deploy_and_wait(&mut t, &svc.id).await;
+        assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}: {logs:?}");
+        assert!(fake.get("Deployment", &evil.namespace, "web").is_some());
+        t.w.projects
+            .delete_project(authed(
+                pb::DeleteProjectRequest {
+                    id: evil.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        assert!(fake.get("Namespace", "", &evil.namespace).is_none(), "{b}");
+        let system = fake.get("Secret", "kube-system", "web-env");
+        assert!(
+            fake.get("Namespace", "", "kube-system").is_some() && system.is_some(),
+            "{b}: a system namespace was touched"
+        );
+        assert_eq!(system.unwrap()["data"]["TOKEN"], b64("cluster-admin"));
+
+        // An object in the project's namespace that Ferry did not create
+        // (no ownership labels) is refused, never overwritten.
+        let svc = web_service(&mut t).await;
+        let (d, _) = deploy_and_wait(&mut t, &svc.id).await;
+        assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
+        let ns = t.project.namespace.clone();
+        fake.insert(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "web-env", "namespace": ns },
+            "data": { "FOREIGN": b64("keep me") },
+        }));
+        let (d, logs) = deploy_and_wait(&mut t, &svc.id).await;
+        assert_eq!(status(&d), pb::DeploymentStatus::Failed, "{b}: {logs:?}");
+        assert!(
+            d.message.contains("Secret")
+                && d.message.contains("web-env")
+                && d.message.contains("not managed by this Ferry project"),
+            "{b}: {}",
+            d.message
+        );
+        let foreign = fake.get("Secret", &ns, "web-env").unwrap();
+        assert_eq!(foreign["data"]["FOREIGN"], b64("keep me"), "{b}");
+        assert!(foreign["data"].get("API_KEY").is_none(), "{b}: overwritten");
+
+        // Scale and restart refuse a workload of the same name that is not
+        // this service's.
+        fake.insert(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": ns,
+                          "labels": { "app.kubernetes.io/managed-by": "ferry" } },
+            "spec": { "replicas": 1, "selector": {}, "template": {} },
+        }));
+        let err =
+            t.w.deploys
+                .scale(authed(
+                    pb::ScaleRequest {
+                        service_id: svc.id.clone(),
+                        replicas: 5,
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{b}: {err}");
+        assert!(err.message().contains("ferry.dev/project-id"), "{b}: {err}");
+        assert_eq!(
+            fake.get("Deployment", &ns, "web").unwrap()["spec"]["replicas"],
+            1,
+            "{b}"
+        );
+        let err =
+            t.w.deploys
+                .restart(authed(
+                    pb::RestartRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{b}: {err}");
+
+        // A namespace of that name that is not this project's is not deleted,
+        // and the project stays.
+        fake.insert(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns },
+        }));
+        let err =
+            t.w.projects
+                .delete_project(authed(
+                    pb::DeleteProjectRequest {
+                        id: t.project.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{b}: {err}");
+        assert!(fake.get("Namespace", "", &ns).is_some(), "{b}");
+        t.w.projects
+            .get_project(authed(
+                pb::GetProjectRequest {
+                    id: t.project.id.clone(),
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_organization_deletes_its_namespaces_then_rows_and_tells_the_proxies() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, state) = start_api(&db.conn, Some(&fake), Duration::from_secs(10)).await;
+        state.feed.reload(&db.conn, &state.keyring).await.unwrap();
+        // No periodic reload to hide a missing notification.
+        let _reloader = state.feed.spawn_reloader(
+            db.conn.clone(),
+            state.keyring.clone(),
+            Duration::from_secs(3600),
+            ferry_common::Shutdown::new(),
+        );
+        let mut gone = tenant(&api, "olga").await;
+        let mut kept = tenant(&api, "pete").await;
+        for t in [&mut gone, &mut kept] {
+            let svc = web_service(t).await;
+            let (d, _) = deploy_and_wait(t, &svc.id).await;
+            assert_eq!(status(&d), pb::DeploymentStatus::Running, "{b}");
+            let host = format!("{}.example.com", t.project.slug);
+            t.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        project_id: t.project.id.clone(),
+                        hostname: host,
+                        path_prefix: "/".into(),
+                        tls_enabled: false,
+                        https_redirect: false,
+                        targets: vec![pb::RouteTarget {
+                            service_id: svc.id.clone(),
+                            port: 8080,
+                            weight: 0,
+                            strip_path: false,
+                        }],
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap();
+        }
+        let has_host = |host: &str| {
+            state
+                .feed
+                .snapshot()
+                .routes
+                .iter()
+                .any(|r| r.hosts.iter().any(|h| h == host))
+        };
+        let gone_host = format!("{}.example.com", gone.project.slug);
+        let kept_host = format!("{}.example.com", kept.project.slug);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !(has_host(&gone_host) && has_host(&kept_host)) {
+            assert!(tokio::time::Instant::now() < deadline, "{b}: routes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ns = gone.project.namespace.clone();
+        assert!(
+            fake.get("PersistentVolumeClaim", &ns, "vol-uploads")
+                .is_some()
+        );
+
+        gone.c
+            .orgs
+            .delete_organization(authed(
+                pb::DeleteOrganizationRequest {
+                    id: gone.org.clone(),
+                },
+                &gone.token,
+            ))
+            .await
+            .unwrap();
+        // The cluster first: the namespace, and every claim with it, so a
+        // later tenant can never bind this tenant's data.
+        assert!(fake.get("Namespace", "", &ns).is_none(), "{b}");
+        let left: Vec<Value> = ["PersistentVolumeClaim", "Secret", "Deployment"]
+            .iter()
+            .flat_map(|k| fake.objects(k))
+            .filter(|o| o["metadata"]["namespace"] == ns.as_str())
+            .collect();
+        assert!(left.is_empty(), "{b}: {left:?}");
+        assert!(
+            fake.get("Deployment", &kept.project.namespace, "web")
+                .is_some(),
+            "{b}"
+        );
+        // The proxies hear it at once (the periodic reload is an hour away).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while has_host(&gone_host) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{b}: the deleted organization's route is still fed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(has_host(&kept_host), "{b}");
+        let rows = ferry_db::entities::projects::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{b}");
         api.stop().await;
     }
 }

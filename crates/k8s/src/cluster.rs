@@ -9,8 +9,11 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -55,10 +58,22 @@ const FATAL_WAITING: [&str; 5] = [
 /// | `""` | `pods` | list |
 /// | `apps` | `deployments`, `statefulsets` | get, list, watch, create, patch, delete |
 /// | `apps` | `deployments/scale`, `statefulsets/scale` | patch |
+/// | `""` | `resourcequotas`, `limitranges` | get, create, patch |
 /// | `networking.k8s.io` | `networkpolicies` | get, create, patch |
 ///
 /// Server-side apply is a PATCH; when it creates the object the API server
 /// also checks `create`.
+///
+/// # Ownership
+///
+/// Before any apply, scale, restart or delete by name, the existing object
+/// (if any) must carry `app.kubernetes.io/managed-by=ferry` and the same
+/// `ferry.dev/project-id` (plus `service-id` / `volume` where the object
+/// has them) as what Ferry would write; otherwise [`Error::NotOwned`].
+/// Deletes by label selector only ever see owned objects. Applies are
+/// forced only after that check: the remaining conflicts are with Ferry's
+/// own other field managers (`ferry-scale`, `ferry-restart`) or with a
+/// hand edit of a Ferry-owned object, where the desired state wins.
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
@@ -152,8 +167,9 @@ impl Cluster {
         Ok(Some(Cluster::new(client)))
     }
 
-    /// Server-side applies every object (field manager `ferry`, forced), in
-    /// order: Namespace, NetworkPolicy, Secrets, PVCs, Service, workload.
+    /// Server-side applies every object (field manager `ferry`, forced once
+    /// ownership is checked), in order: Namespace, NetworkPolicy,
+    /// ResourceQuota, LimitRange, Secrets, PVCs, Service, workload.
     pub async fn apply(&self, rendered: &Rendered) -> Result<Applied> {
         let ns = rendered.namespace_name();
         self.apply_one(
@@ -162,6 +178,10 @@ impl Cluster {
         )
         .await?;
         self.apply_one(self.api::<NetworkPolicy>(ns), &rendered.network_policy)
+            .await?;
+        self.apply_one(self.api::<ResourceQuota>(ns), &rendered.resource_quota)
+            .await?;
+        self.apply_one(self.api::<LimitRange>(ns), &rendered.limit_range)
             .await?;
         self.apply_one(self.api::<Secret>(ns), &rendered.env_secret)
             .await?;
@@ -263,11 +283,31 @@ impl Cluster {
 
     async fn apply_one<K>(&self, api: Api<K>, obj: &K) -> Result<K>
     where
-        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     {
         let name = obj.meta().name.clone().unwrap_or_default();
+        let wanted = ownership(obj.meta().labels.as_ref());
+        self.ensure_owned(&api, &name, &wanted).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+    }
+
+    /// Refuses with [`Error::NotOwned`] when `name` exists without the
+    /// `wanted` labels; an absent object is fine (Ferry creates it).
+    async fn ensure_owned<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        wanted: &[(&'static str, String)],
+    ) -> Result<bool>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let Some(existing) = api.get_metadata_opt(name).await? else {
+            return Ok(false);
+        };
+        check_owned(K::kind(&()).as_ref(), &existing.metadata, wanted)?;
+        Ok(true)
     }
 
     /// Waits until the applied workload has rolled out, a pod of this
@@ -357,11 +397,13 @@ impl Cluster {
     /// drop every other field `ferry` owns).
     pub async fn scale(
         &self,
-        namespace: &str,
+        owner: &Owner,
         name: &str,
         kind: WorkloadKindRef,
         replicas: i32,
     ) -> Result<()> {
+        let namespace = owner.namespace.as_str();
+        self.ensure_workload_owned(owner, name, kind).await?;
         let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
         let params = PatchParams {
             field_manager: Some(SCALE_FIELD_MANAGER.into()),
@@ -384,7 +426,9 @@ impl Cluster {
 
     /// Rolls every pod by stamping the pod template with
     /// `ferry.dev/restarted-at` (what `kubectl rollout restart` does).
-    pub async fn restart(&self, namespace: &str, name: &str, kind: WorkloadKindRef) -> Result<()> {
+    pub async fn restart(&self, owner: &Owner, name: &str, kind: WorkloadKindRef) -> Result<()> {
+        let namespace = owner.namespace.as_str();
+        self.ensure_workload_owned(owner, name, kind).await?;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let patch = Patch::Merge(serde_json::json!({
             "spec": { "template": { "metadata": { "annotations": { labels::RESTARTED_AT: now } } } }
@@ -408,14 +452,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// A scale or restart touches only a workload of this service.
+    async fn ensure_workload_owned(
+        &self,
+        owner: &Owner,
+        name: &str,
+        kind: WorkloadKindRef,
+    ) -> Result<()> {
+        let wanted = owner.labels();
+        let ns = owner.namespace.as_str();
+        match kind {
+            WorkloadKindRef::Deployment => {
+                self.ensure_owned(&self.api::<Deployment>(ns), name, &wanted)
+                    .await?
+            }
+            WorkloadKindRef::StatefulSet => {
+                self.ensure_owned(&self.api::<StatefulSet>(ns), name, &wanted)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
     /// Deletes a project volume's claim (`vol-<volume>`), and with it the
-    /// data; already gone is fine.
-    pub async fn delete_volume_claim(&self, namespace: &str, volume: &str) -> Result<()> {
-        match self
-            .api::<PersistentVolumeClaim>(namespace)
-            .delete(&crate::render::claim_name(volume), &DeleteParams::default())
-            .await
-        {
+    /// data; already gone is fine. Refused when the claim is not this
+    /// project's volume.
+    pub async fn delete_volume_claim(&self, owner: &Owner, volume: &str) -> Result<()> {
+        let api = self.api::<PersistentVolumeClaim>(&owner.namespace);
+        let name = crate::render::claim_name(volume);
+        let mut wanted = owner.labels();
+        wanted.push((labels::VOLUME, volume.to_owned()));
+        if !self.ensure_owned(&api, &name, &wanted).await? {
+            return Ok(());
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = Error::from(e);
@@ -492,9 +562,14 @@ impl Cluster {
     }
 
     /// Deletes a project's namespace (and so everything in it). A missing
-    /// namespace is not an error.
-    pub async fn delete_namespace(&self, namespace: &str) -> Result<()> {
+    /// namespace is not an error; one that is not this project's is
+    /// refused.
+    pub async fn delete_namespace(&self, owner: &Owner) -> Result<()> {
         let api = Api::<Namespace>::all(self.client.clone());
+        let namespace = owner.namespace.as_str();
+        if !self.ensure_owned(&api, namespace, &owner.labels()).await? {
+            return Ok(());
+        }
         match api.delete(namespace, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
@@ -523,6 +598,92 @@ impl Cluster {
         };
         Ok(value.transpose()?)
     }
+}
+
+/// Whose objects an operation may touch: a project's namespace, and, for
+/// service objects, the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub namespace: String,
+    pub project_id: Uuid,
+    pub service_id: Option<Uuid>,
+}
+
+impl Owner {
+    /// The project's namespace itself (and project-wide objects).
+    pub fn project(namespace: impl Into<String>, project_id: Uuid) -> Self {
+        Owner {
+            namespace: namespace.into(),
+            project_id,
+            service_id: None,
+        }
+    }
+
+    /// One service's objects in its project's namespace.
+    pub fn service(namespace: impl Into<String>, project_id: Uuid, service_id: Uuid) -> Self {
+        Owner {
+            namespace: namespace.into(),
+            project_id,
+            service_id: Some(service_id),
+        }
+    }
+
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            (labels::MANAGED_BY, labels::FERRY.to_owned()),
+            (labels::PROJECT_ID, self.project_id.to_string()),
+        ];
+        if let Some(id) = self.service_id {
+            out.push((labels::SERVICE_ID, id.to_string()));
+        }
+        out
+    }
+}
+
+/// The ownership labels of a rendered object: the ones an existing object
+/// of that name must already carry.
+fn ownership(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<(&'static str, String)> {
+    const KEYS: [&str; 4] = [
+        labels::MANAGED_BY,
+        labels::PROJECT_ID,
+        labels::SERVICE_ID,
+        labels::VOLUME,
+    ];
+    let mut out: Vec<(&'static str, String)> = KEYS
+        .iter()
+        .filter_map(|k| labels.and_then(|l| l.get(*k)).map(|v| (*k, v.clone())))
+        .collect();
+    // An object rendered without ferry's labels would be a bug; still demand
+    // the managed-by label so nothing foreign is ever adopted.
+    if !out.iter().any(|(k, _)| *k == labels::MANAGED_BY) {
+        out.push((labels::MANAGED_BY, labels::FERRY.to_owned()));
+    }
+    out
+}
+
+fn check_owned(kind: &str, existing: &ObjectMeta, wanted: &[(&'static str, String)]) -> Result<()> {
+    let have = existing.labels.as_ref();
+    for (key, value) in wanted {
+        let found = have.and_then(|l| l.get(*key));
+        if found != Some(value) {
+            let object = match &existing.namespace {
+                Some(ns) => format!("{ns}/{}", existing.name.as_deref().unwrap_or_default()),
+                None => existing.name.clone().unwrap_or_default(),
+            };
+            let reason = match found {
+                None => format!("label {key} is missing"),
+                Some(other) => format!("label {key} is {other:?}"),
+            };
+            return Err(Error::NotOwned {
+                kind: kind.to_owned(),
+                object,
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn state_of<K>(event: Event<K>, of: fn(&K) -> WorkloadState) -> Option<WorkloadState> {

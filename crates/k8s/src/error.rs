@@ -15,6 +15,19 @@ pub enum Error {
     /// No usable kubeconfig / in-cluster configuration.
     #[error("kubernetes config: {0}")]
     Config(String),
+    /// An object Ferry would change or delete exists without Ferry's
+    /// ownership labels (or belongs to another project or service): it is
+    /// never adopted or overwritten.
+    #[error(
+        "{kind} {object} exists but is not managed by this Ferry project ({reason}); \
+         rename or remove it, Ferry never adopts objects it did not create"
+    )]
+    NotOwned {
+        kind: String,
+        /// `namespace/name`, or the name of a cluster-scoped object.
+        object: String,
+        reason: String,
+    },
     /// Encoding or decoding a rendered object.
     #[error("encoding: {0}")]
     Encoding(String),

@@ -273,6 +273,8 @@ fn kind_of(resource: &str) -> String {
         "deployments" => "Deployment",
         "statefulsets" => "StatefulSet",
         "networkpolicies" => "NetworkPolicy",
+        "resourcequotas" => "ResourceQuota",
+        "limitranges" => "LimitRange",
         other => other,
     }
     .to_owned()
@@ -637,6 +639,19 @@ impl State {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.notify(rv, key, "DELETED", &obj);
+        // A namespace takes everything in it along (as the namespace
+        // controller does, here at once).
+        if key.0 == "v1/namespaces" {
+            let inside: Vec<Key> = self
+                .objects
+                .keys()
+                .filter(|(_, ns, _)| *ns == key.2)
+                .cloned()
+                .collect();
+            for k in inside {
+                self.remove(&k);
+            }
+        }
         // Garbage-collect a workload's pods.
         if key.0.ends_with("/deployments") || key.0.ends_with("/statefulsets") {
             let selector = obj["spec"]["selector"]["matchLabels"].clone();

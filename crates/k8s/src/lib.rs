@@ -12,7 +12,8 @@ pub mod error;
 pub mod fake;
 pub mod render;
 pub mod spec;
+pub mod validate;
 
-pub use cluster::{Applied, Cluster, RolloutEvent, RolloutOutcome};
+pub use cluster::{Applied, Cluster, Owner, RolloutEvent, RolloutOutcome};
 pub use error::{Error, Result};
 pub use render::{Redact, Rendered, Workload, WorkloadKindRef, diff, render};

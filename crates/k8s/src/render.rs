@@ -18,14 +18,16 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, HTTPGetAction, LocalObjectReference,
-    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Capabilities, Container, ContainerPort, EnvFromSource, HTTPGetAction, LimitRange,
+    LimitRangeItem, LimitRangeSpec, LocalObjectReference, Namespace, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile,
     Secret, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
     Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -33,7 +35,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::spec::{AccessMode, Protocol, WorkloadKind, WorkloadSpec};
+use crate::spec::{AccessMode, ProjectPolicy, Protocol, WorkloadKind, WorkloadSpec};
+use crate::validate;
 
 /// Label keys ferry sets.
 pub mod labels {
@@ -58,6 +61,10 @@ pub mod labels {
 
 /// Name of the project's default-deny NetworkPolicy.
 pub const NETWORK_POLICY_NAME: &str = "ferry-default-deny";
+/// Name of the project's ResourceQuota.
+pub const QUOTA_NAME: &str = "ferry-quota";
+/// Name of the project's LimitRange.
+pub const LIMIT_RANGE_NAME: &str = "ferry-limits";
 /// Name of the single container in every pod.
 pub const CONTAINER_NAME: &str = "app";
 /// Name of a database StatefulSet's volume claim template.
@@ -151,7 +158,11 @@ static EMPTY_TEMPLATE: PodTemplateSpec = PodTemplateSpec {
 #[derive(Clone, PartialEq)]
 pub struct Rendered {
     pub namespace: Namespace,
+    /// Ingress from the project and the proxy only; egress to DNS, the
+    /// project and the internet only.
     pub network_policy: NetworkPolicy,
+    pub resource_quota: ResourceQuota,
+    pub limit_range: LimitRange,
     /// `<name>-env`: every environment variable.
     pub env_secret: Secret,
     /// `<name>-registry`: docker config for a private image.
@@ -212,9 +223,14 @@ impl Rendered {
     }
 
     /// Every object as JSON in apply order: Namespace, NetworkPolicy,
-    /// Secrets, PVCs, Service, workload.
+    /// ResourceQuota, LimitRange, Secrets, PVCs, Service, workload.
     fn values(&self) -> Vec<Value> {
-        let mut out = vec![to_value(&self.namespace), to_value(&self.network_policy)];
+        let mut out = vec![
+            to_value(&self.namespace),
+            to_value(&self.network_policy),
+            to_value(&self.resource_quota),
+            to_value(&self.limit_range),
+        ];
         out.push(to_value(&self.env_secret));
         if let Some(s) = &self.registry_secret {
             out.push(to_value(s));
@@ -259,6 +275,8 @@ impl Rendered {
         };
         let mut namespace = None;
         let mut network_policy = None;
+        let mut resource_quota = None;
+        let mut limit_range = None;
         let mut secrets = Vec::new();
         let mut volume_claims = Vec::new();
         let mut service = None;
@@ -268,6 +286,8 @@ impl Rendered {
             match kind.as_str() {
                 "Namespace" => namespace = Some(serde_json::from_value(item)?),
                 "NetworkPolicy" => network_policy = Some(serde_json::from_value(item)?),
+                "ResourceQuota" => resource_quota = Some(serde_json::from_value(item)?),
+                "LimitRange" => limit_range = Some(serde_json::from_value(item)?),
                 "Secret" => {
                     unredact_secret(&mut item);
                     secrets.push(serde_json::from_value::<Secret>(item)?);
@@ -294,6 +314,8 @@ impl Rendered {
         Ok(Rendered {
             namespace: namespace.ok_or_else(|| missing("Namespace"))?,
             network_policy: network_policy.ok_or_else(|| missing("NetworkPolicy"))?,
+            resource_quota: resource_quota.ok_or_else(|| missing("ResourceQuota"))?,
+            limit_range: limit_range.ok_or_else(|| missing("LimitRange"))?,
             env_secret: env
                 .into_iter()
                 .next()
@@ -375,40 +397,18 @@ pub fn render(spec: &WorkloadSpec) -> Result<Rendered> {
         ..Namespace::default()
     };
 
-    let network_policy = NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(NETWORK_POLICY_NAME.into()),
-            namespace: Some(ns.clone()),
-            labels: Some(project_labels),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector::default()),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![
-                    // Pods of the same namespace.
-                    NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector::default()),
-                        ..NetworkPolicyPeer::default()
-                    },
-                    // The ferry-proxy.
-                    NetworkPolicyPeer {
-                        namespace_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                labels::NAMESPACE_NAME.to_owned(),
-                                spec.proxy_namespace.clone(),
-                            )])),
-                            ..LabelSelector::default()
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    },
-                ]),
-                ..NetworkPolicyIngressRule::default()
-            }]),
-            ..NetworkPolicySpec::default()
-        }),
+    let project_meta = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.clone()),
+        labels: Some(project_labels.clone()),
+        ..ObjectMeta::default()
     };
+    let network_policy = network_policy(spec, project_meta(NETWORK_POLICY_NAME));
+    let (resource_quota, limit_range) = quota(
+        &spec.policy,
+        project_meta(QUOTA_NAME),
+        project_meta(LIMIT_RANGE_NAME),
+    );
 
     let env_secret_name = format!("{}-env", spec.name);
     let env_secret = Secret {
@@ -643,12 +643,151 @@ pub fn render(spec: &WorkloadSpec) -> Result<Rendered> {
     Ok(Rendered {
         namespace,
         network_policy,
+        resource_quota,
+        limit_range,
         env_secret,
         registry_secret,
         volume_claims,
         service,
         workload,
     })
+}
+
+/// Ingress: the project's own pods and the ferry-proxy. Egress: DNS
+/// (port 53 anywhere, so node-local caches work), the project's own pods,
+/// and every address outside `policy.egress_deny_cidrs` (by default the
+/// private and link-local ranges: the control plane, the Kubernetes API,
+/// other tenants' pods, cloud metadata).
+fn network_policy(spec: &WorkloadSpec, metadata: ObjectMeta) -> NetworkPolicy {
+    let same_project = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let proxy = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                labels::NAMESPACE_NAME.to_owned(),
+                spec.proxy_namespace.clone(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let dns = ["UDP", "TCP"]
+        .into_iter()
+        .map(|protocol| NetworkPolicyPort {
+            protocol: Some(protocol.into()),
+            port: Some(IntOrString::Int(53)),
+            ..NetworkPolicyPort::default()
+        })
+        .collect();
+    let (v6, v4): (Vec<String>, Vec<String>) = spec
+        .policy
+        .egress_deny_cidrs
+        .iter()
+        .cloned()
+        .partition(|c| validate::cidr_is_v6(c) == Some(true));
+    let block = |cidr: &str, except: Vec<String>| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_owned(),
+            except: non_empty(&except),
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![same_project.clone(), proxy]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    ports: Some(dns),
+                    to: None,
+                },
+                NetworkPolicyEgressRule {
+                    ports: None,
+                    to: Some(vec![same_project]),
+                },
+                NetworkPolicyEgressRule {
+                    ports: None,
+                    to: Some(vec![block("0.0.0.0/0", v4), block("::/0", v6)]),
+                },
+            ]),
+        }),
+    }
+}
+
+/// The project's ResourceQuota (totals, no LoadBalancer or NodePort
+/// Services) and LimitRange (defaults for containers that set no
+/// resources: with a quota on CPU and memory, Kubernetes refuses pods
+/// without them).
+fn quota(
+    policy: &ProjectPolicy,
+    quota_meta: ObjectMeta,
+    limits_meta: ObjectMeta,
+) -> (ResourceQuota, LimitRange) {
+    let q = &policy.quota;
+    let quantity = |v: &str| Quantity(v.to_owned());
+    let count = |n: i32| Quantity(n.to_string());
+    let hard = BTreeMap::from([
+        ("requests.cpu".to_owned(), quantity(&q.cpu)),
+        ("limits.cpu".to_owned(), quantity(&q.cpu)),
+        ("requests.memory".to_owned(), quantity(&q.memory)),
+        ("limits.memory".to_owned(), quantity(&q.memory)),
+        ("requests.storage".to_owned(), quantity(&q.storage)),
+        ("pods".to_owned(), count(q.pods)),
+        ("services".to_owned(), count(q.services)),
+        ("services.loadbalancers".to_owned(), count(0)),
+        ("services.nodeports".to_owned(), count(0)),
+        (
+            "persistentvolumeclaims".to_owned(),
+            count(q.persistent_volume_claims),
+        ),
+        ("secrets".to_owned(), count(q.secrets)),
+        ("configmaps".to_owned(), count(q.config_maps)),
+    ]);
+    let resource_quota = ResourceQuota {
+        metadata: quota_meta,
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    };
+    let pair = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(cpu)),
+            ("memory".to_owned(), quantity(memory)),
+        ]))
+    };
+    let limit_range = LimitRange {
+        metadata: limits_meta,
+        spec: Some(LimitRangeSpec {
+            limits: vec![
+                LimitRangeItem {
+                    type_: "Container".into(),
+                    default: pair(&q.default_cpu_limit, &q.default_memory_limit),
+                    default_request: pair(&q.default_cpu_request, &q.default_memory_request),
+                    // No single container may ask for more than the project has.
+                    max: pair(&q.cpu, &q.memory),
+                    ..LimitRangeItem::default()
+                },
+                LimitRangeItem {
+                    type_: "PersistentVolumeClaim".into(),
+                    max: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        quantity(&q.storage),
+                    )])),
+                    ..LimitRangeItem::default()
+                },
+            ],
+        }),
+    };
+    (resource_quota, limit_range)
 }
 
 /// PVC (and pod volume) name of a project volume.
@@ -933,6 +1072,61 @@ fn validate(spec: &WorkloadSpec) -> Result<()> {
     {
         return Err(Error::invalid("image_pull.server", "must not be empty"));
     }
+    validate_policy(&spec.policy)
+}
+
+fn validate_policy(policy: &ProjectPolicy) -> Result<()> {
+    let q = &policy.quota;
+    for (field, value) in [
+        ("policy.quota.cpu", &q.cpu),
+        ("policy.quota.default_cpu_request", &q.default_cpu_request),
+        ("policy.quota.default_cpu_limit", &q.default_cpu_limit),
+    ] {
+        if !validate::is_cpu(value) {
+            return Err(Error::invalid(
+                field,
+                "must be a CPU quantity like 250m or 4",
+            ));
+        }
+    }
+    for (field, value) in [
+        ("policy.quota.memory", &q.memory),
+        ("policy.quota.storage", &q.storage),
+        (
+            "policy.quota.default_memory_request",
+            &q.default_memory_request,
+        ),
+        ("policy.quota.default_memory_limit", &q.default_memory_limit),
+    ] {
+        if !validate::is_memory(value) {
+            return Err(Error::invalid(
+                field,
+                "must be a quantity like 512Mi or 100Gi",
+            ));
+        }
+    }
+    for (field, value) in [
+        ("policy.quota.pods", q.pods),
+        ("policy.quota.services", q.services),
+        (
+            "policy.quota.persistent_volume_claims",
+            q.persistent_volume_claims,
+        ),
+        ("policy.quota.secrets", q.secrets),
+        ("policy.quota.config_maps", q.config_maps),
+    ] {
+        if value < 0 {
+            return Err(Error::invalid(field, "must not be negative"));
+        }
+    }
+    for (i, cidr) in policy.egress_deny_cidrs.iter().enumerate() {
+        if validate::cidr_is_v6(cidr).is_none() {
+            return Err(Error::invalid(
+                format!("policy.egress_deny_cidrs[{i}]"),
+                format!("{cidr:?} is not a CIDR like 10.0.0.0/8"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -948,14 +1142,7 @@ fn check_path(field: &str, path: &str) -> Result<()> {
 
 /// RFC 1123 label: at most 63 of `[a-z0-9-]`, alphanumeric at both ends.
 fn check_label(field: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if validate::is_label(value, 63) {
         Ok(())
     } else {
         Err(Error::invalid(

@@ -31,7 +31,8 @@ impl SecretValue {
 pub struct WorkloadSpec {
     pub organization_id: Uuid,
     pub project_id: Uuid,
-    /// The project's slug: the namespace name (DNS-1123 label).
+    /// The project's generated namespace (`ferry-<slug>-<id suffix>`),
+    /// never a user-chosen name.
     pub namespace: String,
     pub service_id: Uuid,
     /// The service's name (DNS-1123 label): the name of its objects.
@@ -61,6 +62,91 @@ pub struct WorkloadSpec {
     /// Namespace the ferry-proxy runs in: the project's NetworkPolicy admits
     /// traffic from it (and from the project's own namespace).
     pub proxy_namespace: String,
+    /// The project namespace's quota, defaults and egress rules. Specs
+    /// recorded before it existed read as the defaults.
+    #[serde(default)]
+    pub policy: ProjectPolicy,
+}
+
+/// Guard rails of one project namespace, so one tenant cannot starve the
+/// cluster or reach the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectPolicy {
+    pub quota: ProjectQuota,
+    /// Destinations tenant pods may not reach (besides their own project
+    /// and DNS): the cloud metadata address, and by default the private
+    /// ranges where the control plane and the Kubernetes API live.
+    pub egress_deny_cidrs: Vec<String>,
+}
+
+impl Default for ProjectPolicy {
+    fn default() -> Self {
+        ProjectPolicy {
+            quota: ProjectQuota::default(),
+            egress_deny_cidrs: DEFAULT_EGRESS_DENY
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// What tenant pods cannot reach by default: link-local (cloud metadata at
+/// 169.254.169.254 and fd00:ec2::254 is inside fc00::/7), RFC 1918 and CGNAT
+/// ranges (node, pod and service networks: the control plane, the API
+/// server), and IPv6 unique-local/link-local.
+pub const DEFAULT_EGRESS_DENY: [&str; 8] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// A project's ResourceQuota (totals) and LimitRange (per-container
+/// defaults, applied to containers that set none). Quantities are
+/// Kubernetes quantities, validated by the api.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectQuota {
+    /// Total CPU requests and limits of the namespace.
+    pub cpu: String,
+    /// Total memory requests and limits.
+    pub memory: String,
+    /// Total requested PVC storage.
+    pub storage: String,
+    pub pods: i32,
+    pub services: i32,
+    pub persistent_volume_claims: i32,
+    pub secrets: i32,
+    pub config_maps: i32,
+    pub default_cpu_request: String,
+    pub default_memory_request: String,
+    pub default_cpu_limit: String,
+    pub default_memory_limit: String,
+}
+
+impl Default for ProjectQuota {
+    fn default() -> Self {
+        ProjectQuota {
+            cpu: "8".into(),
+            memory: "16Gi".into(),
+            storage: "100Gi".into(),
+            pods: 50,
+            services: 50,
+            persistent_volume_claims: 20,
+            secrets: 100,
+            config_maps: 50,
+            default_cpu_request: "100m".into(),
+            default_memory_request: "128Mi".into(),
+            default_cpu_limit: "1".into(),
+            default_memory_limit: "512Mi".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

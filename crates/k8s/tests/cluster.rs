@@ -7,7 +7,16 @@ use std::time::Duration;
 
 use common::{app_spec, db_spec};
 use ferry_k8s::fake::{Behavior, FakeCluster};
-use ferry_k8s::{Cluster, RolloutEvent, RolloutOutcome, WorkloadKindRef, render};
+use ferry_k8s::spec::WorkloadSpec;
+use ferry_k8s::{Cluster, Owner, RolloutEvent, RolloutOutcome, WorkloadKindRef, render};
+
+fn service_owner(spec: &WorkloadSpec) -> Owner {
+    Owner::service("shop", spec.project_id, spec.service_id)
+}
+
+fn project_owner() -> Owner {
+    Owner::project("shop", app_spec().project_id)
+}
 
 fn cluster(fake: &FakeCluster) -> Cluster {
     Cluster::new(fake.client()).with_pod_check_interval(Duration::from_millis(20))
@@ -27,7 +36,13 @@ async fn apply_creates_every_object_with_the_ferry_field_manager() {
     assert_eq!(applied.generation, 1);
 
     let requests = fake.requests();
-    let (applies, lists): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.is_apply());
+    let (applies, reads): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.is_apply());
+    // Every apply is preceded by the ownership check of the same object.
+    let (gets, lists): (Vec<&ferry_k8s::fake::RecordedRequest>, Vec<_>) = reads
+        .iter()
+        .partition(|r| applies.iter().any(|a| a.path == r.path));
+    assert_eq!(gets.len(), applies.len());
+    assert!(gets.iter().all(|r| r.method == "GET"));
     // After the apply, the prune lists this service's Services and Secrets.
     let listed: Vec<_> = lists.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
@@ -44,6 +59,8 @@ async fn apply_creates_every_object_with_the_ferry_field_manager() {
         [
             "/api/v1/namespaces/shop",
             "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/ferry-default-deny",
+            "/api/v1/namespaces/shop/resourcequotas/ferry-quota",
+            "/api/v1/namespaces/shop/limitranges/ferry-limits",
             "/api/v1/namespaces/shop/secrets/web-env",
             "/api/v1/namespaces/shop/secrets/web-registry",
             "/api/v1/namespaces/shop/persistentvolumeclaims/vol-uploads",
@@ -118,9 +135,14 @@ async fn rollout_succeeds_when_readiness_arrives_through_the_watch() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         fake2.set_behavior("web", Behavior::Ready);
         // Any write makes the simulated controller run again.
-        c2.scale("shop", "web", WorkloadKindRef::Deployment, 2)
-            .await
-            .unwrap();
+        c2.scale(
+            &service_owner(&app_spec()),
+            "web",
+            WorkloadKindRef::Deployment,
+            2,
+        )
+        .await
+        .unwrap();
     });
     let mut events = Vec::new();
     let outcome = c
@@ -265,13 +287,28 @@ async fn scale_patches_replicas_without_ferry_apply() {
     c.apply(&render(&app_spec()).unwrap()).await.unwrap();
     c.apply(&render(&db_spec()).unwrap()).await.unwrap();
     fake.clear_requests();
-    c.scale("shop", "web", WorkloadKindRef::Deployment, 5)
-        .await
-        .unwrap();
-    c.scale("shop", "db", WorkloadKindRef::StatefulSet, 0)
-        .await
-        .unwrap();
-    let requests = fake.requests();
+    c.scale(
+        &service_owner(&app_spec()),
+        "web",
+        WorkloadKindRef::Deployment,
+        5,
+    )
+    .await
+    .unwrap();
+    c.scale(
+        &service_owner(&db_spec()),
+        "db",
+        WorkloadKindRef::StatefulSet,
+        0,
+    )
+    .await
+    .unwrap();
+    // Each scale is an ownership GET, then the patch of the scale subresource.
+    let requests: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
     assert_eq!(
         requests[0].path,
         "/apis/apps/v1/namespaces/shop/deployments/web/scale"
@@ -306,10 +343,16 @@ async fn restart_stamps_the_pod_template_and_survives_the_next_apply() {
     let rendered = render(&app_spec()).unwrap();
     c.apply(&rendered).await.unwrap();
     fake.clear_requests();
-    c.restart("shop", "web", WorkloadKindRef::Deployment)
-        .await
-        .unwrap();
-    let r = &fake.requests()[0];
+    c.restart(
+        &service_owner(&app_spec()),
+        "web",
+        WorkloadKindRef::Deployment,
+    )
+    .await
+    .unwrap();
+    let requests = fake.requests();
+    assert_eq!(requests[0].method, "GET", "the ownership check");
+    let r = &requests[1];
     assert_eq!(r.method, "PATCH");
     assert_eq!(
         r.content_type.as_deref(),
@@ -356,8 +399,12 @@ async fn delete_service_removes_only_that_service() {
         fake.get("PersistentVolumeClaim", "shop", "vol-uploads")
             .is_some()
     );
-    c.delete_volume_claim("shop", "uploads").await.unwrap();
-    c.delete_volume_claim("shop", "uploads").await.unwrap();
+    c.delete_volume_claim(&project_owner(), "uploads")
+        .await
+        .unwrap();
+    c.delete_volume_claim(&project_owner(), "uploads")
+        .await
+        .unwrap();
     assert!(
         fake.get("PersistentVolumeClaim", "shop", "vol-uploads")
             .is_none()
@@ -424,10 +471,10 @@ async fn workload_json_and_namespace_delete() {
         .unwrap();
     assert_eq!(live["kind"], "Deployment");
     assert_eq!(live["status"]["availableReplicas"], 2);
-    c.delete_namespace("shop").await.unwrap();
+    c.delete_namespace(&project_owner()).await.unwrap();
     assert!(fake.objects("Deployment").is_empty());
     assert!(fake.objects("Namespace").is_empty());
-    c.delete_namespace("shop").await.unwrap();
+    c.delete_namespace(&project_owner()).await.unwrap();
 }
 
 #[tokio::test]
@@ -441,4 +488,45 @@ async fn from_env_without_any_config_is_none() {
         return;
     }
     assert!(Cluster::from_env().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn nothing_foreign_is_adopted_scaled_or_deleted() {
+    let fake = FakeCluster::new();
+    let c = cluster(&fake);
+    // The namespace exists, made by someone else.
+    fake.insert(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop" },
+    }));
+    let err = c.apply(&render(&app_spec()).unwrap()).await.unwrap_err();
+    assert!(
+        matches!(&err, ferry_k8s::Error::NotOwned { kind, object, .. } if kind == "Namespace" && object == "shop"),
+        "{err:?}"
+    );
+    assert!(fake.objects("Deployment").is_empty(), "nothing applied");
+    let err = c.delete_namespace(&project_owner()).await.unwrap_err();
+    assert!(matches!(err, ferry_k8s::Error::NotOwned { .. }), "{err:?}");
+    assert!(fake.get("Namespace", "", "shop").is_some());
+
+    // Another project's namespace of that name is not ours either.
+    let fake = FakeCluster::new();
+    let c = cluster(&fake);
+    c.apply(&render(&app_spec()).unwrap()).await.unwrap();
+    let stranger = Owner::project("shop", uuid::Uuid::from_u128(99));
+    assert!(c.delete_namespace(&stranger).await.is_err());
+    assert!(
+        c.delete_volume_claim(&stranger, "uploads").await.is_err(),
+        "another project's claim"
+    );
+    let other_service = Owner::service("shop", app_spec().project_id, uuid::Uuid::from_u128(98));
+    let err = c
+        .scale(&other_service, "web", WorkloadKindRef::Deployment, 0)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ferry.dev/service-id"), "{err}");
+    assert!(fake.get("Namespace", "", "shop").is_some());
+    assert!(
+        fake.get("PersistentVolumeClaim", "shop", "vol-uploads")
+            .is_some()
+    );
 }

@@ -22,6 +22,9 @@ struct Step {
     server_fields: Value,
     /// A label-selected list (the prune after an apply), answered empty.
     list: bool,
+    /// The metadata of an object that already exists (the ownership GET
+    /// before the apply answers it); `None`: 404.
+    existing: Option<Value>,
 }
 
 impl Step {
@@ -32,6 +35,7 @@ impl Step {
             status: StatusCode::OK,
             server_fields: json!({}),
             list: false,
+            existing: None,
         }
     }
 
@@ -84,6 +88,47 @@ async fn run_scenario(mut handle: Handle, steps: Vec<Step>) -> Vec<Value> {
             );
             continue;
         }
+        // The ownership check: a metadata-only GET of the same object.
+        assert_eq!(request.method(), Method::GET, "{}", step.path);
+        assert_eq!(request.uri().path(), step.path);
+        let accept = request
+            .headers()
+            .get(http::header::ACCEPT)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(accept.contains("as=PartialObjectMetadata"), "{accept}");
+        let (status, answer) = match &step.existing {
+            None => (
+                StatusCode::NOT_FOUND,
+                json!({
+                    "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "not found",
+                }),
+            ),
+            Some(meta) => (
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": meta,
+                }),
+            ),
+        };
+        let owned = step
+            .existing
+            .as_ref()
+            .is_none_or(|m| m["labels"]["app.kubernetes.io/managed-by"] == "ferry");
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        if !owned {
+            // Refused before any change: no PATCH follows.
+            break;
+        }
+        let (request, send) = handle.next_request().await.expect("no apply after the GET");
         assert_eq!(request.method(), Method::PATCH);
         assert_eq!(request.uri().path(), step.path);
         let q = query(&request);
@@ -140,6 +185,14 @@ fn db_steps() -> Vec<Step> {
             "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/ferry-default-deny",
             "NetworkPolicy",
         ),
+        Step::ok(
+            "/api/v1/namespaces/shop/resourcequotas/ferry-quota",
+            "ResourceQuota",
+        ),
+        Step::ok(
+            "/api/v1/namespaces/shop/limitranges/ferry-limits",
+            "LimitRange",
+        ),
         Step::ok("/api/v1/namespaces/shop/secrets/db-env", "Secret"),
         Step::ok("/api/v1/namespaces/shop/services/db", "Service"),
         Step {
@@ -148,6 +201,7 @@ fn db_steps() -> Vec<Step> {
             status: StatusCode::OK,
             server_fields: json!({ "metadata": { "generation": 7 } }),
             list: false,
+            existing: None,
         },
         // Then the prune: this service's Services and Secrets by label.
         Step::list("/api/v1/namespaces/shop/services", "Service"),
@@ -176,7 +230,7 @@ async fn apply_sends_server_side_apply_for_every_object_in_order() {
     // The real secret value goes to the cluster (base64 in `data`).
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE);
-    assert_eq!(bodies[2]["data"]["POSTGRES_PASSWORD"], encoded.as_str());
+    assert_eq!(bodies[4]["data"]["POSTGRES_PASSWORD"], encoded.as_str());
     assert!(bodies.iter().all(|b| b.get("status").is_none()));
 }
 
@@ -185,9 +239,9 @@ async fn apply_surfaces_api_errors() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let cluster = Cluster::new(kube::Client::new(service, "default"));
     let mut steps = db_steps();
-    steps[4].status = StatusCode::FORBIDDEN;
+    steps[6].status = StatusCode::FORBIDDEN;
     // A failed apply stops there: no prune.
-    steps.truncate(5);
+    steps.truncate(7);
     let server = tokio::spawn(run_scenario(handle, steps));
     let err = cluster
         .apply(&render(&db_spec()).unwrap())
@@ -198,4 +252,33 @@ async fn apply_surfaces_api_errors() {
         Error::Kube(kube::Error::Api(status)) => assert!(status.is_forbidden()),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn apply_refuses_an_existing_object_without_ferrys_labels() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cluster = Cluster::new(kube::Client::new(service, "default"));
+    let mut steps = db_steps();
+    // The env Secret exists, created by someone else.
+    steps[4].existing = Some(json!({
+        "name": "db-env", "namespace": "shop", "labels": { "team": "payments" },
+    }));
+    steps.truncate(5);
+    let server = tokio::spawn(run_scenario(handle, steps));
+    let err = cluster
+        .apply(&render(&db_spec()).unwrap())
+        .await
+        .unwrap_err();
+    let bodies = server.await.unwrap();
+    assert_eq!(bodies.len(), 4, "nothing applied after the refusal");
+    match &err {
+        Error::NotOwned { kind, object, .. } => {
+            assert_eq!((kind.as_str(), object.as_str()), ("Secret", "shop/db-env"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().contains("app.kubernetes.io/managed-by"),
+        "{err}"
+    );
 }

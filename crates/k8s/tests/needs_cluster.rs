@@ -43,7 +43,9 @@ async fn needs_cluster_apply_roll_out_and_delete() {
             |e| eprintln!("{e:?}"),
         )
         .await;
-    let cleanup = cluster.delete_namespace(&spec.namespace).await;
+    let cleanup = cluster
+        .delete_namespace(&ferry_k8s::Owner::project(&spec.namespace, spec.project_id))
+        .await;
     assert_eq!(outcome.unwrap(), RolloutOutcome::Succeeded);
     cleanup.unwrap();
 }

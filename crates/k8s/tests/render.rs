@@ -29,6 +29,8 @@ fn application_renders_every_object_in_order() {
         [
             "Namespace/shop",
             "NetworkPolicy/ferry-default-deny",
+            "ResourceQuota/ferry-quota",
+            "LimitRange/ferry-limits",
             "Secret/web-env",
             "Secret/web-registry",
             "PersistentVolumeClaim/vol-uploads",
@@ -69,7 +71,9 @@ fn labels_and_selector() {
         );
         assert_eq!(labels["ferry.dev/project-id"], spec.project_id.to_string());
         match obj["kind"].as_str().unwrap() {
-            "Namespace" | "NetworkPolicy" => assert!(labels.get("ferry.dev/service-id").is_none()),
+            "Namespace" | "NetworkPolicy" | "ResourceQuota" | "LimitRange" => {
+                assert!(labels.get("ferry.dev/service-id").is_none())
+            }
             // Project volumes can be shared between services.
             "PersistentVolumeClaim" => {
                 assert!(labels.get("ferry.dev/service-id").is_none());
@@ -413,7 +417,7 @@ fn network_policy_and_namespace() {
         Some("ferry-default-deny")
     );
     assert_eq!(r.network_policy.metadata.namespace.as_deref(), Some("shop"));
-    assert_eq!(np.policy_types.clone().unwrap(), ["Ingress"]);
+    assert_eq!(np.policy_types.clone().unwrap(), ["Ingress", "Egress"]);
     assert_eq!(np.pod_selector.clone().unwrap(), Default::default());
     let from = np.ingress.as_ref().unwrap()[0].from.clone().unwrap();
     assert_eq!(from.len(), 2);
@@ -441,7 +445,7 @@ fn redacted_yaml_and_json_never_show_secrets() {
         assert!(!text.contains(&b64(&format!("postgres://app:{SECRET_VALUE}@db/app"))));
         assert!(text.contains("***"));
     }
-    assert_eq!(yaml.matches("---\n").count(), 7);
+    assert_eq!(yaml.matches("---\n").count(), 9);
     let plain = r.to_yaml(Redact::None).unwrap();
     assert!(plain.contains(&b64(&format!("postgres://app:{SECRET_VALUE}@db/app"))));
     let docs: Vec<serde_json::Value> = plain
@@ -449,9 +453,9 @@ fn redacted_yaml_and_json_never_show_secrets() {
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml_ng::from_str(d).unwrap())
         .collect();
-    assert_eq!(docs.len(), 7);
+    assert_eq!(docs.len(), 9);
     assert_eq!(docs[0]["kind"], "Namespace");
-    assert_eq!(docs[6]["kind"], "Deployment");
+    assert_eq!(docs[8]["kind"], "Deployment");
     // Debug never leaks either.
     assert!(!format!("{r:?}").contains(SECRET_VALUE));
 }
@@ -537,4 +541,86 @@ fn validation_names_the_field() {
     let mut s = app_spec();
     s.env[0].key = "BAD KEY".into();
     assert_eq!(invalid_field(&s), "env[0].key");
+}
+
+#[test]
+fn egress_reaches_dns_the_project_and_the_internet_only() {
+    let r = render(&app_spec()).unwrap();
+    let np = serde_json::to_value(&r.network_policy).unwrap();
+    let egress = np["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 3, "{np}");
+    // DNS, anywhere (node-local caches included), and nothing else on that rule.
+    assert_eq!(
+        egress[0],
+        serde_json::json!({ "ports": [
+            { "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 },
+        ]})
+    );
+    // The project's own pods.
+    assert_eq!(
+        egress[1],
+        serde_json::json!({ "to": [{ "podSelector": {} }] })
+    );
+    // The internet, minus metadata and the private ranges of the cluster.
+    let blocks = egress[2]["to"].as_array().unwrap();
+    assert_eq!(blocks[0]["ipBlock"]["cidr"], "0.0.0.0/0");
+    let v4: Vec<&str> = blocks[0]["ipBlock"]["except"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for denied in [
+        "169.254.0.0/16",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+    ] {
+        assert!(v4.contains(&denied), "{denied} not denied: {v4:?}");
+    }
+    assert_eq!(blocks[1]["ipBlock"]["cidr"], "::/0");
+    let v6 = blocks[1]["ipBlock"]["except"].as_array().unwrap();
+    assert!(v6.iter().any(|c| c == "fc00::/7"), "{v6:?}");
+    assert!(v6.iter().all(|c| c.as_str().unwrap().contains(':')));
+}
+
+#[test]
+fn quota_and_limit_range_bound_the_project() {
+    let mut spec = app_spec();
+    spec.policy.quota.cpu = "2".into();
+    spec.policy.quota.memory = "4Gi".into();
+    spec.policy.quota.pods = 10;
+    let r = render(&spec).unwrap();
+    let q = serde_json::to_value(&r.resource_quota).unwrap();
+    assert_eq!(q["metadata"]["namespace"], "shop");
+    let hard = &q["spec"]["hard"];
+    assert_eq!(hard["limits.cpu"], "2");
+    assert_eq!(hard["requests.memory"], "4Gi");
+    assert_eq!(hard["pods"], "10");
+    assert_eq!(hard["requests.storage"], "100Gi");
+    assert_eq!(hard["services.loadbalancers"], "0");
+    assert_eq!(hard["services.nodeports"], "0");
+    let lr = serde_json::to_value(&r.limit_range).unwrap();
+    let container = &lr["spec"]["limits"][0];
+    assert_eq!(container["type"], "Container");
+    assert_eq!(container["defaultRequest"]["cpu"], "100m");
+    assert_eq!(container["default"]["memory"], "512Mi");
+    assert_eq!(container["max"]["cpu"], "2");
+    assert_eq!(lr["spec"]["limits"][1]["type"], "PersistentVolumeClaim");
+}
+
+#[test]
+fn bad_policy_is_refused_naming_the_field() {
+    let mut spec = app_spec();
+    spec.policy.quota.cpu = "lots".into();
+    assert_eq!(invalid_field(&spec), "policy.quota.cpu");
+    let mut spec = app_spec();
+    spec.policy.quota.storage = "1 TB".into();
+    assert_eq!(invalid_field(&spec), "policy.quota.storage");
+    let mut spec = app_spec();
+    spec.policy.quota.pods = -1;
+    assert_eq!(invalid_field(&spec), "policy.quota.pods");
+    let mut spec = app_spec();
+    spec.policy.egress_deny_cidrs.push("10.0.0.0/99".into());
+    assert_eq!(invalid_field(&spec), "policy.egress_deny_cidrs[8]");
 }

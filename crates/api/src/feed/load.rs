@@ -3,8 +3,8 @@
 //! One feed `Route` per hostname: the rows of `routes` sharing a hostname
 //! (unique per path prefix) become that route's path-prefix targets, so the
 //! proxy's longest-prefix match sees all of them. Each `route_targets` row
-//! becomes the upstream `<service>.<project-slug>.svc.cluster.local:<port>`
-//! (service names are DNS labels and a project's slug is its namespace);
+//! becomes the upstream `<service>.<project-namespace>.svc.cluster.local:<port>`
+//! (service names are DNS labels; the namespace is the project's generated one);
 //! weight 0 drains a target, other weights go to the proxy as shares. One certificate per domain (the one expiring
 //! last), decrypted here: private keys leave the api only over the
 //! authenticated feed.
@@ -35,9 +35,9 @@ pub struct DbState {
 }
 
 /// The in-cluster address of port `port` of service `service` in the
-/// project (namespace) `project_slug`.
-pub fn upstream_address(service: &str, project_slug: &str, port: i32) -> String {
-    format!("{service}.{project_slug}.svc.cluster.local:{port}")
+/// project namespace `namespace`.
+pub fn upstream_address(service: &str, namespace: &str, port: i32) -> String {
+    format!("{service}.{namespace}.svc.cluster.local:{port}")
 }
 
 fn db_err(err: DbErr) -> Error {
@@ -79,7 +79,7 @@ struct Rows {
 async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
     let projects = projects::Entity::find()
         .select_only()
-        .columns([projects::Column::Id, projects::Column::Slug])
+        .columns([projects::Column::Id, projects::Column::Namespace])
         .into_tuple::<(Uuid, String)>()
         .all(txn)
         .await
@@ -191,11 +191,11 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
             let Some((project, service)) = rows.services.get(&t.service_id) else {
                 continue;
             };
-            let Some(slug) = rows.projects.get(project) else {
+            let Some(namespace) = rows.projects.get(project) else {
                 continue;
             };
             let weight = weighted
-                .entry(upstream_address(service, slug, t.port))
+                .entry(upstream_address(service, namespace, t.port))
                 .or_default();
             *weight = weight
                 .saturating_add(u32::try_from(t.weight).unwrap_or(0))

@@ -24,15 +24,20 @@ use uuid::Uuid;
 use crate::auth::Identity;
 use crate::{Error, Result};
 
-/// Adds the identity services to `services`.
-pub fn add_identity_services(services: GrpcServices, identity: &Identity) -> GrpcServices {
+/// Adds the identity services to `services`. Deleting an organization
+/// removes its projects' cluster objects through `workloads`.
+pub fn add_identity_services(
+    services: GrpcServices,
+    workloads: &crate::workloads::Workloads,
+) -> GrpcServices {
+    let identity = &workloads.identity;
     services
         .add_service(pb::auth_service_server::AuthServiceServer::new(
             auth::AuthApi::new(identity.clone()),
         ))
         .add_service(
             pb::organization_service_server::OrganizationServiceServer::new(
-                organization::OrganizationApi::new(identity.clone()),
+                organization::OrganizationApi::new(workloads.clone()),
             ),
         )
         .add_service(pb::audit_service_server::AuditServiceServer::new(

@@ -2,10 +2,10 @@
 
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, OrgRole};
-use ferry_db::entities::{organization_members, organizations};
+use ferry_db::entities::{organization_members, organizations, projects};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::organization_service_server::OrganizationService;
@@ -17,6 +17,8 @@ use super::{is_unique_violation, members, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
+use crate::workloads::Workloads;
+use crate::workloads::projects::delete_project_namespace;
 use crate::{Error, Result};
 
 /// Longest organization name.
@@ -28,11 +30,16 @@ const SLUG_STEM_CHARS: usize = 50;
 #[derive(Debug, Clone)]
 pub struct OrganizationApi {
     identity: Identity,
+    /// Deleting an organization deletes its projects' namespaces first.
+    workloads: Workloads,
 }
 
 impl OrganizationApi {
-    pub fn new(identity: Identity) -> Self {
-        Self { identity }
+    pub fn new(workloads: Workloads) -> Self {
+        Self {
+            identity: workloads.identity.clone(),
+            workloads,
+        }
     }
 }
 
@@ -258,11 +265,31 @@ impl OrganizationApi {
             Resource::Organization(id),
         )
         .await?;
+        // The cluster first, through the same path as DeleteProject: a
+        // failure leaves the organization (and its rows) in place to retry.
+        let projects = projects::Entity::find()
+            .filter(projects::Column::OrganizationId.eq(id))
+            .all(db)
+            .await?;
+        for project in &projects {
+            delete_project_namespace(&self.workloads, project).await?;
+        }
         let txn = crate::audit::begin_write(db).await?;
         let org = organizations::Entity::find_by_id(id)
             .one(&txn)
             .await?
             .ok_or_else(|| Error::NotFound("organization not found".into()))?;
+        // A project created meanwhile may have a namespace nobody deleted.
+        let late = projects::Entity::find()
+            .filter(projects::Column::OrganizationId.eq(id))
+            .filter(projects::Column::Id.is_not_in(projects.iter().map(|p| p.id)))
+            .count(&txn)
+            .await?;
+        if late > 0 {
+            return Err(Error::FailedPrecondition(
+                "a project was created while the organization was being deleted; retry".into(),
+            ));
+        }
         organizations::Entity::delete_by_id(id).exec(&txn).await?;
         // Recorded in the global chain: the organization's own chain ends here.
         audit::record(
@@ -274,11 +301,17 @@ impl OrganizationApi {
                 action: "organization.delete",
                 resource_type: AuditResourceType::Organization,
                 resource_id: Some(id),
-                details: json!({ "name": org.name, "slug": org.slug }),
+                details: json!({
+                    "name": org.name,
+                    "slug": org.slug,
+                    "namespacesDeleted": projects.iter().map(|p| &p.namespace).collect::<Vec<_>>(),
+                }),
             },
         )
         .await?;
         txn.commit().await?;
+        // Its routes are gone with the rows: the proxies hear it now.
+        self.workloads.feed.notify_committed();
         Ok(())
     }
 }

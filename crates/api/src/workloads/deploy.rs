@@ -24,7 +24,7 @@ use ferry_db::sea_orm::{
 };
 use ferry_k8s::cluster::{Cluster, RolloutEvent, RolloutOutcome};
 use ferry_k8s::render::{Redact, Rendered, render};
-use ferry_k8s::spec::{EnvVar, SecretValue, WorkloadSpec};
+use ferry_k8s::spec::{EnvVar, ProjectPolicy, SecretValue, WorkloadSpec};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -43,6 +43,9 @@ pub struct DeployConfig {
     pub rollout_timeout: Duration,
     /// Namespace of ferry-proxy (admitted by every project's NetworkPolicy).
     pub proxy_namespace: String,
+    /// The installation's default project policy (quota, egress); an
+    /// organization's `settings.limits` overrides the quota.
+    pub policy: ProjectPolicy,
     /// When it fires, background rollouts stop where they are; the rows stay
     /// `pending`/`deploying` and the next start resumes them.
     pub stop: ferry_common::Shutdown,
@@ -53,6 +56,7 @@ impl Default for DeployConfig {
         Self {
             rollout_timeout: Duration::from_secs(300),
             proxy_namespace: "ferry-system".into(),
+            policy: ProjectPolicy::default(),
             stop: ferry_common::Shutdown::new(),
         }
     }
@@ -92,12 +96,7 @@ fn artifacts(spec: &WorkloadSpec, yaml: &str) -> Result<Value> {
 }
 
 fn render_checked(spec: &WorkloadSpec) -> Result<Rendered> {
-    render(spec).map_err(|e| match e {
-        ferry_k8s::Error::Invalid { field, reason } => {
-            Error::FailedPrecondition(format!("cannot render: {field}: {reason}"))
-        }
-        other => Error::Internal(other.to_string()),
-    })
+    Ok(render(spec)?)
 }
 
 /// The redacted YAML recorded on a deployment.
@@ -138,7 +137,7 @@ impl Deployer {
             service,
             project,
             deployment_id,
-            &self.config.proxy_namespace,
+            &self.config,
         )
         .await
     }
@@ -189,7 +188,7 @@ impl Deployer {
             )));
         }
         let spec = match from {
-            Some(old) => self.recorded_spec(old, id)?,
+            Some(old) => self.recorded_spec(&txn, old, id).await?,
             None => self.current_spec(&txn, service, project, id).await?,
         };
         let rendered = render_checked(&spec)?;
@@ -269,8 +268,16 @@ impl Deployer {
     }
 
     /// A recorded deployment's spec with its environment, re-targeted at
-    /// deployment `id`.
-    pub fn recorded_spec(&self, d: &deployments::Model, id: Uuid) -> Result<WorkloadSpec> {
+    /// deployment `id` and at what must be current whatever was recorded:
+    /// the project's namespace and policy, and the service's registry
+    /// credentials (read again, so a rollback, revert or resume of a
+    /// private image still pulls, with a rotated password if it changed).
+    pub async fn recorded_spec<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        d: &deployments::Model,
+        id: Uuid,
+    ) -> Result<WorkloadSpec> {
         let spec =
             d.k8s_artifacts.get("spec").cloned().ok_or_else(|| {
                 Error::FailedPrecondition("the deployment recorded no spec".into())
@@ -282,8 +289,23 @@ impl Deployer {
             spec.env = serde_json::from_str::<Vec<EnvVar>>(json.expose())
                 .map_err(|e| Error::Internal(e.to_string()))?;
         }
-        // Registry credentials are not snapshotted: use the current ones.
-        spec.image_pull = None;
+        let service = match d.service_id {
+            Some(sid) => services::Entity::find_by_id(sid).one(db).await?,
+            None => None,
+        }
+        .ok_or_else(|| Error::FailedPrecondition("the deployment's service is gone".into()))?;
+        let project = projects::Entity::find_by_id(service.project_id)
+            .one(db)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition("the deployment's project is gone".into()))?;
+        spec.namespace = project.namespace.clone();
+        spec.proxy_namespace = self.config.proxy_namespace.clone();
+        spec.policy =
+            super::spec::project_policy(db, &self.config.policy, project.organization_id).await?;
+        spec.image_pull = match service.registry_integration_id {
+            Some(reg) => super::spec::registry_auth(db, &self.keyring, reg).await?,
+            None => None,
+        };
         spec.deployment_id = id;
         Ok(spec)
     }
@@ -413,7 +435,7 @@ impl Deployer {
             else {
                 return Ok(None);
             };
-            let spec = self.recorded_spec(&live, live.id)?;
+            let spec = self.recorded_spec(&self.db, &live, live.id).await?;
             let rendered = render_checked(&spec)?;
             cluster
                 .apply(&rendered)
@@ -529,7 +551,8 @@ impl Deployer {
                 continue;
             };
             let rendered = match self
-                .recorded_spec(&d, d.id)
+                .recorded_spec(&self.db, &d, d.id)
+                .await
                 .and_then(|s| render_checked(&s))
             {
                 Ok(r) => r,

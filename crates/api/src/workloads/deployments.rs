@@ -215,15 +215,10 @@ impl DeploymentApi {
             .await?
             .is_some();
         if let (Some(cluster), true) = (&self.0.deployer.cluster, deployed) {
+            let owner = ferry_k8s::Owner::service(&project.namespace, project.id, service.id);
             cluster
-                .scale(
-                    &project.slug,
-                    &service.name,
-                    workload_ref(&service),
-                    replicas,
-                )
-                .await
-                .map_err(|e| Error::Unavailable(format!("scaling: {e}")))?;
+                .scale(&owner, &service.name, workload_ref(&service), replicas)
+                .await?;
         }
         let txn = audit::begin_write(db).await?;
         let previous = service.replicas;
@@ -292,10 +287,10 @@ impl DeploymentApi {
                 "the service has no running deployment".into(),
             ));
         }
+        let owner = ferry_k8s::Owner::service(&project.namespace, project.id, service.id);
         cluster
-            .restart(&project.slug, &service.name, workload_ref(&service))
-            .await
-            .map_err(|e| Error::Unavailable(format!("restarting: {e}")))?;
+            .restart(&owner, &service.name, workload_ref(&service))
+            .await?;
         let txn = audit::begin_write(db).await?;
         scope
             .audit(

@@ -1,4 +1,6 @@
-//! `ferry.v1.ProjectService`: a project is one namespace.
+//! `ferry.v1.ProjectService`: a project is one namespace, whose name Ferry
+//! generates (`ferry-<slug>-<id suffix>`), so no tenant can name a project
+//! after a namespace Ferry does not own.
 
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, OrgRole, ResourceAccess, ResourceType};
@@ -23,8 +25,19 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct ProjectApi(pub Workloads);
 
-/// Namespaces Ferry must never take over.
-const RESERVED: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+/// The project's namespace: a fixed prefix, the slug (at most 40
+/// characters, for people reading `kubectl get ns`) and the last 12 hex
+/// digits of the id (random bits of the UUIDv7). Migration m0009 derives
+/// the same name for older projects.
+pub(crate) fn project_namespace(slug: &str, id: Uuid) -> String {
+    let short: String = slug.chars().take(40).collect();
+    let hex = id.simple().to_string();
+    format!(
+        "ferry-{}-{}",
+        short.trim_end_matches('-'),
+        &hex[hex.len() - 12..]
+    )
+}
 
 pub(crate) fn project_to_pb(p: &projects::Model) -> pb::Project {
     pb::Project {
@@ -32,6 +45,7 @@ pub(crate) fn project_to_pb(p: &projects::Model) -> pb::Project {
         organization_id: p.organization_id.to_string(),
         name: p.name.clone(),
         slug: p.slug.clone(),
+        namespace: p.namespace.clone(),
         description: p.description.clone().unwrap_or_default(),
         created_at: Some(ts(p.created_at)),
         updated_at: Some(ts(p.updated_at)),
@@ -61,21 +75,15 @@ impl ProjectApi {
             req.slug.trim().to_owned()
         };
         validate::dns_label("slug", &slug, 63)?;
-        if RESERVED.contains(&slug.as_str())
-            || slug.starts_with("kube-")
-            || slug.starts_with("ferry-")
-        {
-            return Err(Error::InvalidArgument(
-                "slug: reserved (default, kube-*, ferry-*)".into(),
-            ));
-        }
         let description = description(&req.description)?;
         let now = Utc::now();
         let txn = audit::begin_write(db).await?;
+        let id = Uuid::now_v7();
         let project = projects::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             organization_id: Set(org),
             name: Set(name),
+            namespace: Set(project_namespace(&slug, id)),
             slug: Set(slug),
             description: Set(description),
             created_by: Set(Some(actor.user_id)),
@@ -86,7 +94,7 @@ impl ProjectApi {
         .insert(&txn)
         .await
         .map_err(unique_as(
-            "a project with this name or slug already exists (slugs are unique across the cluster)",
+            "a project with this name or slug already exists in this organization",
         ))?;
         // A member who creates a project may manage it.
         if role == Some(OrgRole::Member) {
@@ -116,7 +124,7 @@ impl ProjectApi {
                 "project.create",
                 AuditResourceType::Project,
                 project.id,
-                json!({ "name": project.name, "slug": project.slug }),
+                json!({ "name": project.name, "slug": project.slug, "namespace": project.namespace }),
             )
             .await?;
         txn.commit().await?;
@@ -202,11 +210,7 @@ impl ProjectApi {
         let db = &self.0.identity.db;
         let (scope, project) = authorize_project(db, &actor, "project.manage", id).await?;
         // The cluster first: rows are only removed once the namespace is.
-        if let Some(cluster) = &self.0.deployer.cluster {
-            cluster.delete_namespace(&project.slug).await.map_err(|e| {
-                Error::Unavailable(format!("deleting namespace {}: {e}", project.slug))
-            })?;
-        }
+        delete_project_namespace(&self.0, &project).await?;
         let txn = audit::begin_write(db).await?;
         projects::Entity::delete_by_id(id).exec(&txn).await?;
         scope
@@ -215,13 +219,27 @@ impl ProjectApi {
                 "project.delete",
                 AuditResourceType::Project,
                 id,
-                json!({ "slug": project.slug }),
+                json!({ "slug": project.slug, "namespace": project.namespace }),
             )
             .await?;
         txn.commit().await?;
         self.0.feed.notify_committed();
         Ok(())
     }
+}
+
+/// Deletes a project's namespace (refused when the namespace is not this
+/// project's). DeleteProject and DeleteOrganization both go through here.
+pub(crate) async fn delete_project_namespace(
+    w: &Workloads,
+    project: &projects::Model,
+) -> Result<()> {
+    if let Some(cluster) = &w.deployer.cluster {
+        cluster
+            .delete_namespace(&ferry_k8s::Owner::project(&project.namespace, project.id))
+            .await?;
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -260,5 +278,24 @@ impl ProjectService for ProjectApi {
     ) -> Result<Response<pb::DeleteProjectResponse>, Status> {
         self.delete(request).await?;
         Ok(Response::new(pb::DeleteProjectResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_generated_labels_with_the_id_suffix() {
+        let id = Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap_or_default();
+        assert_eq!(project_namespace("web", id), "ferry-web-b302099a8057");
+        let long = "a".repeat(39) + "-tail-that-is-cut";
+        let ns = project_namespace(&long, id);
+        assert_eq!(ns, format!("ferry-{}-b302099a8057", "a".repeat(39)));
+        assert!(ferry_k8s::validate::is_label(&ns, 63));
+        assert!(ferry_k8s::validate::is_label(
+            &project_namespace(&"z".repeat(63), id),
+            63
+        ));
     }
 }

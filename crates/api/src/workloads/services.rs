@@ -757,7 +757,7 @@ impl ServiceApi {
             None => String::new(),
         };
         Ok(pb::ConnectionInfo {
-            host: format!("{}.{}.svc.cluster.local", service.name, project.slug),
+            host: format!("{}.{}.svc.cluster.local", service.name, project.namespace),
             port: u32::from(engine_info(config.engine).port),
             username: config.username.unwrap_or_default(),
             password,
@@ -776,10 +776,11 @@ pub(crate) async fn delete_service(
     project: &projects::Model,
 ) -> Result<Vec<String>> {
     let deleted = match &w.deployer.cluster {
-        Some(cluster) => cluster
-            .delete_service(&project.slug, service.id)
-            .await
-            .map_err(|e| Error::Unavailable(format!("deleting service objects: {e}")))?,
+        Some(cluster) => {
+            cluster
+                .delete_service(&project.namespace, service.id)
+                .await?
+        }
         None => Vec::new(),
     };
     let txn = audit::begin_write(&w.identity.db).await?;

@@ -14,8 +14,8 @@ use ferry_db::entities::enums::{
     VolumeType,
 };
 use ferry_db::entities::{
-    database_configs, projects, registry_integrations, service_env_vars, service_ports,
-    service_variable_groups, services, variable_group_items, volume_mounts, volumes,
+    database_configs, organizations, projects, registry_integrations, service_env_vars,
+    service_ports, service_variable_groups, services, variable_group_items, volume_mounts, volumes,
 };
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
@@ -170,7 +170,7 @@ pub async fn workload_spec<C: ConnectionTrait>(
     service: &services::Model,
     project: &projects::Model,
     deployment_id: Uuid,
-    proxy_namespace: &str,
+    config: &super::DeployConfig,
 ) -> Result<k8s::WorkloadSpec> {
     let ports: Vec<k8s::PortSpec> = service_ports::Entity::find()
         .filter(service_ports::Column::ServiceId.eq(service.id))
@@ -261,7 +261,7 @@ pub async fn workload_spec<C: ConnectionTrait>(
     Ok(k8s::WorkloadSpec {
         organization_id: project.organization_id,
         project_id: project.id,
-        namespace: project.slug.clone(),
+        namespace: project.namespace.clone(),
         service_id: service.id,
         name: service.name.clone(),
         deployment_id,
@@ -282,11 +282,37 @@ pub async fn workload_spec<C: ConnectionTrait>(
         volumes: volumes_used,
         mounts,
         image_pull,
-        proxy_namespace: proxy_namespace.to_owned(),
+        proxy_namespace: config.proxy_namespace.clone(),
+        policy: project_policy(db, &config.policy, project.organization_id).await?,
     })
 }
 
-async fn registry_auth<C: ConnectionTrait>(
+/// The installation's policy with the organization's quota overrides
+/// (`settings.limits`, any subset of [`k8s::ProjectQuota`]'s fields).
+pub async fn project_policy<C: ConnectionTrait>(
+    db: &C,
+    default: &k8s::ProjectPolicy,
+    organization_id: Uuid,
+) -> Result<k8s::ProjectPolicy> {
+    let mut policy = default.clone();
+    let limits = organizations::Entity::find_by_id(organization_id)
+        .one(db)
+        .await?
+        .and_then(|o| o.settings.get("limits").cloned());
+    if let Some(serde_json::Value::Object(overrides)) = limits {
+        let mut quota =
+            serde_json::to_value(&policy.quota).map_err(|e| Error::Internal(e.to_string()))?;
+        if let serde_json::Value::Object(base) = &mut quota {
+            base.extend(overrides);
+        }
+        policy.quota = serde_json::from_value(quota).map_err(|e| {
+            Error::FailedPrecondition(format!("the organization's limits are malformed: {e}"))
+        })?;
+    }
+    Ok(policy)
+}
+
+pub(crate) async fn registry_auth<C: ConnectionTrait>(
     db: &C,
     keyring: &Keyring,
     id: Uuid,
@@ -575,7 +601,7 @@ pub async fn create_from_template<C: ConnectionTrait>(
                 .unwrap_or_else(|| info.default_user.to_owned());
             let password = values.get(info.password_key).cloned().unwrap_or_default();
             let database = info.database_key.and_then(|k| values.get(k).cloned());
-            let host = format!("{}.{}.svc.cluster.local", new.name, new.project.slug);
+            let host = format!("{}.{}.svc.cluster.local", new.name, new.project.namespace);
             let url = connection_url(info, &user, &password, &host, database.as_deref());
             let storage = new
                 .storage_gb

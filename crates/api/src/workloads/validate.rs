@@ -1,21 +1,12 @@
 //! Field validation at the API edge: every error names the field.
 
+use ferry_k8s::validate::is_label;
 use ferry_proto::ferry::v1 as pb;
 
 use crate::{Error, Result};
 
 fn invalid(field: &str, why: &str) -> Error {
     Error::InvalidArgument(format!("{field}: {why}"))
-}
-
-fn is_label(value: &str, max: usize) -> bool {
-    !value.is_empty()
-        && value.len() <= max
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-')
 }
 
 /// A lower-case DNS name of at least two labels (route host names).
@@ -111,8 +102,7 @@ pub fn cpu(field: &str, value: &str) -> Result<Option<String>> {
     if v.is_empty() {
         return Ok(None);
     }
-    let number = v.strip_suffix('m').unwrap_or(v);
-    if is_decimal(number) && number.len() <= 12 {
+    if ferry_k8s::validate::is_cpu(v) {
         Ok(Some(v.to_owned()))
     } else {
         Err(invalid(field, "must be a CPU quantity like 250m or 1.5"))
@@ -125,11 +115,7 @@ pub fn memory(field: &str, value: &str) -> Result<Option<String>> {
     if v.is_empty() {
         return Ok(None);
     }
-    let number = ["Ki", "Mi", "Gi", "Ti", "K", "M", "G", "T"]
-        .iter()
-        .find_map(|s| v.strip_suffix(s))
-        .unwrap_or(v);
-    if is_decimal(number) && number.len() <= 12 {
+    if ferry_k8s::validate::is_memory(v) {
         Ok(Some(v.to_owned()))
     } else {
         Err(invalid(
@@ -137,15 +123,6 @@ pub fn memory(field: &str, value: &str) -> Result<Option<String>> {
             "must be a memory quantity like 512Mi or 1Gi",
         ))
     }
-}
-
-fn is_decimal(s: &str) -> bool {
-    let mut parts = s.splitn(2, '.');
-    let whole = parts.next().unwrap_or("");
-    let frac = parts.next();
-    !whole.is_empty()
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Validated resources (each quantity optional).

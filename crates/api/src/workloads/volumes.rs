@@ -145,7 +145,10 @@ impl VolumeApi {
         txn.commit().await?;
         if let Some(cluster) = &self.0.deployer.cluster
             && let Err(err) = cluster
-                .delete_volume_claim(&project.slug, &volume.name)
+                .delete_volume_claim(
+                    &ferry_k8s::Owner::project(&project.namespace, project.id),
+                    &volume.name,
+                )
                 .await
         {
             tracing::warn!(error = %err, volume = %volume.name, "deleting the PVC failed; it stays in the cluster");

@@ -73,6 +73,7 @@ pub fn app_spec() -> WorkloadSpec {
             password: SecretValue(REGISTRY_PASSWORD.into()),
         }),
         proxy_namespace: "ferry-system".into(),
+        policy: ferry_k8s::spec::ProjectPolicy::default(),
     }
 }
 

@@ -1,0 +1,64 @@
+//! The rules Kubernetes applies to names and quantities, shared by the
+//! api's request validation and the renderer: what Create accepts renders.
+
+use std::net::IpAddr;
+
+/// RFC 1123 label: 1 to `max` of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_label(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+}
+
+/// A CPU quantity: `250m`, `1`, `1.5`.
+pub fn is_cpu(value: &str) -> bool {
+    let number = value.strip_suffix('m').unwrap_or(value);
+    is_decimal(number) && number.len() <= 12
+}
+
+/// A memory or storage quantity: `512Mi`, `1Gi`, `1G`, `1048576`.
+pub fn is_memory(value: &str) -> bool {
+    let number = ["Ki", "Mi", "Gi", "Ti", "K", "M", "G", "T"]
+        .iter()
+        .find_map(|s| value.strip_suffix(s))
+        .unwrap_or(value);
+    is_decimal(number) && number.len() <= 12
+}
+
+fn is_decimal(s: &str) -> bool {
+    let mut parts = s.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An IPv4 or IPv6 CIDR (`10.0.0.0/8`, `fc00::/7`); `Some(true)` for IPv6.
+pub fn cidr_is_v6(value: &str) -> Option<bool> {
+    let (addr, prefix) = value.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let max = if addr.is_ipv6() { 128 } else { 32 };
+    (prefix <= max).then_some(addr.is_ipv6())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_and_cidrs() {
+        assert!(is_cpu("250m") && is_cpu("1.5") && !is_cpu("1.") && !is_cpu("-1"));
+        assert!(is_memory("512Mi") && is_memory("100Gi") && !is_memory("1Pb"));
+        assert_eq!(cidr_is_v6("10.0.0.0/8"), Some(false));
+        assert_eq!(cidr_is_v6("fc00::/7"), Some(true));
+        assert_eq!(cidr_is_v6("10.0.0.0/33"), None);
+        assert_eq!(cidr_is_v6("10.0.0.0"), None);
+        assert!(is_label("ferry-web-0123456789ab", 63) && !is_label("-a", 63));
+    }
+}
