@@ -5,52 +5,90 @@
 
 use std::collections::BTreeMap;
 
+use crate::bounds::{MAX_INTERPOLATION_DEPTH, MAX_TEXT_BYTES};
 use crate::{Error, Result};
 
-/// Interpolates one string found at `path`.
+/// Interpolates one string found at `path`, producing at most `limit` bytes.
 ///
 /// Unlike `docker compose` (which warns and substitutes an empty string), an
 /// unset variable without a default is an error: a stack silently deployed
 /// with an empty password or URL is worse than a failed parse.
+///
+/// Work is bounded: variables come from the tenant too, so `$BIG$BIG...`
+/// could otherwise produce gigabytes, and nested defaults recurse.
 pub(crate) fn interpolate(
     input: &str,
     env: &BTreeMap<String, String>,
     path: &str,
+    limit: usize,
 ) -> Result<String> {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body_and_tail) = after.strip_prefix('{') {
-            let end = matching_brace(body_and_tail).ok_or_else(|| Error::Interpolation {
-                path: path.to_owned(),
-                message: format!("unterminated `${{` in `{input}`"),
-            })?;
-            out.push_str(&braced(&body_and_tail[..end], env, path)?);
-            rest = &body_and_tail[end + 1..];
-        } else {
-            let len = name_len(after);
-            if len == 0 {
-                return Err(Error::Interpolation {
-                    path: path.to_owned(),
-                    message: format!(
-                        "invalid `$` in `{input}` (write `$$` for a literal dollar sign)"
-                    ),
-                });
-            }
-            let name = &after[..len];
-            out.push_str(lookup(name, env, path)?);
-            rest = &after[len..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+    Interpolation { env, path, limit }.run(input, 0)
 }
 
+struct Interpolation<'a> {
+    env: &'a BTreeMap<String, String>,
+    path: &'a str,
+    /// Most bytes the result (and each nested default) may have.
+    limit: usize,
+}
+
+impl Interpolation<'_> {
+    fn push(&self, out: &mut String, text: &str) -> Result<()> {
+        if out.len().saturating_add(text.len()) > self.limit {
+            return Err(Error::Limit(format!(
+                "{}: variable interpolation produces more than {} MiB of text in the compose file",
+                self.path,
+                MAX_TEXT_BYTES / (1024 * 1024)
+            )));
+        }
+        out.push_str(text);
+        Ok(())
+    }
+
+    /// `depth` counts the `${...:-...}` operands being interpolated.
+    fn run(&self, input: &str, depth: usize) -> Result<String> {
+        if depth > MAX_INTERPOLATION_DEPTH {
+            return Err(Error::Limit(format!(
+                "{}: `${{VAR:-default}}` defaults nest more than {MAX_INTERPOLATION_DEPTH} levels",
+                self.path
+            )));
+        }
+        let path = self.path;
+        let mut out = String::with_capacity(input.len().min(self.limit));
+        let mut rest = input;
+        while let Some(pos) = rest.find('$') {
+            self.push(&mut out, &rest[..pos])?;
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                self.push(&mut out, "$")?;
+                rest = tail;
+            } else if let Some(body_and_tail) = after.strip_prefix('{') {
+                let end = matching_brace(body_and_tail).ok_or_else(|| Error::Interpolation {
+                    path: path.to_owned(),
+                    message: format!("unterminated `${{` in `{input}`"),
+                })?;
+                let value = self.braced(&body_and_tail[..end], depth)?;
+                self.push(&mut out, &value)?;
+                rest = &body_and_tail[end + 1..];
+            } else {
+                let len = name_len(after);
+                if len == 0 {
+                    return Err(Error::Interpolation {
+                        path: path.to_owned(),
+                        message: format!(
+                            "invalid `$` in `{input}` (write `$$` for a literal dollar sign)"
+                        ),
+                    });
+                }
+                let name = &after[..len];
+                self.push(&mut out, lookup(name, self.env, path)?)?;
+                rest = &after[len..];
+            }
+        }
+        self.push(&mut out, rest)?;
+        Ok(out)
+    }
+}
 /// Length of the variable name at the start of `s` (0 when there is none).
 fn name_len(s: &str) -> usize {
     let mut len = 0;
@@ -99,76 +137,79 @@ fn lookup<'a>(name: &str, env: &'a BTreeMap<String, String>, path: &str) -> Resu
         })
 }
 
-fn braced(body: &str, env: &BTreeMap<String, String>, path: &str) -> Result<String> {
-    let len = name_len(body);
-    let name = &body[..len];
-    let op = &body[len..];
-    if name.is_empty() {
-        return Err(Error::Interpolation {
-            path: path.to_owned(),
-            message: format!("invalid variable name in `${{{body}}}`"),
-        });
-    }
-    let value = env.get(name);
-    let set = value.is_some();
-    let non_empty = value.is_some_and(|v| !v.is_empty());
-    // Operands are interpolated lazily: a default that is not used may name
-    // an unset variable without failing, as in compose.
-    let operand = |text: &str| interpolate(text, env, path);
-    let required = |text: &str| -> Result<String> {
-        let message = operand(text)?;
-        Err(Error::RequiredVariable {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            message: if message.is_empty() {
-                "required variable is not set".to_owned()
+impl Interpolation<'_> {
+    fn braced(&self, body: &str, depth: usize) -> Result<String> {
+        let (env, path) = (self.env, self.path);
+        let len = name_len(body);
+        let name = &body[..len];
+        let op = &body[len..];
+        if name.is_empty() {
+            return Err(Error::Interpolation {
+                path: path.to_owned(),
+                message: format!("invalid variable name in `${{{body}}}`"),
+            });
+        }
+        let value = env.get(name);
+        let set = value.is_some();
+        let non_empty = value.is_some_and(|v| !v.is_empty());
+        // Operands are interpolated lazily: a default that is not used may name
+        // an unset variable without failing, as in compose.
+        let operand = |text: &str| self.run(text, depth + 1);
+        let required = |text: &str| -> Result<String> {
+            let message = operand(text)?;
+            Err(Error::RequiredVariable {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                message: if message.is_empty() {
+                    "required variable is not set".to_owned()
+                } else {
+                    message
+                },
+            })
+        };
+        let current = || value.cloned().unwrap_or_default();
+        if op.is_empty() {
+            return lookup(name, env, path).map(str::to_owned);
+        }
+        if let Some(default) = op.strip_prefix(":-") {
+            return if non_empty {
+                Ok(current())
             } else {
-                message
-            },
+                operand(default)
+            };
+        }
+        if let Some(default) = op.strip_prefix('-') {
+            return if set { Ok(current()) } else { operand(default) };
+        }
+        if let Some(message) = op.strip_prefix(":?") {
+            return if non_empty {
+                Ok(current())
+            } else {
+                required(message)
+            };
+        }
+        if let Some(message) = op.strip_prefix('?') {
+            return if set {
+                Ok(current())
+            } else {
+                required(message)
+            };
+        }
+        if let Some(alt) = op.strip_prefix(":+") {
+            return if non_empty {
+                operand(alt)
+            } else {
+                Ok(String::new())
+            };
+        }
+        if let Some(alt) = op.strip_prefix('+') {
+            return if set { operand(alt) } else { Ok(String::new()) };
+        }
+        Err(Error::Interpolation {
+            path: path.to_owned(),
+            message: format!("invalid interpolation `${{{body}}}`"),
         })
-    };
-    let current = || value.cloned().unwrap_or_default();
-    if op.is_empty() {
-        return lookup(name, env, path).map(str::to_owned);
     }
-    if let Some(default) = op.strip_prefix(":-") {
-        return if non_empty {
-            Ok(current())
-        } else {
-            operand(default)
-        };
-    }
-    if let Some(default) = op.strip_prefix('-') {
-        return if set { Ok(current()) } else { operand(default) };
-    }
-    if let Some(message) = op.strip_prefix(":?") {
-        return if non_empty {
-            Ok(current())
-        } else {
-            required(message)
-        };
-    }
-    if let Some(message) = op.strip_prefix('?') {
-        return if set {
-            Ok(current())
-        } else {
-            required(message)
-        };
-    }
-    if let Some(alt) = op.strip_prefix(":+") {
-        return if non_empty {
-            operand(alt)
-        } else {
-            Ok(String::new())
-        };
-    }
-    if let Some(alt) = op.strip_prefix('+') {
-        return if set { operand(alt) } else { Ok(String::new()) };
-    }
-    Err(Error::Interpolation {
-        path: path.to_owned(),
-        message: format!("invalid interpolation `${{{body}}}`"),
-    })
 }
 
 #[cfg(test)]
@@ -190,11 +231,11 @@ mod tests {
     }
 
     fn ok(s: &str) -> String {
-        interpolate(s, &env(), "p").unwrap()
+        interpolate(s, &env(), "p", MAX_TEXT_BYTES).unwrap()
     }
 
     fn err(s: &str) -> Error {
-        interpolate(s, &env(), "p").unwrap_err()
+        interpolate(s, &env(), "p", MAX_TEXT_BYTES).unwrap_err()
     }
 
     #[test]
@@ -266,6 +307,7 @@ mod tests {
             "postgres://${DB_USER}@db",
             &env(),
             "services.app.environment.DATABASE_URL",
+            MAX_TEXT_BYTES,
         )
         .unwrap_err();
         assert_eq!(

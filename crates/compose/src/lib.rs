@@ -9,6 +9,7 @@
 //! [`Error::Unsupported`]. Only `x-*` extension keys are skipped, as compose
 //! does. See the crate README for the full table.
 
+mod bounds;
 mod interpolate;
 mod order;
 mod service;
@@ -24,11 +25,22 @@ use serde_yaml_ng::Value;
 
 use crate::yaml::join;
 
+/// The work limits of [`parse`]: see the crate README.
+pub mod limits {
+    pub use crate::bounds::{
+        MAX_BYTES, MAX_DEPTH, MAX_INTERPOLATION_DEPTH, MAX_NODES, MAX_TEXT_BYTES,
+    };
+}
+
 /// Errors of `ferry-compose`. Messages name the compose path at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     #[error("invalid YAML: {0}")]
     Yaml(String),
+    /// The file is over a work limit ([`limits`]): too big, too deep, or
+    /// expanding (aliases, interpolation) to too much.
+    #[error("{0}")]
+    Limit(String),
     #[error(
         "{path}: variable `{name}` is not set (set it in the stack's variables or give a default: ${{{name}:-default}})"
     )]
@@ -174,6 +186,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) error: Option<Error>,
     /// Declared top-level volumes by compose name, and anonymous ones.
     pub(crate) volumes: BTreeMap<String, NamedVolume>,
+    /// Their Ferry names, so name collisions are found without a scan.
+    pub(crate) volume_names: BTreeSet<String>,
 }
 
 impl Ctx<'_> {
@@ -191,6 +205,11 @@ impl Ctx<'_> {
         });
     }
 
+    pub(crate) fn add_volume(&mut self, compose_name: String, volume: NamedVolume) {
+        self.volume_names.insert(volume.name.clone());
+        self.volumes.insert(compose_name, volume);
+    }
+
     pub(crate) fn fail(&mut self, error: Error) {
         self.error.get_or_insert(error);
     }
@@ -204,12 +223,16 @@ impl Ctx<'_> {
 
 /// Parses a compose file, interpolating `$VAR`s from `env`.
 ///
-/// Errors: invalid YAML or interpolation; [`Error::Refused`] with every
-/// refused path when any is present; otherwise the first other error.
+/// Errors: [`Error::Limit`] for a file over the work limits ([`limits`]);
+/// invalid YAML or interpolation; [`Error::Refused`] with every refused path
+/// when any is present; otherwise the first other error.
 pub fn parse(yaml: &str, env: &BTreeMap<String, String>) -> Result<ComposeProject> {
-    let mut root: Value = serde_yaml_ng::from_str(yaml).map_err(|e| Error::Yaml(e.to_string()))?;
+    // Bounded: refuses alias blow-up, deep nesting and oversized files
+    // before the tree is built.
+    let mut root = bounds::load(yaml)?;
     yaml::resolve_merges(&mut root, "")?;
-    yaml::interpolate_tree(&mut root, env, "")?;
+    let mut text_budget = bounds::MAX_TEXT_BYTES;
+    yaml::interpolate_tree(&mut root, env, "", &mut text_budget)?;
     let top = match &root {
         Value::Mapping(m) => m,
         Value::Null => return Err(yaml::invalid("", "the compose file is empty")),
@@ -226,6 +249,7 @@ pub fn parse(yaml: &str, env: &BTreeMap<String, String>) -> Result<ComposeProjec
         refusals: Vec::new(),
         error: None,
         volumes: BTreeMap::new(),
+        volume_names: BTreeSet::new(),
     };
 
     // Volumes first: services refer to them.
@@ -282,20 +306,22 @@ pub fn parse(yaml: &str, env: &BTreeMap<String, String>) -> Result<ComposeProjec
             &serde_yaml_ng::Mapping::new()
         }
     };
-    let mut parsed = Vec::new();
+    let mut parsed: Vec<(String, ComposeService)> = Vec::new();
+    // Ferry name -> first compose name with it (a map: thousands of services
+    // must not cost a quadratic scan).
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped = BTreeSet::new();
     for (name, value) in services {
         let name = yaml::key(name, "services")?;
         match service::convert(&mut ctx, &name, value) {
             Ok(service::Converted::Service(s)) => {
-                if let Some((other, _)) = parsed
-                    .iter()
-                    .find(|(_, p): &&(String, ComposeService)| p.name == s.name)
-                {
+                if let Some(other) = taken.get(&s.name) {
                     ctx.fail(yaml::invalid(
                         &join("services", &name),
                         &format!("services `{other}` and `{name}` both become `{}`", s.name),
                     ));
+                } else {
+                    taken.insert(s.name.clone(), name.clone());
                 }
                 parsed.push((name, *s));
             }
@@ -399,7 +425,7 @@ fn top_volumes(ctx: &mut Ctx<'_>, value: &Value) -> Result<()> {
         } else if !def.is_null() {
             yaml::mapping(def, &path)?;
         }
-        ctx.volumes.insert(
+        ctx.add_volume(
             name,
             NamedVolume {
                 name: normalised,
@@ -451,24 +477,51 @@ fn top_networks(ctx: &mut Ctx<'_>, value: &Value) -> Result<()> {
 
 /// A renamed service (`plausible_db` -> `plausible-db`) is no longer
 /// reachable under its compose name; environment values that still use it
-/// (`postgres://...@plausible_db:5432`) are pointed out rather than rewritten.
+/// as a word (`postgres://...@plausible_db:5432`) are pointed out rather than
+/// rewritten.
+///
+/// Compose names that were renamed are made of `[a-z0-9_-]` only (others
+/// are refused), so each value is split into runs of `[A-Za-z0-9_-]` looked
+/// up in a map: linear in the text, where testing every name against every
+/// value would be quadratic in the number of services.
 fn warn_renamed_hosts(warnings: &mut Vec<Warning>, services: &[(String, ComposeService)]) {
-    for (compose_name, renamed) in services {
-        if *compose_name == renamed.name {
-            continue;
-        }
-        for (user_name, service) in services {
-            for (key, value) in &service.environment {
-                if value.contains(compose_name.as_str()) {
-                    warnings.push(Warning {
-                        path: format!("services.{user_name}.environment.{key}"),
-                        message: format!(
-                            "mentions `{compose_name}`, which is reachable as `{}` in Ferry (host names cannot contain `_`)",
-                            renamed.name
-                        ),
-                    });
+    // Compose name -> index of the renamed service.
+    let renamed: BTreeMap<&str, usize> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, (compose_name, s))| *compose_name != s.name)
+        .map(|(i, (compose_name, _))| (compose_name.as_str(), i))
+        .collect();
+    if renamed.is_empty() {
+        return;
+    }
+    // (renamed service, user service, variable): the order of the warnings.
+    let mut found = BTreeSet::new();
+    for (user, (_, service)) in services.iter().enumerate() {
+        for (var, (_, value)) in service.environment.iter().enumerate() {
+            let words = value.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            for word in words {
+                if let Some(&i) = renamed.get(word) {
+                    found.insert((i, user, var));
                 }
             }
         }
+    }
+    for (i, user, var) in found {
+        let (Some((compose_name, renamed)), Some((user_name, service))) =
+            (services.get(i), services.get(user))
+        else {
+            continue;
+        };
+        let Some((key, _)) = service.environment.get(var) else {
+            continue;
+        };
+        warnings.push(Warning {
+            path: format!("services.{user_name}.environment.{key}"),
+            message: format!(
+                "mentions `{compose_name}`, which is reachable as `{}` in Ferry (host names cannot contain `_`)",
+                renamed.name
+            ),
+        });
     }
 }

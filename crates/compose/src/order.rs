@@ -45,27 +45,51 @@ pub(crate) fn resolve(
         by_name.insert(service.name.clone(), service);
     }
 
-    let mut remaining: BTreeMap<String, BTreeSet<String>> = by_name
-        .values()
-        .map(|s| (s.name.clone(), s.depends_on.iter().cloned().collect()))
-        .collect();
+    // Kahn's algorithm, always taking the alphabetically first ready
+    // service; dependents and counts make it O(n log n), not O(n^2), as
+    // tenants can send thousands of services.
+    let mut waiting: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ready = BTreeSet::new();
+    for service in by_name.values() {
+        waiting.insert(service.name.clone(), service.depends_on.len());
+        if service.depends_on.is_empty() {
+            ready.insert(service.name.clone());
+        }
+        for dep in &service.depends_on {
+            dependents
+                .entry(dep.clone())
+                .or_default()
+                .push(service.name.clone());
+        }
+    }
     let mut ordered = Vec::with_capacity(by_name.len());
-    // Kahn's algorithm, always taking the alphabetically first ready service.
-    while let Some(next) = remaining
-        .iter()
-        .find(|(_, deps)| deps.is_empty())
-        .map(|(n, _)| n.clone())
-    {
-        remaining.remove(&next);
-        for deps in remaining.values_mut() {
-            deps.remove(&next);
+    while let Some(next) = ready.pop_first() {
+        waiting.remove(&next);
+        for dependent in dependents.remove(&next).unwrap_or_default() {
+            if let Some(count) = waiting.get_mut(&dependent) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    ready.insert(dependent);
+                }
+            }
         }
         if let Some(service) = by_name.remove(&next) {
             ordered.push(service);
         }
     }
-    if let Some(start) = remaining.keys().next() {
-        return Err(Error::DependencyCycle(find_cycle(&remaining, start)));
+    if !by_name.is_empty() {
+        // What is left waits on itself: each one's dependencies still left.
+        let remaining: BTreeMap<String, BTreeSet<String>> = by_name
+            .values()
+            .map(|s| {
+                let deps = s.depends_on.iter().filter(|d| by_name.contains_key(*d));
+                (s.name.clone(), deps.cloned().collect())
+            })
+            .collect();
+        if let Some(start) = remaining.keys().next() {
+            return Err(Error::DependencyCycle(find_cycle(&remaining, start)));
+        }
     }
     Ok(ordered)
 }
@@ -74,16 +98,19 @@ pub(crate) fn resolve(
 /// first dependencies must revisit a service: that loop is a cycle.
 fn find_cycle(remaining: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Vec<String> {
     let mut walk: Vec<String> = vec![start.to_owned()];
+    // Position of each service in `walk` (the walk can be long).
+    let mut seen: BTreeMap<String, usize> = BTreeMap::from([(start.to_owned(), 0)]);
     loop {
         let current = walk.last().map(String::as_str).unwrap_or(start);
         let Some(next) = remaining.get(current).and_then(|deps| deps.iter().next()) else {
             return walk;
         };
-        if let Some(pos) = walk.iter().position(|n| n == next) {
+        if let Some(&pos) = seen.get(next) {
             let mut cycle = walk.split_off(pos);
             cycle.push(next.clone());
             return cycle;
         }
+        seen.insert(next.clone(), walk.len());
         walk.push(next.clone());
     }
 }

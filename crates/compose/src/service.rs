@@ -1,7 +1,7 @@
 //! One service: every compose key is mapped, warned about, refused, or
 //! rejected as unsupported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml_ng::{Mapping, Value};
 
@@ -549,18 +549,18 @@ fn port_long(ctx: &mut Ctx<'_>, map: &Mapping, p: &str) -> Result<ComposePort> {
 /// Drops exact duplicates and unpublished entries that a published entry of
 /// the same port already covers (`expose: [80]` + `ports: ["8080:80"]`).
 fn dedupe_ports(ports: &mut Vec<ComposePort>) {
-    let all = std::mem::take(ports);
-    for port in &all {
-        let covered = port.published.is_none()
-            && all.iter().any(|o| {
-                o.published.is_some()
-                    && o.container_port == port.container_port
-                    && o.protocol == port.protocol
-            });
-        if !covered && !ports.contains(port) {
-            ports.push(port.clone());
-        }
-    }
+    // Sets, not scans: port ranges expand, so a service can list many ports.
+    let key = |p: &ComposePort| (p.container_port, p.protocol == Protocol::Udp);
+    let published: BTreeSet<(u16, bool)> = ports
+        .iter()
+        .filter(|p| p.published.is_some())
+        .map(key)
+        .collect();
+    let mut seen = BTreeSet::new();
+    ports.retain(|port| {
+        let covered = port.published.is_none() && published.contains(&key(port));
+        !covered && seen.insert((key(port), port.published))
+    });
 }
 
 fn is_host_path(source: &str) -> bool {
@@ -596,7 +596,7 @@ fn anonymous_volume(ctx: &mut Ctx<'_>, service: &str, target: &str, p: &str) -> 
     let mut name = format!("{service}-{}", slug.trim_matches('-'));
     name.truncate(63);
     let name = name.trim_end_matches('-').to_owned();
-    if ctx.volumes.contains_key(&name) || ctx.volumes.values().any(|v| v.name == name) {
+    if ctx.volumes.contains_key(&name) || ctx.volume_names.contains(&name) {
         return Err(invalid(
             p,
             &format!(
@@ -608,7 +608,7 @@ fn anonymous_volume(ctx: &mut Ctx<'_>, service: &str, target: &str, p: &str) -> 
         p,
         format!("the anonymous volume at `{target}` becomes the persistent volume `{name}`"),
     );
-    ctx.volumes.insert(
+    ctx.add_volume(
         name.clone(),
         NamedVolume {
             name: name.clone(),
@@ -1020,6 +1020,7 @@ mod tests {
             refusals: Vec::new(),
             error: None,
             volumes: BTreeMap::new(),
+            volume_names: BTreeSet::new(),
         }
     }
 

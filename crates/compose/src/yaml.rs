@@ -80,25 +80,32 @@ pub(crate) fn resolve_merges(value: &mut Value, path: &str) -> Result<()> {
 /// `x-ferry-*`) are skipped:
 /// they are ignored anyway, and anchors defined there were already copied to
 /// where they are used.
+///
+/// `budget` is the number of bytes interpolated strings may still produce,
+/// shared by the whole tree.
 pub(crate) fn interpolate_tree(
     value: &mut Value,
     env: &BTreeMap<String, String>,
     path: &str,
+    budget: &mut usize,
 ) -> Result<()> {
     match value {
-        Value::String(s) if s.contains('$') => *s = interpolate(s, env, path)?,
+        Value::String(s) if s.contains('$') => {
+            *s = interpolate(s, env, path, *budget)?;
+            *budget = budget.saturating_sub(s.len());
+        }
         Value::Mapping(map) => {
             for (key, child) in map.iter_mut() {
                 let key = scalar_key(key);
                 // `x-ferry-*` are Ferry's own settings and are interpolated.
                 if !key.starts_with("x-") || key.starts_with("x-ferry-") {
-                    interpolate_tree(child, env, &join(path, &key))?;
+                    interpolate_tree(child, env, &join(path, &key), budget)?;
                 }
             }
         }
         Value::Sequence(seq) => {
             for (i, child) in seq.iter_mut().enumerate() {
-                interpolate_tree(child, env, &index(path, i))?;
+                interpolate_tree(child, env, &index(path, i), budget)?;
             }
         }
         _ => {}
