@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::ProxyState;
 use crate::config::UpstreamProtocol;
+use crate::host::{HostError, RequestHost};
 use crate::idle::IdleBody;
 use crate::metrics::UpstreamError;
 use crate::resolve::ResolveTable;
@@ -197,9 +198,12 @@ impl Forwarder {
             self.state.http_requests.fetch_add(1, Ordering::Relaxed);
         }
         let table = self.state.table();
-        let Some(raw_host) = request_host(&req) else {
-            self.state.metrics.unrouted.record(404);
-            return no_route();
+        let host = match RequestHost::of(&req, scheme) {
+            Ok(host) => host,
+            Err(err) => {
+                self.state.metrics.unrouted.record(400);
+                return bad_request(&err);
+            }
         };
         let path = req.uri().path();
         if !https
@@ -212,14 +216,13 @@ impl Forwarder {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return response;
         }
-        let host = crate::table::normalize_host(raw_host);
-        let Some(route) = table.route(&host) else {
+        let Some(route) = table.route(host.name()) else {
             self.state.metrics.unrouted.record(404);
             return no_route();
         };
         if !https && route.redirect_https {
             route.counters.record(308);
-            return redirect(&host, req.uri());
+            return redirect(host.name(), req.uri());
         }
         let Some(target) = route.target(path) else {
             route.counters.record(404);
@@ -231,8 +234,11 @@ impl Forwarder {
             return short(StatusCode::SERVICE_UNAVAILABLE, "no upstream\n");
         };
 
+        let Some(forwarded_host) = host.forwarded() else {
+            route.counters.record(400);
+            return bad_request(&HostError::Malformed);
+        };
         let started = Instant::now();
-        let forwarded_host = HeaderValue::from_str(raw_host).ok();
         let wants_upgrade =
             req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -268,10 +274,10 @@ impl Forwarder {
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
-        if let Some(value) = forwarded_host {
-            headers.entry(HOST).or_insert_with(|| value.clone());
-            headers.insert(X_FORWARDED_HOST.clone(), value);
-        }
+        // The host routing used, normalised: never the client's spelling
+        // of it, nor a second host it named.
+        headers.insert(HOST, forwarded_host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), forwarded_host);
 
         let path_and_query = match parts.uri.path_and_query() {
             Some(pq) => match target.rewrite(pq.as_str()) {
@@ -566,14 +572,6 @@ impl Forwarder {
     }
 }
 
-/// The requested host: the HTTP/2 `:authority` or the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    if let Some(authority) = req.uri().authority() {
-        return Some(authority.as_str());
-    }
-    req.headers().get(HOST)?.to_str().ok()
-}
-
 /// Removes hop-by-hop headers, keeping `Connection: upgrade` and
 /// `Upgrade` for an upgrade request.
 fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
@@ -675,10 +673,20 @@ fn no_route() -> Response<ProxyBody> {
     short(StatusCode::NOT_FOUND, "no route\n")
 }
 
+/// 400, saying what was wrong with the request.
+fn bad_request(why: &dyn std::fmt::Display) -> Response<ProxyBody> {
+    text(
+        StatusCode::BAD_REQUEST,
+        Bytes::from(format!("bad request: {why}\n")),
+    )
+}
+
 fn short(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+    text(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod feed;
 pub mod forward;
+pub mod host;
 pub mod http;
 pub mod idle;
 pub mod metrics;

@@ -256,7 +256,7 @@ impl Table {
         self.acme.get(token)
     }
 
-    /// The route for a normalised host (see [`normalize_host`]).
+    /// The route for a normalised host (see [`crate::host::Host::name`]).
     pub fn route(&self, host: &str) -> Option<&Arc<RouteEntry>> {
         if let Some(route) = self.exact.get(host) {
             return Some(route);
@@ -470,22 +470,6 @@ impl Upstream {
     }
 }
 
-/// Lowercases `host`, strips a port and a trailing dot. Borrows when the
-/// host is already normal (the common case).
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split_once(']').map_or(host, |(addr, _)| addr)
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 fn validate_host(host: &str) -> Result<String, String> {
     let lower = host.trim().trim_end_matches('.').to_ascii_lowercase();
     let name = lower.strip_prefix("*.").unwrap_or(&lower);
@@ -599,9 +583,6 @@ mod tests {
         assert_eq!(&*t.route("x.example.com").unwrap().id, "w");
         assert!(t.route("a.b.example.com").is_none());
         assert!(t.route("example.com").is_none());
-        assert_eq!(normalize_host("APP.Example.com:8080"), "app.example.com");
-        assert_eq!(normalize_host("[::1]:80"), "::1");
-        assert_eq!(normalize_host("app.example.com."), "app.example.com");
     }
 
     #[test]

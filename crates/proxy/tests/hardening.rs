@@ -1,0 +1,138 @@
+//! What the proxy refuses (400) or rewrites before a request reaches an
+//! upstream, through real HTTP against an in-process proxy: the host it
+//! routes on is the host it forwards, the path it matches prefixes on is
+//! the path it forwards, no h2c upgrade passes, and forwarding headers are
+//! the proxy's own. Malformed requests are written as raw bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::StatusCode;
+use hyper::body::Bytes;
+use support::{Proxy, field, get, raw, route, snapshot, upstream};
+
+#[tokio::test]
+async fn the_routed_host_is_the_forwarded_host() {
+    let (public, admin) = (upstream("public").await, upstream("admin").await);
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![
+                route("public", &["public.test"], &[("/", false, &[public.addr])]),
+                route("admin", &["admin.test"], &[("/", false, &[admin.addr])]),
+            ],
+        ),
+        &[],
+    )
+    .await;
+
+    // HTTP/1.1 absolute form naming another host (or port) than Host:
+    // routing would follow one and the upstream read the other.
+    for (target, host) in [
+        ("http://admin.test/x", "public.test"),
+        ("http://public.test/x", "admin.test"),
+        ("http://public.test:8080/x", "public.test"),
+    ] {
+        let (status, body) = raw(
+            proxy.http,
+            &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{target} {host}: {body}");
+        assert!(body.contains("different hosts"), "{body}");
+    }
+    // Agreeing spellings are one host: routed by it, forwarded normalised
+    // in origin form.
+    let (status, body) = raw(
+        proxy.http,
+        "GET http://Public.Test./x?y=1 HTTP/1.1\r\nHost: public.test:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "upstream"), "public");
+    assert_eq!(field(&body, "host"), "public.test");
+    assert_eq!(field(&body, "xfh"), "public.test");
+    assert_eq!(field(&body, "path"), "/x?y=1");
+
+    // A Host header is forwarded in its normal form, port kept.
+    let (status, _, body) = get(proxy.http, "PUBLIC.test.:8080", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(field(&body, "host"), "public.test:8080");
+    assert_eq!(field(&body, "xfh"), "public.test:8080");
+
+    // HTTP/2: `:authority` and a `host` header must agree as well.
+    let mut h2 = support::h2c_client(proxy.http).await;
+    let req = hyper::Request::get("http://public.test/x")
+        .header("host", "admin.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let req = hyper::Request::get("http://PUBLIC.test.:8443/x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(field(&body, "upstream"), "public");
+    assert_eq!(field(&body, "host"), "public.test:8443");
+    assert_eq!(field(&body, "xfh"), "public.test:8443");
+
+    assert_eq!(admin.hits.load(Ordering::SeqCst), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_hosts_are_refused() {
+    let up = upstream("app").await;
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![route("app", &["app.test"], &[("/", false, &[up.addr])])],
+        ),
+        &[],
+    )
+    .await;
+    for host_lines in [
+        "Host: app.test:evil\r\n",
+        "Host: a:@b\r\n",
+        "Host: app.test:@evil.test\r\n",
+        "Host: user@app.test\r\n",
+        "Host: app.test:80:80\r\n",
+        "Host: app.test:\r\n",
+        "Host: app.test:99999\r\n",
+        "Host: :80\r\n",
+        "Host: \r\n",
+        "Host: app.test/admin\r\n",
+        "Host: app.test\\x\r\n",
+        "Host: *.app.test\r\n",
+        "Host: app..test\r\n",
+        "Host: app.test\r\nHost: other.test\r\n",
+        "",
+    ] {
+        let (status, body) = raw(
+            proxy.http,
+            &format!("GET / HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{host_lines:?}: {body}");
+        assert!(body.starts_with("bad request: "), "{body}");
+    }
+    // Also in an absolute-form target (userinfo, stray port).
+    for target in ["http://user@app.test/", "http://app.test:/"] {
+        let (status, body) = raw(
+            proxy.http,
+            &format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{target}: {body}");
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+    let (status, _, _) = get(proxy.http, "app.test:8080", "/").await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.stop().await;
+}
