@@ -23,7 +23,7 @@ use hyper::header::{
     CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE,
     UPGRADE,
 };
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -205,7 +205,14 @@ impl Forwarder {
                 return bad_request(&err);
             }
         };
-        let path = req.uri().path();
+        // Routing and the upstream see the same, normalised path.
+        let path = match crate::path::normalize(req.uri().path()) {
+            Ok(path) => path,
+            Err(err) => {
+                self.state.metrics.unrouted.record(400);
+                return bad_request(&err);
+            }
+        };
         if !https
             && let Some(token) = path.strip_prefix(ACME_PREFIX)
             && let Some(answer) = table.acme(token)
@@ -224,7 +231,7 @@ impl Forwarder {
             route.counters.record(308);
             return redirect(host.name(), req.uri());
         }
-        let Some(target) = route.target(path) else {
+        let Some(target) = route.target(&path) else {
             route.counters.record(404);
             return no_route();
         };
@@ -237,6 +244,13 @@ impl Forwarder {
         let Some(forwarded_host) = host.forwarded() else {
             route.counters.record(400);
             return bad_request(&HostError::Malformed);
+        };
+        let path_and_query = match upstream_path(req.uri(), target.rewrite(&path)) {
+            Ok(path_and_query) => path_and_query,
+            Err(err) => {
+                route.counters.record(400);
+                return bad_request(&err);
+            }
         };
         let started = Instant::now();
         let wants_upgrade =
@@ -279,14 +293,6 @@ impl Forwarder {
         headers.insert(HOST, forwarded_host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), forwarded_host);
 
-        let path_and_query = match parts.uri.path_and_query() {
-            Some(pq) => match target.rewrite(pq.as_str()) {
-                std::borrow::Cow::Borrowed(same) if same.len() == pq.as_str().len() => pq.clone(),
-                rewritten => PathAndQuery::try_from(rewritten.as_ref())
-                    .unwrap_or_else(|_| PathAndQuery::from_static("/")),
-            },
-            None => PathAndQuery::from_static("/"),
-        };
         if h2c {
             // HTTP/2 carries the host as `:authority` in an absolute URI.
             let authority = parts
@@ -572,6 +578,26 @@ impl Forwarder {
     }
 }
 
+/// The path and query sent upstream: `path` (normalised, the prefix
+/// stripped when configured) and the client's query as sent. The received
+/// one is reused, without a copy, when the path is unchanged.
+fn upstream_path(uri: &Uri, path: &str) -> Result<PathAndQuery, InvalidUri> {
+    if let Some(received) = uri.path_and_query()
+        && let Some(rest) = received.as_str().strip_prefix(path)
+        && (rest.is_empty() || rest.starts_with('?'))
+    {
+        return Ok(received.clone());
+    }
+    let query = uri.query();
+    let mut text = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    text.push_str(path);
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(query);
+    }
+    PathAndQuery::try_from(text)
+}
+
 /// Removes hop-by-hop headers, keeping `Connection: upgrade` and
 /// `Upgrade` for an upgrade request.
 fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
@@ -849,6 +875,18 @@ mod tests {
         headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("  "));
         append_forwarded_for(&mut headers, &v4);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.1.2.3");
+    }
+
+    #[test]
+    fn the_upstream_path_is_the_routed_path_with_the_query_as_sent() {
+        let uri: Uri = "/a/b?q=%2F..".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/a/b").unwrap(), "/a/b?q=%2F..");
+        assert_eq!(upstream_path(&uri, "/b").unwrap(), "/b?q=%2F..");
+        assert_eq!(upstream_path(&uri, "/a").unwrap(), "/a?q=%2F..");
+        let uri: Uri = "/x/../y".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/y").unwrap(), "/y");
+        let uri: Uri = "http://a.test".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/").unwrap(), "/");
     }
 
     #[test]

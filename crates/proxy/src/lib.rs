@@ -33,6 +33,7 @@ pub mod host;
 pub mod http;
 pub mod idle;
 pub mod metrics;
+pub mod path;
 pub mod resolve;
 pub mod state;
 pub mod table;

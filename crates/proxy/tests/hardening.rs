@@ -136,3 +136,89 @@ async fn malformed_hosts_are_refused() {
     assert_eq!(status, StatusCode::OK);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn prefixes_match_the_normalised_path_and_it_is_what_is_forwarded() {
+    let (root, public, admin, stat) = (
+        upstream("root").await,
+        upstream("public").await,
+        upstream("admin").await,
+        upstream("static").await,
+    );
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![route(
+                "site",
+                &["p.test"],
+                &[
+                    ("/", false, &[root.addr]),
+                    ("/public", false, &[public.addr]),
+                    ("/admin", false, &[admin.addr]),
+                    ("/static", true, &[stat.addr]),
+                ],
+            )],
+        ),
+        &[],
+    )
+    .await;
+
+    // Dot segments are resolved and escaped unreserved characters decoded
+    // before prefixes are matched; the upstream gets that same path and
+    // the query as sent.
+    for (path, to, forwarded) in [
+        ("/public/x", "public", "/public/x"),
+        ("/public/../admin", "admin", "/admin"),
+        ("/public/%2e%2e/admin?x=1", "admin", "/admin?x=1"),
+        ("/public/%2E%2e/admin/", "admin", "/admin/"),
+        ("/public/.%2E/admin", "admin", "/admin"),
+        ("/public/./a/%2e/b", "public", "/public/a/b"),
+        ("/%61dmin/x", "admin", "/admin/x"),
+        ("//admin", "admin", "/admin"),
+        ("/static/../../etc/passwd", "root", "/etc/passwd"),
+        ("/static/a/../b?q=%2F..", "static", "/b?q=%2F.."),
+        ("/static/%2e%2e", "root", "/"),
+    ] {
+        let (status, _, body) = get(proxy.http, "p.test", path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(
+            (field(&body, "upstream"), field(&body, "path")),
+            (to, forwarded),
+            "{path}"
+        );
+    }
+
+    // Encoded separators, backslashes, `..;` and broken escapes mean
+    // different things to different servers: refused.
+    let before = [&root, &public, &admin, &stat].map(|u| u.hits.load(Ordering::SeqCst));
+    for path in [
+        "/public/%2fadmin",
+        "/public/%2F..%2Fadmin",
+        "/public/%5c..%5cadmin",
+        "/public/%5C",
+        "/public\\..\\admin",
+        "/public/..;/admin",
+        "/public/%2e%2e;x/admin",
+        "/public/%zz",
+        "/public/%2",
+    ] {
+        let (status, body) = raw(
+            proxy.http,
+            &format!("GET {path} HTTP/1.1\r\nHost: p.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.starts_with("bad request: "), "{path}: {body}");
+    }
+    // Targets that are not a path.
+    for request in [
+        "OPTIONS * HTTP/1.1\r\nHost: p.test\r\nConnection: close\r\n\r\n",
+        "CONNECT p.test:80 HTTP/1.1\r\nHost: p.test:80\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, body) = raw(proxy.http, request).await;
+        assert_eq!(status, 400, "{request:?}: {body}");
+    }
+    let after = [&root, &public, &admin, &stat].map(|u| u.hits.load(Ordering::SeqCst));
+    assert_eq!(before, after, "no refused request reached an upstream");
+    proxy.stop().await;
+}
