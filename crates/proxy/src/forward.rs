@@ -51,7 +51,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection and are never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -60,6 +60,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("trailer"),
     HeaderName::from_static("transfer-encoding"),
     HeaderName::from_static("upgrade"),
+    // Only meaningful with an h2c upgrade, never passed (RFC 7540 §3.2.1).
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Upstream timeouts.
@@ -253,8 +255,12 @@ impl Forwarder {
             }
         };
         let started = Instant::now();
-        let wants_upgrade =
-            req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+        let upgrade = if req.version() == Version::HTTP_11 {
+            requested_upgrade(req.headers())
+        } else {
+            None
+        };
+        let wants_upgrade = upgrade.is_some();
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Upgrades always go over HTTP/1.1.
@@ -271,7 +277,7 @@ impl Forwarder {
                 .get(TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
 
-        prepare_request_headers(&mut parts.headers, wants_upgrade);
+        prepare_request_headers(&mut parts.headers, upgrade);
         let headers = &mut parts.headers;
         // Entry API: one hash per header instead of a get and an insert.
         let request_id = match headers.entry(&X_REQUEST_ID) {
@@ -598,12 +604,42 @@ fn upstream_path(uri: &Uri, path: &str) -> Result<PathAndQuery, InvalidUri> {
     PathAndQuery::try_from(text)
 }
 
-/// Removes hop-by-hop headers, keeping `Connection: upgrade` and
-/// `Upgrade` for an upgrade request.
-fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_value = upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
+/// The `Upgrade` to send upstream, if any: the client's protocols without
+/// `h2c`. An h2c upgrade would turn the upstream connection into HTTP/2
+/// that the proxy only tunnels, so the client could send it requests that
+/// were never routed (h2c smuggling). WebSocket and the rest pass.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let values = headers.get_all(UPGRADE);
+    let mut iter = values.iter();
+    let first = iter.next()?;
+    // The common case, one value without h2c, is passed as is.
+    if iter.next().is_none() && !first.to_str().ok()?.split(',').any(is_h2c) {
+        return Some(first.clone());
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_h2c(p))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(kept.join(", ")).ok()
+}
+
+/// `h2c` as an `Upgrade` protocol (`name[/version]`).
+fn is_h2c(protocol: &str) -> bool {
+    let name = protocol.split('/').next().unwrap_or(protocol);
+    name.trim().eq_ignore_ascii_case("h2c")
+}
+
+/// Removes hop-by-hop headers; for an upgrade, sends `upgrade` (see
+/// [`requested_upgrade`]) with `Connection: upgrade`.
+fn prepare_request_headers(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     strip_hop_by_hop(headers);
-    if let Some(value) = upgrade_value {
+    if let Some(value) = upgrade {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -639,6 +675,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
     )
 }
 
@@ -887,6 +924,25 @@ mod tests {
         assert_eq!(upstream_path(&uri, "/y").unwrap(), "/y");
         let uri: Uri = "http://a.test".parse().unwrap();
         assert_eq!(upstream_path(&uri, "/").unwrap(), "/");
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_sent_upstream() {
+        let upgrade = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(UPGRADE, HeaderValue::from_static(v));
+            }
+            requested_upgrade(&headers).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(upgrade(&[]), None);
+        assert_eq!(upgrade(&["websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["h2c"]), None);
+        assert_eq!(upgrade(&[" H2C "]), None);
+        assert_eq!(upgrade(&["h2c, websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["h2c", "websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["foo/2", "h2c/1"]).unwrap(), "foo/2");
+        assert_eq!(upgrade(&["h2c", ","]), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -220,5 +221,61 @@ async fn prefixes_match_the_normalised_path_and_it_is_what_is_forwarded() {
     }
     let after = [&root, &public, &admin, &stat].map(|u| u.hits.load(Ordering::SeqCst));
     assert_eq!(before, after, "no refused request reached an upstream");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_upgrades_are_not_passed_upstream_and_websockets_still_are() {
+    let up = upstream("app").await;
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![route("app", &["app.test"], &[("/", false, &[up.addr])])],
+        ),
+        &[],
+    )
+    .await;
+    // An upstream that accepted it would switch the connection to HTTP/2
+    // behind the proxy's back; it must not even see the offer.
+    for (connection, upgrade) in [
+        ("Upgrade, HTTP2-Settings, close", "h2c"),
+        // HTTP2-Settings not listed in Connection is still dropped.
+        ("Upgrade, close", "H2C"),
+    ] {
+        let (status, body) = raw(
+            proxy.http,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: {connection}\r\n\
+                 Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(field(&body, "upgrade"), "-", "{body}");
+        assert_eq!(field(&body, "http2-settings"), "-", "{body}");
+        assert_eq!(field(&body, "connection"), "-", "{body}");
+    }
+    // Offered with another protocol: only the other one passes.
+    let (status, body) = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, close\r\n\
+         Upgrade: h2c, websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "upgrade"), "websocket", "{body}");
+
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://app.test/echo", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send("hi".into()).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().to_text().unwrap(),
+        "app:hi"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
     proxy.stop().await;
 }
