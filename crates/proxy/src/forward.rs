@@ -20,8 +20,8 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{
-    CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE,
-    UPGRADE,
+    CONNECTION, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION,
+    TE, UPGRADE,
 };
 use hyper::http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -49,13 +49,17 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection and are never forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("proxy-authenticate"),
+    // Credentials for a proxy, consumed by the first one (RFC 9110
+    // §11.7.2); this one asks for none, so they go nowhere.
+    HeaderName::from_static("proxy-authorization"),
     HeaderName::from_static("te"),
     HeaderName::from_static("trailer"),
     HeaderName::from_static("transfer-encoding"),
@@ -290,6 +294,8 @@ impl Forwarder {
             Entry::Vacant(slot) => slot.insert(self.request_id()).clone(),
         };
         append_forwarded_for(headers, client_ip);
+        // Only the peer is known first-hand: a client's X-Real-IP is replaced.
+        headers.insert(X_REAL_IP.clone(), client_ip.clone());
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
@@ -635,10 +641,23 @@ fn is_h2c(protocol: &str) -> bool {
     name.trim().eq_ignore_ascii_case("h2c")
 }
 
-/// Removes hop-by-hop headers; for an upgrade, sends `upgrade` (see
-/// [`requested_upgrade`]) with `Connection: upgrade`.
+/// Removes hop-by-hop headers and `Forwarded`; for an upgrade, sends
+/// `upgrade` (see [`requested_upgrade`]) with `Connection: upgrade`.
+///
+/// `Forwarded` is the client's account of hops before the proxy. The proxy
+/// is the edge: it states what it saw in `X-Forwarded-*` and `X-Real-IP`,
+/// and an upstream reading a client's `for=`, `host=` or `proto=` would
+/// trust what anyone can write (rewriting it instead would format a header
+/// per request).
 fn prepare_request_headers(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    strip_hop_by_hop(headers);
+    // Most requests carry none of them: one pass over the names.
+    if headers
+        .keys()
+        .any(|name| is_hop_by_hop(name) || *name == FORWARDED)
+    {
+        remove_hop_by_hop(headers);
+        headers.remove(FORWARDED);
+    }
     if let Some(value) = upgrade {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -646,11 +665,14 @@ fn prepare_request_headers(headers: &mut HeaderMap, upgrade: Option<HeaderValue>
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of nine
+    // Most messages carry none: one pass over the names instead of ten
     // hashed removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
     }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -671,6 +693,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "keep-alive"
             | "proxy-connection"
             | "proxy-authenticate"
+            | "proxy-authorization"
             | "te"
             | "trailer"
             | "transfer-encoding"
@@ -952,6 +975,25 @@ mod tests {
         }
         assert!(!is_hop_by_hop(&HOST));
         assert!(!is_hop_by_hop(&X_FORWARDED_FOR));
+    }
+
+    #[test]
+    fn requests_lose_forwarded_and_proxy_credentials_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        headers.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        prepare_request_headers(&mut headers, None);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization"]);
+        // Alone, Forwarded is found by the one pass too.
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        prepare_request_headers(&mut headers, None);
+        assert!(headers.is_empty());
     }
 
     #[test]

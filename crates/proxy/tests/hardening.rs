@@ -279,3 +279,66 @@ async fn h2c_upgrades_are_not_passed_upstream_and_websockets_still_are() {
     drop(ws);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn forwarding_headers_are_the_proxys_own() {
+    let up = upstream("app").await;
+    let proxy = Proxy::start(
+        snapshot(
+            1,
+            vec![route("app", &["app.test"], &[("/", false, &[up.addr])])],
+        ),
+        &[],
+    )
+    .await;
+    let claims = [
+        ("proxy-authorization", "Basic dXNlcjpwYXNz"),
+        ("forwarded", "for=203.0.113.9;host=admin.test;proto=https"),
+        ("x-real-ip", "203.0.113.9"),
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-host", "admin.test"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let check = |body: &str| {
+        assert_eq!(field(body, "upstream"), "app", "{body}");
+        // Dropped: credentials for a proxy, the client's Forwarded.
+        assert_eq!(field(body, "proxy-authorization"), "-", "{body}");
+        assert_eq!(field(body, "forwarded"), "-", "{body}");
+        // Overwritten with what the proxy saw.
+        assert_eq!(field(body, "x-real-ip"), "127.0.0.1", "{body}");
+        assert_eq!(field(body, "xfh"), "app.test", "{body}");
+        assert_eq!(field(body, "xfp"), "http", "{body}");
+        // Appended: the last element is the peer, as before.
+        assert_eq!(field(body, "xff"), "10.1.2.3, 127.0.0.1", "{body}");
+    };
+    let (status, _, body) = support::try_get(proxy.http, "app.test", "/", &claims)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    check(&body);
+    // A second Forwarded line is dropped too.
+    let (status, body) = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nForwarded: for=1.2.3.4\r\n\
+         Forwarded: for=5.6.7.8\r\nX-Forwarded-For: 10.1.2.3\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "forwarded"), "-", "{body}");
+
+    // The same over HTTP/2.
+    let mut h2 = support::h2c_client(proxy.http).await;
+    let mut req = hyper::Request::get("http://app.test/");
+    for (name, value) in claims {
+        req = req.header(name, value);
+    }
+    let response = h2
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    check(&String::from_utf8_lossy(&body));
+    proxy.stop().await;
+}
