@@ -2,8 +2,11 @@
 //! it to an upstream over a pooled keep-alive HTTP/1.1 connection, or the
 //! upstream's multiplexed HTTP/2 connection for `h2c` targets (gRPC). Bodies
 //! stream in both directions; HTTP upgrades (WebSocket) become a raw
-//! tunnel. Failures answer with short bodies: 404 unknown host, 502
-//! upstream unreachable or broken, 503 no upstream, 504 upstream timeout.
+//! tunnel. The host ([`crate::host`]) and path ([`crate::path`]) are
+//! checked and normalised once; routing and the upstream see the same ones.
+//! Failures answer with short bodies: 400 malformed or ambiguous host or
+//! path, 404 unknown host, 502 upstream unreachable or broken, 503 no
+//! upstream, 504 upstream timeout.
 //!
 //! Each worker thread owns one [`Forwarder`] and so its own connection
 //! pool ([`Pool`]): a request never leaves the thread that accepted it.
