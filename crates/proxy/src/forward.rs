@@ -2,8 +2,11 @@
 //! it to an upstream over a pooled keep-alive HTTP/1.1 connection, or the
 //! upstream's multiplexed HTTP/2 connection for `h2c` targets (gRPC). Bodies
 //! stream in both directions; HTTP upgrades (WebSocket) become a raw
-//! tunnel. Failures answer with short bodies: 404 unknown host, 502
-//! upstream unreachable or broken, 503 no upstream, 504 upstream timeout.
+//! tunnel. The host ([`crate::host`]) and path ([`crate::path`]) are
+//! checked and normalised once; routing and the upstream see the same ones.
+//! Failures answer with short bodies: 400 malformed or ambiguous host or
+//! path, 404 unknown host, 502 upstream unreachable or broken, 503 no
+//! upstream, 504 upstream timeout.
 //!
 //! Each worker thread owns one [`Forwarder`] and so its own connection
 //! pool ([`Pool`]): a request never leaves the thread that accepted it.
@@ -20,15 +23,16 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{
-    CONNECTION, CONTENT_TYPE, Entry, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TE,
-    UPGRADE,
+    CONNECTION, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION,
+    TE, UPGRADE,
 };
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::ProxyState;
 use crate::config::UpstreamProtocol;
+use crate::host::{HostError, RequestHost};
 use crate::idle::IdleBody;
 use crate::metrics::UpstreamError;
 use crate::resolve::ResolveTable;
@@ -48,17 +52,23 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection and are never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("proxy-authenticate"),
+    // Credentials for a proxy, consumed by the first one (RFC 9110
+    // §11.7.2); this one asks for none, so they go nowhere.
+    HeaderName::from_static("proxy-authorization"),
     HeaderName::from_static("te"),
     HeaderName::from_static("trailer"),
     HeaderName::from_static("transfer-encoding"),
     HeaderName::from_static("upgrade"),
+    // Only meaningful with an h2c upgrade, never passed (RFC 7540 §3.2.1).
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Upstream timeouts.
@@ -197,11 +207,21 @@ impl Forwarder {
             self.state.http_requests.fetch_add(1, Ordering::Relaxed);
         }
         let table = self.state.table();
-        let Some(raw_host) = request_host(&req) else {
-            self.state.metrics.unrouted.record(404);
-            return no_route();
+        let host = match RequestHost::of(&req, scheme) {
+            Ok(host) => host,
+            Err(err) => {
+                self.state.metrics.unrouted.record(400);
+                return bad_request(&err);
+            }
         };
-        let path = req.uri().path();
+        // Routing and the upstream see the same, normalised path.
+        let path = match crate::path::normalize(req.uri().path()) {
+            Ok(path) => path,
+            Err(err) => {
+                self.state.metrics.unrouted.record(400);
+                return bad_request(&err);
+            }
+        };
         if !https
             && let Some(token) = path.strip_prefix(ACME_PREFIX)
             && let Some(answer) = table.acme(token)
@@ -212,16 +232,15 @@ impl Forwarder {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return response;
         }
-        let host = crate::table::normalize_host(raw_host);
-        let Some(route) = table.route(&host) else {
+        let Some(route) = table.route(host.name()) else {
             self.state.metrics.unrouted.record(404);
             return no_route();
         };
         if !https && route.redirect_https {
             route.counters.record(308);
-            return redirect(&host, req.uri());
+            return redirect(host.name(), req.uri());
         }
-        let Some(target) = route.target(path) else {
+        let Some(target) = route.target(&path) else {
             route.counters.record(404);
             return no_route();
         };
@@ -231,10 +250,24 @@ impl Forwarder {
             return short(StatusCode::SERVICE_UNAVAILABLE, "no upstream\n");
         };
 
+        let Some(forwarded_host) = host.forwarded() else {
+            route.counters.record(400);
+            return bad_request(&HostError::Malformed);
+        };
+        let path_and_query = match upstream_path(req.uri(), target.rewrite(&path)) {
+            Ok(path_and_query) => path_and_query,
+            Err(err) => {
+                route.counters.record(400);
+                return bad_request(&err);
+            }
+        };
         let started = Instant::now();
-        let forwarded_host = HeaderValue::from_str(raw_host).ok();
-        let wants_upgrade =
-            req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+        let upgrade = if req.version() == Version::HTTP_11 {
+            requested_upgrade(req.headers())
+        } else {
+            None
+        };
+        let wants_upgrade = upgrade.is_some();
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Upgrades always go over HTTP/1.1.
@@ -251,7 +284,7 @@ impl Forwarder {
                 .get(TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
 
-        prepare_request_headers(&mut parts.headers, wants_upgrade);
+        prepare_request_headers(&mut parts.headers, upgrade);
         let headers = &mut parts.headers;
         // Entry API: one hash per header instead of a get and an insert.
         let request_id = match headers.entry(&X_REQUEST_ID) {
@@ -264,23 +297,17 @@ impl Forwarder {
             Entry::Vacant(slot) => slot.insert(self.request_id()).clone(),
         };
         append_forwarded_for(headers, client_ip);
+        // Only the peer is known first-hand: a client's X-Real-IP is replaced.
+        headers.insert(X_REAL_IP.clone(), client_ip.clone());
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
-        if let Some(value) = forwarded_host {
-            headers.entry(HOST).or_insert_with(|| value.clone());
-            headers.insert(X_FORWARDED_HOST.clone(), value);
-        }
+        // The host routing used, normalised: never the client's spelling
+        // of it, nor a second host it named.
+        headers.insert(HOST, forwarded_host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), forwarded_host);
 
-        let path_and_query = match parts.uri.path_and_query() {
-            Some(pq) => match target.rewrite(pq.as_str()) {
-                std::borrow::Cow::Borrowed(same) if same.len() == pq.as_str().len() => pq.clone(),
-                rewritten => PathAndQuery::try_from(rewritten.as_ref())
-                    .unwrap_or_else(|_| PathAndQuery::from_static("/")),
-            },
-            None => PathAndQuery::from_static("/"),
-        };
         if h2c {
             // HTTP/2 carries the host as `:authority` in an absolute URI.
             let authority = parts
@@ -566,31 +593,89 @@ impl Forwarder {
     }
 }
 
-/// The requested host: the HTTP/2 `:authority` or the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    if let Some(authority) = req.uri().authority() {
-        return Some(authority.as_str());
+/// The path and query sent upstream: `path` (normalised, the prefix
+/// stripped when configured) and the client's query as sent. The received
+/// one is reused, without a copy, when the path is unchanged.
+fn upstream_path(uri: &Uri, path: &str) -> Result<PathAndQuery, InvalidUri> {
+    if let Some(received) = uri.path_and_query()
+        && let Some(rest) = received.as_str().strip_prefix(path)
+        && (rest.is_empty() || rest.starts_with('?'))
+    {
+        return Ok(received.clone());
     }
-    req.headers().get(HOST)?.to_str().ok()
+    let query = uri.query();
+    let mut text = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    text.push_str(path);
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(query);
+    }
+    PathAndQuery::try_from(text)
 }
 
-/// Removes hop-by-hop headers, keeping `Connection: upgrade` and
-/// `Upgrade` for an upgrade request.
-fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_value = upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
-    strip_hop_by_hop(headers);
-    if let Some(value) = upgrade_value {
+/// The `Upgrade` to send upstream, if any: the client's protocols without
+/// `h2c`. An h2c upgrade would turn the upstream connection into HTTP/2
+/// that the proxy only tunnels, so the client could send it requests that
+/// were never routed (h2c smuggling). WebSocket and the rest pass.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let values = headers.get_all(UPGRADE);
+    let mut iter = values.iter();
+    let first = iter.next()?;
+    // The common case, one value without h2c, is passed as is.
+    if iter.next().is_none() && !first.to_str().ok()?.split(',').any(is_h2c) {
+        return Some(first.clone());
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_h2c(p))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(kept.join(", ")).ok()
+}
+
+/// `h2c` as an `Upgrade` protocol (`name[/version]`).
+fn is_h2c(protocol: &str) -> bool {
+    let name = protocol.split('/').next().unwrap_or(protocol);
+    name.trim().eq_ignore_ascii_case("h2c")
+}
+
+/// Removes hop-by-hop headers and `Forwarded`; for an upgrade, sends
+/// `upgrade` (see [`requested_upgrade`]) with `Connection: upgrade`.
+///
+/// `Forwarded` is the client's account of hops before the proxy. The proxy
+/// is the edge: it states what it saw in `X-Forwarded-*` and `X-Real-IP`,
+/// and an upstream reading a client's `for=`, `host=` or `proto=` would
+/// trust what anyone can write (rewriting it instead would format a header
+/// per request).
+fn prepare_request_headers(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Most requests carry none of them: one pass over the names.
+    if headers
+        .keys()
+        .any(|name| is_hop_by_hop(name) || *name == FORWARDED)
+    {
+        remove_hop_by_hop(headers);
+        headers.remove(FORWARDED);
+    }
+    if let Some(value) = upgrade {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of nine
+    // Most messages carry none: one pass over the names instead of ten
     // hashed removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
     }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -611,10 +696,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "keep-alive"
             | "proxy-connection"
             | "proxy-authenticate"
+            | "proxy-authorization"
             | "te"
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
     )
 }
 
@@ -675,10 +762,20 @@ fn no_route() -> Response<ProxyBody> {
     short(StatusCode::NOT_FOUND, "no route\n")
 }
 
+/// 400, saying what was wrong with the request.
+fn bad_request(why: &dyn std::fmt::Display) -> Response<ProxyBody> {
+    text(
+        StatusCode::BAD_REQUEST,
+        Bytes::from(format!("bad request: {why}\n")),
+    )
+}
+
 fn short(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+    text(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -844,12 +941,62 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_path_is_the_routed_path_with_the_query_as_sent() {
+        let uri: Uri = "/a/b?q=%2F..".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/a/b").unwrap(), "/a/b?q=%2F..");
+        assert_eq!(upstream_path(&uri, "/b").unwrap(), "/b?q=%2F..");
+        assert_eq!(upstream_path(&uri, "/a").unwrap(), "/a?q=%2F..");
+        let uri: Uri = "/x/../y".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/y").unwrap(), "/y");
+        let uri: Uri = "http://a.test".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/").unwrap(), "/");
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_sent_upstream() {
+        let upgrade = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(UPGRADE, HeaderValue::from_static(v));
+            }
+            requested_upgrade(&headers).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(upgrade(&[]), None);
+        assert_eq!(upgrade(&["websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["h2c"]), None);
+        assert_eq!(upgrade(&[" H2C "]), None);
+        assert_eq!(upgrade(&["h2c, websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["h2c", "websocket"]).unwrap(), "websocket");
+        assert_eq!(upgrade(&["foo/2", "h2c/1"]).unwrap(), "foo/2");
+        assert_eq!(upgrade(&["h2c", ","]), None);
+    }
+
+    #[test]
     fn the_fast_hop_by_hop_check_knows_every_stripped_name() {
         for name in &HOP_BY_HOP {
             assert!(is_hop_by_hop(name), "{name}");
         }
         assert!(!is_hop_by_hop(&HOST));
         assert!(!is_hop_by_hop(&X_FORWARDED_FOR));
+    }
+
+    #[test]
+    fn requests_lose_forwarded_and_proxy_credentials_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        headers.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        prepare_request_headers(&mut headers, None);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization"]);
+        // Alone, Forwarded is found by the one pass too.
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        prepare_request_headers(&mut headers, None);
+        assert!(headers.is_empty());
     }
 
     #[test]

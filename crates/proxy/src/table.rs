@@ -6,7 +6,6 @@
 //! the longest path prefix among the route's targets, on segment
 //! boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -59,7 +58,8 @@ pub struct RouteEntry {
 /// A path prefix and its upstreams.
 #[derive(Debug)]
 pub struct TargetEntry {
-    /// Normalised: no trailing `/`; the root prefix is empty.
+    /// Normalised like request paths ([`crate::path`]), without a trailing
+    /// `/`; the root prefix is empty.
     prefix: Box<str>,
     strip: bool,
     balance: Balance,
@@ -180,9 +180,9 @@ impl Table {
     ) -> Result<Arc<RouteEntry>> {
         let mut targets = Vec::with_capacity(route.targets.len());
         for target in &route.targets {
-            let prefix = normalize_prefix(&target.path_prefix).ok_or_else(|| {
+            let prefix = normalize_prefix(&target.path_prefix).map_err(|e| {
                 invalid(format!(
-                    "route {}: path prefix {:?} must start with /",
+                    "route {}: path prefix {:?}: {e}",
                     route.id, target.path_prefix
                 ))
             })?;
@@ -256,7 +256,7 @@ impl Table {
         self.acme.get(token)
     }
 
-    /// The route for a normalised host (see [`normalize_host`]).
+    /// The route for a normalised host (see [`crate::host::Host::name`]).
     pub fn route(&self, host: &str) -> Option<&Arc<RouteEntry>> {
         if let Some(route) = self.exact.get(host) {
             return Some(route);
@@ -270,7 +270,8 @@ impl Table {
 }
 
 impl RouteEntry {
-    /// The target with the longest prefix matching `path`.
+    /// The target with the longest prefix matching `path`, normalised
+    /// ([`crate::path::normalize`]): a raw path could climb out of a prefix.
     pub fn target(&self, path: &str) -> Option<&TargetEntry> {
         self.targets.iter().find(|t| t.matches(path))
     }
@@ -284,19 +285,16 @@ impl TargetEntry {
         }
     }
 
-    /// The path and query to send upstream: `path_and_query` with the
+    /// The path to send upstream for the matched, normalised `path`: the
     /// prefix removed when configured. Always starts with `/`.
-    pub fn rewrite<'a>(&self, path_and_query: &'a str) -> Cow<'a, str> {
-        if !self.strip || self.prefix.is_empty() {
-            return Cow::Borrowed(path_and_query);
+    pub fn rewrite<'a>(&self, path: &'a str) -> &'a str {
+        if !self.strip {
+            return path;
         }
-        let rest = path_and_query
-            .strip_prefix(&*self.prefix)
-            .unwrap_or(path_and_query);
-        if rest.starts_with('/') {
-            Cow::Borrowed(rest)
-        } else {
-            Cow::Owned(format!("/{rest}"))
+        match path.strip_prefix(&*self.prefix) {
+            Some("") => "/",
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => path,
         }
     }
 
@@ -470,22 +468,6 @@ impl Upstream {
     }
 }
 
-/// Lowercases `host`, strips a port and a trailing dot. Borrows when the
-/// host is already normal (the common case).
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split_once(']').map_or(host, |(addr, _)| addr)
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 fn validate_host(host: &str) -> Result<String, String> {
     let lower = host.trim().trim_end_matches('.').to_ascii_lowercase();
     let name = lower.strip_prefix("*.").unwrap_or(&lower);
@@ -505,11 +487,12 @@ fn validate_host(host: &str) -> Result<String, String> {
     }
 }
 
-fn normalize_prefix(prefix: &str) -> Option<&str> {
-    if !prefix.starts_with('/') {
-        return None;
-    }
-    Some(prefix.trim_end_matches('/'))
+/// A target's prefix in the form request paths are matched in: normalised
+/// like them (`/a/./b/` is `/a/b`; in any other form it could never match),
+/// without the trailing `/`.
+fn normalize_prefix(prefix: &str) -> Result<String, crate::path::PathError> {
+    let normal = crate::path::normalize(prefix)?;
+    Ok(normal.trim_end_matches('/').to_owned())
 }
 
 fn invalid(msg: String) -> Error {
@@ -599,9 +582,6 @@ mod tests {
         assert_eq!(&*t.route("x.example.com").unwrap().id, "w");
         assert!(t.route("a.b.example.com").is_none());
         assert!(t.route("example.com").is_none());
-        assert_eq!(normalize_host("APP.Example.com:8080"), "app.example.com");
-        assert_eq!(normalize_host("[::1]:80"), "::1");
-        assert_eq!(normalize_host("app.example.com."), "app.example.com");
     }
 
     #[test]
@@ -624,9 +604,34 @@ mod tests {
         assert_eq!(up("/api/v2"), "10.0.0.3:80");
         assert_eq!(up("/api/v2/x"), "10.0.0.3:80");
         let api = r.target("/api/users").unwrap();
-        assert_eq!(api.rewrite("/api/users?q=1"), "/users?q=1");
+        assert_eq!(api.rewrite("/api/users"), "/users");
         assert_eq!(api.rewrite("/api"), "/");
-        assert_eq!(api.rewrite("/api?q=1"), "/?q=1");
+        assert_eq!(api.rewrite("/api/"), "/");
+        assert_eq!(r.target("/").unwrap().rewrite("/x"), "/x");
+    }
+
+    #[test]
+    fn prefixes_are_normalised_like_request_paths() {
+        let t = compile(vec![route(
+            "r",
+            &["a.test"],
+            &[
+                ("/", false, &["10.0.0.1:80"]),
+                ("/a/./b//", true, &["10.0.0.2:80"]),
+                ("/%7Euser", false, &["10.0.0.3:80"]),
+            ],
+        )])
+        .unwrap();
+        let r = t.route("a.test").unwrap();
+        let up = |p: &str| r.target(p).unwrap().pick().unwrap().addr.to_string();
+        assert_eq!(up("/a/b/c"), "10.0.0.2:80");
+        assert_eq!(r.target("/a/b/c").unwrap().rewrite("/a/b/c"), "/c");
+        assert_eq!(up("/~user/x"), "10.0.0.3:80");
+        // One that no normalised path could match is refused, saying why.
+        let err = compile(vec![route("r", &["a.test"], &[("/a%2Fb", false, &[])])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route r") && err.contains("%2F"), "{err}");
     }
 
     #[test]

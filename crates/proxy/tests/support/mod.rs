@@ -216,6 +216,17 @@ async fn upstream_handle(
         h("x-request-id"),
         h("x-secret"),
     );
+    // Headers a client could use to mislead the upstream.
+    for name in [
+        "upgrade",
+        "connection",
+        "http2-settings",
+        "x-real-ip",
+        "forwarded",
+        "proxy-authorization",
+    ] {
+        text.push_str(&format!("{name}={}\n", h(name)));
+    }
     if req.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -273,6 +284,31 @@ pub async fn try_get(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     ))
+}
+
+/// Writes `request` as is on a new connection and reads until the proxy
+/// closes it (send `Connection: close`): the status and the body. For
+/// requests a well-behaved client library would not send.
+pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the proxy answers and closes")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    (status, body)
 }
 
 /// The value of `key=` in an upstream's description.
