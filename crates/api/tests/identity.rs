@@ -1775,3 +1775,157 @@ async fn register_is_throttled_per_address() {
         api.stop().await;
     }
 }
+
+/// An SMTP sink for one message that greets only once `release` fires;
+/// `connected` fires when the api has connected. Returns the port and the
+/// message's DATA.
+async fn gated_smtp_sink() -> (
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<String>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        connected_tx.send(()).ok();
+        release_rx.await.ok();
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+        let (mut data, mut in_data) = (String::new(), false);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if in_data {
+                if line == "." {
+                    in_data = false;
+                    write.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.push_str(&line);
+                    data.push('\n');
+                }
+                continue;
+            }
+            let verb = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" | "HELO" => b"250 sink\r\n",
+                "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go on\r\n"
+                }
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await.ok();
+                    break;
+                }
+                _ => b"502 no\r\n",
+            };
+            write.write_all(reply).await.unwrap();
+        }
+        data
+    });
+    (port, connected, release, sink)
+}
+
+#[tokio::test]
+async fn invitation_email_is_sent_after_the_invitation_commits() {
+    use ferry_db::entities::enums::SmtpTlsMode;
+    use ferry_db::entities::org_email_configs;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "owner").await;
+        let owner = login(&mut c, "owner").await;
+        let org = create_org(&mut c, &owner, "Slow Mail").await.id;
+        let (port, connected, release, sink) = gated_smtp_sink().await;
+        let now = chrono::Utc::now();
+        org_email_configs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org.parse().unwrap()),
+            smtp_host: Set("127.0.0.1".into()),
+            smtp_port: Set(i32::from(port)),
+            username: Set(None),
+            password: Set(None),
+            from_address: Set("ferry@example.com".into()),
+            from_name: Set(None),
+            tls_mode: Set(SmtpTlsMode::None),
+            enabled: Set(true),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+
+        let mut invites = c.invites.clone();
+        let request = authed(
+            pb::CreateInvitationRequest {
+                organization_id: org.clone(),
+                email: "newcomer@example.com".into(),
+                role: pb::OrganizationRole::Member.into(),
+                ttl_hours: 0,
+            },
+            &owner,
+        );
+        let created = tokio::spawn(async move { invites.create_invitation(request).await });
+        tokio::time::timeout(std::time::Duration::from_secs(10), connected)
+            .await
+            .expect("the api connects to the SMTP server")
+            .unwrap();
+
+        // The SMTP server is stalling: the invitation is committed already...
+        let limit = std::time::Duration::from_secs(4);
+        let listed = tokio::time::timeout(
+            limit,
+            c.invites.list_invitations(authed(
+                pb::ListInvitationsRequest {
+                    organization_id: org.clone(),
+                    include_inactive: false,
+                },
+                &owner,
+            )),
+        )
+        .await
+        .expect("reading invitations waits for the e-mail")
+        .unwrap()
+        .into_inner()
+        .invitations;
+        assert_eq!(listed.len(), 1, "{b}: not committed before sending");
+        // ...and no write lock is held: other writes (to the same
+        // organization's audit chain, too) go through.
+        tokio::time::timeout(
+            limit,
+            c.orgs.rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org.clone(),
+                    name: "Slow Mail Inc".into(),
+                },
+                &owner,
+            )),
+        )
+        .await
+        .expect("a write waits for the e-mail")
+        .unwrap();
+        tokio::time::timeout(limit, async {
+            register(&mut c, "bystander").await;
+        })
+        .await
+        .expect("a registration waits for the e-mail");
+
+        release.send(()).unwrap();
+        let created = created.await.unwrap().unwrap().into_inner();
+        assert!(created.emailed && created.email_error.is_empty(), "{b}");
+        assert!(created.token.is_empty(), "{b}");
+        let data = sink.await.unwrap();
+        assert!(data.contains("ferry_inv_"), "{b}: {data}");
+        api.stop().await;
+    }
+}
