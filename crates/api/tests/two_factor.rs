@@ -647,8 +647,11 @@ async fn a_challenge_dies_after_five_wrong_codes() {
 async fn account_changes_ask_for_the_password_again() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        // 3 wrong passwords from one address lock the account there.
-        let api = start(&db.conn, throttle(3, 500)).await;
+        // 3 wrong passwords from one address lock the account there (for
+        // 3 s: time enough to observe it on a busy machine).
+        let mut config = throttle(3, 500);
+        config.throttle.base_delay = chrono::Duration::seconds(3);
+        let api = start(&db.conn, config).await;
         let mut all = clients(api.addr).await;
         let mut c = client(api.addr).await;
         register(&mut c, "frank").await;
@@ -685,7 +688,7 @@ async fn account_changes_ask_for_the_password_again() {
             })
             .await;
         assert_eq!(code(r), Code::ResourceExhausted, "{b}");
-        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
         let begun = begin(PASSWORD).await.unwrap().into_inner();
         let codes = c
             .confirm_totp_enrollment(authed(

@@ -21,6 +21,9 @@
 //! passwords; their own address (and their address with that account)
 //! stays locked for up to an hour per attempt, so they get few attempts to
 //! do it with. The user, from any other address, waits at most 5 minutes.
+//! (An attacker with many addresses can renew the 5 minutes from a fresh
+//! one each time; each renewal still costs them a wrong guess against the
+//! account-wide allowance, which is what bounds distributed guessing.)
 //!
 //! A key is forgotten after [`ThrottlePolicy::window`] (1 h) without
 //! failures, counted from the end of its last lock, so an address that
