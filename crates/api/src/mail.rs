@@ -3,7 +3,8 @@
 //!
 //! The SMTP password is stored encrypted and decrypted only to send; it is
 //! never logged. Send failures are logged in full and reported to the
-//! caller without server details.
+//! caller without server details. Callers send after their transaction
+//! commits: a send can take [`SMTP_TIMEOUT`] per SMTP command.
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use uuid::Uuid;
 use crate::{Error, Result};
 
 /// Longest wait for the SMTP server (connect and each command).
-const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An organization's SMTP settings, password decrypted.
 pub struct SmtpSettings {
@@ -90,6 +91,13 @@ fn send_failed(what: &str, err: &dyn std::fmt::Display) -> Error {
     )
 }
 
+/// `InvalidArgument` (`email:`) unless `to` is an address lettre can send
+/// to; check it before storing what the e-mail is about.
+pub fn check_recipient(to: &str) -> Result<Mailbox> {
+    to.parse()
+        .map_err(|_| Error::InvalidArgument("email: not a deliverable address".into()))
+}
+
 /// Sends `mail` through `settings`.
 pub async fn send(settings: &SmtpSettings, mail: Mail) -> Result<()> {
     let from = Mailbox::new(
@@ -99,10 +107,7 @@ pub async fn send(settings: &SmtpSettings, mail: Mail) -> Result<()> {
             .parse()
             .map_err(|e| send_failed("invalid SMTP from address", &e))?,
     );
-    let to: Mailbox = mail
-        .to
-        .parse()
-        .map_err(|_| Error::InvalidArgument("email: not a deliverable address".into()))?;
+    let to = check_recipient(&mail.to)?;
     let message = Message::builder()
         .from(from)
         .to(to)

@@ -316,7 +316,7 @@ async fn sessions_are_listed_revoked_and_cut_by_password_change() {
             ))
             .await
             .unwrap_err();
-        assert_eq!(wrong.code(), Code::InvalidArgument, "{b}");
+        assert_eq!(wrong.code(), Code::PermissionDenied, "{b}");
         assert!(wrong.message().starts_with("currentPassword:"), "{b}");
         let changed = c
             .auth
@@ -1481,6 +1481,452 @@ async fn every_rpc_is_authenticated_and_tenant_scoped() {
                 "{b}: RouteFeed with a user token"
             );
         }
+        api.stop().await;
+    }
+}
+
+/// An auth client whose connection comes from `local` (any 127.0.0.0/8
+/// address reaches the loopback server), so tests can play several
+/// client addresses.
+async fn auth_from(
+    addr: std::net::SocketAddr,
+    local: [u8; 4],
+) -> pb::auth_service_client::AuthServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .local_address(Some(std::net::IpAddr::from(local)))
+        .connect()
+        .await
+        .unwrap();
+    pb::auth_service_client::AuthServiceClient::new(channel)
+}
+
+fn retry_after(status: &Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after")
+        .expect("retry-after")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Runs 20 logins at once; returns how many were checked (wrong
+/// credentials) and how many refused by the throttle.
+async fn parallel_logins(
+    c: &pb::auth_service_client::AuthServiceClient<Channel>,
+    login_of: impl Fn(usize) -> String,
+) -> (usize, usize) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = c.clone();
+            let login = login_of(i);
+            tokio::spawn(async move { try_login(&mut c, &login, "wrong password!").await })
+        })
+        .collect();
+    let (mut checked, mut throttled) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap().map(drop).unwrap_err().code() {
+            Code::Unauthenticated => checked += 1,
+            Code::ResourceExhausted => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (checked, throttled)
+}
+
+#[tokio::test]
+async fn parallel_wrong_passwords_are_counted_before_they_are_checked() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let config = IdentityConfig {
+            throttle: ThrottlePolicy {
+                account_free_failures: 3,
+                ip_free_failures: 3,
+                base_delay: chrono::Duration::seconds(30),
+                ..ThrottlePolicy::default()
+            },
+            ..IdentityConfig::default()
+        };
+        let api = start(&db.conn, config).await;
+        let mut c = auth_from(api.addr, [127, 0, 0, 2]).await;
+        register(&mut c, "alice").await;
+
+        // 20 wrong passwords at once for one account: each argon2 check
+        // takes long enough that a check-then-count throttle lets them all
+        // through; counted first, only the allowance is checked.
+        let (checked, throttled) = parallel_logins(&c, |_| "alice".into()).await;
+        assert_eq!((checked, throttled), (3, 17), "{b}");
+        // alice, from another address, is not locked out by that.
+        let mut other = auth_from(api.addr, [127, 0, 0, 3]).await;
+        try_login(&mut other, "alice", PASSWORD).await.unwrap();
+
+        // Unknown names cost a dummy argon2 check each: bounded per address
+        // too, whatever names are tried.
+        let c = auth_from(api.addr, [127, 0, 0, 4]).await;
+        let (checked, throttled) = parallel_logins(&c, |i| format!("nobody{i}")).await;
+        assert_eq!((checked, throttled), (3, 17), "{b}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn strangers_cannot_keep_an_account_locked() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let config = IdentityConfig {
+            throttle: ThrottlePolicy {
+                account_free_failures: 3,
+                account_wide_free_failures: 3,
+                ip_free_failures: 100,
+                base_delay: chrono::Duration::seconds(60),
+                max_lock: chrono::Duration::hours(1),
+                account_max_lock: chrono::Duration::seconds(3),
+                ..ThrottlePolicy::default()
+            },
+            ..IdentityConfig::default()
+        };
+        let api = start(&db.conn, config).await;
+        let mut attacker = auth_from(api.addr, [127, 0, 0, 2]).await;
+        let mut alice = auth_from(api.addr, [127, 0, 0, 3]).await;
+        register(&mut alice, "alice").await;
+
+        for _ in 0..3 {
+            let err = try_login(&mut attacker, "alice", "guess guess guess")
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        }
+        // The attacker's address is locked out of alice for a minute...
+        let err = try_login(&mut attacker, "alice", PASSWORD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}");
+        assert!(retry_after(&err) > 30, "{b}: {err:?}");
+        // ...alice herself, from her address, only for the capped
+        // account-wide lock.
+        let err = try_login(&mut alice, "alice", PASSWORD).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}");
+        assert!(retry_after(&err) <= 3, "{b}: {err:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+        try_login(&mut alice, "alice", PASSWORD).await.unwrap();
+        // The attacker is still locked, and alice's success freed nothing
+        // for them.
+        let err = try_login(&mut attacker, "alice", PASSWORD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}");
+        assert!(retry_after(&err) > 30, "{b}: {err:?}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_failing_stays_throttled() {
+    use ferry_db::entities::auth_throttle;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let config = IdentityConfig {
+            throttle: ThrottlePolicy {
+                account_free_failures: 100,
+                account_wide_free_failures: 100,
+                ip_free_failures: 3,
+                base_delay: chrono::Duration::seconds(10),
+                ..ThrottlePolicy::default()
+            },
+            ..IdentityConfig::default()
+        };
+        let api = start(&db.conn, config).await;
+        let mut attacker = auth_from(api.addr, [127, 0, 0, 2]).await;
+        let ip_key = auth_throttle::Column::Key.eq("ip:127.0.0.2");
+        let set = |locked: i64, updated: i64, started: i64| {
+            let now = chrono::Utc::now();
+            auth_throttle::Entity::update_many()
+                .col_expr(
+                    auth_throttle::Column::LockedUntil,
+                    Expr::value(Some(now - chrono::Duration::seconds(locked))),
+                )
+                .col_expr(
+                    auth_throttle::Column::UpdatedAt,
+                    Expr::value(now - chrono::Duration::seconds(updated)),
+                )
+                .col_expr(
+                    auth_throttle::Column::WindowStart,
+                    Expr::value(now - chrono::Duration::seconds(started)),
+                )
+                .filter(ip_key.clone())
+                .exec(&db.conn)
+        };
+        for i in 0..3 {
+            let err = try_login(&mut attacker, &format!("user{i}"), PASSWORD)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        }
+        let err = try_login(&mut attacker, "user9", PASSWORD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}");
+
+        // Two hours into the attack, the lock has just ended: the next
+        // failure locks again at once (the run is not forgiven because it
+        // started long ago).
+        set(1, 10, 7_200).await.unwrap();
+        let err = try_login(&mut attacker, "user9", PASSWORD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        let err = try_login(&mut attacker, "user9", PASSWORD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}: forgiven");
+
+        // Quiet for longer than the window after the lock: forgotten.
+        set(3_700, 7_200, 7_200).await.unwrap();
+        for _ in 0..3 {
+            let err = try_login(&mut attacker, "user9", PASSWORD)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+        }
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn register_is_throttled_per_address() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let config = IdentityConfig {
+            throttle: ThrottlePolicy {
+                register_free: 3,
+                base_delay: chrono::Duration::seconds(60),
+                ..ThrottlePolicy::default()
+            },
+            ..IdentityConfig::default()
+        };
+        let api = start(&db.conn, config).await;
+        let mut c = auth_from(api.addr, [127, 0, 0, 2]).await;
+        register(&mut c, "first").await;
+        // A refused registration (name taken) counts too: it cost a lookup
+        // and tells which names exist.
+        let err = c
+            .register(pb::RegisterRequest {
+                email: "first@example.com".into(),
+                username: "first".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{b}");
+        register(&mut c, "second").await;
+        let err = c
+            .register(pb::RegisterRequest {
+                email: "third@example.com".into(),
+                username: "third".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}: {err:?}");
+        assert!(retry_after(&err) > 30, "{b}");
+        // Malformed requests are refused before any hashing and not counted.
+        let err = c
+            .register(pb::RegisterRequest {
+                email: "x".into(),
+                username: "fourth".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+
+        // Parallel calls from one address: at most the allowance hashes.
+        let c = auth_from(api.addr, [127, 0, 0, 3]).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    c.register(pb::RegisterRequest {
+                        email: format!("par{i}@example.com"),
+                        username: format!("par{i}"),
+                        password: PASSWORD.into(),
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.code())
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let made = results.iter().filter(|r| r.is_ok()).count();
+        let refused = results
+            .iter()
+            .filter(|r| **r == Err(Code::ResourceExhausted))
+            .count();
+        assert_eq!((made, refused), (3, 17), "{b}: {results:?}");
+
+        // Another address is not affected.
+        let mut other = auth_from(api.addr, [127, 0, 0, 4]).await;
+        register(&mut other, "third").await;
+        api.stop().await;
+    }
+}
+
+/// An SMTP sink for one message that greets only once `release` fires;
+/// `connected` fires when the api has connected. Returns the port and the
+/// message's DATA.
+async fn gated_smtp_sink() -> (
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<String>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        connected_tx.send(()).ok();
+        release_rx.await.ok();
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+        let (mut data, mut in_data) = (String::new(), false);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if in_data {
+                if line == "." {
+                    in_data = false;
+                    write.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.push_str(&line);
+                    data.push('\n');
+                }
+                continue;
+            }
+            let verb = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" | "HELO" => b"250 sink\r\n",
+                "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go on\r\n"
+                }
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await.ok();
+                    break;
+                }
+                _ => b"502 no\r\n",
+            };
+            write.write_all(reply).await.unwrap();
+        }
+        data
+    });
+    (port, connected, release, sink)
+}
+
+#[tokio::test]
+async fn invitation_email_is_sent_after_the_invitation_commits() {
+    use ferry_db::entities::enums::SmtpTlsMode;
+    use ferry_db::entities::org_email_configs;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, relaxed()).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "owner").await;
+        let owner = login(&mut c, "owner").await;
+        let org = create_org(&mut c, &owner, "Slow Mail").await.id;
+        let (port, connected, release, sink) = gated_smtp_sink().await;
+        let now = chrono::Utc::now();
+        org_email_configs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org.parse().unwrap()),
+            smtp_host: Set("127.0.0.1".into()),
+            smtp_port: Set(i32::from(port)),
+            username: Set(None),
+            password: Set(None),
+            from_address: Set("ferry@example.com".into()),
+            from_name: Set(None),
+            tls_mode: Set(SmtpTlsMode::None),
+            enabled: Set(true),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+
+        let mut invites = c.invites.clone();
+        let request = authed(
+            pb::CreateInvitationRequest {
+                organization_id: org.clone(),
+                email: "newcomer@example.com".into(),
+                role: pb::OrganizationRole::Member.into(),
+                ttl_hours: 0,
+            },
+            &owner,
+        );
+        let created = tokio::spawn(async move { invites.create_invitation(request).await });
+        tokio::time::timeout(std::time::Duration::from_secs(10), connected)
+            .await
+            .expect("the api connects to the SMTP server")
+            .unwrap();
+
+        // The SMTP server is stalling: the invitation is committed already...
+        let limit = std::time::Duration::from_secs(4);
+        let listed = tokio::time::timeout(
+            limit,
+            c.invites.list_invitations(authed(
+                pb::ListInvitationsRequest {
+                    organization_id: org.clone(),
+                    include_inactive: false,
+                },
+                &owner,
+            )),
+        )
+        .await
+        .expect("reading invitations waits for the e-mail")
+        .unwrap()
+        .into_inner()
+        .invitations;
+        assert_eq!(listed.len(), 1, "{b}: not committed before sending");
+        // ...and no write lock is held: other writes (to the same
+        // organization's audit chain, too) go through.
+        tokio::time::timeout(
+            limit,
+            c.orgs.rename_organization(authed(
+                pb::RenameOrganizationRequest {
+                    id: org.clone(),
+                    name: "Slow Mail Inc".into(),
+                },
+                &owner,
+            )),
+        )
+        .await
+        .expect("a write waits for the e-mail")
+        .unwrap();
+        tokio::time::timeout(limit, async {
+            register(&mut c, "bystander").await;
+        })
+        .await
+        .expect("a registration waits for the e-mail");
+
+        release.send(()).unwrap();
+        let created = created.await.unwrap().unwrap().into_inner();
+        assert!(created.emailed && created.email_error.is_empty(), "{b}");
+        assert!(created.token.is_empty(), "{b}");
+        let data = sink.await.unwrap();
+        assert!(data.contains("ferry_inv_"), "{b}: {data}");
         api.stop().await;
     }
 }

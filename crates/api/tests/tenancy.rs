@@ -1007,7 +1007,9 @@ async fn invitations_by_email_reach_the_smtp_sink() {
             "{b}"
         );
 
-        // An unreachable SMTP server fails the call and leaves no invitation.
+        // An unreachable SMTP server: the invitation (sent after commit)
+        // stays, the failure is reported and audited, and the token goes
+        // back to the inviter instead.
         org_email_configs::Entity::update_many()
             .col_expr(org_email_configs::Column::SmtpPort, Expr::value(1))
             .exec(&db.conn)
@@ -1024,14 +1026,34 @@ async fn invitations_by_email_reach_the_smtp_sink() {
                 },
                 &owner.token,
             ))
-            .await;
-        assert_eq!(code(got), Code::FailedPrecondition, "{b}");
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!got.emailed, "{b}");
+        assert!(
+            got.email_error.contains("could not be sent") && !got.email_error.contains(":1"),
+            "{b}: {}",
+            got.email_error
+        );
+        assert!(got.token.starts_with("ferry_inv_"), "{b}");
+        assert!(got.accept_url.contains(&got.token), "{b}");
         assert_eq!(
             org_invitations::Entity::find()
                 .count(&db.conn)
                 .await
                 .unwrap(),
-            1,
+            2,
+            "{b}"
+        );
+        let failed = audit_logs::Entity::find()
+            .filter(audit_logs::Column::Action.eq("invitation.email_failed"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{b}");
+        assert_eq!(
+            failed[0].resource_id.map(|id| id.to_string()),
+            got.invitation.map(|i| i.id),
             "{b}"
         );
         api.stop().await;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{PASSWORD, authed, channel, code, register, start, throttle};
+use support::{PASSWORD, authed, channel, clients, code, create_org, register, start, throttle};
 
 use std::net::SocketAddr;
 
@@ -87,11 +87,18 @@ async fn forget_step(db: &DatabaseConnection) {
         .unwrap();
 }
 
+/// A BeginTotpEnrollment request with the right password.
+fn begin_request() -> pb::BeginTotpEnrollmentRequest {
+    pb::BeginTotpEnrollmentRequest {
+        password: PASSWORD.into(),
+    }
+}
+
 /// Enrols `username` (logged in with `token`); returns secret, first code
 /// used and the recovery codes.
 async fn enrol(c: &mut AuthServiceClient<Channel>, token: &str) -> (String, String, Vec<String>) {
     let begun = c
-        .begin_totp_enrollment(authed(pb::BeginTotpEnrollmentRequest {}, token))
+        .begin_totp_enrollment(authed(begin_request(), token))
         .await
         .unwrap()
         .into_inner();
@@ -125,7 +132,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
 
         // Enrolment: the secret is pending until a first code confirms it.
         let begun = c
-            .begin_totp_enrollment(authed(pb::BeginTotpEnrollmentRequest {}, &session))
+            .begin_totp_enrollment(authed(begin_request(), &session))
             .await
             .unwrap()
             .into_inner();
@@ -214,7 +221,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
         assert!(me.user.unwrap().totp_enabled, "{b}");
         // Enabling twice is refused.
         let again = c
-            .begin_totp_enrollment(authed(pb::BeginTotpEnrollmentRequest {}, &session))
+            .begin_totp_enrollment(authed(begin_request(), &session))
             .await;
         assert_eq!(code(again), Code::FailedPrecondition, "{b}");
 
@@ -403,6 +410,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
                     pb::DisableTotpRequest {
                         code: totp.into(),
                         recovery_code: rec.into(),
+                        password: PASSWORD.into(),
                     },
                     &session,
                 ))
@@ -418,6 +426,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
             pb::DisableTotpRequest {
                 code: totp_now(&secret, 0),
                 recovery_code: String::new(),
+                password: PASSWORD.into(),
             },
             &session,
         ))
@@ -548,6 +557,256 @@ async fn second_factor_attempts_are_throttled_per_account_and_address() {
         complete(&mut c, &ch, &totp_now(&dave_secret, 0), "", false)
             .await
             .unwrap();
+        api.stop().await;
+    }
+}
+
+/// Sends 20 codes at once on `ch`; returns how many were checked (wrong
+/// code) and how many refused by the throttle.
+async fn parallel_codes(c: &AuthServiceClient<Channel>, ch: &str) -> (usize, usize) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = c.clone();
+            let ch = ch.to_owned();
+            tokio::spawn(async move {
+                complete(&mut c, &ch, &format!("{:06}", 100_000 + i), "", false).await
+            })
+        })
+        .collect();
+    let (mut checked, mut throttled) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap().map(drop).unwrap_err().code() {
+            Code::Unauthenticated => checked += 1,
+            Code::ResourceExhausted => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (checked, throttled)
+}
+
+#[tokio::test]
+async fn parallel_wrong_codes_are_counted_before_they_are_checked() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        // 3 wrong codes lock the account's second factor.
+        let api = start(&db.conn, throttle(3, 1_000)).await;
+        let mut c = client(api.addr).await;
+        register(&mut c, "carol").await;
+        let carol = login(&mut c, "carol", "").await.token;
+        enrol(&mut c, &carol).await;
+        let ch = challenge(&mut c, "carol", "").await;
+        let (checked, throttled) = parallel_codes(&c, &ch).await;
+        assert_eq!((checked, throttled), (3, 17), "{b}");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_challenge_dies_after_five_wrong_codes() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start(&db.conn, throttle(50, 500)).await;
+        let mut c = client(api.addr).await;
+        register(&mut c, "erin").await;
+        let erin = login(&mut c, "erin", "").await.token;
+        let (secret, _, _) = enrol(&mut c, &erin).await;
+
+        // Five wrong codes, one at a time: then even the right one fails.
+        let ch = challenge(&mut c, "erin", "").await;
+        for i in 0..5 {
+            let r = complete(&mut c, &ch, "000000", "", false).await;
+            assert_eq!(code(r), Code::Unauthenticated, "{b}: attempt {i}");
+        }
+        forget_step(&db.conn).await;
+        let r = complete(&mut c, &ch, &totp_now(&secret, 0), "", false).await;
+        assert_eq!(code(r), Code::Unauthenticated, "{b}: challenge survived");
+
+        // Twenty at once: the challenge is gone after them all the same.
+        let ch = challenge(&mut c, "erin", "").await;
+        let (checked, throttled) = parallel_codes(&c, &ch).await;
+        assert_eq!((checked, throttled), (20, 0), "{b}");
+        forget_step(&db.conn).await;
+        let r = complete(&mut c, &ch, &totp_now(&secret, 0), "", false).await;
+        assert_eq!(code(r), Code::Unauthenticated, "{b}: challenge survived");
+
+        // A new challenge works (four wrong codes are still fine).
+        let ch = challenge(&mut c, "erin", "").await;
+        for _ in 0..4 {
+            let r = complete(&mut c, &ch, "000000", "", false).await;
+            assert_eq!(code(r), Code::Unauthenticated, "{b}");
+        }
+        forget_step(&db.conn).await;
+        complete(&mut c, &ch, &totp_now(&secret, 0), "", false)
+            .await
+            .unwrap();
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn account_changes_ask_for_the_password_again() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        // 3 wrong passwords from one address lock the account there (for
+        // 3 s: time enough to observe it on a busy machine).
+        let mut config = throttle(3, 500);
+        config.throttle.base_delay = chrono::Duration::seconds(3);
+        let api = start(&db.conn, config).await;
+        let mut all = clients(api.addr).await;
+        let mut c = client(api.addr).await;
+        register(&mut c, "frank").await;
+        let session = login(&mut c, "frank", "").await.token;
+        let begin = |password: &str| {
+            let mut c = c.clone();
+            let request = authed(
+                pb::BeginTotpEnrollmentRequest {
+                    password: password.into(),
+                },
+                &session,
+            );
+            async move { c.begin_totp_enrollment(request).await }
+        };
+        let mut c = c.clone();
+
+        // Enrolment: no password, a wrong one, then the throttle.
+        let err = begin("").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+        assert!(err.message().starts_with("password:"), "{b}: {err:?}");
+        for _ in 0..3 {
+            let err = begin("not my password").await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{b}");
+            assert_eq!(err.message(), "password: is not correct", "{b}");
+        }
+        let err = begin(PASSWORD).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{b}: {err:?}");
+        // Logging in shares that counter.
+        let r = c
+            .login(pb::LoginRequest {
+                login: "frank".into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(r), Code::ResourceExhausted, "{b}");
+        tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+        let begun = begin(PASSWORD).await.unwrap().into_inner();
+        let codes = c
+            .confirm_totp_enrollment(authed(
+                pb::ConfirmTotpEnrollmentRequest {
+                    code: totp_now(&begun.secret, 0),
+                },
+                &session,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .recovery_codes;
+
+        // Disabling: a valid recovery code is not enough without the
+        // password.
+        for (password, expected) in [
+            ("", Code::InvalidArgument),
+            ("nope nope", Code::PermissionDenied),
+        ] {
+            let r = c
+                .disable_totp(authed(
+                    pb::DisableTotpRequest {
+                        code: String::new(),
+                        recovery_code: codes[0].clone(),
+                        password: password.into(),
+                    },
+                    &session,
+                ))
+                .await;
+            assert_eq!(code(r), expected, "{b}: {password:?}");
+        }
+        assert!(
+            login(&mut c, "frank", "").await.second_factor_required,
+            "{b}: disabled without the password"
+        );
+
+        // A remembered device and API tokens, then a password change.
+        let ch = challenge(&mut c, "frank", "").await;
+        let device = complete(&mut c, &ch, "", &codes[1], true).await.unwrap();
+        let org = create_org(&mut all, &session, "Frank Co").await.id;
+        let mut token_ids = Vec::new();
+        for name in ["ci", "deploy"] {
+            let made = all
+                .tokens
+                .create_api_token(authed(
+                    pb::CreateApiTokenRequest {
+                        organization_id: org.clone(),
+                        name: name.into(),
+                        role: pb::OrganizationRole::Viewer.into(),
+                        expires_at: None,
+                    },
+                    &session,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            token_ids.push(made.api_token.unwrap().id);
+        }
+        all.tokens
+            .revoke_api_token(authed(
+                pb::RevokeApiTokenRequest {
+                    organization_id: org.clone(),
+                    id: token_ids[0].clone(),
+                },
+                &session,
+            ))
+            .await
+            .unwrap();
+        let changed = c
+            .change_password(authed(
+                pb::ChangePasswordRequest {
+                    current_password: PASSWORD.into(),
+                    new_password: "another long passphrase".into(),
+                },
+                &session,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(changed.revoked_trusted_devices, 1, "{b}");
+        assert_eq!(changed.active_api_tokens, 1, "{b}");
+        let devices = c
+            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest {}, &session))
+            .await
+            .unwrap()
+            .into_inner()
+            .devices;
+        assert!(devices.is_empty(), "{b}: {devices:?}");
+        // The device token no longer skips the second factor.
+        let r = c
+            .login(pb::LoginRequest {
+                login: "frank".into(),
+                password: "another long passphrase".into(),
+                device_token: device.device_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.second_factor_required, "{b}: device survived");
+        // The remaining token is still listed (and revocable).
+        let listed = all
+            .tokens
+            .list_api_tokens(authed(
+                pb::ListApiTokensRequest {
+                    organization_id: org.clone(),
+                },
+                &session,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .api_tokens;
+        assert!(
+            listed
+                .iter()
+                .any(|t| t.id == token_ids[1] && t.revoked_at.is_none()),
+            "{b}: {listed:?}"
+        );
         api.stop().await;
     }
 }

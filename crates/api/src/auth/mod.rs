@@ -43,7 +43,8 @@ pub const INVALID_TOKEN: &str = "missing, invalid or expired credential";
 pub struct IdentityConfig {
     /// How long a session lasts after login.
     pub session_ttl: Duration,
-    /// Login throttling (also second-factor attempts, on their own keys).
+    /// Login, second-factor and registration throttling (policy and its
+    /// numbers: [`auth::throttle`](crate::auth::throttle)).
     pub throttle: ThrottlePolicy,
     /// How long a second-factor challenge from `Login` stays valid.
     pub challenge_ttl: Duration,
@@ -65,10 +66,11 @@ impl Default for IdentityConfig {
     }
 }
 
-/// Where a request came from, for sessions and the audit log.
+/// Where a request came from, for sessions, throttling and the audit log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMeta {
-    /// The TCP peer address.
+    /// The TCP peer address. `X-Forwarded-For` and the like are not read:
+    /// they are the client's to forge, and no trusted proxy is configured.
     pub ip: Option<IpAddr>,
     /// The `user-agent` metadata, cut to 512 characters.
     pub user_agent: Option<String>,

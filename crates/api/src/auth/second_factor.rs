@@ -11,6 +11,12 @@
 //!   keyed `account:totp-step:<user id>` whose `failures` holds the step; it
 //!   is never locked, so the throttle ignores it. A code is accepted once.
 //!
+//! - The **wrong codes tried on a challenge** are an `auth_throttle` row
+//!   keyed `account:challenge:<challenge id>` whose `failures` counts every
+//!   attempt, before its code is checked; after
+//!   [`MAX_CHALLENGE_FAILURES`] the challenge is deleted. Rows older than a
+//!   challenge are swept when a new challenge is made.
+//!
 //! Second-factor failures count on their own throttle keys
 //! (`account:2fa:<user id>`, `ip:2fa:<address>`), so a correct password does
 //! not clear them.
@@ -19,14 +25,14 @@ use chrono::{DateTime, Utc};
 use ferry_db::crypto::Keyring;
 use ferry_db::entities::types::IpAddress;
 use ferry_db::entities::{auth_throttle, recovery_codes, sessions, trusted_devices, users};
-use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
-    QueryFilter as _,
+    QueryFilter as _, TransactionSession as _, TransactionTrait,
 };
 use uuid::Uuid;
 
-use super::throttle::{ThrottleKey, ThrottlePolicy};
+use super::throttle::{OnSuccess, ThrottleKey, ThrottlePolicy};
 use super::{RequestMeta, totp};
 use crate::{Error, Result};
 
@@ -92,7 +98,15 @@ pub fn is_challenge(row: &sessions::Model) -> bool {
     row.last_active_at <= DateTime::UNIX_EPOCH
 }
 
+/// Codes tried on one login challenge before it is deleted: with the
+/// ±1-step window a guess wins with p = 3e-6, so a challenge is worth at
+/// most 1.5e-5 to an attacker, who must then get past the password again.
+pub const MAX_CHALLENGE_FAILURES: i32 = 5;
+/// Key prefix of the attempt counters of challenges.
+const CHALLENGE_KEY: &str = "account:challenge:";
+
 /// The throttle keys for second-factor attempts of `user_id` from `meta`.
+/// The account's lock is capped like the account-wide password lock.
 pub fn throttle_keys(
     policy: &ThrottlePolicy,
     user_id: Uuid,
@@ -101,14 +115,72 @@ pub fn throttle_keys(
     let mut keys = vec![ThrottleKey {
         key: format!("account:2fa:{user_id}"),
         free_failures: policy.account_free_failures,
+        max_lock: policy.account_max_lock,
+        on_success: OnSuccess::Clear,
     }];
     if let Some(ip) = meta.ip {
         keys.push(ThrottleKey {
             key: format!("ip:2fa:{ip}"),
             free_failures: policy.ip_free_failures,
+            max_lock: policy.max_lock,
+            on_success: OnSuccess::Refund,
         });
     }
     keys
+}
+
+/// Counts one attempt on `challenge` before its code is checked; returns
+/// the attempt's number. Past [`MAX_CHALLENGE_FAILURES`] the challenge is
+/// deleted and `None` returned, so concurrent guesses cannot all be checked.
+pub async fn count_challenge_attempt<C: TransactionTrait>(
+    db: &C,
+    challenge: &sessions::Model,
+    now: DateTime<Utc>,
+) -> Result<Option<i32>> {
+    let key = format!("{CHALLENGE_KEY}{}", challenge.id);
+    let txn = crate::audit::begin_write(db).await?;
+    // Atomic increment: each attempt gets its own number.
+    auth_throttle::Entity::insert(auth_throttle::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        key: Set(key.clone()),
+        failures: Set(1),
+        window_start: Set(now),
+        locked_until: Set(None),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(auth_throttle::Column::Key)
+            .value(
+                auth_throttle::Column::Failures,
+                Expr::col((auth_throttle::Entity, auth_throttle::Column::Failures)).add(1),
+            )
+            .value(auth_throttle::Column::UpdatedAt, Expr::value(now))
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    let attempt = auth_throttle::Entity::find()
+        .filter(auth_throttle::Column::Key.eq(key.as_str()))
+        .one(&txn)
+        .await?
+        .map_or(i32::MAX, |r| r.failures);
+    if attempt > MAX_CHALLENGE_FAILURES {
+        delete_challenge(&txn, challenge.id).await?;
+        txn.commit().await?;
+        return Ok(None);
+    }
+    txn.commit().await?;
+    Ok(Some(attempt))
+}
+
+/// Deletes the challenge `id` (its counter goes with the sweep).
+pub async fn delete_challenge<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<()> {
+    sessions::Entity::delete_many()
+        .filter(sessions::Column::Id.eq(id))
+        .filter(sessions::Column::LastActiveAt.lte(DateTime::UNIX_EPOCH))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Encrypts a new TOTP secret for storage.
@@ -236,6 +308,12 @@ pub async fn create_challenge<C: ConnectionTrait>(
     now: DateTime<Utc>,
     ttl: chrono::Duration,
 ) -> Result<(String, sessions::Model)> {
+    // Counters of challenges that have expired by now.
+    auth_throttle::Entity::delete_many()
+        .filter(auth_throttle::Column::Key.starts_with(CHALLENGE_KEY))
+        .filter(auth_throttle::Column::UpdatedAt.lt(now - ttl))
+        .exec(txn)
+        .await?;
     let token = ferry_db::token::generate_token(CHALLENGE_TOKEN_PREFIX);
     let row = sessions::ActiveModel {
         id: Set(Uuid::now_v7()),

@@ -5,11 +5,11 @@
 use chrono::Utc;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::types::IpAddress;
-use ferry_db::entities::{recovery_codes, sessions, trusted_devices, users};
+use ferry_db::entities::{api_tokens, recovery_codes, sessions, trusted_devices, users};
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, EntityTrait as _,
+    PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::auth_service_server::AuthService;
@@ -119,6 +119,13 @@ impl AuthApi {
         let username = validate_username(&req.username)?;
         validate_password("password", &req.password)?;
         let db = &self.identity.db;
+        if let Some(ip) = meta.ip {
+            // Every call counts (each costs an argon2 hash and may probe
+            // which names are taken), successful or not.
+            let policy = &self.identity.config.throttle;
+            let _counted =
+                throttle::begin(db, policy, &[policy.register_key(ip)], Utc::now()).await?;
+        }
         let taken = users::Entity::find()
             .filter(
                 users::Column::Email
@@ -190,26 +197,20 @@ impl AuthApi {
             })
             .one(db)
             .await?;
-        let account_key = match &user {
-            Some(u) => policy.account(u.id),
-            None => policy.unknown_login(&login),
+        let who = match &user {
+            Some(u) => format!("id:{}", u.id),
+            None => format!("login:{login}"),
         };
-        let mut keys = vec![account_key.clone()];
-        if let Some(ip) = meta.ip {
-            keys.push(policy.ip(ip));
-        }
-        let now = Utc::now();
-        throttle::check(db, &keys, now).await?;
-
+        // Counted before the (slow) check, so parallel guesses cannot all
+        // be checked before the counters move.
+        let attempt =
+            throttle::begin(db, policy, &policy.password_keys(&who, meta.ip), Utc::now()).await?;
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = auth::verify_password_timed(req.password, stored).await?;
         let Some(user) = user.filter(|_| ok) else {
-            for key in &keys {
-                throttle::record_failure(db, policy, key, now).await?;
-            }
             return Err(Error::Unauthenticated(INVALID_CREDENTIALS.into()));
         };
-        throttle::reset(db, &account_key).await?;
+        attempt.succeeded(db).await?;
 
         let now = Utc::now();
         let mut device = None;
@@ -347,13 +348,12 @@ impl AuthApi {
     }
 
     /// Verifies and consumes `proof` for `user` in `txn`. On a wrong code
-    /// the transaction is rolled back, the failure counted, and `wrong` is
-    /// returned.
+    /// the transaction is rolled back and `wrong` returned (the attempt was
+    /// counted by [`Self::second_factor_attempt`] already).
     async fn check_proof(
         &self,
         txn: ferry_db::sea_orm::DatabaseTransaction,
         user: &users::Model,
-        meta: &RequestMeta,
         proof: Proof<'_>,
         wrong: Error,
     ) -> Result<ferry_db::sea_orm::DatabaseTransaction> {
@@ -361,27 +361,49 @@ impl AuthApi {
         if second_factor::verify(&txn, self.identity.keyring()?, user, proof, now).await? {
             return Ok(txn);
         }
-        // Roll back first: SQLite allows one writer.
         txn.rollback().await?;
-        let policy = &self.identity.config.throttle;
-        for key in second_factor::throttle_keys(policy, user.id, meta) {
-            throttle::record_failure(&self.identity.db, policy, &key, now).await?;
-        }
         Err(wrong)
     }
 
-    /// `Throttled` while second-factor attempts for `user_id` are locked.
-    async fn check_throttle(&self, user_id: Uuid, meta: &RequestMeta) -> Result<()> {
-        let keys = second_factor::throttle_keys(&self.identity.config.throttle, user_id, meta);
-        throttle::check(&self.identity.db, &keys, Utc::now()).await
+    /// Counts a second-factor attempt of `user_id` before its code is
+    /// checked; `Throttled` while its keys are locked.
+    async fn second_factor_attempt(
+        &self,
+        user_id: Uuid,
+        meta: &RequestMeta,
+    ) -> Result<throttle::Attempt> {
+        let policy = &self.identity.config.throttle;
+        let keys = second_factor::throttle_keys(policy, user_id, meta);
+        throttle::begin(&self.identity.db, policy, &keys, Utc::now()).await
     }
 
-    async fn reset_throttle(&self, user_id: Uuid, meta: &RequestMeta) -> Result<()> {
-        let keys = second_factor::throttle_keys(&self.identity.config.throttle, user_id, meta);
-        if let Some(account) = keys.first() {
-            throttle::reset(&self.identity.db, account).await?;
+    /// Asks for the caller's password again before a sensitive change. It
+    /// counts on the login throttle like a login; a wrong one is
+    /// `PermissionDenied` naming `field` (the session is fine, the step-up
+    /// is not), an empty one `InvalidArgument`.
+    async fn recheck_password(
+        &self,
+        user: &users::Model,
+        meta: &RequestMeta,
+        field: &str,
+        password: String,
+    ) -> Result<()> {
+        if password.is_empty() {
+            return Err(Error::InvalidArgument(format!("{field}: is required")));
         }
-        Ok(())
+        let db = &self.identity.db;
+        let policy = &self.identity.config.throttle;
+        let attempt = throttle::begin(
+            db,
+            policy,
+            &policy.account_keys(user.id, meta.ip),
+            Utc::now(),
+        )
+        .await?;
+        if !auth::verify_password_timed(password, user.password_hash.clone()).await? {
+            return Err(wrong_password(field));
+        }
+        attempt.succeeded(db).await
     }
 
     async fn audit_user(
@@ -408,13 +430,20 @@ impl AuthApi {
         Ok(())
     }
 
-    async fn begin_totp(&self, actor: &Actor) -> Result<pb::BeginTotpEnrollmentResponse> {
+    async fn begin_totp(
+        &self,
+        actor: &Actor,
+        req: pb::BeginTotpEnrollmentRequest,
+    ) -> Result<pb::BeginTotpEnrollmentResponse> {
         let user = self.session_user(actor).await?;
         if user.totp_enabled {
             return Err(Error::FailedPrecondition(
                 "two-factor authentication is already enabled".into(),
             ));
         }
+        // A stolen session alone must not bind the account to a new device.
+        self.recheck_password(&user, &actor.meta, "password", req.password)
+            .await?;
         let secret = totp::new_secret();
         let otpauth_uri = totp::otpauth_uri(&secret, &user.email)?;
         let stored = second_factor::encrypt_secret(self.identity.keyring()?, &secret)?;
@@ -460,13 +489,12 @@ impl AuthApi {
         if req.code.trim().is_empty() {
             return Err(Error::InvalidArgument("code: is required".into()));
         }
-        self.check_throttle(user.id, &actor.meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
         let txn = crate::audit::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
                 txn,
                 &user,
-                &actor.meta,
                 Proof::Totp(&req.code),
                 Error::InvalidArgument("code: is not valid".into()),
             )
@@ -488,7 +516,7 @@ impl AuthApi {
         )
         .await?;
         txn.commit().await?;
-        self.reset_throttle(user.id, &actor.meta).await?;
+        attempt.succeeded(&self.identity.db).await?;
         Ok(pb::ConfirmTotpEnrollmentResponse { recovery_codes })
     }
 
@@ -500,12 +528,13 @@ impl AuthApi {
                 "two-factor authentication is not enabled".into(),
             ));
         }
-        self.check_throttle(user.id, &actor.meta).await?;
+        // Both factors: a stolen session plus a phished code is not enough.
+        self.recheck_password(&user, &actor.meta, "password", req.password.clone())
+            .await?;
+        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
         let txn = crate::audit::begin_write(&self.identity.db).await?;
         let wrong = Error::InvalidArgument(format!("{}: is not valid", proof.field()));
-        let txn = self
-            .check_proof(txn, &user, &actor.meta, proof, wrong)
-            .await?;
+        let txn = self.check_proof(txn, &user, proof, wrong).await?;
         users::Entity::update_many()
             .col_expr(
                 users::Column::TotpSecret,
@@ -534,7 +563,7 @@ impl AuthApi {
         )
         .await?;
         txn.commit().await?;
-        self.reset_throttle(user.id, &actor.meta).await?;
+        attempt.succeeded(&self.identity.db).await?;
         Ok(())
     }
 
@@ -552,13 +581,12 @@ impl AuthApi {
                 "two-factor authentication is not enabled".into(),
             ));
         }
-        self.check_throttle(user.id, &actor.meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
         let txn = crate::audit::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
                 txn,
                 &user,
-                &actor.meta,
                 Proof::Totp(&req.code),
                 Error::InvalidArgument("code: is not valid".into()),
             )
@@ -573,7 +601,7 @@ impl AuthApi {
         )
         .await?;
         txn.commit().await?;
-        self.reset_throttle(user.id, &actor.meta).await?;
+        attempt.succeeded(&self.identity.db).await?;
         Ok(codes)
     }
 
@@ -608,11 +636,22 @@ impl AuthApi {
             .await?
             .filter(|u| u.totp_enabled)
             .ok_or_else(invalid)?;
-        self.check_throttle(user.id, &meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &meta).await?;
+        // A challenge survives MAX_CHALLENGE_FAILURES codes, counted before
+        // each is checked so parallel guesses cannot exceed it.
+        let Some(n) = second_factor::count_challenge_attempt(db, &challenge, now).await? else {
+            return Err(invalid());
+        };
         let txn = crate::audit::begin_write(db).await?;
-        let txn = self
-            .check_proof(txn, &user, &meta, proof, invalid())
-            .await?;
+        let txn = match self.check_proof(txn, &user, proof, invalid()).await {
+            Ok(txn) => txn,
+            Err(err) => {
+                if n >= second_factor::MAX_CHALLENGE_FAILURES {
+                    second_factor::delete_challenge(db, challenge.id).await?;
+                }
+                return Err(err);
+            }
+        };
         let now = Utc::now();
         // Single use: a concurrent completion of the same challenge loses.
         let consumed = sessions::Entity::delete_many()
@@ -647,7 +686,7 @@ impl AuthApi {
         )
         .await?;
         txn.commit().await?;
-        self.reset_throttle(user.id, &meta).await?;
+        attempt.succeeded(db).await?;
         let user = users::Model {
             last_login_at: Some(now),
             ..user
@@ -675,6 +714,11 @@ fn device_to_pb(d: trusted_devices::Model) -> pb::TrustedDevice {
         last_used_at: d.last_used_at.map(ts),
         expires_at: Some(ts(d.expires_at)),
     }
+}
+
+/// The answer to a wrong password on a step-up check.
+fn wrong_password(field: &str) -> Error {
+    Error::PermissionDenied(format!("{field}: is not correct"))
 }
 
 fn already_registered() -> Error {
@@ -750,17 +794,9 @@ impl AuthService for AuthApi {
         let req = request.into_inner();
         validate_password("newPassword", &req.new_password)?;
         let db = &self.identity.db;
-        let policy = &self.identity.config.throttle;
-        let key = policy.account(actor.user_id);
-        let now = Utc::now();
-        throttle::check(db, std::slice::from_ref(&key), now).await?;
         let user = self.current_user(actor.user_id).await?;
-        let ok =
-            auth::verify_password_timed(req.current_password, user.password_hash.clone()).await?;
-        if !ok {
-            throttle::record_failure(db, policy, &key, now).await?;
-            return Err(Error::InvalidArgument("currentPassword: is not correct".into()).into());
-        }
+        self.recheck_password(&user, &actor.meta, "currentPassword", req.current_password)
+            .await?;
         let new_hash = auth::hash_password(req.new_password).await?;
         let txn = crate::audit::begin_write(db).await?;
         users::Entity::update_many()
@@ -777,6 +813,28 @@ impl AuthService for AuthApi {
             .await
             .map_err(Error::from)?
             .rows_affected;
+        // A remembered device would skip the second factor with the new
+        // password too: the old password may be what leaked.
+        let devices = trusted_devices::Entity::delete_many()
+            .filter(trusted_devices::Column::UserId.eq(actor.user_id))
+            .exec(&txn)
+            .await
+            .map_err(Error::from)?
+            .rows_affected;
+        // API tokens are not tied to the password: they stay, and the
+        // answer says how many, so the user can review them.
+        let now = Utc::now();
+        let tokens = api_tokens::Entity::find()
+            .filter(api_tokens::Column::UserId.eq(actor.user_id))
+            .filter(api_tokens::Column::RevokedAt.is_null())
+            .filter(
+                Condition::any()
+                    .add(api_tokens::Column::ExpiresAt.is_null())
+                    .add(api_tokens::Column::ExpiresAt.gt(now)),
+            )
+            .count(&txn)
+            .await
+            .map_err(Error::from)?;
         audit::record(
             &txn,
             &actor.meta,
@@ -786,13 +844,19 @@ impl AuthService for AuthApi {
                 action: "user.change_password",
                 resource_type: AuditResourceType::User,
                 resource_id: Some(actor.user_id),
-                details: json!({ "revokedSessions": revoked }),
+                details: json!({
+                    "revokedSessions": revoked,
+                    "revokedTrustedDevices": devices,
+                    "activeApiTokens": tokens,
+                }),
             },
         )
         .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::ChangePasswordResponse {
             revoked_sessions: u32::try_from(revoked).unwrap_or(u32::MAX),
+            revoked_trusted_devices: u32::try_from(devices).unwrap_or(u32::MAX),
+            active_api_tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
         }))
     }
 
@@ -866,7 +930,9 @@ impl AuthService for AuthApi {
         request: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
         let actor = self.identity.authenticate(&request).await?;
-        Ok(Response::new(self.begin_totp(&actor).await?))
+        Ok(Response::new(
+            self.begin_totp(&actor, request.into_inner()).await?,
+        ))
     }
 
     async fn confirm_totp_enrollment(

@@ -3,6 +3,13 @@
 //! The token (`ferry_inv_…`) is stored only as its SHA-256. With enabled
 //! SMTP settings for the organization the token travels by e-mail only;
 //! otherwise it goes back to the inviter once, with an accept link.
+//!
+//! The e-mail is sent after the invitation commits, never inside the write
+//! transaction: an SMTP server can take up to its timeout per command, and
+//! on SQLite a write transaction holds the whole database (on PostgreSQL,
+//! the organization's audit chain). A failed send keeps the invitation: it
+//! is logged, audited (`invitation.email_failed`), and the token and link
+//! go back to the inviter with `email_error` set, as without SMTP.
 
 use std::sync::Arc;
 
@@ -128,6 +135,12 @@ impl InvitationApi {
             .one(db)
             .await?
             .ok_or_else(|| Error::NotFound("organization not found".into()))?;
+        // Read (and decrypted) before the write transaction: it stays short.
+        let smtp = mail::org_settings(db, &self.keyring, org).await?;
+        if smtp.is_some() {
+            // Refused now rather than stored and then undeliverable.
+            mail::check_recipient(&email)?;
+        }
         let token = ferry_db::token::generate_token(INVITATION_TOKEN_PREFIX);
         let now = Utc::now();
         let expires_at = now + Duration::hours(i64::from(ttl));
@@ -166,7 +179,6 @@ impl InvitationApi {
             }
             Err(e) => return Err(e.into()),
         };
-        let smtp = mail::org_settings(&txn, &self.keyring, org).await?;
         let emailed = smtp.is_some();
         audit::record(
             &txn,
@@ -186,42 +198,91 @@ impl InvitationApi {
             },
         )
         .await?;
+        txn.commit().await?;
         let url = self.accept_url(&token);
-        if let Some(settings) = smtp {
-            // Sent before commit: a failed send leaves no invitation behind.
-            let body = format!(
-                "You have been invited to join the organization \"{}\" on Ferry as {}.\n\n\
-                 Accept the invitation: {url}\n\n\
-                 Or use this invitation token: {token}\n\n\
-                 It expires at {} UTC. If you did not expect it, ignore this e-mail.\n",
-                org_row.name,
-                role.to_value(),
-                expires_at.format("%Y-%m-%d %H:%M"),
-            );
-            mail::send(
-                &settings,
-                Mail {
-                    to: email.clone(),
-                    subject: format!("Invitation to {} on Ferry", org_row.name),
-                    body,
-                },
-            )
-            .await?;
-            txn.commit().await?;
+        let Some(settings) = smtp else {
             return Ok(pb::CreateInvitationResponse {
+                invitation: Some(invitation_to_pb(&invitation)),
+                emailed: false,
+                token,
+                accept_url: url,
+                email_error: String::new(),
+            });
+        };
+        let body = format!(
+            "You have been invited to join the organization \"{}\" on Ferry as {}.\n\n\
+             Accept the invitation: {url}\n\n\
+             Or use this invitation token: {token}\n\n\
+             It expires at {} UTC. If you did not expect it, ignore this e-mail.\n",
+            org_row.name,
+            role.to_value(),
+            expires_at.format("%Y-%m-%d %H:%M"),
+        );
+        let sent = mail::send(
+            &settings,
+            Mail {
+                to: email.clone(),
+                subject: format!("Invitation to {} on Ferry", org_row.name),
+                body,
+            },
+        )
+        .await;
+        match sent {
+            Ok(()) => Ok(pb::CreateInvitationResponse {
                 invitation: Some(invitation_to_pb(&invitation)),
                 emailed: true,
                 token: String::new(),
                 accept_url: String::new(),
-            });
+                email_error: String::new(),
+            }),
+            Err(err) => {
+                // mail::send logged the details; the caller gets the safe
+                // message and the token, so the invitation is not lost.
+                let email_error = err.to_string();
+                self.record_email_failure(&actor.meta, org, actor.user_id, invitation.id)
+                    .await;
+                Ok(pb::CreateInvitationResponse {
+                    invitation: Some(invitation_to_pb(&invitation)),
+                    emailed: false,
+                    token,
+                    accept_url: url,
+                    email_error,
+                })
+            }
         }
-        txn.commit().await?;
-        Ok(pb::CreateInvitationResponse {
-            invitation: Some(invitation_to_pb(&invitation)),
-            emailed: false,
-            token,
-            accept_url: url,
-        })
+    }
+
+    /// Audits a failed invitation e-mail. Best effort: the invitation is
+    /// committed and the caller told either way.
+    async fn record_email_failure(
+        &self,
+        meta: &crate::auth::RequestMeta,
+        org: Uuid,
+        actor: Uuid,
+        invitation: Uuid,
+    ) {
+        let recorded = async {
+            let txn = audit::begin_write(&self.identity.db).await?;
+            audit::record(
+                &txn,
+                meta,
+                AuditEvent {
+                    organization_id: Some(org),
+                    actor_id: Some(actor),
+                    action: "invitation.email_failed",
+                    resource_type: AuditResourceType::Invitation,
+                    resource_id: Some(invitation),
+                    details: json!({}),
+                },
+            )
+            .await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(err) = recorded {
+            tracing::error!(error = %err, %invitation, "auditing a failed invitation e-mail failed");
+        }
     }
 
     async fn list(
