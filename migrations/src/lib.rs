@@ -18,6 +18,8 @@ mod m0006_deployments;
 mod m0007_operations;
 mod m0008_access_audit;
 mod m0009_project_namespaces;
+mod m0010_deployment_leases;
+mod m0011_route_feed_triggers;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -44,8 +46,14 @@ type Alters = fn() -> Vec<Alter>;
 
 /// Migrations after the first release: changes to existing tables (a
 /// released migration is never edited), applied after [`AREAS`].
-const ALTERATIONS: &[(&str, Alters)] =
-    &[("m0009_project_namespaces", m0009_project_namespaces::alters)];
+const ALTERATIONS: &[(&str, Alters)] = &[
+    ("m0009_project_namespaces", m0009_project_namespaces::alters),
+    ("m0010_deployment_leases", m0010_deployment_leases::alters),
+    (
+        "m0011_route_feed_triggers",
+        m0011_route_feed_triggers::alters,
+    ),
+];
 
 /// Every migration, in the order they apply.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
@@ -179,9 +187,10 @@ impl MigrationTrait for AlterMigration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
         let db = manager.get_connection();
         for alter in (self.alters)().iter().rev() {
-            for sql in alter.down_sql() {
+            for sql in alter.down_sql(dialect) {
                 db.execute_unprepared(&sql).await?;
             }
         }

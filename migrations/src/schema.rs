@@ -544,6 +544,10 @@ pub struct Alter {
     /// Indexes dropped; `down()` recreates them.
     pub drop_indexes: Vec<Index>,
     pub add_indexes: Vec<Index>,
+    /// Other statements run last on `up()` and first on `down()`:
+    /// `(postgres up, sqlite up, postgres down, sqlite down)`; an empty
+    /// string runs nothing on that backend.
+    pub statements: Vec<[String; 4]>,
 }
 
 impl Alter {
@@ -554,7 +558,14 @@ impl Alter {
             backfill: Vec::new(),
             drop_indexes: Vec::new(),
             add_indexes: Vec::new(),
+            statements: Vec::new(),
         }
+    }
+
+    /// Statements per backend, and what undoes them.
+    pub fn sql(mut self, statements: [String; 4]) -> Self {
+        self.statements.push(statements);
+        self
     }
 
     /// A NOT NULL column with a default (SQLite can add no other kind of
@@ -565,6 +576,18 @@ impl Alter {
             ty,
             nullable: false,
             default: Some(default),
+            primary_key: false,
+        });
+        self
+    }
+
+    /// A nullable column.
+    pub fn add_null(mut self, name: &'static str, ty: Ty) -> Self {
+        self.add_columns.push(Column {
+            name,
+            ty,
+            nullable: true,
+            default: None,
             primary_key: false,
         });
         self
@@ -592,6 +615,22 @@ impl Alter {
             unique: true,
             columns,
             predicate: None,
+        });
+        self
+    }
+
+    /// A partial unique index (`WHERE predicate`).
+    pub fn unique_where(
+        mut self,
+        name: &'static str,
+        columns: &'static str,
+        predicate: &'static str,
+    ) -> Self {
+        self.add_indexes.push(Index {
+            name,
+            unique: true,
+            columns,
+            predicate: Some(predicate),
         });
         self
     }
@@ -630,15 +669,30 @@ impl Alter {
                 .map(|ix| format!("DROP INDEX {}", ix.name)),
         );
         out.extend(self.add_indexes.iter().map(|ix| index_sql(self.table, ix)));
+        let up = if dialect == Dialect::Postgres { 0 } else { 1 };
+        out.extend(
+            self.statements
+                .iter()
+                .map(|s| s[up].clone())
+                .filter(|s| !s.is_empty()),
+        );
         out
     }
 
-    pub fn down_sql(&self) -> Vec<String> {
+    pub fn down_sql(&self, dialect: Dialect) -> Vec<String> {
+        let down = if dialect == Dialect::Postgres { 2 } else { 3 };
         let mut out: Vec<String> = self
-            .add_indexes
+            .statements
             .iter()
-            .map(|ix| format!("DROP INDEX {}", ix.name))
+            .rev()
+            .map(|s| s[down].clone())
+            .filter(|s| !s.is_empty())
             .collect();
+        out.extend(
+            self.add_indexes
+                .iter()
+                .map(|ix| format!("DROP INDEX {}", ix.name)),
+        );
         out.extend(self.drop_indexes.iter().map(|ix| index_sql(self.table, ix)));
         out.extend(
             self.add_columns

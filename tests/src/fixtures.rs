@@ -136,8 +136,8 @@ pub async fn domain(conn: &DatabaseConnection, org: Uuid, name: &str, deleted: b
 
 /// A route for `hostname` + `path_prefix`; `https` turns on TLS and the
 /// HTTP→HTTPS redirect.
-pub async fn route(
-    conn: &DatabaseConnection,
+pub async fn route<C: ferry_db::sea_orm::ConnectionTrait>(
+    conn: &C,
     project: Uuid,
     domain: Option<Uuid>,
     hostname: &str,
@@ -166,8 +166,8 @@ pub async fn route(
 }
 
 /// Sends `route` to `service:port` (weight 100), optionally stripping the prefix.
-pub async fn target(
-    conn: &DatabaseConnection,
+pub async fn target<C: ferry_db::sea_orm::ConnectionTrait>(
+    conn: &C,
     route: Uuid,
     service: Uuid,
     port: i32,

@@ -179,6 +179,9 @@ impl Args {
                 egress_deny_cidrs: self.tenant_egress_deny.clone(),
             },
             stop,
+            replica_id: uuid::Uuid::now_v7().to_string(),
+            lease_ttl: std::time::Duration::from_secs(30),
+            rollouts: crate::workloads::deploy::Rollouts::default(),
         }
     }
 }

@@ -36,9 +36,26 @@ pub enum Error {
     Internal(String),
 }
 
+/// Constraint violations are the caller's conflict, not an outage: a unique
+/// index says the thing exists already, a foreign key that what it names is
+/// gone or still in use. Handlers that know better map them first (naming
+/// the field); this is the deliberate default.
 impl From<ferry_db::sea_orm::DbErr> for Error {
     fn from(err: ferry_db::sea_orm::DbErr) -> Self {
-        Error::Db(ferry_db::Error::Db(err))
+        use ferry_db::sea_orm::SqlErr;
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(detail)) => {
+                tracing::debug!(%detail, "unique violation");
+                Error::AlreadyExists("it conflicts with an existing resource".into())
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(detail)) => {
+                tracing::debug!(%detail, "foreign key violation");
+                Error::FailedPrecondition(
+                    "a resource it refers to no longer exists, or it is still in use".into(),
+                )
+            }
+            _ => Error::Db(ferry_db::Error::Db(err)),
+        }
     }
 }
 

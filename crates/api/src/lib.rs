@@ -138,18 +138,30 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         cluster,
         deploy: args.deploy_config(shutdown.clone()),
     };
-    // Rollouts a previous run left unfinished: resumed or marked failed.
+    // Rollouts a previous run left unfinished: resumed or marked failed;
+    // then, with several replicas, those whose replica died.
     match deployer(&state).resume().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deployments = n, "picked up unfinished deployments"),
         Err(err) => tracing::error!(error = %err, "resuming unfinished deployments failed"),
     }
+    let _resumer = deployer(&state).spawn_resumer();
     let listener = bind(args.listen).await?;
     let served = GrpcServer::new(system)
         .services(services_with(&state, &args.identity_config()))
         .grace(args.common.shutdown_grace())
         .serve(listener, std::future::ready(()), shutdown)
         .await;
+    // Rollouts stop with the latch and release their leases, so the next
+    // start (or another replica) resumes them at once.
+    if !state
+        .deploy
+        .rollouts
+        .drained(args.common.shutdown_grace())
+        .await
+    {
+        tracing::warn!("rollouts still running at exit: their leases expire on their own");
+    }
     // The reloader ends with the shutdown latch (and closes the feed streams).
     state.feed.close();
     if let Err(err) = reloader.await {

@@ -193,8 +193,8 @@ async fn seed(conn: &DatabaseConnection) -> Fixture {
 }
 
 /// An HTTPS route (TLS + redirect), as the feed tests expect.
-async fn route(
-    conn: &DatabaseConnection,
+async fn route<C: ferry_db::sea_orm::ConnectionTrait>(
+    conn: &C,
     project: Uuid,
     domain: Option<Uuid>,
     hostname: &str,
@@ -257,17 +257,22 @@ async fn feed_streams_snapshot_then_committed_changes_on_each_backend() {
         assert_eq!(cert.key_pem, KEY_PEM, "{b}: decrypted");
         assert!(first.acme_challenges.is_empty(), "{b}");
 
-        // A new host and a changed port, committed, then announced.
-        let shop = route(conn, fx.project, None, "shop.example.net", "/").await;
-        target(conn, shop, fx.web, 8080, false).await;
+        // A new host and a changed port, committed in one transaction (as a
+        // handler does), then announced.
+        let txn = ferry_db::sea_orm::TransactionTrait::begin(conn)
+            .await
+            .unwrap();
+        let shop = route(&txn, fx.project, None, "shop.example.net", "/").await;
+        target(&txn, shop, fx.web, 8080, false).await;
         let mut changed = route_targets::Entity::find_by_id(fx.api_target)
-            .one(conn)
+            .one(&txn)
             .await
             .unwrap()
             .unwrap()
             .into_active_model();
         changed.port = Set(9001);
-        changed.update(conn).await.unwrap();
+        changed.update(&txn).await.unwrap();
+        txn.commit().await.unwrap();
         api.state.feed.notify_committed();
 
         let up = update(next(&mut stream).await);
@@ -379,8 +384,13 @@ async fn postgres_replicas_announce_changes_to_each_other() {
     assert_eq!(first.routes.len(), 1);
 
     for (i, host) in ["shop.example.net", "blog.example.net"].iter().enumerate() {
-        let id = route(&db.conn, fx.project, None, host, "/").await;
-        target(&db.conn, id, fx.web, 8080, false).await;
+        // One transaction, as a handler writes it (each commit is announced).
+        let txn = ferry_db::sea_orm::TransactionTrait::begin(&db.conn)
+            .await
+            .unwrap();
+        let id = route(&txn, fx.project, None, host, "/").await;
+        target(&txn, id, fx.web, 8080, false).await;
+        txn.commit().await.unwrap();
         let started = std::time::Instant::now();
         a.state.feed.notify_committed();
         let up = update(next(&mut stream).await);
@@ -487,4 +497,53 @@ async fn api_binary_serves_the_feed_with_its_token() {
         "a private key leaked into logs"
     );
     drop(stream);
+}
+
+/// On PostgreSQL the notification is part of the commit (triggers on the
+/// feed's tables): a write that no handler announced still reaches the
+/// proxies at once. SQLite is one process with explicit notifications.
+#[tokio::test]
+async fn on_postgres_an_unannounced_commit_still_reaches_the_feed() {
+    let Some(db) = ferry_tests::migrated_dbs()
+        .await
+        .into_iter()
+        .find(|d| d.backend == ferry_tests::Backend::Postgres)
+    else {
+        return;
+    };
+    let api = start(&db.conn, Some(TOKEN)).await;
+    let org = fixtures::organization(&db.conn, "Acme", "acme").await;
+    let project = fixtures::project(&db.conn, org, "Shop", "shop").await;
+    let web = fixtures::service(&db.conn, project, "web", 8080).await;
+    // Written straight to the database, as a handler that forgot to call
+    // notify_committed would; the periodic reload is an hour away.
+    let route = fixtures::route(&db.conn, project, None, "quiet.example.com", "/", false).await;
+    target(&db.conn, route, web, 8080, false).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let snap = api.state.feed.snapshot();
+        if snap
+            .routes
+            .iter()
+            .any(|r| r.hosts.iter().any(|h| h == "quiet.example.com"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unannounced route never reached the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A rolled-back write announces nothing and changes nothing.
+    let version = api.state.feed.snapshot().version;
+    {
+        use ferry_db::sea_orm::TransactionTrait as _;
+        let txn = db.conn.begin().await.unwrap();
+        fixtures::route(&txn, project, None, "never.example.com", "/", false).await;
+        txn.rollback().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.state.feed.snapshot().version, version);
+    api.shutdown.trigger();
 }

@@ -840,6 +840,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
         wait_status(&db.conn, &stuck.id, DeploymentStatus::Deploying).await;
         state2.deploy.stop.trigger();
         api2.stop().await;
+        assert!(state2.deploy.rollouts.drained(Duration::from_secs(5)).await);
         let resumed = ferry_api::deployer(&state).resume().await.unwrap();
         assert!(resumed >= 1, "{b}");
         let row = deployments::Entity::find_by_id(stuck.id.parse::<uuid::Uuid>().unwrap())
@@ -867,6 +868,7 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
         wait_status(&db.conn, &d.id, DeploymentStatus::Deploying).await;
         state3.deploy.stop.trigger();
         api3.stop().await;
+        assert!(state3.deploy.rollouts.drained(Duration::from_secs(5)).await);
         let row = deployments::Entity::find_by_id(d.id.parse::<uuid::Uuid>().unwrap())
             .one(&db.conn)
             .await
@@ -2355,4 +2357,166 @@ async fn deleting_an_organization_deletes_its_namespaces_then_rows_and_tells_the
         assert_eq!(rows.len(), 1, "{b}");
         api.stop().await;
     }
+}
+
+#[tokio::test]
+async fn concurrent_deploys_of_one_service_cannot_both_proceed() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        fake.set_default_behavior(Behavior::Hang);
+        let (api, _state) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let mut t = tenant(&api, "quinn").await;
+        let svc = web_service(&mut t).await;
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let mut deploys = t.w.deploys.clone();
+            let req = authed(
+                pb::DeployRequest {
+                    service_id: svc.id.clone(),
+                },
+                &t.token,
+            );
+            calls.spawn(async move { deploys.deploy(req).await });
+        }
+        let results: Vec<_> = calls.join_all().await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{b}: {results:?}");
+        for err in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(err.code(), Code::FailedPrecondition, "{b}: {err}");
+        }
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_replica_resumes_an_abandoned_rollout() {
+    use ferry_db::sea_orm::{ActiveModelTrait as _, IntoActiveModel as _, Set};
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        fake.set_default_behavior(Behavior::Hang);
+        let (api, state) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let mut t = tenant(&api, "rita").await;
+        let svc = web_service(&mut t).await;
+        let d =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        wait_status(&db.conn, &d.id, DeploymentStatus::Deploying).await;
+        let id: uuid::Uuid = d.id.parse().unwrap();
+        let row = deployments::Entity::find_by_id(id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.lease_owner.as_deref(),
+            Some(state.deploy.replica_id.as_str())
+        );
+        // The driving replica is alive: nobody else takes its rollout.
+        let (_api2, state2) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        assert_eq!(
+            ferry_api::deployer(&state2).resume().await.unwrap(),
+            0,
+            "{b}"
+        );
+        // It dies without a word (no release): its lease runs out.
+        state.deploy.stop.trigger();
+        api.stop().await;
+        let mut row = deployments::Entity::find_by_id(id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_active_model();
+        row.lease_owner = Set(Some("dead-replica".into()));
+        row.lease_expires_at = Set(Some(chrono::Utc::now() - chrono::Duration::seconds(1)));
+        row.update(&db.conn).await.unwrap();
+        // Two live replicas look for abandoned rollouts at the same moment.
+        let (_api3, state3) = start_api(&db.conn, Some(&fake), Duration::from_secs(60)).await;
+        let (d2, d3) = (ferry_api::deployer(&state2), ferry_api::deployer(&state3));
+        let (a, c) = tokio::join!(d2.resume(), d3.resume());
+        assert_eq!(a.unwrap() + c.unwrap(), 1, "{b}: exactly one takes it");
+        let row = deployments::Entity::find_by_id(id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let owner = row.lease_owner.unwrap();
+        assert!(
+            owner == state2.deploy.replica_id || owner == state3.deploy.replica_id,
+            "{b}: {owner}"
+        );
+        let resumed = ferry_db::entities::deployment_logs::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.deployment_id == id && l.message.contains("resuming"))
+            .count();
+        assert_eq!(resumed, 1, "{b}");
+        state2.deploy.stop.trigger();
+        state3.deploy.stop.trigger();
+    }
+}
+
+#[tokio::test]
+async fn compose_alias_bombs_are_refused_quickly_naming_the_problem() {
+    let db = ferry_tests::migrated_dbs()
+        .await
+        .into_iter()
+        .next()
+        .unwrap();
+    let (api, _state) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+    let mut t = tenant(&api, "sam").await;
+    // Wide fan-out: 9 levels of 9 aliases (about 387 million nodes).
+    let mut bomb = String::from("x-a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        bomb.push_str(&format!("x-a{i}: &a{i} [{refs}]\n"));
+    }
+    bomb.push_str("services:\n  web:\n    image: nginx\n    command: *a8\n");
+    // One big anchor used many times (each alias alone is small).
+    let list = vec!["item"; 3000].join(", ");
+    let mut wide =
+        format!("x-big: &big [{list}]\nservices:\n  web:\n    image: nginx\n    environment:\n");
+    for i in 0..3000 {
+        wide.push_str(&format!("      - K{i}=v\n"));
+    }
+    wide.push_str("x-uses: [");
+    wide.push_str(&vec!["*big"; 3000].join(", "));
+    wide.push_str("]\n");
+    for (name, file) in [("bomb", bomb), ("wide", wide)] {
+        let started = std::time::Instant::now();
+        let err =
+            t.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: t.project.id.clone(),
+                        name: name.into(),
+                        compose_file: file,
+                        variables: Default::default(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err}");
+        assert!(err.message().starts_with("composeFile"), "{name}: {err}");
+        assert!(
+            err.message().contains("alias") || err.message().contains("repetition"),
+            "{name}: {err}"
+        );
+        // A guard, not a benchmark: the refusal does not expand the file.
+        assert!(started.elapsed() < Duration::from_secs(5), "{name}");
+    }
+    api.stop().await;
 }

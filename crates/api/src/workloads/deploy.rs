@@ -47,8 +47,56 @@ pub struct DeployConfig {
     /// organization's `settings.limits` overrides the quota.
     pub policy: ProjectPolicy,
     /// When it fires, background rollouts stop where they are; the rows stay
-    /// `pending`/`deploying` and the next start resumes them.
+    /// `pending`/`deploying`, their leases are released, and the next start
+    /// (or another replica) resumes them.
     pub stop: ferry_common::Shutdown,
+    /// This api process, as a lease owner.
+    pub replica_id: String,
+    /// How long a rollout's lease lasts without renewal (renewed every
+    /// third of it). Another replica takes over a rollout whose lease ran
+    /// out: its driver died.
+    pub lease_ttl: Duration,
+    /// The background rollouts of this process (shared by every clone).
+    pub rollouts: Rollouts,
+}
+
+/// Counts this process's background rollout tasks, so a stopping api can
+/// wait until each has released its lease.
+#[derive(Debug, Clone, Default)]
+pub struct Rollouts(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+/// Held by a running rollout task; dropping it counts the task out.
+struct RolloutGuard(Rollouts);
+
+impl Drop for RolloutGuard {
+    fn drop(&mut self) {
+        let (count, done) = &*(self.0).0;
+        count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        done.notify_waiters();
+    }
+}
+
+impl Rollouts {
+    fn enter(&self) -> RolloutGuard {
+        self.0.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        RolloutGuard(self.clone())
+    }
+
+    /// Waits (at most `grace`) until no rollout task runs; true if none does.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        let (count, done) = &*self.0;
+        tokio::time::timeout(grace, async {
+            loop {
+                let notified = done.notified();
+                if count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 impl Default for DeployConfig {
@@ -58,6 +106,9 @@ impl Default for DeployConfig {
             proxy_namespace: "ferry-system".into(),
             policy: ProjectPolicy::default(),
             stop: ferry_common::Shutdown::new(),
+            replica_id: Uuid::now_v7().to_string(),
+            lease_ttl: Duration::from_secs(30),
+            rollouts: Rollouts::default(),
         }
     }
 }
@@ -227,9 +278,21 @@ impl Deployer {
             started_at: Set(None),
             finished_at: Set(planned.then_some(now)),
             created_at: Set(now),
+            lease_owner: Set((!planned).then(|| self.config.replica_id.clone())),
+            lease_expires_at: Set((!planned).then(|| self.lease_until())),
         }
         .insert(&txn)
-        .await?;
+        .await
+        // `idx_deployments_one_in_progress`: a concurrent Deploy won the race.
+        .map_err(|e| {
+            if crate::services::is_unique_violation(&e) {
+                Error::FailedPrecondition(
+                    "another deployment of this service is still in progress".into(),
+                )
+            } else {
+                e.into()
+            }
+        })?;
         scope
             .audit(
                 &txn,
@@ -310,16 +373,93 @@ impl Deployer {
         Ok(spec)
     }
 
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.config.lease_ttl)
+                .unwrap_or_else(|_| chrono::Duration::seconds(30))
+    }
+
+    /// Takes (or renews) the lease of in-progress deployment `id` when it is
+    /// free, expired or already ours; true when this replica now holds it.
+    /// One conditional UPDATE: of replicas racing, exactly one wins.
+    async fn claim(&self, id: Uuid) -> Result<bool> {
+        use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
+        let now = Utc::now();
+        let me = self.config.replica_id.clone();
+        let result = deployments::Entity::update_many()
+            .col_expr(deployments::Column::LeaseOwner, Expr::value(me.clone()))
+            .col_expr(
+                deployments::Column::LeaseExpiresAt,
+                Expr::value(self.lease_until()),
+            )
+            .filter(deployments::Column::Id.eq(id))
+            .filter(
+                deployments::Column::Status
+                    .is_in([DeploymentStatus::Pending, DeploymentStatus::Deploying]),
+            )
+            .filter(
+                Expr::col(deployments::Column::LeaseExpiresAt)
+                    .is_null()
+                    .or(Expr::col(deployments::Column::LeaseExpiresAt).lt(now))
+                    .or(Expr::col(deployments::Column::LeaseOwner).eq(me)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Gives the lease up (graceful stop): another replica, or the next
+    /// start, may resume at once instead of waiting for it to expire.
+    async fn release(&self, id: Uuid) -> Result<()> {
+        use ferry_db::sea_orm::sea_query::Expr;
+        deployments::Entity::update_many()
+            .col_expr(
+                deployments::Column::LeaseExpiresAt,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(deployments::Column::Id.eq(id))
+            .filter(deployments::Column::LeaseOwner.eq(self.config.replica_id.clone()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease every third of its lifetime; returns when it is lost
+    /// (another replica took the rollout over) or cannot be renewed.
+    async fn keep_lease(&self, id: Uuid) {
+        let mut tick = tokio::time::interval(self.config.lease_ttl / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.claim(id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("lost the rollout's lease: another replica drives it now");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "renewing the rollout's lease failed");
+                }
+            }
+        }
+    }
+
     fn spawn(&self, cluster: Arc<Cluster>, id: Uuid, rendered: Rendered) {
         let this = self.clone();
         let span = tracing::info_span!("rollout", deployment = %id);
         let stop = self.config.stop.wait();
+        let guard = self.config.rollouts.enter();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let _guard = guard;
                 let result = tokio::select! {
                     r = this.run(&cluster, id, &rendered) => r,
+                    () = this.keep_lease(id) => return,
                     () = stop => {
-                        tracing::info!("stopping: the next start resumes this rollout");
+                        tracing::info!("stopping: the lease is released, the next start resumes this rollout");
+                        if let Err(err) = this.release(id).await {
+                            tracing::warn!(error = %err, "releasing the rollout's lease failed");
+                        }
                         return;
                     }
                 };
@@ -532,7 +672,10 @@ impl Deployer {
         Ok(())
     }
 
-    /// On start: picks up deployments a previous run left unfinished.
+    /// Picks up deployments whose driver is gone (lease expired or
+    /// released): on start, and periodically with several replicas. Each one
+    /// is claimed first, so exactly one replica resumes it. Returns how many
+    /// this replica took.
     pub async fn resume(&self) -> Result<usize> {
         let open = deployments::Entity::find()
             .filter(
@@ -541,8 +684,12 @@ impl Deployer {
             )
             .all(&self.db)
             .await?;
-        let count = open.len();
+        let mut taken = 0;
         for d in open {
+            if !self.claim(d.id).await? {
+                continue;
+            }
+            taken += 1;
             let Some(cluster) = self.cluster.clone() else {
                 let reason = "the api restarted before this rollout finished, and no cluster is configured now";
                 log(&self.db, d.id, LogLevel::Error, reason).await?;
@@ -573,7 +720,38 @@ impl Deployer {
             tracing::info!(deployment = %d.id, "resuming an unfinished rollout");
             self.spawn(cluster, d.id, rendered);
         }
-        Ok(count)
+        Ok(taken)
+    }
+
+    /// Runs [`Deployer::resume`] every lease lifetime until `stop`, so a
+    /// rollout whose replica died is taken over by a live one.
+    pub fn spawn_resumer(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let stop = self.config.stop.wait();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.config.lease_ttl);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let sweep = async {
+                loop {
+                    tick.tick().await;
+                    match this.resume().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            deployments = n,
+                            "took over rollouts whose replica is gone"
+                        ),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "looking for abandoned rollouts failed")
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = sweep => {}
+                () = stop => {}
+            }
+        })
     }
 }
 

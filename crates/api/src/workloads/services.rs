@@ -509,6 +509,8 @@ impl ServiceApi {
             )
             .await?;
         txn.commit().await?;
+        // Port names decide the upstream protocol (h2c) of its routes.
+        self.0.feed.notify_committed();
         service_to_pb(db, &service).await
     }
 
