@@ -438,9 +438,13 @@ async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
             "{b}"
         );
 
-        // The recorded manifests mask secret values.
+        // The recorded manifests mask secret values (Secret data is base64).
         assert!(d1.manifests_yaml.contains("kind: Deployment"), "{b}");
-        assert!(!d1.manifests_yaml.contains(SECRET), "{b}");
+        let recorded = revealed(&d1.manifests_yaml);
+        assert!(
+            !recorded.contains(SECRET) && !recorded.contains(GROUP_SECRET),
+            "{b}: {recorded}"
+        );
 
         // Deploy #2 with a new image; #1 becomes superseded.
         t.w.services
@@ -641,7 +645,7 @@ async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
             );
         }
         for d in deployments::Entity::find().all(&db.conn).await.unwrap() {
-            let text = d.k8s_artifacts.to_string();
+            let text = revealed(&d.k8s_artifacts.to_string());
             assert!(
                 !text.contains(SECRET) && !text.contains(GROUP_SECRET),
                 "{b}"
@@ -656,11 +660,9 @@ async fn deploy_change_rollback_scale_delete_against_a_fake_cluster() {
         "log capture works: {} bytes",
         text.len()
     );
+    let text = revealed(&text);
     for secret in [SECRET, GROUP_SECRET] {
-        assert!(
-            !text.contains(secret) && !text.contains(&b64(secret)),
-            "{secret} was logged"
-        );
+        assert!(!text.contains(secret), "{secret} was logged");
     }
 }
 
@@ -786,7 +788,8 @@ async fn without_a_cluster_deployments_are_planned_and_restarts_resolve_unfinish
             d.message
         );
         assert!(
-            d.manifests_yaml.contains("kind: Deployment") && !d.manifests_yaml.contains(SECRET),
+            d.manifests_yaml.contains("kind: Deployment")
+                && !revealed(&d.manifests_yaml).contains(SECRET),
             "{b}"
         );
         let plan =
@@ -1031,11 +1034,9 @@ async fn viewers_never_see_secret_values() {
             .unwrap()
             .into_inner();
         assert!(!plan.secrets_revealed, "{b}");
+        let shown = revealed(&plan.yaml);
         for secret in [SECRET, GROUP_SECRET] {
-            assert!(
-                !plan.yaml.contains(secret) && !plan.yaml.contains(&b64(secret)),
-                "{b}"
-            );
+            assert!(!shown.contains(secret), "{b}: {shown}");
         }
         assert!(plan.yaml.contains("***"), "{b}");
         let env = vw
@@ -1171,10 +1172,7 @@ async fn viewers_never_see_secret_values() {
             .await
             .unwrap()
             .into_inner();
-        assert!(
-            !vplan.yaml.contains(&info.password) && !vplan.yaml.contains(&b64(&info.password)),
-            "{b}"
-        );
+        assert!(!revealed(&vplan.yaml).contains(&info.password), "{b}");
         for row in audit_logs::Entity::find().all(&db.conn).await.unwrap() {
             let text = row.details.to_string();
             assert!(
@@ -2051,7 +2049,7 @@ async fn private_images_pull_with_the_organizations_registry_credentials() {
             dep["spec"]["template"]["spec"]["imagePullSecrets"][0]["name"], "private-registry",
             "{b}"
         );
-        assert!(!d.manifests_yaml.contains(password), "{b}");
+        assert!(!revealed(&d.manifests_yaml).contains(password), "{b}");
         // A registry of another organization cannot be used.
         let other = tenant(&api, "kim").await;
         let mut other_w = w(&other.c.channel);
@@ -2355,6 +2353,1122 @@ async fn deleting_an_organization_deletes_its_namespaces_then_rows_and_tells_the
             .await
             .unwrap();
         assert_eq!(rows.len(), 1, "{b}");
+        api.stop().await;
+    }
+}
+
+/// `text` plus every base64 run in it decoded, three levels deep (a docker
+/// config inside a Secret holds base64 `user:password` again). Secret data
+/// is base64: a secret's absence only means something on this.
+fn revealed(text: &str) -> String {
+    let mut out = text.to_owned();
+    let mut layer = text.to_owned();
+    for _ in 0..3 {
+        let decoded: Vec<String> = layer
+            .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+            .filter(|run| run.len() >= 4)
+            .filter_map(|run| base64::engine::general_purpose::STANDARD.decode(run).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .collect();
+        layer = decoded.join("\n");
+        out.push('\n');
+        out.push_str(&layer);
+    }
+    out
+}
+
+/// A new Member of `t`'s organization holding `level` on one resource;
+/// returns the member's token and clients.
+async fn member_with_grant(
+    api: &Api,
+    db: &DatabaseConnection,
+    t: &mut Tenant,
+    name: &str,
+    kind: pb::GrantResourceType,
+    resource_id: &str,
+    level: pb::GrantLevel,
+) -> (String, W) {
+    let mut c = clients(api.addr).await;
+    let user = register(&mut c, name).await;
+    let token = login(&mut c, name).await;
+    add_member(db, &t.org, &user.id, OrgRole::Member).await;
+    t.c.grants
+        .create_grant(authed(
+            pb::CreateGrantRequest {
+                organization_id: t.org.clone(),
+                user_id: user.id.clone(),
+                resource_type: kind.into(),
+                resource_id: resource_id.into(),
+                level: level.into(),
+            },
+            &t.token,
+        ))
+        .await
+        .unwrap();
+    (token, w(&c.channel))
+}
+
+/// An application spec pulling `image` with `registry`'s credentials.
+fn app_with_registry(image: &str, registry: &str) -> pb::create_service_request::Spec {
+    let mut spec = app(image);
+    if let pb::create_service_request::Spec::Application(a) = &mut spec {
+        a.registry_integration_id = registry.into();
+    }
+    spec
+}
+
+async fn create_registry(t: &mut Tenant, password: &str) -> pb::Registry {
+    t.w.registries
+        .create_registry(authed(
+            pb::CreateRegistryRequest {
+                organization_id: t.org.clone(),
+                name: "GitHub".into(),
+                url: "ghcr.io".into(),
+                username: "pull-bot".into(),
+                password: password.into(),
+            },
+            &t.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn plain_service(t: &mut Tenant, name: &str) -> pb::Service {
+    t.w.services
+        .create_service(authed(
+            pb::CreateServiceRequest {
+                project_id: t.project.id.clone(),
+                name: name.into(),
+                spec: Some(app("ghcr.io/acme/plain:1")),
+                ports: http_port(),
+            },
+            &t.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn registry_credentials_are_shown_to_no_one_and_attached_by_registry_managers_only() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "rita").await;
+        let tok = t.token.clone();
+        let password = "ghp_pull-Password-shown-to-no-one";
+        let registry = create_registry(&mut t, password).await;
+        let svc =
+            t.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: t.project.id.clone(),
+                        name: "private".into(),
+                        spec: Some(app_with_registry("ghcr.io/rita/app:1", &registry.id)),
+                        ports: http_port(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        t.w.services
+            .set_env_var(authed(
+                pb::SetEnvVarRequest {
+                    service_id: svc.id.clone(),
+                    key: "API_KEY".into(),
+                    value: SECRET.into(),
+                    secret: true,
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+
+        // The owner's plan reveals the environment, never the registry password.
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let shown = revealed(&plan.yaml);
+        assert!(plan.secrets_revealed && shown.contains(SECRET), "{b}");
+        assert!(
+            plan.yaml.contains("kubernetes.io/dockerconfigjson"),
+            "{b}: {}",
+            plan.yaml
+        );
+        assert!(!shown.contains(password), "{b}: {shown}");
+        assert!(!shown.contains("pull-bot:"), "{b}: basic auth in {shown}");
+        // Nor the recorded deployment, nor the stored artefacts.
+        let d =
+            t.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: svc.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(!revealed(&d.manifests_yaml).contains(password), "{b}");
+        for row in deployments::Entity::find().all(&db.conn).await.unwrap() {
+            assert!(
+                !revealed(&row.k8s_artifacts.to_string()).contains(password),
+                "{b}"
+            );
+        }
+
+        // A service manager and a project manager cannot attach the
+        // organization's registry credentials.
+        let plain = plain_service(&mut t, "plain").await;
+        let (stok, mut sw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "sam",
+            pb::GrantResourceType::Service,
+            &plain.id,
+            pb::GrantLevel::Manage,
+        )
+        .await;
+        let err = sw
+            .services
+            .update_service(authed(
+                pb::UpdateServiceRequest {
+                    id: plain.id.clone(),
+                    registry_integration_id: Some(registry.id.clone()),
+                    ..Default::default()
+                },
+                &stok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err}");
+        assert!(
+            err.message().starts_with("registryIntegrationId"),
+            "{b}: {err}"
+        );
+        let project_id = t.project.id.clone();
+        let (ptok, mut pw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "pam",
+            pb::GrantResourceType::Project,
+            &project_id,
+            pb::GrantLevel::Manage,
+        )
+        .await;
+        let err = pw
+            .services
+            .create_service(authed(
+                pb::CreateServiceRequest {
+                    project_id: t.project.id.clone(),
+                    name: "sneaky".into(),
+                    spec: Some(app_with_registry("ghcr.io/rita/app:1", &registry.id)),
+                    ports: http_port(),
+                },
+                &ptok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err}");
+        assert!(
+            err.message()
+                .starts_with("application.registryIntegrationId"),
+            "{b}: {err}"
+        );
+        let services =
+            t.w.services
+                .list_services(authed(
+                    pb::ListServicesRequest {
+                        project_id: t.project.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .services;
+        assert!(!services.iter().any(|s| s.name == "sneaky"), "{b}");
+        let plain_now = services.iter().find(|s| s.name == "plain").unwrap();
+        assert_eq!(plain_now.registry_integration_id, "", "{b}");
+        // Keeping the registry a service has, or dropping it, needs no more.
+        let kept = pw
+            .services
+            .update_service(authed(
+                pb::UpdateServiceRequest {
+                    id: svc.id.clone(),
+                    replicas: Some(1),
+                    registry_integration_id: Some(registry.id.clone()),
+                    ..Default::default()
+                },
+                &ptok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(kept.registry_integration_id, registry.id, "{b}");
+        let dropped = pw
+            .services
+            .update_service(authed(
+                pb::UpdateServiceRequest {
+                    id: svc.id.clone(),
+                    registry_integration_id: Some(String::new()),
+                    ..Default::default()
+                },
+                &ptok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dropped.registry_integration_id, "", "{b}");
+        let _ = &mut t.c;
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_or_stack_grant_reaches_no_other_project_volume_or_variable_group() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "olga").await;
+        let web = web_service(&mut t).await;
+        let group = web.variable_group_ids[0].clone();
+        let volume = web.mounts[0].volume_id.clone();
+        let target = plain_service(&mut t, "api").await;
+        let (stok, mut sw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "sid",
+            pb::GrantResourceType::Service,
+            &target.id,
+            pb::GrantLevel::Manage,
+        )
+        .await;
+        let mount = pb::MountVolumeRequest {
+            service_id: target.id.clone(),
+            volume_id: volume.clone(),
+            mount_path: "/loot".into(),
+            sub_path: String::new(),
+            read_only: false,
+        };
+        let attach = pb::AttachVariableGroupRequest {
+            service_id: target.id.clone(),
+            variable_group_id: group.clone(),
+        };
+        let err = sw
+            .services
+            .mount_volume(authed(mount.clone(), &stok))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err}");
+        assert!(err.message().starts_with("volumeId"), "{b}: {err}");
+        let err = sw
+            .services
+            .attach_variable_group(authed(attach.clone(), &stok))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err}");
+        assert!(err.message().starts_with("variableGroupId"), "{b}: {err}");
+        // The grant still covers the service itself.
+        sw.services
+            .set_env_var(authed(
+                pb::SetEnvVarRequest {
+                    service_id: target.id.clone(),
+                    key: "TZ".into(),
+                    value: "UTC".into(),
+                    secret: false,
+                },
+                &stok,
+            ))
+            .await
+            .unwrap();
+        let now =
+            t.w.services
+                .get_service(authed(
+                    pb::GetServiceRequest {
+                        id: target.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(
+            now.mounts.is_empty() && now.variable_group_ids.is_empty(),
+            "{b}: {now:?}"
+        );
+        // Manage on the project allows both.
+        let project_id = t.project.id.clone();
+        let (ptok, mut pw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "pia",
+            pb::GrantResourceType::Project,
+            &project_id,
+            pb::GrantLevel::Manage,
+        )
+        .await;
+        pw.services
+            .mount_volume(authed(mount, &ptok))
+            .await
+            .unwrap();
+        let now = pw
+            .services
+            .attach_variable_group(authed(attach, &ptok))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (now.mounts.len(), now.variable_group_ids.len()),
+            (1, 1),
+            "{b}"
+        );
+
+        // A stack grant cannot take a project volume by naming it in the
+        // compose file; the stack's own volumes keep working.
+        let with_data = "services:\n  s:\n    image: nginx:1\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n";
+        let stack =
+            t.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: t.project.id.clone(),
+                        name: "a".into(),
+                        compose_file: with_data.into(),
+                        variables: Default::default(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .stack
+                .unwrap();
+        t.w.volumes
+            .create_volume(authed(
+                pb::CreateVolumeRequest {
+                    project_id: t.project.id.clone(),
+                    name: "a-loot".into(),
+                    size_gb: 1,
+                    storage_class: String::new(),
+                    access_mode: pb::VolumeAccessMode::ReadWriteOnce.into(),
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap();
+        let (ktok, mut kw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "kai",
+            pb::GrantResourceType::Stack,
+            &stack.id,
+            pb::GrantLevel::Manage,
+        )
+        .await;
+        let update = |file: &str| pb::UpdateStackRequest {
+            id: stack.id.clone(),
+            compose_file: file.into(),
+            variables: Default::default(),
+        };
+        let err = kw
+            .stacks
+            .update_stack(authed(
+                update("services:\n  s:\n    image: nginx:1\n    volumes: [\"data:/data\", \"loot:/loot\"]\nvolumes:\n  data:\n  loot:\n"),
+                &ktok,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err}");
+        assert!(err.message().starts_with("volumes.loot"), "{b}: {err}");
+        kw.stacks
+            .update_stack(authed(
+                update(&with_data.replace("nginx:1", "nginx:2")),
+                &ktok,
+            ))
+            .await
+            .unwrap();
+        let _ = &mut t.c;
+        api.stop().await;
+    }
+}
+
+const LITERAL_SECRETS: [&str; 5] = [
+    "anchor-Literal-secret",
+    "db-Literal-secret",
+    "salt-Literal-secret",
+    "smtp-Literal-secret",
+    "tmpl-Literal-secret",
+];
+
+const SECRET_COMPOSE: &str = r#"
+x-common: &common
+  SHARED_TOKEN: anchor-Literal-secret
+services:
+  app:
+    image: ghcr.io/acme/app:1
+    environment:
+      <<: *common
+      DATABASE_URL: postgres://app:db-Literal-secret@db/app
+      SESSION_SALT: salt-Literal-secret
+      DB_HOST: db
+      TZ: Europe/Paris
+  worker:
+    image: ghcr.io/acme/worker:1
+    environment:
+      - SMTP_PASS=smtp-Literal-secret
+      - NODE_ENV=production
+"#;
+
+fn has_no_literal_secret(text: &str) -> bool {
+    LITERAL_SECRETS.iter().all(|s| !text.contains(s))
+}
+
+#[tokio::test]
+// List requests are gaining paging fields: `..Default::default()` stays.
+#[allow(clippy::needless_update)]
+async fn compose_values_are_secret_unless_clearly_not_and_viewers_see_them_masked() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        ferry_db::seed::run(&db.conn).await.unwrap();
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        let mut t = tenant(&api, "uma").await;
+        let tok = t.token.clone();
+        let stack =
+            t.w.stacks
+                .create_stack(authed(
+                    pb::CreateStackRequest {
+                        project_id: t.project.id.clone(),
+                        name: "shop".into(),
+                        compose_file: SECRET_COMPOSE.into(),
+                        variables: Default::default(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .stack
+                .unwrap();
+        // Stored: secret unless the key is clearly not sensitive.
+        let services =
+            t.w.services
+                .list_services(authed(
+                    pb::ListServicesRequest {
+                        project_id: t.project.id.clone(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .services;
+        let mut seen = Vec::new();
+        for s in &services {
+            let env =
+                t.w.services
+                    .list_env_vars(authed(
+                        pb::ListEnvVarsRequest {
+                            service_id: s.id.clone(),
+                        },
+                        &tok,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+            for v in env.env_vars {
+                assert!(has_no_literal_secret(&v.value), "{b}: {v:?}");
+                seen.push((v.key, v.secret));
+            }
+        }
+        seen.sort();
+        let expected: Vec<(String, bool)> = [
+            ("DATABASE_URL", true),
+            ("DB_HOST", false),
+            ("NODE_ENV", false),
+            ("SESSION_SALT", true),
+            ("SHARED_TOKEN", true),
+            ("SMTP_PASS", true),
+            ("TZ", false),
+        ]
+        .iter()
+        .map(|(k, s)| ((*k).to_owned(), *s))
+        .collect();
+        assert_eq!(seen, expected, "{b}");
+
+        // Viewers get the file with secret values masked; deployers as written.
+        let mut c = clients(api.addr).await;
+        let viewer = register(&mut c, "vic").await;
+        let vtok = login(&mut c, "vic").await;
+        add_member(&db.conn, &t.org, &viewer.id, OrgRole::Viewer).await;
+        let mut vw = w(&c.channel);
+        let get = pb::GetStackRequest {
+            id: stack.id.clone(),
+        };
+        let file = vw
+            .stacks
+            .get_stack(authed(get.clone(), &vtok))
+            .await
+            .unwrap()
+            .into_inner()
+            .stack
+            .unwrap()
+            .compose_file;
+        assert!(has_no_literal_secret(&file), "{b}: {file}");
+        assert!(file.contains("***"), "{b}: {file}");
+        assert!(
+            file.contains("Europe/Paris") && file.contains("NODE_ENV=production"),
+            "{b}: {file}"
+        );
+        let listed = vw
+            .stacks
+            .list_stacks(authed(
+                pb::ListStacksRequest {
+                    project_id: t.project.id.clone(),
+                    ..Default::default()
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(has_no_literal_secret(&format!("{listed:?}")), "{b}");
+        let (dtok, mut dw) = member_with_grant(
+            &api,
+            &db.conn,
+            &mut t,
+            "dee",
+            pb::GrantResourceType::Stack,
+            &stack.id,
+            pb::GrantLevel::Deploy,
+        )
+        .await;
+        let file = dw
+            .stacks
+            .get_stack(authed(get, &dtok))
+            .await
+            .unwrap()
+            .into_inner()
+            .stack
+            .unwrap()
+            .compose_file;
+        assert_eq!(file, SECRET_COMPOSE, "{b}");
+
+        // Template specs carry no literal secret value.
+        let spec = serde_json::json!({
+            "kind": "application",
+            "image": "ghcr.io/acme/admin:1",
+            "env": [
+                { "key": "ADMIN_PASSWORD", "value": "tmpl-Literal-secret", "secret": true },
+                { "key": "DATABASE_URL", "value": "postgres://a:db-Literal-secret@db/a" },
+                { "key": "TZ", "value": "UTC" },
+                { "key": "SIGNING_KEY", "generate": "hex32", "secret": true }
+            ]
+        });
+        t.w.templates
+            .create_template(authed(
+                pb::CreateTemplateRequest {
+                    organization_id: t.org.clone(),
+                    slug: "admin".into(),
+                    name: "Admin".into(),
+                    spec_json: spec.to_string(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        let templates = vw
+            .templates
+            .list_templates(authed(
+                pb::ListTemplatesRequest {
+                    organization_id: t.org.clone(),
+                    ..Default::default()
+                },
+                &vtok,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .templates;
+        let admin = templates.iter().find(|x| x.slug == "admin").unwrap();
+        assert!(
+            has_no_literal_secret(&admin.spec_json),
+            "{b}: {}",
+            admin.spec_json
+        );
+        let shown: Value = serde_json::from_str(&admin.spec_json).unwrap();
+        assert_eq!(shown["env"][0]["value"], "***", "{b}");
+        assert_eq!(shown["env"][2]["value"], "UTC", "{b}");
+        assert_eq!(shown["env"][3]["generate"], "hex32", "{b}");
+        // Deploying still uses the real value.
+        let deployed =
+            t.w.templates
+                .deploy_template(authed(
+                    pb::DeployTemplateRequest {
+                        project_id: t.project.id.clone(),
+                        template_slug: "admin".into(),
+                        service_name: String::new(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let plan =
+            t.w.deploys
+                .plan_deployment(authed(
+                    pb::PlanDeploymentRequest {
+                        service_id: deployed.service.unwrap().id,
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(revealed(&plan.yaml).contains("tmpl-Literal-secret"), "{b}");
+        let _ = &mut t.c;
+        api.stop().await;
+    }
+}
+
+/// Workload RPCs whose request names a resource beyond field 1: a second
+/// id field, or an id inside a nested message (route targets, the
+/// application spec's registry).
+fn nested_id_methods() -> Vec<String> {
+    use prost::Message as _;
+    use prost_types::DescriptorProto;
+    let fds = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let messages: Vec<&DescriptorProto> = fds.file.iter().flat_map(|f| &f.message_type).collect();
+    let find = |name: &str| {
+        let name = name.trim_start_matches(".ferry.v1.");
+        messages.iter().find(|m| m.name() == name).copied()
+    };
+    fn names_id(name: &str) -> bool {
+        name == "id" || name.ends_with("_id") || name.ends_with("_ids")
+    }
+    let nested_ids = |m: &DescriptorProto| {
+        m.field.iter().any(|f| {
+            f.type_name
+                .as_deref()
+                .and_then(find)
+                .is_some_and(|inner| inner.field.iter().any(|g| names_id(g.name())))
+        })
+    };
+    let mut out = Vec::new();
+    for file in fds.file.iter().filter(|f| f.package() == "ferry.v1") {
+        for service in file
+            .service
+            .iter()
+            .filter(|s| WORKLOAD_SERVICES.contains(&s.name()))
+        {
+            for method in &service.method {
+                let input = find(method.input_type()).unwrap();
+                let second_id = input
+                    .field
+                    .iter()
+                    .any(|f| f.number() != 1 && names_id(f.name()));
+                if second_id || nested_ids(input) {
+                    out.push(format!("{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+// List requests are gaining paging fields: `..Default::default()` stays.
+#[allow(clippy::needless_update)]
+async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        ferry_db::seed::run(&db.conn).await.unwrap();
+        let (api, _) = start_api(&db.conn, None, Duration::from_secs(5)).await;
+        // The victim: a service with a mounted volume and a variable group,
+        // a deployment, a route, a registry and a template of its own.
+        let mut v = tenant(&api, "victor").await;
+        let vt = v.token.clone();
+        let v_svc = web_service(&mut v).await;
+        let v_volume = v_svc.mounts[0].volume_id.clone();
+        let v_group = v_svc.variable_group_ids[0].clone();
+        let v_deployment =
+            v.w.deploys
+                .deploy(authed(
+                    pb::DeployRequest {
+                        service_id: v_svc.id.clone(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+        let v_registry = create_registry(&mut v, "victim-Registry-password").await;
+        let v_template = v
+            .w
+            .templates
+            .create_template(authed(
+                pb::CreateTemplateRequest {
+                    organization_id: v.org.clone(),
+                    slug: "victims-app".into(),
+                    name: "Victim's app".into(),
+                    spec_json: r#"{"kind":"application","image":"ghcr.io/victor/app:1"}"#.into(),
+                    ..Default::default()
+                },
+                &vt,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let target = |service_id: &str| pb::RouteTarget {
+            service_id: service_id.into(),
+            port: 8080,
+            ..Default::default()
+        };
+        v.w.routes
+            .create_route(authed(
+                pb::CreateRouteRequest {
+                    project_id: v.project.id.clone(),
+                    hostname: "victor.example.com".into(),
+                    targets: vec![target(&v_svc.id)],
+                    ..Default::default()
+                },
+                &vt,
+            ))
+            .await
+            .unwrap();
+
+        // The attacker names its own resource first, the victim's after.
+        let mut a = tenant(&api, "mallory").await;
+        let at = a.token.clone();
+        let a_svc = web_service(&mut a).await;
+        let a_route =
+            a.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        project_id: a.project.id.clone(),
+                        hostname: "mallory.example.com".into(),
+                        targets: vec![target(&a_svc.id)],
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let get = |id: &str| pb::GetServiceRequest { id: id.into() };
+        let v_before =
+            v.w.services
+                .get_service(authed(get(&v_svc.id), &vt))
+                .await
+                .unwrap()
+                .into_inner();
+        let a_before =
+            a.w.services
+                .get_service(authed(get(&a_svc.id), &at))
+                .await
+                .unwrap()
+                .into_inner();
+        use ferry_db::entities::organization_members as members;
+        use ferry_db::sea_orm::{ColumnTrait as _, QueryFilter as _};
+        let a_user = members::Entity::find()
+            .filter(members::Column::OrganizationId.eq(a.org.parse::<uuid::Uuid>().unwrap()))
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id;
+        let mut tried: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+        let app_spec = app_with_registry("ghcr.io/mallory/x:1", &v_registry.id);
+        tried.push((
+            "ServiceService/CreateService",
+            a.w.services
+                .create_service(authed(
+                    pb::CreateServiceRequest {
+                        project_id: a.project.id.clone(),
+                        name: "stolen".into(),
+                        spec: Some(app_spec),
+                        ports: http_port(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "ServiceService/UpdateService",
+            a.w.services
+                .update_service(authed(
+                    pb::UpdateServiceRequest {
+                        id: a_svc.id.clone(),
+                        registry_integration_id: Some(v_registry.id.clone()),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "ServiceService/MountVolume",
+            a.w.services
+                .mount_volume(authed(
+                    pb::MountVolumeRequest {
+                        service_id: a_svc.id.clone(),
+                        volume_id: v_volume.clone(),
+                        mount_path: "/loot".into(),
+                        sub_path: String::new(),
+                        read_only: true,
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        let group_request = pb::AttachVariableGroupRequest {
+            service_id: a_svc.id.clone(),
+            variable_group_id: v_group.clone(),
+        };
+        tried.push((
+            "ServiceService/AttachVariableGroup",
+            a.w.services
+                .attach_variable_group(authed(group_request.clone(), &at))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "ServiceService/DetachVariableGroup",
+            a.w.services
+                .detach_variable_group(authed(
+                    pb::DetachVariableGroupRequest {
+                        service_id: group_request.service_id,
+                        variable_group_id: group_request.variable_group_id,
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "RouteService/CreateRoute",
+            a.w.routes
+                .create_route(authed(
+                    pb::CreateRouteRequest {
+                        project_id: a.project.id.clone(),
+                        hostname: "loot.example.com".into(),
+                        targets: vec![target(&v_svc.id)],
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "RouteService/SetRouteTargets",
+            a.w.routes
+                .set_route_targets(authed(
+                    pb::SetRouteTargetsRequest {
+                        id: a_route.id.clone(),
+                        targets: vec![target(&a_svc.id), target(&v_svc.id)],
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "RegistryService/DeleteRegistry",
+            a.w.registries
+                .delete_registry(authed(
+                    pb::DeleteRegistryRequest {
+                        organization_id: a.org.clone(),
+                        id: v_registry.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "TemplateService/DeleteTemplate",
+            a.w.templates
+                .delete_template(authed(
+                    pb::DeleteTemplateRequest {
+                        organization_id: a.org.clone(),
+                        id: v_template.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        // Not ids, but naming the victim's resources all the same.
+        tried.push((
+            "TemplateService/DeployTemplate",
+            a.w.templates
+                .deploy_template(authed(
+                    pb::DeployTemplateRequest {
+                        project_id: a.project.id.clone(),
+                        template_slug: v_template.slug.clone(),
+                        service_name: String::new(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "DeploymentService/Rollback",
+            a.w.deploys
+                .rollback(authed(
+                    pb::RollbackRequest {
+                        deployment_id: v_deployment.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "GrantService/CreateGrant",
+            a.c.grants
+                .create_grant(authed(
+                    pb::CreateGrantRequest {
+                        organization_id: a.org.clone(),
+                        user_id: a_user.to_string(),
+                        resource_type: pb::GrantResourceType::Service.into(),
+                        resource_id: v_svc.id.clone(),
+                        level: pb::GrantLevel::Manage.into(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        for (method, result) in &tried {
+            let code = result.as_ref().map_or_else(|e| e.code(), |()| Code::Ok);
+            assert_eq!(code, Code::NotFound, "{b}: {method}: {result:?}");
+        }
+        // Every RPC that takes a second id is tried above.
+        let covered: Vec<&str> = tried.iter().map(|(m, _)| *m).collect();
+        let nested = nested_id_methods();
+        for known in [
+            "ServiceService/CreateService",
+            "ServiceService/MountVolume",
+            "RouteService/SetRouteTargets",
+        ] {
+            assert!(nested.iter().any(|m| m == known), "{b}: {nested:?}");
+        }
+        for method in nested {
+            assert!(
+                covered.contains(&method.as_str()),
+                "{b}: {method} takes a second id: add it to this test"
+            );
+        }
+
+        // Nothing changed on either side.
+        let still =
+            v.w.services
+                .get_service(authed(get(&v_svc.id), &vt))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(still, v_before, "{b}");
+        let mine =
+            a.w.services
+                .get_service(authed(get(&a_svc.id), &at))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(mine, a_before, "{b}");
+        let services =
+            a.w.services
+                .list_services(authed(
+                    pb::ListServicesRequest {
+                        project_id: a.project.id.clone(),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .services;
+        assert_eq!(services.len(), 1, "{b}: {services:?}");
+        let routes =
+            a.w.routes
+                .list_routes(authed(
+                    pb::ListRoutesRequest {
+                        project_id: a.project.id.clone(),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .routes;
+        assert_eq!(routes, vec![a_route], "{b}");
+        let registries =
+            v.w.registries
+                .list_registries(authed(
+                    pb::ListRegistriesRequest {
+                        organization_id: v.org.clone(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .registries;
+        assert_eq!(registries.len(), 1, "{b}");
+        let templates =
+            v.w.templates
+                .list_templates(authed(
+                    pb::ListTemplatesRequest {
+                        organization_id: v.org.clone(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .templates;
+        assert!(templates.iter().any(|x| x.id == v_template.id), "{b}");
+        let history =
+            v.w.deploys
+                .list_deployments(authed(
+                    pb::ListDeploymentsRequest {
+                        service_id: v_svc.id.clone(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .deployments;
+        assert_eq!(history.len(), 1, "{b}");
+        let _ = (&mut v.c, &mut a.c);
         api.stop().await;
     }
 }

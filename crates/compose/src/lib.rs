@@ -11,6 +11,7 @@
 
 mod bounds;
 mod interpolate;
+mod mask;
 mod order;
 mod service;
 mod units;
@@ -23,6 +24,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
+pub use crate::mask::{MASK, mask_environment};
 use crate::yaml::join;
 
 /// The work limits of [`parse`]: see the crate README.

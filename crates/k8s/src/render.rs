@@ -78,13 +78,22 @@ pub const REDACTED: &str = "***";
 pub const DATABASE_CAPABILITIES: [&str; 5] =
     ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"];
 
+/// Type of the image pull Secret.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+
 /// Whether to hide Secret values in [`Rendered::to_yaml`] / [`Rendered::to_json`].
+///
+/// The image pull Secret is redacted either way: registry credentials
+/// belong to the organization, not to whoever may deploy one service, so
+/// no text rendering ever carries them. The cluster gets the typed
+/// objects ([`Rendered::registry_secret`]), never this text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redact {
     /// Replace every Secret `data`/`stringData` value with `***`: for
     /// viewers and for what is stored in the database.
     Secrets,
-    /// Real values (what is sent to the cluster).
+    /// Real environment values (a deployer's revealed plan); the image
+    /// pull Secret is still redacted.
     None,
 }
 
@@ -261,8 +270,10 @@ impl Rendered {
 
     fn redacted_values(&self, redact: Redact) -> Vec<Value> {
         let mut values = self.values();
-        if redact == Redact::Secrets {
-            values.iter_mut().for_each(redact_secret);
+        for value in &mut values {
+            if redact == Redact::Secrets || is_pull_secret(value) {
+                redact_secret(value);
+            }
         }
         values
     }
@@ -310,7 +321,7 @@ impl Rendered {
         let missing = |what: &str| Error::Encoding(format!("rendered json: no {what}"));
         let (registry, env): (Vec<Secret>, Vec<Secret>) = secrets
             .into_iter()
-            .partition(|s| s.type_.as_deref() == Some("kubernetes.io/dockerconfigjson"));
+            .partition(|s| s.type_.as_deref() == Some(DOCKER_CONFIG_JSON));
         Ok(Rendered {
             namespace: namespace.ok_or_else(|| missing("Namespace"))?,
             network_policy: network_policy.ok_or_else(|| missing("NetworkPolicy"))?,
@@ -331,6 +342,10 @@ impl Rendered {
 fn to_value<T: serde::Serialize>(obj: &T) -> Value {
     // k8s-openapi types always serialise (string keys, no non-finite floats).
     serde_json::to_value(obj).unwrap_or_default()
+}
+
+fn is_pull_secret(obj: &Value) -> bool {
+    obj["kind"] == "Secret" && obj["type"] == DOCKER_CONFIG_JSON
 }
 
 fn redact_secret(obj: &mut Value) {
@@ -442,7 +457,7 @@ pub fn render(spec: &WorkloadSpec) -> Result<Rendered> {
         });
         Secret {
             metadata: meta(registry_secret_name.clone()),
-            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            type_: Some(DOCKER_CONFIG_JSON.into()),
             data: Some(BTreeMap::from([(
                 ".dockerconfigjson".to_owned(),
                 ByteString(config.to_string().into_bytes()),

@@ -4,7 +4,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{REGISTRY_PASSWORD, SECRET_VALUE, app_spec, db_spec};
+use common::{REGISTRY_PASSWORD, SECRET_VALUE, app_spec, db_spec, revealed};
 use ferry_k8s::spec::MountSpec;
 use ferry_k8s::{Error, Redact, Rendered, Workload, WorkloadKindRef, diff, render};
 use k8s_openapi::api::core::v1::PodSpec;
@@ -291,7 +291,7 @@ fn env_comes_from_the_secret_only() {
     );
     // The workload itself never carries a value.
     let workload = serde_json::to_string(&r.to_json(Redact::None)[6]).unwrap();
-    assert!(!workload.contains(SECRET_VALUE));
+    assert!(!revealed(&workload).contains(SECRET_VALUE));
 }
 
 #[test]
@@ -439,8 +439,10 @@ fn redacted_yaml_and_json_never_show_secrets() {
     let yaml = r.to_yaml(Redact::Secrets).unwrap();
     let json = r.to_json(Redact::Secrets).to_string();
     for text in [&yaml, &json] {
-        assert!(!text.contains(SECRET_VALUE));
-        assert!(!text.contains(REGISTRY_PASSWORD));
+        // Secret data is base64: check the decoded text too.
+        let all = revealed(text);
+        assert!(!all.contains(SECRET_VALUE), "{all}");
+        assert!(!all.contains(REGISTRY_PASSWORD), "{all}");
         assert!(!text.contains(&b64("info")));
         assert!(!text.contains(&b64(&format!("postgres://app:{SECRET_VALUE}@db/app"))));
         assert!(text.contains("***"));
@@ -448,6 +450,7 @@ fn redacted_yaml_and_json_never_show_secrets() {
     assert_eq!(yaml.matches("---\n").count(), 9);
     let plain = r.to_yaml(Redact::None).unwrap();
     assert!(plain.contains(&b64(&format!("postgres://app:{SECRET_VALUE}@db/app"))));
+    assert!(revealed(&plain).contains(SECRET_VALUE));
     let docs: Vec<serde_json::Value> = plain
         .split("---\n")
         .filter(|d| !d.trim().is_empty())
@@ -464,7 +467,17 @@ fn redacted_yaml_and_json_never_show_secrets() {
 fn json_round_trip() {
     let r = render(&app_spec()).unwrap();
     let back = Rendered::from_json(r.to_json(Redact::None)).unwrap();
-    assert_eq!(back, r);
+    // Everything but the pull secret, which no text rendering carries.
+    let pull = back.registry_secret.clone().unwrap().data.unwrap();
+    assert_eq!(pull[".dockerconfigjson"].0, b"***");
+    assert_eq!(back.env_secret, r.env_secret);
+    assert_eq!(
+        Rendered {
+            registry_secret: r.registry_secret.clone(),
+            ..back
+        },
+        r
+    );
     let redacted = Rendered::from_json(r.to_json(Redact::Secrets)).unwrap();
     assert_eq!(redacted.env_secret.data.unwrap()["LOG_LEVEL"].0, b"***");
     assert_eq!(redacted.workload, r.workload);
@@ -623,4 +636,30 @@ fn bad_policy_is_refused_naming_the_field() {
     let mut spec = app_spec();
     spec.policy.egress_deny_cidrs.push("10.0.0.0/99".into());
     assert_eq!(invalid_field(&spec), "policy.egress_deny_cidrs[8]");
+}
+
+#[test]
+fn no_text_rendering_carries_registry_credentials() {
+    let r = render(&app_spec()).unwrap();
+    // The typed object the cluster gets has them.
+    let pull = r.registry_secret.clone().unwrap().data.unwrap();
+    let config = String::from_utf8(pull[".dockerconfigjson"].0.clone()).unwrap();
+    assert!(config.contains(REGISTRY_PASSWORD));
+    for redact in [Redact::Secrets, Redact::None] {
+        let yaml = r.to_yaml(redact).unwrap();
+        let json = r.to_json(redact).to_string();
+        for text in [&yaml, &json] {
+            let all = revealed(text);
+            assert!(!all.contains(REGISTRY_PASSWORD), "{redact:?}: {all}");
+            assert!(!all.contains("acme:"), "{redact:?}: basic auth in {all}");
+        }
+        assert!(
+            yaml.contains("kubernetes.io/dockerconfigjson"),
+            "{redact:?}"
+        );
+        assert!(
+            yaml.contains(".dockerconfigjson: '***'"),
+            "{redact:?}: {yaml}"
+        );
+    }
 }

@@ -13,6 +13,7 @@ pub mod deployments;
 pub mod projects;
 pub mod registries;
 pub mod routes;
+pub mod sensitive;
 pub mod services;
 pub mod spec;
 pub mod stacks;

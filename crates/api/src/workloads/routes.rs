@@ -40,7 +40,8 @@ fn path_prefix(value: &str) -> Result<String> {
     }
 }
 
-/// Checks targets against the project's services and their ports.
+/// Checks targets against the project's services and their ports: a
+/// service of any other project (or organization) is not found.
 async fn targets<C: ConnectionTrait>(
     db: &C,
     project: Uuid,
@@ -57,9 +58,10 @@ async fn targets<C: ConnectionTrait>(
             .filter(services::Column::ProjectId.eq(project))
             .one(db)
             .await?
+            // NotFound, as for every id naming another tenant's resource.
             .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{}: no such service in this project",
+                Error::NotFound(format!(
+                    "{}: service not found in this project",
                     field("serviceId")
                 ))
             })?;

@@ -25,6 +25,7 @@ use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
 use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
 use crate::audit;
+use crate::authz::{Resource, can};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -218,22 +219,71 @@ pub(crate) async fn replace_ports<C: ConnectionTrait>(
     Ok(())
 }
 
-/// A registry integration of the project's organization.
+/// A registry integration of the project's organization that `scope` may
+/// attach (`field` names it in errors). Its credentials become the
+/// service's image pull secret, so attaching one needs `registry.manage` on
+/// the organization: rights on the service alone would hand the
+/// organization's registry password to whoever may configure that service.
+/// Keeping the registry the service already has needs nothing more.
 async fn registry_of<C: ConnectionTrait>(
     db: &C,
-    project: &projects::Model,
+    scope: &Scope,
+    field: &str,
     value: &str,
+    current: Option<Uuid>,
 ) -> Result<Option<Uuid>> {
     if value.trim().is_empty() {
         return Ok(None);
     }
-    let id = parse_id("registryIntegrationId", value)?;
+    let id = parse_id(field, value)?;
     registry_integrations::Entity::find_by_id(id)
-        .filter(registry_integrations::Column::OrganizationId.eq(project.organization_id))
+        .filter(registry_integrations::Column::OrganizationId.eq(scope.organization_id))
         .one(db)
         .await?
-        .ok_or_else(|| Error::NotFound("registry integration not found".into()))?;
+        .ok_or_else(|| Error::NotFound(format!("{field}: registry integration not found")))?;
+    if current != Some(id) {
+        can(
+            db,
+            &scope.actor,
+            "registry.manage",
+            Resource::Organization(scope.organization_id),
+        )
+        .await
+        .map_err(|e| denied_as(e, &format!("{field}: attaching a registry's credentials to a service needs the registry.manage permission (an organization admin); ask one to attach it")))?;
+    }
     Ok(Some(id))
+}
+
+/// Project-wide resources (volumes, variable groups) reach every service
+/// that uses them, so attaching one needs `project.manage` on its project:
+/// a grant on one service must not reach the project's data or secrets.
+async fn authorize_project_resource<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    project_id: Uuid,
+    field: &str,
+) -> Result<()> {
+    can(
+        db,
+        &scope.actor,
+        "project.manage",
+        Resource::Project {
+            organization_id: scope.organization_id,
+            id: project_id,
+        },
+    )
+    .await
+    .map_err(|e| denied_as(e, &format!("{field}: needs manage rights on the project (a grant on the service is not enough); ask an admin for a project grant")))?;
+    Ok(())
+}
+
+/// `err` with `message` when it is PermissionDenied (which says what to
+/// do); other errors unchanged.
+fn denied_as(err: Error, message: &str) -> Error {
+    match err {
+        Error::PermissionDenied(_) => Error::PermissionDenied(message.to_owned()),
+        other => other,
+    }
 }
 
 impl ServiceApi {
@@ -256,7 +306,14 @@ impl ServiceApi {
                 let quantities = validate::resources(app.resources.as_ref())?;
                 let health = validate::health_check(app.health_check.as_ref())?;
                 let ports = validate::ports(&req.ports)?;
-                let registry = registry_of(&txn, &project, &app.registry_integration_id).await?;
+                let registry = registry_of(
+                    &txn,
+                    &scope,
+                    "application.registryIntegrationId",
+                    &app.registry_integration_id,
+                    None,
+                )
+                .await?;
                 let now = Utc::now();
                 let service = services::ActiveModel {
                     id: Set(Uuid::now_v7()),
@@ -404,7 +461,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
         let database = service.kind == ServiceKind::Database;
         let mut changed = Vec::new();
         let mut row = service.clone().into_active_model();
@@ -460,7 +517,14 @@ impl ServiceApi {
         }
         let txn = audit::begin_write(db).await?;
         if let Some(reg) = &req.registry_integration_id {
-            row.registry_integration_id = Set(registry_of(&txn, &project, reg).await?);
+            row.registry_integration_id = Set(registry_of(
+                &txn,
+                &scope,
+                "registryIntegrationId",
+                reg,
+                service.registry_integration_id,
+            )
+            .await?);
             changed.push("registryIntegrationId");
         }
         row.updated_at = Set(Utc::now());
@@ -608,7 +672,8 @@ impl ServiceApi {
             .filter(volumes::Column::ProjectId.eq(service.project_id))
             .one(&txn)
             .await?
-            .ok_or_else(|| Error::NotFound("volume not found in this project".into()))?;
+            .ok_or_else(|| Error::NotFound("volumeId: volume not found in this project".into()))?;
+        authorize_project_resource(&txn, &scope, volume.project_id, "volumeId").await?;
         if volume.access_mode == VolumeAccessMode::ReadOnlyMany && !req.read_only {
             return Err(Error::InvalidArgument(
                 "readOnly: a READ_ONLY_MANY volume must be mounted read-only".into(),
@@ -674,11 +739,14 @@ impl ServiceApi {
         let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
         let txn = audit::begin_write(db).await?;
-        variable_groups::Entity::find_by_id(group_id)
+        let group = variable_groups::Entity::find_by_id(group_id)
             .filter(variable_groups::Column::ProjectId.eq(service.project_id))
             .one(&txn)
             .await?
-            .ok_or_else(|| Error::NotFound("variable group not found in this project".into()))?;
+            .ok_or_else(|| {
+                Error::NotFound("variableGroupId: variable group not found in this project".into())
+            })?;
+        authorize_project_resource(&txn, &scope, group.project_id, "variableGroupId").await?;
         service_variable_groups::ActiveModel {
             id: Set(Uuid::now_v7()),
             service_id: Set(id),

@@ -4,8 +4,9 @@
 //! Ferry does not apply reported as warnings). Each compose service becomes
 //! a Ferry service of the stack, each named volume a project volume
 //! `<stack>-<volume>`. Interpolation variables are not stored: send them
-//! again with every update. Environment values whose key looks sensitive
-//! (PASSWORD, SECRET, TOKEN, KEY) are stored as secrets.
+//! again with every update. Environment values are stored as secrets unless
+//! their key is clearly not sensitive ([`super::sensitive`]); callers below
+//! deploy rights on the stack get the stored file with those values masked.
 
 use std::collections::BTreeMap;
 
@@ -27,9 +28,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::deployments::deployment_to_pb;
+use super::sensitive::is_secret_key;
 use super::services::{delete_service, replace_ports};
-use super::{Workloads, authorize_project, authorize_stack, unique_as, validate};
+use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
 use crate::audit;
+use crate::authz::{Resource, can};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -39,11 +42,31 @@ pub struct StackApi(pub Workloads);
 
 const MAX_COMPOSE: usize = 256 * 1024;
 
-fn sensitive(key: &str) -> bool {
-    let k = key.to_ascii_uppercase();
-    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"]
-        .iter()
-        .any(|s| k.contains(s))
+/// How a stack's compose file is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ComposeView {
+    /// As written: for callers who may deploy the stack (and so read its
+    /// secrets anyway).
+    AsWritten,
+    /// Secret environment values and `x-*` extensions replaced by `***`.
+    Masked,
+}
+
+/// Shown first in a masked compose file.
+const MASKED_NOTE: &str =
+    "# Secret environment values are hidden (***): deploy rights on the stack show them.\n";
+
+/// `file` with its secret environment values hidden. The file was parsed
+/// when it was stored, so masking fails only on a bug: then nothing of it
+/// is shown.
+fn masked_compose(file: &str) -> String {
+    match ferry_compose::mask_environment(file, is_secret_key) {
+        Ok(masked) => format!("{MASKED_NOTE}{masked}"),
+        Err(err) => {
+            tracing::warn!(error = %err, "a stored compose file could not be masked; hidden");
+            "# The compose file is hidden: it could not be masked.\n".to_owned()
+        }
+    }
 }
 
 fn parse(
@@ -63,7 +86,16 @@ fn parse(
         .map_err(|e| Error::InvalidArgument(format!("composeFile: {e}")))
 }
 
+/// A stack as every reader may see it: the compose file masked.
 async fn stack_to_pb<C: ConnectionTrait>(db: &C, s: &stacks::Model) -> Result<pb::Stack> {
+    stack_message(db, s, ComposeView::Masked).await
+}
+
+async fn stack_message<C: ConnectionTrait>(
+    db: &C,
+    s: &stacks::Model,
+    view: ComposeView,
+) -> Result<pb::Stack> {
     let ids = services::Entity::find()
         .filter(services::Column::StackId.eq(s.id))
         .order_by_asc(services::Column::Name)
@@ -73,12 +105,58 @@ async fn stack_to_pb<C: ConnectionTrait>(db: &C, s: &stacks::Model) -> Result<pb
         id: s.id.to_string(),
         project_id: s.project_id.to_string(),
         name: s.name.clone(),
-        compose_file: s.compose_file.clone(),
+        compose_file: match view {
+            ComposeView::AsWritten => s.compose_file.clone(),
+            ComposeView::Masked => masked_compose(&s.compose_file),
+        },
         status: format!("{:?}", s.status).to_lowercase(),
         service_ids: ids.iter().map(|s| s.id.to_string()).collect(),
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
     })
+}
+
+/// The file as written for callers who may deploy the stack, masked for
+/// everyone else (and whenever the check itself fails).
+async fn compose_view<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    project_id: Uuid,
+    id: Uuid,
+) -> ComposeView {
+    let deployer = can(
+        db,
+        &scope.actor,
+        "stack.deploy",
+        Resource::Stack {
+            organization_id: scope.organization_id,
+            project_id,
+            id,
+        },
+    )
+    .await
+    .is_ok();
+    if deployer {
+        ComposeView::AsWritten
+    } else {
+        ComposeView::Masked
+    }
+}
+
+/// Whether the caller manages the stack's project (a check that fails
+/// counts as no).
+async fn manages_project<C: ConnectionTrait>(db: &C, scope: &Scope, project_id: Uuid) -> bool {
+    can(
+        db,
+        &scope.actor,
+        "project.manage",
+        Resource::Project {
+            organization_id: scope.organization_id,
+            id: project_id,
+        },
+    )
+    .await
+    .is_ok()
 }
 
 fn warnings(p: &ComposeProject) -> Vec<pb::StackWarning> {
@@ -217,7 +295,7 @@ async fn upsert<C: ConnectionTrait>(
     for (key, value) in &cs.environment {
         validate::env_key(&field(&format!("environment.{key}")), key)?;
         validate::env_value(&field(&format!("environment.{key}")), value)?;
-        super::spec::insert_env(txn, keyring, service.id, key, value, sensitive(key)).await?;
+        super::spec::insert_env(txn, keyring, service.id, key, value, is_secret_key(key)).await?;
     }
     volume_mounts::Entity::delete_many()
         .filter(volume_mounts::Column::ServiceId.eq(service.id))
@@ -251,24 +329,65 @@ async fn upsert<C: ConnectionTrait>(
     Ok(service)
 }
 
+/// Which existing project volumes a stack may use by name.
+#[derive(Debug, Clone, Copy)]
+enum Adopt<'a> {
+    /// Any: the caller manages the project.
+    Any,
+    /// Only those these services (the stack's own) already mount: rights
+    /// on a stack must not reach the project's other volumes, e.g. another
+    /// stack's (`a` + `b-data` and `a-b` + `data` share a name).
+    MountedBy(&'a [Uuid]),
+}
+
+/// Refuses `volume` unless `adopt` allows the stack to use it.
+async fn check_adopt<C: ConnectionTrait>(
+    txn: &C,
+    adopt: Adopt<'_>,
+    volume: &volumes::Model,
+    field: &str,
+) -> Result<()> {
+    let Adopt::MountedBy(own) = adopt else {
+        return Ok(());
+    };
+    let mounted = volume_mounts::Entity::find()
+        .filter(volume_mounts::Column::VolumeId.eq(volume.id))
+        .filter(volume_mounts::Column::ServiceId.is_in(own.to_vec()))
+        .one(txn)
+        .await?
+        .is_some();
+    if mounted {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "{field}: project volume {} is not this stack's; using it needs manage rights on the project (rename the compose volume, or ask an admin)",
+        volume.name
+    )))
+}
+
 /// Ensures a project volume per named compose volume; returns name → id.
 async fn ensure_volumes<C: ConnectionTrait>(
     txn: &C,
     project: &projects::Model,
     stack_name: &str,
     parsed: &ComposeProject,
+    adopt: Adopt<'_>,
 ) -> Result<BTreeMap<String, Uuid>> {
     let mut ids = BTreeMap::new();
     for v in &parsed.volumes {
         let name = format!("{stack_name}-{}", v.name.replace('_', "-"));
-        validate::dns_label(&format!("volumes.{}", v.name), &name, 58)?;
+        let field = format!("volumes.{}", v.name);
+        validate::dns_label(&field, &name, 58)?;
         let existing = volumes::Entity::find()
             .filter(volumes::Column::ProjectId.eq(project.id))
             .filter(volumes::Column::Name.eq(&name))
             .one(txn)
             .await?;
         let id = match existing {
-            Some(v) => v.id,
+            Some(v) => {
+                check_adopt(txn, adopt, &v, &field).await?;
+                v.id
+            }
             None => {
                 let now = Utc::now();
                 volumes::ActiveModel {
@@ -328,7 +447,7 @@ impl StackApi {
         .map_err(unique_as(
             "a stack with this name already exists in the project",
         ))?;
-        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed).await?;
+        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed, Adopt::Any).await?;
         let mut created = Vec::new();
         for cs in &parsed.services {
             upsert(
@@ -357,7 +476,7 @@ impl StackApi {
             .await?;
         txn.commit().await?;
         Ok(pb::StackResponse {
-            stack: Some(stack_to_pb(db, &stack).await?),
+            stack: Some(stack_message(db, &stack, ComposeView::AsWritten).await?),
             warnings: warnings(&parsed),
             created,
             updated: Vec::new(),
@@ -369,9 +488,10 @@ impl StackApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (_, stack, _) = authorize_stack(db, &actor, "stack.read", id).await?;
+        let (scope, stack, project) = authorize_stack(db, &actor, "stack.read", id).await?;
+        let view = compose_view(db, &scope, project.id, stack.id).await;
         Ok(pb::StackResponse {
-            stack: Some(stack_to_pb(db, &stack).await?),
+            stack: Some(stack_message(db, &stack, view).await?),
             ..Default::default()
         })
     }
@@ -409,7 +529,13 @@ impl StackApi {
             .filter(services::Column::StackId.eq(stack.id))
             .all(&txn)
             .await?;
-        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed).await?;
+        let own: Vec<Uuid> = current.iter().map(|s| s.id).collect();
+        let adopt = if manages_project(&txn, &scope, project.id).await {
+            Adopt::Any
+        } else {
+            Adopt::MountedBy(&own)
+        };
+        let volume_ids = ensure_volumes(&txn, &project, &stack.name, &parsed, adopt).await?;
         let (mut created, mut updated) = (Vec::new(), Vec::new());
         for cs in &parsed.services {
             let existing = current.iter().find(|s| s.name == cs.name).cloned();
@@ -462,7 +588,7 @@ impl StackApi {
             removed_names.push(s.name.clone());
         }
         Ok(pb::StackResponse {
-            stack: Some(stack_to_pb(db, &stack).await?),
+            stack: Some(stack_message(db, &stack, ComposeView::AsWritten).await?),
             warnings: warnings(&parsed),
             created,
             updated,

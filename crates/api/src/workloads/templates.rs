@@ -15,8 +15,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::deployments::deployment_to_pb;
+use super::sensitive::is_secret_key;
 use super::services::service_to_pb;
 use super::spec::{self, NewService, TemplateSpec};
+use super::variables::MASK;
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
 use crate::audit;
 use crate::authz::{Resource, can};
@@ -27,6 +29,27 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct TemplateApi(pub Workloads);
 
+/// `spec` with the literal value of every secret variable (flagged
+/// `secret`, or secret by its key: [`super::sensitive`]) replaced by
+/// `***`. Like every secret value, they are write-only: templates are
+/// listed to every member, viewers included.
+fn masked_spec(spec: &serde_json::Value) -> serde_json::Value {
+    let mut spec = spec.clone();
+    let vars = spec
+        .get_mut("env")
+        .and_then(serde_json::Value::as_array_mut);
+    for var in vars.into_iter().flatten() {
+        let key = var.get("key").and_then(|k| k.as_str()).unwrap_or_default();
+        let flagged = var.get("secret").and_then(serde_json::Value::as_bool) == Some(true);
+        if (flagged || is_secret_key(key))
+            && let Some(value) = var.get_mut("value")
+        {
+            *value = json!(MASK);
+        }
+    }
+    spec
+}
+
 fn template_to_pb(t: &templates::Model) -> pb::Template {
     pb::Template {
         id: t.id.to_string(),
@@ -36,7 +59,7 @@ fn template_to_pb(t: &templates::Model) -> pb::Template {
         description: t.description.clone(),
         category: t.category.clone(),
         official: t.is_official,
-        spec_json: t.spec.to_string(),
+        spec_json: masked_spec(&t.spec).to_string(),
     }
 }
 
