@@ -517,15 +517,19 @@ async fn on_postgres_an_unannounced_commit_still_reaches_the_feed() {
     let web = fixtures::service(&db.conn, project, "web", 8080).await;
     // Written straight to the database, as a handler that forgot to call
     // notify_committed would; the periodic reload is an hour away.
-    let route = fixtures::route(&db.conn, project, None, "quiet.example.com", "/", false).await;
-    target(&db.conn, route, web, 8080, false).await;
+    let txn = ferry_db::sea_orm::TransactionTrait::begin(&db.conn)
+        .await
+        .unwrap();
+    let route = fixtures::route(&txn, project, None, "quiet.example.com", "/", false).await;
+    target(&txn, route, web, 8080, false).await;
+    txn.commit().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let snap = api.state.feed.snapshot();
         if snap
             .routes
             .iter()
-            .any(|r| r.hosts.iter().any(|h| h == "quiet.example.com"))
+            .any(|r| r.hosts.iter().any(|h| h == "quiet.example.com") && !r.targets.is_empty())
         {
             break;
         }
