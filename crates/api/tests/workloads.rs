@@ -1041,6 +1041,7 @@ async fn viewers_never_see_secret_values() {
             .list_env_vars(authed(
                 pb::ListEnvVarsRequest {
                     service_id: svc.id.clone(),
+                    ..Default::default()
                 },
                 &vtok,
             ))
@@ -1296,6 +1297,7 @@ async fn compose_stacks_create_reconcile_and_deploy() {
                 .list_services(authed(
                     pb::ListServicesRequest {
                         project_id: t.project.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1314,6 +1316,7 @@ async fn compose_stacks_create_reconcile_and_deploy() {
                 .list_env_vars(authed(
                     pb::ListEnvVarsRequest {
                         service_id: dbs.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1435,6 +1438,7 @@ async fn templates_list_create_and_deploy() {
                 .list_templates(authed(
                     pb::ListTemplatesRequest {
                         organization_id: t.org.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1612,6 +1616,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .list_variable_groups(authed(
                     pb::ListVariableGroupsRequest {
                         project_id: v.project.id.clone(),
+                        ..Default::default()
                     },
                     &vt,
                 ))
@@ -1699,6 +1704,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .list_env_vars(authed(
                     pb::ListEnvVarsRequest {
                         service_id: svc.id.clone(),
+                        ..Default::default()
                     },
                     &vt,
                 ))
@@ -1989,6 +1995,7 @@ async fn private_images_pull_with_the_organizations_registry_credentials() {
                 .list_registries(authed(
                     pb::ListRegistriesRequest {
                         organization_id: t.org.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))

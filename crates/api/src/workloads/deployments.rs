@@ -11,7 +11,7 @@ use ferry_db::entities::enums::{
 use ferry_db::entities::{deployment_logs, deployments, services};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
 };
 use ferry_k8s::WorkloadKindRef as WorkloadRef;
 use ferry_proto::ferry::v1 as pb;
@@ -26,6 +26,7 @@ use super::services::service_to_pb;
 use super::{Scope, Workloads, authorize_service, validate};
 use crate::audit;
 use crate::authz::can;
+use crate::paging::{Key, Keyset, Kind, desc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -87,6 +88,12 @@ fn workload_ref(service: &services::Model) -> WorkloadRef {
         ServiceKind::Database => WorkloadRef::StatefulSet,
     }
 }
+
+/// ListDeployments' order: newest first. Ids are UUIDv7 (time-ordered).
+static DEPLOYMENTS: Keyset<deployments::Column> = Keyset {
+    list: "deployments",
+    columns: &[desc(deployments::Column::Id, Kind::Id)],
+};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
 
@@ -312,36 +319,15 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
-        let size = match req.page_size {
-            0 => 20,
-            n @ 1..=100 => u64::from(n),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "pageSize: must be between 1 and 100".into(),
-                ));
-            }
-        };
+        let page = DEPLOYMENTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_service(db, &actor, "service.read", id).await?;
-        // Ids are UUIDv7 (time-ordered): the token is the last id returned.
-        let mut query = deployments::Entity::find()
-            .filter(deployments::Column::ServiceId.eq(id))
-            .order_by_desc(deployments::Column::Id)
-            .limit(size + 1);
-        if !req.page_token.is_empty() {
-            let after = parse_id("pageToken", &req.page_token)?;
-            query = query.filter(deployments::Column::Id.lt(after));
-        }
-        let mut rows = query.all(db).await?;
-        let more = rows.len() as u64 > size;
-        rows.truncate(usize::try_from(size).unwrap_or(20));
+        let query = deployments::Entity::find().filter(deployments::Column::ServiceId.eq(id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) = page.finish(rows, |d| vec![Key::Id(d.id)]);
         Ok(pb::ListDeploymentsResponse {
-            next_page_token: if more {
-                rows.last().map(|d| d.id.to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            },
             deployments: rows.iter().map(deployment_to_pb).collect(),
+            next_page_token,
         })
     }
 

@@ -7,7 +7,7 @@
 //! again with every update. Environment values whose key looks sensitive
 //! (PASSWORD, SECRET, TOKEN, KEY) are stored as secrets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use ferry_compose::{ComposeProject, ComposeService};
@@ -18,7 +18,7 @@ use ferry_db::entities::enums::{
 use ferry_db::entities::{projects, service_env_vars, services, stacks, volume_mounts, volumes};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::stack_service_server::StackService;
@@ -30,12 +30,22 @@ use super::deployments::deployment_to_pb;
 use super::services::{delete_service, replace_ports};
 use super::{Workloads, authorize_project, authorize_stack, unique_as, validate};
 use crate::audit;
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `StackService` implementation.
 #[derive(Debug, Clone)]
 pub struct StackApi(pub Workloads);
+
+/// ListStacks' order: by name, then id.
+static STACKS: Keyset<stacks::Column> = Keyset {
+    list: "stacks",
+    columns: &[
+        asc(stacks::Column::Name, Kind::Text),
+        asc(stacks::Column::Id, Kind::Id),
+    ],
+};
 
 const MAX_COMPOSE: usize = 256 * 1024;
 
@@ -64,21 +74,52 @@ fn parse(
 }
 
 async fn stack_to_pb<C: ConnectionTrait>(db: &C, s: &stacks::Model) -> Result<pb::Stack> {
-    let ids = services::Entity::find()
-        .filter(services::Column::StackId.eq(s.id))
+    let mut out = stacks_to_pb(db, std::slice::from_ref(s)).await?;
+    out.pop()
+        .ok_or_else(|| Error::Internal("stack message not built".into()))
+}
+
+/// [`stack_to_pb`] for many stacks with one query for all their service
+/// ids, not one per stack.
+async fn stacks_to_pb<C: ConnectionTrait>(
+    db: &C,
+    rows: &[stacks::Model],
+) -> Result<Vec<pb::Stack>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut members: HashMap<Uuid, Vec<String>> = HashMap::new();
+    let services: Vec<(Uuid, Option<Uuid>)> = services::Entity::find()
+        .select_only()
+        .column(services::Column::Id)
+        .column(services::Column::StackId)
+        .filter(services::Column::StackId.is_in(rows.iter().map(|s| s.id)))
         .order_by_asc(services::Column::Name)
+        .into_tuple()
         .all(db)
         .await?;
-    Ok(pb::Stack {
+    for (id, stack) in services {
+        if let Some(stack) = stack {
+            members.entry(stack).or_default().push(id.to_string());
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|s| stack_message(s, members.remove(&s.id).unwrap_or_default()))
+        .collect())
+}
+
+fn stack_message(s: &stacks::Model, service_ids: Vec<String>) -> pb::Stack {
+    pb::Stack {
         id: s.id.to_string(),
         project_id: s.project_id.to_string(),
         name: s.name.clone(),
         compose_file: s.compose_file.clone(),
         status: format!("{:?}", s.status).to_lowercase(),
-        service_ids: ids.iter().map(|s| s.id.to_string()).collect(),
+        service_ids,
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
-    })
+    }
 }
 
 fn warnings(p: &ComposeProject) -> Vec<pb::StackWarning> {
@@ -381,19 +422,19 @@ impl StackApi {
         request: Request<pb::ListStacksRequest>,
     ) -> Result<pb::ListStacksResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = STACKS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let rows = stacks::Entity::find()
-            .filter(stacks::Column::ProjectId.eq(project_id))
-            .order_by_asc(stacks::Column::Name)
-            .all(db)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for s in &rows {
-            out.push(stack_to_pb(db, s).await?);
-        }
-        Ok(pb::ListStacksResponse { stacks: out })
+        let query = stacks::Entity::find().filter(stacks::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |s| vec![Key::Text(s.name.clone()), Key::Id(s.id)]);
+        Ok(pb::ListStacksResponse {
+            stacks: stacks_to_pb(db, &rows).await?,
+            next_page_token,
+        })
     }
 
     async fn update(&self, request: Request<pb::UpdateStackRequest>) -> Result<pb::StackResponse> {
