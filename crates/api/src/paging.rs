@@ -141,7 +141,7 @@ impl<C: ColumnTrait + Copy> Keyset<C> {
         } else {
             Some(self.decode(page_token).ok_or_else(|| {
                 Error::InvalidArgument(
-                    "pageToken: not a page token of this list; send a next_page_token back \
+                    "pageToken: not a page token of this list; send a nextPageToken back \
                      unchanged, or none for the first page"
                         .into(),
                 )
@@ -224,7 +224,7 @@ pub fn page_size_of(page_size: u32) -> Result<u64> {
         n if n <= MAX_PAGE_SIZE => Ok(u64::from(n)),
         _ => Err(Error::InvalidArgument(format!(
             "pageSize: at most {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}); \
-             follow next_page_token for more"
+             follow nextPageToken for more"
         ))),
     }
 }
