@@ -7,6 +7,7 @@ pub mod args;
 pub mod error;
 pub mod feed;
 pub mod mail;
+pub mod paging;
 
 pub mod audit;
 pub mod auth;

@@ -136,7 +136,7 @@ async fn account_and_organization_lifecycle() {
         assert_eq!(got.name, "Acme Corp", "{b}");
         let list = c
             .orgs
-            .list_organizations(authed(pb::ListOrganizationsRequest {}, &token))
+            .list_organizations(authed(pb::ListOrganizationsRequest::default(), &token))
             .await
             .unwrap()
             .into_inner()
@@ -190,7 +190,7 @@ async fn account_and_organization_lifecycle() {
         assert_eq!(code(gone), Code::NotFound, "{b}");
         let list = c
             .orgs
-            .list_organizations(authed(pb::ListOrganizationsRequest {}, &token))
+            .list_organizations(authed(pb::ListOrganizationsRequest::default(), &token))
             .await
             .unwrap()
             .into_inner()
@@ -258,7 +258,7 @@ async fn sessions_are_listed_revoked_and_cut_by_password_change() {
 
         let listed = c
             .auth
-            .list_sessions(authed(pb::ListSessionsRequest {}, &s1))
+            .list_sessions(authed(pb::ListSessionsRequest::default(), &s1))
             .await
             .unwrap()
             .into_inner()
@@ -505,7 +505,7 @@ async fn tenants_are_isolated_and_roles_enforced() {
         }
         let bobs = c
             .orgs
-            .list_organizations(authed(pb::ListOrganizationsRequest {}, &bob))
+            .list_organizations(authed(pb::ListOrganizationsRequest::default(), &bob))
             .await
             .unwrap()
             .into_inner()
@@ -643,7 +643,7 @@ async fn tenants_are_isolated_and_roles_enforced() {
         assert_eq!(code(create), Code::PermissionDenied, "{b}");
         let sessions = c
             .auth
-            .list_sessions(authed(pb::ListSessionsRequest {}, &pat))
+            .list_sessions(authed(pb::ListSessionsRequest::default(), &pat))
             .await;
         assert_eq!(code(sessions), Code::PermissionDenied, "{b}");
         api_tokens::Entity::update_many()
@@ -1114,7 +1114,7 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
         "/ferry.v1.OrganizationService/ListOrganizations" => {
             let list = c
                 .orgs
-                .list_organizations(authed(pb::ListOrganizationsRequest {}, outsider))
+                .list_organizations(authed(pb::ListOrganizationsRequest::default(), outsider))
                 .await
                 .unwrap()
                 .into_inner();
@@ -1183,6 +1183,7 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
             .list_members(authed(
                 pb::ListMembersRequest {
                     organization_id: org,
+                    ..Default::default()
                 },
                 outsider,
             ))
@@ -1252,6 +1253,7 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                     pb::ListInvitationsRequest {
                         organization_id: org,
                         include_inactive: true,
+                        ..Default::default()
                     },
                     outsider,
                 ))
@@ -1300,6 +1302,7 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                 .list_api_tokens(authed(
                     pb::ListApiTokensRequest {
                         organization_id: org,
+                        ..Default::default()
                     },
                     outsider,
                 ))
@@ -1339,6 +1342,7 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                     pb::ListGrantsRequest {
                         organization_id: org,
                         user_id: String::new(),
+                        ..Default::default()
                     },
                     outsider,
                 ))
@@ -1890,6 +1894,7 @@ async fn invitation_email_is_sent_after_the_invitation_commits() {
                 pb::ListInvitationsRequest {
                     organization_id: org.clone(),
                     include_inactive: false,
+                    ..Default::default()
                 },
                 &owner,
             )),

@@ -105,6 +105,7 @@ async fn members_roles_and_exactly_one_owner() {
             .list_members(authed(
                 pb::ListMembersRequest {
                     organization_id: org.clone(),
+                    ..Default::default()
                 },
                 &member.token,
             ))
@@ -121,6 +122,7 @@ async fn members_roles_and_exactly_one_owner() {
             .list_members(authed(
                 pb::ListMembersRequest {
                     organization_id: org.clone(),
+                    ..Default::default()
                 },
                 &outsider.token,
             ))
@@ -515,6 +517,7 @@ async fn api_tokens_are_capped_shown_once_and_revocable() {
             authed(
                 pb::ListApiTokensRequest {
                     organization_id: org.clone(),
+                    ..Default::default()
                 },
                 token,
             )
@@ -697,6 +700,7 @@ async fn invitations_by_link() {
                 pb::ListInvitationsRequest {
                     organization_id: org.clone(),
                     include_inactive: false,
+                    ..Default::default()
                 },
                 &owner.token,
             ))
@@ -1243,6 +1247,7 @@ async fn grants_feed_the_policy() {
                 pb::ListGrantsRequest {
                     organization_id: org.clone(),
                     user_id: deployer.id.clone(),
+                    ..Default::default()
                 },
                 &owner.token,
             ))
@@ -1256,6 +1261,7 @@ async fn grants_feed_the_policy() {
                 pb::ListGrantsRequest {
                     organization_id: org.clone(),
                     user_id: String::new(),
+                    ..Default::default()
                 },
                 &outsider.token,
             ))

@@ -230,7 +230,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
             let mut c = c.clone();
             let session = session.clone();
             async move {
-                c.list_sessions(authed(pb::ListSessionsRequest {}, &session))
+                c.list_sessions(authed(pb::ListSessionsRequest::default(), &session))
                     .await
                     .unwrap()
                     .into_inner()
@@ -310,7 +310,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
         let r = login(&mut c, "bob", &device_token).await;
         assert!(!r.second_factor_required && !r.token.is_empty(), "{b}");
         let devices = c
-            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest {}, &session))
+            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest::default(), &session))
             .await
             .unwrap()
             .into_inner()
@@ -319,7 +319,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
         assert_eq!(devices[0].id, device.id, "{b}");
         assert!(devices[0].last_used_at.is_some(), "{b}");
         let bobs = c
-            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest {}, &bob))
+            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest::default(), &bob))
             .await
             .unwrap()
             .into_inner()
@@ -348,7 +348,7 @@ async fn totp_login_recovery_codes_trusted_devices_and_disable() {
             .unwrap();
         challenge(&mut c, "alice", &device_token).await;
         let devices = c
-            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest {}, &session))
+            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest::default(), &session))
             .await
             .unwrap()
             .into_inner()
@@ -771,7 +771,7 @@ async fn account_changes_ask_for_the_password_again() {
         assert_eq!(changed.revoked_trusted_devices, 1, "{b}");
         assert_eq!(changed.active_api_tokens, 1, "{b}");
         let devices = c
-            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest {}, &session))
+            .list_trusted_devices(authed(pb::ListTrustedDevicesRequest::default(), &session))
             .await
             .unwrap()
             .into_inner()
@@ -794,6 +794,7 @@ async fn account_changes_ask_for_the_password_again() {
             .list_api_tokens(authed(
                 pb::ListApiTokensRequest {
                     organization_id: org.clone(),
+                    ..Default::default()
                 },
                 &session,
             ))

@@ -1044,6 +1044,7 @@ async fn viewers_never_see_secret_values() {
             .list_env_vars(authed(
                 pb::ListEnvVarsRequest {
                     service_id: svc.id.clone(),
+                    ..Default::default()
                 },
                 &vtok,
             ))
@@ -1296,6 +1297,7 @@ async fn compose_stacks_create_reconcile_and_deploy() {
                 .list_services(authed(
                     pb::ListServicesRequest {
                         project_id: t.project.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1314,6 +1316,7 @@ async fn compose_stacks_create_reconcile_and_deploy() {
                 .list_env_vars(authed(
                     pb::ListEnvVarsRequest {
                         service_id: dbs.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1435,6 +1438,7 @@ async fn templates_list_create_and_deploy() {
                 .list_templates(authed(
                     pb::ListTemplatesRequest {
                         organization_id: t.org.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -1612,6 +1616,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .list_variable_groups(authed(
                     pb::ListVariableGroupsRequest {
                         project_id: v.project.id.clone(),
+                        ..Default::default()
                     },
                     &vt,
                 ))
@@ -1699,6 +1704,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .list_env_vars(authed(
                     pb::ListEnvVarsRequest {
                         service_id: svc.id.clone(),
+                        ..Default::default()
                     },
                     &vt,
                 ))
@@ -1989,6 +1995,7 @@ async fn private_images_pull_with_the_organizations_registry_credentials() {
                 .list_registries(authed(
                     pb::ListRegistriesRequest {
                         organization_id: t.org.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -2592,6 +2599,7 @@ async fn registry_credentials_are_shown_to_no_one_and_attached_by_registry_manag
                 .list_services(authed(
                     pb::ListServicesRequest {
                         project_id: t.project.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -2870,6 +2878,7 @@ async fn compose_values_are_secret_unless_clearly_not_and_viewers_see_them_maske
                 .list_services(authed(
                     pb::ListServicesRequest {
                         project_id: t.project.id.clone(),
+                        ..Default::default()
                     },
                     &tok,
                 ))
@@ -2884,6 +2893,7 @@ async fn compose_values_are_secret_unless_clearly_not_and_viewers_see_them_maske
                     .list_env_vars(authed(
                         pb::ListEnvVarsRequest {
                             service_id: s.id.clone(),
+                            ..Default::default()
                         },
                         &tok,
                     ))

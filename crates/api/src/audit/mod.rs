@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::auth::RequestMeta;
+use crate::paging::{Key, Keyset, Kind, asc};
 
 /// The chain of rows outside any organization.
 pub const GLOBAL_CHAIN: &str = "global";
@@ -179,32 +180,101 @@ pub struct ChainReport {
     pub first_broken: Option<(Uuid, String)>,
 }
 
+/// Rows read per query by [`verify_chain`]: memory stays the same however
+/// long the chain grows.
+pub const VERIFY_BATCH: u64 = 1_000;
+
+/// A chain's order (see the module docs): creation time, then id.
+static CHAIN: Keyset<audit_logs::Column> = Keyset {
+    list: "audit-chain",
+    columns: &[
+        asc(audit_logs::Column::CreatedAt, Kind::Time),
+        asc(audit_logs::Column::Id, Kind::Id),
+    ],
+};
+
 /// Recomputes the chain of `org` (`None`: global) from its first row.
 pub async fn verify_chain<C: ConnectionTrait>(db: &C, org: Option<Uuid>) -> Result<ChainReport> {
-    let backend = db.get_database_backend();
-    let rows = audit_logs::Entity::find()
-        .filter(chain_condition(backend, org))
-        .order_by_asc(audit_logs::Column::CreatedAt)
-        .order_by_asc(audit_logs::Column::Id)
-        .all(db)
-        .await?;
-    let chain = chain_key(org);
-    let mut prev: Option<String> = None;
-    let mut checked = 0u64;
-    for row in rows {
-        checked += 1;
-        if let Some(reason) = check_row(&row, &chain, org, prev.as_deref()) {
-            return Ok(ChainReport {
-                entries_checked: checked,
-                first_broken: Some((row.id, reason)),
-            });
+    verify_chain_in_batches(db, org, VERIFY_BATCH).await
+}
+
+/// [`verify_chain`], reading `batch` rows per query (keyset paging, so
+/// each query starts where the last one ended) and stopping at the first
+/// row that does not verify.
+pub async fn verify_chain_in_batches<C: ConnectionTrait>(
+    db: &C,
+    org: Option<Uuid>,
+    batch: u64,
+) -> Result<ChainReport> {
+    let batch = std::cmp::max(batch, 1);
+    let mut walk = ChainWalk::new(org);
+    let mut after: Option<Vec<Key>> = None;
+    loop {
+        let rows = chain_batch(db, org, after.as_deref(), batch).await?;
+        let last_batch = (rows.len() as u64) < batch;
+        if let Some(last) = rows.last() {
+            after = Some(vec![Key::Time(last.created_at), Key::Id(last.id)]);
         }
-        prev = row.hash;
+        for row in rows {
+            if let Some(broken) = walk.check(row) {
+                return Ok(broken);
+            }
+        }
+        if last_batch {
+            return Ok(walk.report(None));
+        }
     }
-    Ok(ChainReport {
-        entries_checked: checked,
-        first_broken: None,
-    })
+}
+
+/// Up to `batch` rows of a chain, in chain order, after `after`.
+async fn chain_batch<C: ConnectionTrait>(
+    db: &C,
+    org: Option<Uuid>,
+    after: Option<&[Key]>,
+    batch: u64,
+) -> Result<Vec<audit_logs::Model>> {
+    let mut query = CHAIN
+        .order(audit_logs::Entity::find().filter(chain_condition(db.get_database_backend(), org)));
+    if let Some(key) = after {
+        query = query.filter(CHAIN.after(key));
+    }
+    Ok(query.limit(batch).all(db).await?)
+}
+
+/// Verification state carried from row to row: only the previous hash.
+struct ChainWalk {
+    chain: String,
+    org: Option<Uuid>,
+    prev: Option<String>,
+    checked: u64,
+}
+
+impl ChainWalk {
+    fn new(org: Option<Uuid>) -> Self {
+        Self {
+            chain: chain_key(org),
+            org,
+            prev: None,
+            checked: 0,
+        }
+    }
+
+    /// Checks the next row; the report if it is the first broken one.
+    fn check(&mut self, row: audit_logs::Model) -> Option<ChainReport> {
+        self.checked += 1;
+        if let Some(reason) = check_row(&row, &self.chain, self.org, self.prev.as_deref()) {
+            return Some(self.report(Some((row.id, reason))));
+        }
+        self.prev = row.hash;
+        None
+    }
+
+    fn report(&self, first_broken: Option<(Uuid, String)>) -> ChainReport {
+        ChainReport {
+            entries_checked: self.checked,
+            first_broken,
+        }
+    }
 }
 
 fn check_row(

@@ -2,10 +2,7 @@
 
 use ferry_db::entities::audit_logs;
 use ferry_db::entities::enums::AuditResourceType;
-use ferry_db::sea_orm::{
-    ActiveEnum as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _,
-};
+use ferry_db::sea_orm::{ActiveEnum as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 use ferry_proto::ferry::v1 as pb;
 use pb::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
@@ -15,11 +12,14 @@ use super::{from_ts, parse_id, ts};
 use crate::audit::{chain_condition, verify_chain};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, desc};
 use crate::{Error, Result};
 
-/// Default and largest page sizes.
-const DEFAULT_PAGE: u64 = 50;
-const MAX_PAGE: u64 = 500;
+/// ListAuditLog's order: newest first. Ids are UUIDv7 (time-ordered).
+static AUDIT_LOG: Keyset<audit_logs::Column> = Keyset {
+    list: "audit-log",
+    columns: &[desc(audit_logs::Column::Id, Kind::Id)],
+};
 
 /// The `AuditService` implementation.
 #[derive(Debug, Clone)]
@@ -59,6 +59,7 @@ impl AuditApi {
             .authorize(&request, &request.get_ref().organization_id, "audit.read")
             .await?;
         let req = request.into_inner();
+        let page = AUDIT_LOG.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
         let mut query =
             audit_logs::Entity::find().filter(chain_condition(db.get_database_backend(), org));
@@ -87,31 +88,8 @@ impl AuditApi {
                 .ok_or_else(|| Error::InvalidArgument("until: out of range".into()))?;
             query = query.filter(audit_logs::Column::CreatedAt.lt(until));
         }
-        if !req.page_token.is_empty() {
-            // Ids are UUIDv7: time-ordered, so they are the paging key.
-            let after = parse_id("pageToken", &req.page_token)?;
-            query = query.filter(audit_logs::Column::Id.lt(after));
-        }
-        let size = match u64::from(req.page_size) {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(Error::InvalidArgument(format!(
-                    "pageSize: must be at most {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
-        let mut rows = query
-            .order_by_desc(audit_logs::Column::Id)
-            .limit(size + 1)
-            .all(db)
-            .await?;
-        let more = rows.len() as u64 > size;
-        rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-        let next_page_token = match rows.last() {
-            Some(last) if more => last.id.to_string(),
-            _ => String::new(),
-        };
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) = page.finish(rows, |e| vec![Key::Id(e.id)]);
         Ok(pb::ListAuditLogResponse {
             entries: rows.into_iter().map(entry_to_pb).collect(),
             next_page_token,

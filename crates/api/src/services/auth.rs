@@ -9,7 +9,7 @@ use ferry_db::entities::{api_tokens, recovery_codes, sessions, trusted_devices, 
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    PaginatorTrait as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::auth_service_server::AuthService;
@@ -21,6 +21,7 @@ use super::{is_unique_violation, parse_id, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::second_factor::{self, Proof};
 use crate::auth::{self, Actor, Identity, RequestMeta, SESSION_TOKEN_PREFIX, throttle, totp};
+use crate::paging::{Key, Keyset, Kind, desc};
 use crate::{Error, Result};
 
 /// Shortest accepted password.
@@ -705,6 +706,24 @@ impl AuthApi {
     }
 }
 
+/// ListSessions' order: newest first, then id.
+static SESSIONS: Keyset<sessions::Column> = Keyset {
+    list: "sessions",
+    columns: &[
+        desc(sessions::Column::CreatedAt, Kind::Time),
+        desc(sessions::Column::Id, Kind::Id),
+    ],
+};
+
+/// ListTrustedDevices' order: newest first, then id.
+static TRUSTED_DEVICES: Keyset<trusted_devices::Column> = Keyset {
+    list: "trusted-devices",
+    columns: &[
+        desc(trusted_devices::Column::CreatedAt, Kind::Time),
+        desc(trusted_devices::Column::Id, Kind::Id),
+    ],
+};
+
 fn device_to_pb(d: trusted_devices::Model) -> pb::TrustedDevice {
     pb::TrustedDevice {
         id: d.id.to_string(),
@@ -866,13 +885,21 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let actor = self.identity.authenticate(&request).await?;
         let current = actor.session_id()?;
-        let rows = sessions::Entity::find()
+        let req = request.get_ref();
+        let page = SESSIONS.page(req.page_size, &req.page_token)?;
+        let query = sessions::Entity::find()
             .filter(sessions::Column::UserId.eq(actor.user_id))
             .filter(sessions::Column::ExpiresAt.gt(Utc::now()))
-            .order_by_desc(sessions::Column::CreatedAt)
+            // Second-factor challenges (see `is_challenge`) are not sessions;
+            // filtered here so that pages stay full.
+            .filter(sessions::Column::LastActiveAt.gt(chrono::DateTime::<Utc>::UNIX_EPOCH));
+        let rows = page
+            .apply(query)
             .all(&self.identity.db)
             .await
             .map_err(Error::from)?;
+        let (rows, next_page_token) =
+            page.finish(rows, |s| vec![Key::Time(s.created_at), Key::Id(s.id)]);
         let sessions = rows
             .into_iter()
             .filter(|s| !second_factor::is_challenge(s))
@@ -886,7 +913,10 @@ impl AuthService for AuthApi {
                 current: s.id == current,
             })
             .collect();
-        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions,
+            next_page_token,
+        }))
     }
 
     async fn revoke_session(
@@ -981,15 +1011,21 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ListTrustedDevicesResponse>, Status> {
         let actor = self.identity.authenticate(&request).await?;
         actor.session_id()?;
-        let rows = trusted_devices::Entity::find()
+        let req = request.get_ref();
+        let page = TRUSTED_DEVICES.page(req.page_size, &req.page_token)?;
+        let query = trusted_devices::Entity::find()
             .filter(trusted_devices::Column::UserId.eq(actor.user_id))
-            .filter(trusted_devices::Column::ExpiresAt.gt(Utc::now()))
-            .order_by_desc(trusted_devices::Column::CreatedAt)
+            .filter(trusted_devices::Column::ExpiresAt.gt(Utc::now()));
+        let rows = page
+            .apply(query)
             .all(&self.identity.db)
             .await
             .map_err(Error::from)?;
+        let (rows, next_page_token) =
+            page.finish(rows, |d| vec![Key::Time(d.created_at), Key::Id(d.id)]);
         Ok(Response::new(pb::ListTrustedDevicesResponse {
             devices: rows.into_iter().map(device_to_pb).collect(),
+            next_page_token,
         }))
     }
 

@@ -9,7 +9,7 @@ use ferry_db::entities::{
 use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _,
+    QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::grant_service_server::GrantService;
@@ -21,6 +21,7 @@ use super::{is_unique_violation, parse_id, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::{Error, Result};
 
 /// The `GrantService` implementation.
@@ -57,6 +58,15 @@ fn level(value: i32) -> Result<ResourceAccess> {
         )),
     }
 }
+
+/// ListGrants' order: oldest first, then id.
+static GRANTS: Keyset<resource_permissions::Column> = Keyset {
+    list: "grants",
+    columns: &[
+        asc(resource_permissions::Column::CreatedAt, Kind::Time),
+        asc(resource_permissions::Column::Id, Kind::Id),
+    ],
+};
 
 fn grant_to_pb(g: &resource_permissions::Model) -> pb::Grant {
     let (kind, id) = match g.resource_type {
@@ -195,17 +205,21 @@ impl GrantApi {
         let actor = self.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
+        let page = GRANTS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
         can(db, &actor, "grant.read", Resource::Organization(org)).await?;
         let mut query = resource_permissions::Entity::find()
-            .filter(resource_permissions::Column::OrganizationId.eq(org))
-            .order_by_asc(resource_permissions::Column::CreatedAt);
+            .filter(resource_permissions::Column::OrganizationId.eq(org));
         if !req.user_id.trim().is_empty() {
             let user = parse_id("userId", &req.user_id)?;
             query = query.filter(resource_permissions::Column::UserId.eq(user));
         }
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |g| vec![Key::Time(g.created_at), Key::Id(g.id)]);
         Ok(pb::ListGrantsResponse {
-            grants: query.all(db).await?.iter().map(grant_to_pb).collect(),
+            grants: rows.iter().map(grant_to_pb).collect(),
+            next_page_token,
         })
     }
 

@@ -21,7 +21,7 @@ use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::invitation_service_server::InvitationService;
@@ -36,6 +36,7 @@ use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
 use crate::mail::{self, Mail};
+use crate::paging::{Key, Keyset, Kind, desc};
 use crate::{Error, Result};
 
 /// Prefix of invitation tokens.
@@ -77,6 +78,15 @@ impl InvitationApi {
         format!("{}/invitations/accept?token={token}", self.public_url)
     }
 }
+
+/// ListInvitations' order: newest first, then id.
+static INVITATIONS: Keyset<org_invitations::Column> = Keyset {
+    list: "invitations",
+    columns: &[
+        desc(org_invitations::Column::CreatedAt, Kind::Time),
+        desc(org_invitations::Column::Id, Kind::Id),
+    ],
+};
 
 fn invitation_to_pb(i: &org_invitations::Model) -> pb::Invitation {
     pb::Invitation {
@@ -292,19 +302,23 @@ impl InvitationApi {
         let actor = self.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
+        let page = INVITATIONS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
         can(db, &actor, "invitation.read", Resource::Organization(org)).await?;
-        let mut query = org_invitations::Entity::find()
-            .filter(org_invitations::Column::OrganizationId.eq(org))
-            .order_by_desc(org_invitations::Column::CreatedAt);
+        let mut query =
+            org_invitations::Entity::find().filter(org_invitations::Column::OrganizationId.eq(org));
         if !req.include_inactive {
             query = query
                 .filter(org_invitations::Column::AcceptedAt.is_null())
                 .filter(org_invitations::Column::RevokedAt.is_null())
                 .filter(org_invitations::Column::ExpiresAt.gt(Utc::now()));
         }
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |i| vec![Key::Time(i.created_at), Key::Id(i.id)]);
         Ok(pb::ListInvitationsResponse {
-            invitations: query.all(db).await?.iter().map(invitation_to_pb).collect(),
+            invitations: rows.iter().map(invitation_to_pb).collect(),
+            next_page_token,
         })
     }
 

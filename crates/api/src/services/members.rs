@@ -15,7 +15,7 @@ use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
-    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QuerySelect as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use serde_json::json;
@@ -26,6 +26,7 @@ use super::{parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Identity};
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::{Error, Result};
 
 /// Privilege order of organization roles.
@@ -129,13 +130,24 @@ fn event(
     }
 }
 
+/// ListMembers' order: who joined first, then id.
+static MEMBERS: Keyset<organization_members::Column> = Keyset {
+    list: "members",
+    columns: &[
+        asc(organization_members::Column::JoinedAt, Kind::Time),
+        asc(organization_members::Column::Id, Kind::Id),
+    ],
+};
+
 /// `ListMembers`: any member reads.
 pub async fn list(
     identity: &Identity,
     request: Request<pb::ListMembersRequest>,
 ) -> Result<pb::ListMembersResponse> {
     let actor = identity.authenticate(&request).await?;
-    let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+    let req = request.get_ref();
+    let org = parse_id("organizationId", &req.organization_id)?;
+    let page = MEMBERS.page(req.page_size, &req.page_token)?;
     can(
         &identity.db,
         &actor,
@@ -143,11 +155,11 @@ pub async fn list(
         Resource::Organization(org),
     )
     .await?;
-    let rows = organization_members::Entity::find()
-        .filter(organization_members::Column::OrganizationId.eq(org))
-        .order_by_asc(organization_members::Column::JoinedAt)
-        .all(&identity.db)
-        .await?;
+    let query = organization_members::Entity::find()
+        .filter(organization_members::Column::OrganizationId.eq(org));
+    let rows = page.apply(query).all(&identity.db).await?;
+    let (rows, next_page_token) =
+        page.finish(rows, |m| vec![Key::Time(m.joined_at), Key::Id(m.id)]);
     let people: HashMap<Uuid, users::Model> = users::Entity::find()
         .filter(users::Column::Id.is_in(rows.iter().map(|m| m.user_id)))
         .all(&identity.db)
@@ -160,6 +172,7 @@ pub async fn list(
             .iter()
             .map(|m| member_to_pb(m, people.get(&m.user_id)))
             .collect(),
+        next_page_token,
     })
 }
 

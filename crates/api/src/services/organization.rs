@@ -5,7 +5,7 @@ use ferry_db::entities::enums::{AuditResourceType, OrgRole};
 use ferry_db::entities::{organization_members, organizations, projects};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, PaginatorTrait as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::organization_service_server::OrganizationService;
@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use super::{is_unique_violation, members, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
-use crate::auth::Identity;
+use crate::auth::{Actor, Credential, Identity};
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::workloads::Workloads;
 use crate::workloads::projects::delete_project_namespace;
 use crate::{Error, Result};
@@ -75,6 +76,15 @@ pub fn slugify(name: &str) -> String {
         slug.to_owned()
     }
 }
+
+/// ListOrganizations' order: by name, then id.
+static ORGANIZATIONS: Keyset<organizations::Column> = Keyset {
+    list: "organizations",
+    columns: &[
+        asc(organizations::Column::Name, Kind::Text),
+        asc(organizations::Column::Id, Kind::Id),
+    ],
+};
 
 fn org_to_pb(org: &organizations::Model, role: Option<OrgRole>) -> pb::Organization {
     pb::Organization {
@@ -185,31 +195,49 @@ impl OrganizationApi {
         request: Request<pb::ListOrganizationsRequest>,
     ) -> Result<pb::ListOrganizationsResponse> {
         let actor = self.identity.authenticate(&request).await?;
-        let mut query = organization_members::Entity::find()
-            .filter(organization_members::Column::UserId.eq(actor.user_id))
-            .find_also_related(organizations::Entity)
-            .order_by_asc(organizations::Column::Name);
-        if let crate::auth::Credential::ApiToken {
+        let req = request.get_ref();
+        let page = ORGANIZATIONS.page(req.page_size, &req.page_token)?;
+        // The member filter turns the outer join into the caller's memberships.
+        let mut query = organizations::Entity::find()
+            .find_also_related(organization_members::Entity)
+            .filter(organization_members::Column::UserId.eq(actor.user_id));
+        if let Credential::ApiToken {
             organization_id, ..
         } = actor.credential
         {
-            query = query.filter(organization_members::Column::OrganizationId.eq(organization_id));
+            query = query.filter(organizations::Column::Id.eq(organization_id));
         }
-        let rows = query.all(&self.identity.db).await?;
+        let rows = page.apply(query).all(&self.identity.db).await?;
+        let (rows, next_page_token) = page.finish(rows, |(o, _)| {
+            vec![Key::Text(o.name.clone()), Key::Id(o.id)]
+        });
         let mut organizations = Vec::with_capacity(rows.len());
-        for (member, org) in rows {
-            let Some(org) = org else { continue };
-            // Same policy path as GetOrganization (API tokens cap the role).
-            let role = can(
-                &self.identity.db,
-                &actor,
-                "organization.read",
-                Resource::Organization(member.organization_id),
-            )
-            .await?;
-            organizations.push(org_to_pb(&org, role));
+        for (org, member) in rows {
+            let Some(member) = member else { continue };
+            organizations.push(org_to_pb(&org, self.listed_role(&actor, &member).await?));
         }
-        Ok(pb::ListOrganizationsResponse { organizations })
+        Ok(pb::ListOrganizationsResponse {
+            organizations,
+            next_page_token,
+        })
+    }
+
+    /// The role ListOrganizations shows, as GetOrganization would: a login
+    /// session acts with its membership's role; an API token (which lists
+    /// at most its one organization, so this is one call) goes through
+    /// `can`, which caps the role at the token's.
+    async fn listed_role(
+        &self,
+        actor: &Actor,
+        member: &organization_members::Model,
+    ) -> Result<Option<OrgRole>> {
+        match actor.credential {
+            Credential::Session { .. } => Ok(Some(member.role)),
+            Credential::ApiToken { .. } => {
+                let org = Resource::Organization(member.organization_id);
+                can(&self.identity.db, actor, "organization.read", org).await
+            }
+        }
     }
 
     async fn rename(

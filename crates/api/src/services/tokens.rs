@@ -12,7 +12,7 @@ use ferry_db::entities::enums::{AuditResourceType, OrgRole};
 use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::api_token_service_server::ApiTokenService;
@@ -25,6 +25,7 @@ use super::{from_ts, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::{Error, Result};
 
 /// Characters of the value kept to recognise a token in lists.
@@ -41,6 +42,15 @@ impl ApiTokenApi {
         Self { identity }
     }
 }
+
+/// ListApiTokens' order: oldest first, then id.
+static API_TOKENS: Keyset<api_tokens::Column> = Keyset {
+    list: "api-tokens",
+    columns: &[
+        asc(api_tokens::Column::CreatedAt, Kind::Time),
+        asc(api_tokens::Column::Id, Kind::Id),
+    ],
+};
 
 fn token_to_pb(t: &api_tokens::Model) -> pb::ApiToken {
     pb::ApiToken {
@@ -134,18 +144,22 @@ impl ApiTokenApi {
         request: Request<pb::ListApiTokensRequest>,
     ) -> Result<pb::ListApiTokensResponse> {
         let actor = self.identity.authenticate(&request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+        let req = request.get_ref();
+        let org = parse_id("organizationId", &req.organization_id)?;
+        let page = API_TOKENS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
         let caller = can(db, &actor, "api_token.read", Resource::Organization(org)).await?;
-        let mut query = api_tokens::Entity::find()
-            .filter(api_tokens::Column::OrganizationId.eq(org))
-            .order_by_asc(api_tokens::Column::CreatedAt);
+        let mut query =
+            api_tokens::Entity::find().filter(api_tokens::Column::OrganizationId.eq(org));
         if !is_admin(caller) {
             query = query.filter(api_tokens::Column::UserId.eq(actor.user_id));
         }
-        let rows = query.all(db).await?;
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |t| vec![Key::Time(t.created_at), Key::Id(t.id)]);
         Ok(pb::ListApiTokensResponse {
             api_tokens: rows.iter().map(token_to_pb).collect(),
+            next_page_token,
         })
     }
 

@@ -2,6 +2,7 @@
 //! stop, history and a live status stream.
 
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,13 +11,14 @@ use ferry_db::entities::enums::{
 };
 use ferry_db::entities::{deployment_logs, deployments, services};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    EntityTrait as _, IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
 };
 use ferry_k8s::WorkloadKindRef as WorkloadRef;
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_server::DeploymentService;
 use serde_json::json;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -26,6 +28,7 @@ use super::services::service_to_pb;
 use super::{Scope, Workloads, authorize_service, validate};
 use crate::audit;
 use crate::authz::can;
+use crate::paging::{Key, Keyset, Kind, desc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -87,6 +90,12 @@ fn workload_ref(service: &services::Model) -> WorkloadRef {
         ServiceKind::Database => WorkloadRef::StatefulSet,
     }
 }
+
+/// ListDeployments' order: newest first. Ids are UUIDv7 (time-ordered).
+static DEPLOYMENTS: Keyset<deployments::Column> = Keyset {
+    list: "deployments",
+    columns: &[desc(deployments::Column::Id, Kind::Id)],
+};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
 
@@ -312,36 +321,15 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
-        let size = match req.page_size {
-            0 => 20,
-            n @ 1..=100 => u64::from(n),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "pageSize: must be between 1 and 100".into(),
-                ));
-            }
-        };
+        let page = DEPLOYMENTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_service(db, &actor, "service.read", id).await?;
-        // Ids are UUIDv7 (time-ordered): the token is the last id returned.
-        let mut query = deployments::Entity::find()
-            .filter(deployments::Column::ServiceId.eq(id))
-            .order_by_desc(deployments::Column::Id)
-            .limit(size + 1);
-        if !req.page_token.is_empty() {
-            let after = parse_id("pageToken", &req.page_token)?;
-            query = query.filter(deployments::Column::Id.lt(after));
-        }
-        let mut rows = query.all(db).await?;
-        let more = rows.len() as u64 > size;
-        rows.truncate(usize::try_from(size).unwrap_or(20));
+        let query = deployments::Entity::find().filter(deployments::Column::ServiceId.eq(id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) = page.finish(rows, |d| vec![Key::Id(d.id)]);
         Ok(pb::ListDeploymentsResponse {
-            next_page_token: if more {
-                rows.last().map(|d| d.id.to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            },
             deployments: rows.iter().map(deployment_to_pb).collect(),
+            next_page_token,
         })
     }
 
@@ -374,62 +362,117 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let first = self.readable(&actor, id).await?;
-        let db = self.0.identity.db.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        // Polls the rows: works across api replicas and restarts.
-        tokio::spawn(async move {
-            let mut last_log: Option<Uuid> = None;
-            let mut last_status = None;
-            let mut current = first;
-            loop {
-                let mut logs = deployment_logs::Entity::find()
-                    .filter(deployment_logs::Column::DeploymentId.eq(id))
-                    .order_by_asc(deployment_logs::Column::Id);
-                if let Some(after) = last_log {
-                    logs = logs.filter(deployment_logs::Column::Id.gt(after));
-                }
-                let logs = match logs.all(&db).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(Error::from(e)))).await;
-                        return;
-                    }
-                };
-                if let Some(l) = logs.last() {
-                    last_log = Some(l.id);
-                }
-                if !logs.is_empty() || last_status != Some(current.status) {
-                    last_status = Some(current.status);
-                    let event = pb::DeploymentEvent {
-                        deployment: Some(deployment_to_pb(&current)),
-                        logs: logs
-                            .iter()
-                            .map(|l| pb::DeploymentLogLine {
-                                timestamp: Some(ts(l.timestamp)),
-                                level: format!("{:?}", l.level).to_lowercase(),
-                                message: l.message.clone(),
-                            })
-                            .collect(),
-                    };
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                if finished(current.status) && logs.is_empty() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                match deployments::Entity::find_by_id(id).one(&db).await {
-                    Ok(Some(d)) => current = d,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(Error::from(e)))).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(follow(self.0.identity.db.clone(), first, tx));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// How often a watch re-reads the deployment and its log.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// Live WatchDeployment tasks in this process, a gauge like a metric.
+static ACTIVE_WATCHES: LazyLock<watch::Sender<usize>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// The number of WatchDeployment server tasks still running in this
+/// process; wait on it to see a disconnected client's task end.
+pub fn active_watches() -> watch::Receiver<usize> {
+    ACTIVE_WATCHES.subscribe()
+}
+
+/// Counts one watch task for as long as it lives, however it ends.
+struct WatchGauge;
+
+impl WatchGauge {
+    fn enter() -> Self {
+        ACTIVE_WATCHES.send_modify(|n| *n += 1);
+        WatchGauge
+    }
+}
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        ACTIVE_WATCHES.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The server side of one WatchDeployment stream. A client that goes away
+/// drops the receiver; `tx.closed()` then cancels the polling wherever it
+/// waits (a query, the pause between polls), not only at the next send,
+/// which a deployment stuck without changes might never reach.
+async fn follow(
+    db: DatabaseConnection,
+    first: deployments::Model,
+    tx: mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
+) {
+    let _live = WatchGauge::enter();
+    let failed = tokio::select! {
+        () = tx.closed() => return,
+        result = poll(&db, first, &tx) => result,
+    };
+    if let Err(err) = failed {
+        let _ = tx.send(Err(Status::from(err))).await;
+    }
+}
+
+/// Sends status changes and new log lines (polling the rows, which works
+/// across api replicas and restarts) until the deployment finishes.
+async fn poll(
+    db: &DatabaseConnection,
+    mut current: deployments::Model,
+    tx: &mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
+) -> Result<()> {
+    let id = current.id;
+    let mut last_log: Option<Uuid> = None;
+    let mut last_status = None;
+    loop {
+        let logs = logs_after(db, id, last_log).await?;
+        if let Some(l) = logs.last() {
+            last_log = Some(l.id);
+        }
+        if !logs.is_empty() || last_status != Some(current.status) {
+            last_status = Some(current.status);
+            if tx.send(Ok(event(&current, &logs))).await.is_err() {
+                return Ok(());
+            }
+        }
+        if finished(current.status) && logs.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_POLL).await;
+        match deployments::Entity::find_by_id(id).one(db).await? {
+            Some(d) => current = d,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A deployment's log lines after `after` (all of them for `None`).
+async fn logs_after(
+    db: &DatabaseConnection,
+    id: Uuid,
+    after: Option<Uuid>,
+) -> Result<Vec<deployment_logs::Model>> {
+    let mut logs = deployment_logs::Entity::find()
+        .filter(deployment_logs::Column::DeploymentId.eq(id))
+        .order_by_asc(deployment_logs::Column::Id);
+    if let Some(after) = after {
+        logs = logs.filter(deployment_logs::Column::Id.gt(after));
+    }
+    Ok(logs.all(db).await?)
+}
+
+fn event(d: &deployments::Model, logs: &[deployment_logs::Model]) -> pb::DeploymentEvent {
+    pb::DeploymentEvent {
+        deployment: Some(deployment_to_pb(d)),
+        logs: logs
+            .iter()
+            .map(|l| pb::DeploymentLogLine {
+                timestamp: Some(ts(l.timestamp)),
+                level: format!("{:?}", l.level).to_lowercase(),
+                message: l.message.clone(),
+            })
+            .collect(),
     }
 }
 

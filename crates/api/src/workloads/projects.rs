@@ -5,9 +5,10 @@
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, OrgRole, ResourceAccess, ResourceType};
 use ferry_db::entities::{projects, resource_permissions};
+use ferry_db::sea_orm::sea_query::{Query, SelectStatement};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, ConnectionTrait,
+    EntityTrait as _, IntoActiveModel as _, Iterable as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::project_service_server::ProjectService;
@@ -17,7 +18,10 @@ use uuid::Uuid;
 
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
 use crate::audit;
-use crate::authz::{Resource, can};
+use crate::auth::Actor;
+use crate::authz::{Resource, Rule, can, rule};
+use crate::paging::{Key, Keyset, Kind, asc};
+use crate::services::members::rank;
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -59,6 +63,69 @@ fn description(value: &str) -> Result<Option<String>> {
         ));
     }
     Ok((!value.trim().is_empty()).then(|| value.trim().to_owned()))
+}
+
+/// ListProjects' order: by name, then id.
+static PROJECTS: Keyset<projects::Column> = Keyset {
+    list: "projects",
+    columns: &[
+        asc(projects::Column::Name, Kind::Text),
+        asc(projects::Column::Id, Kind::Id),
+    ],
+};
+
+/// Which projects of an organization the caller may see.
+#[derive(Debug)]
+enum Readable {
+    All,
+    /// Those matching this condition (the caller's grants).
+    Granted(Condition),
+    Nothing,
+}
+
+/// The projects of `org` for which `can(action, project)` holds, decided in
+/// a constant number of queries instead of one `can` per project. `role`
+/// is the caller's effective role there, as `can` returned it.
+///
+/// `can` on the organization answers for every project at once whenever
+/// the role decides (a role at the rule's level, a super-admin, a
+/// non-member). Below that level only grants help: a project-level grant
+/// of the rule's level, if the role reaches the rule's floor.
+async fn readable<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    org: Uuid,
+    role: Option<OrgRole>,
+) -> Result<Readable> {
+    match can(db, actor, action, Resource::Organization(org)).await {
+        Ok(_) => return Ok(Readable::All),
+        Err(Error::PermissionDenied(_)) => {}
+        Err(Error::NotFound(_)) => return Ok(Readable::Nothing),
+        Err(other) => return Err(other),
+    }
+    match (rule(action), role) {
+        (Some(Rule::RoleOrGrant { floor, level, .. }), Some(role)) if rank(role) >= rank(floor) => {
+            let granted = projects::Column::Id.in_subquery(granted_projects(actor.user_id, level));
+            Ok(Readable::Granted(Condition::all().add(granted)))
+        }
+        _ => Ok(Readable::Nothing),
+    }
+}
+
+/// The ids of projects `user` holds a project grant of at least `level` on
+/// (the grants `can` counts for a project).
+fn granted_projects(user: Uuid, level: ResourceAccess) -> SelectStatement {
+    use resource_permissions::Column as G;
+    // ResourceAccess orders view < deploy < manage (tested below).
+    let enough: Vec<ResourceAccess> = ResourceAccess::iter().filter(|l| *l >= level).collect();
+    Query::select()
+        .column(G::ProjectId)
+        .from(resource_permissions::Entity)
+        .and_where(G::UserId.eq(user))
+        .and_where(G::ResourceType.eq(ResourceType::Project))
+        .and_where(G::Permission.is_in(enough))
+        .to_owned()
 }
 
 impl ProjectApi {
@@ -144,26 +211,27 @@ impl ProjectApi {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<pb::ListProjectsResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+        let req = request.get_ref();
+        let org = parse_id("organizationId", &req.organization_id)?;
+        let page = PROJECTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        let rows = projects::Entity::find()
-            .filter(projects::Column::OrganizationId.eq(org))
-            .order_by_asc(projects::Column::Name)
+        // Membership is checked even when the organization has no projects.
+        let role = can(db, &actor, "organization.read", Resource::Organization(org)).await?;
+        let query = match readable(db, &actor, "project.read", org, role).await? {
+            Readable::All => projects::Entity::find(),
+            Readable::Granted(ids) => projects::Entity::find().filter(ids),
+            Readable::Nothing => return Ok(pb::ListProjectsResponse::default()),
+        };
+        let rows = page
+            .apply(query.filter(projects::Column::OrganizationId.eq(org)))
             .all(db)
             .await?;
-        // Membership is checked even when the organization has no projects.
-        can(db, &actor, "organization.read", Resource::Organization(org)).await?;
-        let mut out = Vec::new();
-        for p in rows {
-            let resource = Resource::Project {
-                organization_id: org,
-                id: p.id,
-            };
-            if can(db, &actor, "project.read", resource).await.is_ok() {
-                out.push(project_to_pb(&p));
-            }
-        }
-        Ok(pb::ListProjectsResponse { projects: out })
+        let (rows, next_page_token) =
+            page.finish(rows, |p| vec![Key::Text(p.name.clone()), Key::Id(p.id)]);
+        Ok(pb::ListProjectsResponse {
+            projects: rows.iter().map(project_to_pb).collect(),
+            next_page_token,
+        })
     }
 
     async fn update(&self, request: Request<pb::UpdateProjectRequest>) -> Result<pb::Project> {
@@ -284,6 +352,205 @@ impl ProjectService for ProjectApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Credential, RequestMeta};
+    use ferry_db::entities::{organization_members, users};
+    use ferry_db::sea_orm::DatabaseConnection;
+
+    #[test]
+    fn resource_access_orders_by_privilege() {
+        // `granted_projects` relies on it, as `can` relies on its ranks.
+        assert!(ResourceAccess::View < ResourceAccess::Deploy);
+        assert!(ResourceAccess::Deploy < ResourceAccess::Manage);
+    }
+
+    async fn user(db: &DatabaseConnection, name: &str, super_admin: bool) -> Uuid {
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        users::ActiveModel {
+            id: Set(id),
+            username: Set(name.into()),
+            email: Set(format!("{name}@example.com")),
+            password_hash: Set(None),
+            display_name: Set(None),
+            avatar_url: Set(None),
+            is_super_admin: Set(super_admin),
+            totp_secret: Set(None),
+            totp_enabled: Set(false),
+            preferences: Set(json!({})),
+            last_login_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(db)
+        .await
+        .unwrap_or_else(|e| panic!("insert user: {e}"));
+        id
+    }
+
+    async fn member(db: &DatabaseConnection, org: Uuid, user: Uuid, role: OrgRole) {
+        organization_members::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org),
+            user_id: Set(user),
+            role: Set(role),
+            invited_by: Set(None),
+            joined_at: Set(Utc::now()),
+        }
+        .insert(db)
+        .await
+        .unwrap_or_else(|e| panic!("insert member: {e}"));
+    }
+
+    async fn grant(
+        db: &DatabaseConnection,
+        org: Uuid,
+        user: Uuid,
+        project: Uuid,
+        level: ResourceAccess,
+    ) {
+        resource_permissions::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            organization_id: Set(org),
+            user_id: Set(user),
+            resource_type: Set(ResourceType::Project),
+            project_id: Set(Some(project)),
+            service_id: Set(None),
+            stack_id: Set(None),
+            job_id: Set(None),
+            permission: Set(level),
+            granted_by: Set(None),
+            created_at: Set(Utc::now()),
+        }
+        .insert(db)
+        .await
+        .unwrap_or_else(|e| panic!("insert grant: {e}"));
+    }
+
+    fn actor(user_id: Uuid, super_admin: bool, credential: Credential) -> Actor {
+        Actor {
+            user_id,
+            super_admin,
+            credential,
+            meta: RequestMeta::default(),
+        }
+    }
+
+    /// What ListProjects shows through [`readable`], and what one `can` per
+    /// project allows; `None` when the membership gate refuses.
+    async fn both(
+        db: &DatabaseConnection,
+        actor: &Actor,
+        action: &str,
+        org: Uuid,
+        all: &[Uuid],
+    ) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
+        let role = can(db, actor, "organization.read", Resource::Organization(org))
+            .await
+            .ok()?;
+        let bulk = match readable(db, actor, action, org, role).await {
+            Ok(Readable::All) => all.to_vec(),
+            Ok(Readable::Nothing) => Vec::new(),
+            Ok(Readable::Granted(only)) => projects::Entity::find()
+                .filter(projects::Column::OrganizationId.eq(org))
+                .filter(only)
+                .all(db)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|p| p.id)
+                .collect(),
+            Err(e) => panic!("{action}: {e}"),
+        };
+        let mut one_by_one = Vec::new();
+        for &id in all {
+            let resource = Resource::Project {
+                organization_id: org,
+                id,
+            };
+            if can(db, actor, action, resource).await.is_ok() {
+                one_by_one.push(id);
+            }
+        }
+        let mut bulk = bulk;
+        bulk.sort_unstable();
+        one_by_one.sort_unstable();
+        Some((bulk, one_by_one))
+    }
+
+    /// The bulk decision equals `can` per project for every kind of caller,
+    /// on the read rule (role decides) and on a grant rule (project.manage:
+    /// members need a manage grant, viewers are below the floor).
+    #[tokio::test]
+    async fn bulk_visibility_equals_can_per_project() {
+        use ferry_tests::fixtures;
+        for db in ferry_tests::migrated_dbs().await {
+            let b = db.backend;
+            let conn = &db.conn;
+            let org = fixtures::organization(conn, "Acme", "acme").await;
+            let elsewhere = fixtures::organization(conn, "Other", "other").await;
+            let mut all = Vec::new();
+            for i in 0..4 {
+                all.push(fixtures::project(conn, org, &format!("P{i}"), &format!("p{i}")).await);
+            }
+            let foreign = fixtures::project(conn, elsewhere, "X", "x").await;
+
+            let admin = user(conn, "admin", false).await;
+            member(conn, org, admin, OrgRole::Admin).await;
+            let granted = user(conn, "granted", false).await;
+            member(conn, org, granted, OrgRole::Member).await;
+            grant(conn, org, granted, all[0], ResourceAccess::Manage).await;
+            grant(conn, org, granted, all[1], ResourceAccess::View).await;
+            grant(conn, elsewhere, granted, foreign, ResourceAccess::Manage).await;
+            let plain = user(conn, "plain", false).await;
+            member(conn, org, plain, OrgRole::Member).await;
+            let viewer = user(conn, "viewer", false).await;
+            member(conn, org, viewer, OrgRole::Viewer).await;
+            grant(conn, org, viewer, all[2], ResourceAccess::Manage).await;
+            let outsider = user(conn, "outsider", false).await;
+            let root = user(conn, "root", true).await;
+
+            let session = || Credential::Session { id: Uuid::now_v7() };
+            let capped = |role| Credential::ApiToken {
+                id: Uuid::now_v7(),
+                organization_id: org,
+                role,
+            };
+            let callers = [
+                ("admin", actor(admin, false, session())),
+                (
+                    "admin token capped to member",
+                    actor(admin, false, capped(OrgRole::Member)),
+                ),
+                ("member with grants", actor(granted, false, session())),
+                (
+                    "member token capped to viewer",
+                    actor(granted, false, capped(OrgRole::Viewer)),
+                ),
+                ("member without grants", actor(plain, false, session())),
+                (
+                    "viewer with a manage grant",
+                    actor(viewer, false, session()),
+                ),
+                ("outsider", actor(outsider, false, session())),
+                ("super-admin, not a member", actor(root, true, session())),
+            ];
+            for (who, caller) in &callers {
+                for action in ["project.read", "project.manage"] {
+                    match both(conn, caller, action, org, &all).await {
+                        Some((bulk, one_by_one)) => {
+                            assert_eq!(bulk, one_by_one, "{b}: {who}: {action}");
+                        }
+                        None => assert_eq!(*who, "outsider", "{b}: {who} refused"),
+                    }
+                }
+            }
+            // The grant path is really taken: exactly the managed project.
+            let (bulk, _) = both(conn, &callers[2].1, "project.manage", org, &all)
+                .await
+                .unwrap_or_default();
+            assert_eq!(bulk, vec![all[0]], "{b}");
+        }
+    }
 
     #[test]
     fn namespaces_are_generated_labels_with_the_id_suffix() {

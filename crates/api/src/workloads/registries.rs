@@ -6,7 +6,6 @@ use ferry_db::entities::enums::{AuditResourceType, RegistryProvider};
 use ferry_db::entities::registry_integrations as registries;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::registry_service_server::RegistryService;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 use super::{Scope, Workloads, unique_as, validate};
 use crate::audit;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -71,6 +71,15 @@ fn provider(url: &str) -> RegistryProvider {
         _ => RegistryProvider::Generic,
     }
 }
+
+/// ListRegistries' order: by name, then id.
+static REGISTRIES: Keyset<registries::Column> = Keyset {
+    list: "registries",
+    columns: &[
+        asc(registries::Column::Name, Kind::Text),
+        asc(registries::Column::Id, Kind::Id),
+    ],
+};
 
 impl RegistryApi {
     async fn create(&self, request: Request<pb::CreateRegistryRequest>) -> Result<pb::Registry> {
@@ -133,16 +142,18 @@ impl RegistryApi {
         request: Request<pb::ListRegistriesRequest>,
     ) -> Result<pb::ListRegistriesResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+        let req = request.get_ref();
+        let org = parse_id("organizationId", &req.organization_id)?;
+        let page = REGISTRIES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         can(db, &actor, "registry.read", Resource::Organization(org)).await?;
-        let rows = registries::Entity::find()
-            .filter(registries::Column::OrganizationId.eq(org))
-            .order_by_asc(registries::Column::Name)
-            .all(db)
-            .await?;
+        let query = registries::Entity::find().filter(registries::Column::OrganizationId.eq(org));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |r| vec![Key::Text(r.name.clone()), Key::Id(r.id)]);
         Ok(pb::ListRegistriesResponse {
             registries: rows.iter().map(registry_to_pb).collect(),
+            next_page_token,
         })
     }
 

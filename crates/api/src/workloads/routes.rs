@@ -1,6 +1,8 @@
 //! `ferry.v1.RouteService`: host names and path prefixes forwarded to
 //! services. Every change kicks the route feed after its commit.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::{route_targets, routes, service_ports, services};
@@ -16,6 +18,7 @@ use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
 use crate::audit;
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -151,12 +154,37 @@ async fn write_targets<C: ConnectionTrait>(
 }
 
 async fn route_to_pb<C: ConnectionTrait>(db: &C, r: &routes::Model) -> Result<pb::Route> {
-    let targets = route_targets::Entity::find()
-        .filter(route_targets::Column::RouteId.eq(r.id))
+    let mut out = routes_to_pb(db, std::slice::from_ref(r)).await?;
+    out.pop()
+        .ok_or_else(|| Error::Internal("route message not built".into()))
+}
+
+/// [`route_to_pb`] for many routes with one query for all their targets,
+/// not one per route.
+async fn routes_to_pb<C: ConnectionTrait>(
+    db: &C,
+    rows: &[routes::Model],
+) -> Result<Vec<pb::Route>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut targets: HashMap<Uuid, Vec<route_targets::Model>> = HashMap::new();
+    for t in route_targets::Entity::find()
+        .filter(route_targets::Column::RouteId.is_in(rows.iter().map(|r| r.id)))
         .order_by_asc(route_targets::Column::CreatedAt)
         .all(db)
-        .await?;
-    Ok(pb::Route {
+        .await?
+    {
+        targets.entry(t.route_id).or_default().push(t);
+    }
+    Ok(rows
+        .iter()
+        .map(|r| route_message(r, &targets.remove(&r.id).unwrap_or_default()))
+        .collect())
+}
+
+fn route_message(r: &routes::Model, targets: &[route_targets::Model]) -> pb::Route {
+    pb::Route {
         id: r.id.to_string(),
         project_id: r.project_id.to_string(),
         hostname: r.hostname.clone(),
@@ -173,8 +201,18 @@ async fn route_to_pb<C: ConnectionTrait>(db: &C, r: &routes::Model) -> Result<pb
             })
             .collect(),
         created_at: Some(ts(r.created_at)),
-    })
+    }
 }
+
+/// ListRoutes' order: by host name, then path prefix, then id.
+static ROUTES: Keyset<routes::Column> = Keyset {
+    list: "routes",
+    columns: &[
+        asc(routes::Column::Hostname, Kind::Text),
+        asc(routes::Column::PathPrefix, Kind::Text),
+        asc(routes::Column::Id, Kind::Id),
+    ],
+};
 
 impl RouteApi {
     async fn create(&self, request: Request<pb::CreateRouteRequest>) -> Result<pb::Route> {
@@ -225,20 +263,24 @@ impl RouteApi {
         request: Request<pb::ListRoutesRequest>,
     ) -> Result<pb::ListRoutesResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = ROUTES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let rows = routes::Entity::find()
-            .filter(routes::Column::ProjectId.eq(project_id))
-            .order_by_asc(routes::Column::Hostname)
-            .order_by_asc(routes::Column::PathPrefix)
-            .all(db)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.push(route_to_pb(db, r).await?);
-        }
-        Ok(pb::ListRoutesResponse { routes: out })
+        let query = routes::Entity::find().filter(routes::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) = page.finish(rows, |r| {
+            vec![
+                Key::Text(r.hostname.clone()),
+                Key::Text(r.path_prefix.clone()),
+                Key::Id(r.id),
+            ]
+        });
+        Ok(pb::ListRoutesResponse {
+            routes: routes_to_pb(db, &rows).await?,
+            next_page_token,
+        })
     }
 
     /// A route whose project the caller may `action`.

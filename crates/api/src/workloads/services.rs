@@ -26,12 +26,31 @@ use super::variables::env_to_pb;
 use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
 use crate::audit;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `ServiceService` implementation.
 #[derive(Debug, Clone)]
 pub struct ServiceApi(pub Workloads);
+
+/// ListServices' order: by name, then id.
+static SERVICES: Keyset<services::Column> = Keyset {
+    list: "services",
+    columns: &[
+        asc(services::Column::Name, Kind::Text),
+        asc(services::Column::Id, Kind::Id),
+    ],
+};
+
+/// ListEnvVars' order: by key, then id.
+static ENV_VARS: Keyset<service_env_vars::Column> = Keyset {
+    list: "env-vars",
+    columns: &[
+        asc(service_env_vars::Column::Key, Kind::Text),
+        asc(service_env_vars::Column::Id, Kind::Id),
+    ],
+};
 
 fn engine_to_pb(e: DatabaseEngine) -> pb::DatabaseEngine {
     match e {
@@ -443,16 +462,18 @@ impl ServiceApi {
         request: Request<pb::ListServicesRequest>,
     ) -> Result<pb::ListServicesResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = SERVICES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let rows = services::Entity::find()
-            .filter(services::Column::ProjectId.eq(project_id))
-            .order_by_asc(services::Column::Name)
-            .all(db)
-            .await?;
+        let query = services::Entity::find().filter(services::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |s| vec![Key::Text(s.name.clone()), Key::Id(s.id)]);
         Ok(pb::ListServicesResponse {
             services: services_to_pb(db, &rows).await?,
+            next_page_token,
         })
     }
 
@@ -583,19 +604,22 @@ impl ServiceApi {
         request: Request<pb::ListEnvVarsRequest>,
     ) -> Result<pb::ListEnvVarsResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let id = parse_id("serviceId", &request.get_ref().service_id)?;
+        let req = request.get_ref();
+        let id = parse_id("serviceId", &req.service_id)?;
+        let page = ENV_VARS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_service(db, &actor, "service.read", id).await?;
-        let rows = service_env_vars::Entity::find()
-            .filter(service_env_vars::Column::ServiceId.eq(id))
-            .order_by_asc(service_env_vars::Column::Key)
-            .all(db)
-            .await?;
+        let query =
+            service_env_vars::Entity::find().filter(service_env_vars::Column::ServiceId.eq(id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |v| vec![Key::Text(v.key.clone()), Key::Id(v.id)]);
         Ok(pb::ListEnvVarsResponse {
             env_vars: rows
                 .iter()
                 .map(|v| env_to_pb(&v.key, v.value.as_ref(), v.is_secret, v.updated_at))
                 .collect(),
+            next_page_token,
         })
     }
 

@@ -8,7 +8,7 @@
 //! their key is clearly not sensitive ([`super::sensitive`]); callers below
 //! deploy rights on the stack get the stored file with those values masked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use ferry_compose::{ComposeProject, ComposeService};
@@ -19,7 +19,7 @@ use ferry_db::entities::enums::{
 use ferry_db::entities::{projects, service_env_vars, services, stacks, volume_mounts, volumes};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _,
-    IntoActiveModel as _, QueryFilter as _, QueryOrder as _,
+    IntoActiveModel as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::stack_service_server::StackService;
@@ -33,12 +33,22 @@ use super::services::{delete_service, replace_ports};
 use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
 use crate::audit;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `StackService` implementation.
 #[derive(Debug, Clone)]
 pub struct StackApi(pub Workloads);
+
+/// ListStacks' order: by name, then id.
+static STACKS: Keyset<stacks::Column> = Keyset {
+    list: "stacks",
+    columns: &[
+        asc(stacks::Column::Name, Kind::Text),
+        asc(stacks::Column::Id, Kind::Id),
+    ],
+};
 
 const MAX_COMPOSE: usize = 256 * 1024;
 
@@ -86,22 +96,49 @@ fn parse(
         .map_err(|e| Error::InvalidArgument(format!("composeFile: {e}")))
 }
 
-/// A stack as every reader may see it: the compose file masked.
-async fn stack_to_pb<C: ConnectionTrait>(db: &C, s: &stacks::Model) -> Result<pb::Stack> {
-    stack_message(db, s, ComposeView::Masked).await
-}
-
 async fn stack_message<C: ConnectionTrait>(
     db: &C,
     s: &stacks::Model,
     view: ComposeView,
 ) -> Result<pb::Stack> {
-    let ids = services::Entity::find()
-        .filter(services::Column::StackId.eq(s.id))
+    let mut out = stacks_to_pb(db, std::slice::from_ref(s), view).await?;
+    out.pop()
+        .ok_or_else(|| Error::Internal("stack message not built".into()))
+}
+
+/// Stack messages for many stacks with one query for all their service
+/// ids, not one per stack.
+async fn stacks_to_pb<C: ConnectionTrait>(
+    db: &C,
+    rows: &[stacks::Model],
+    view: ComposeView,
+) -> Result<Vec<pb::Stack>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut members: HashMap<Uuid, Vec<String>> = HashMap::new();
+    let services: Vec<(Uuid, Option<Uuid>)> = services::Entity::find()
+        .select_only()
+        .column(services::Column::Id)
+        .column(services::Column::StackId)
+        .filter(services::Column::StackId.is_in(rows.iter().map(|s| s.id)))
         .order_by_asc(services::Column::Name)
+        .into_tuple()
         .all(db)
         .await?;
-    Ok(pb::Stack {
+    for (id, stack) in services {
+        if let Some(stack) = stack {
+            members.entry(stack).or_default().push(id.to_string());
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|s| message(s, members.remove(&s.id).unwrap_or_default(), view))
+        .collect())
+}
+
+fn message(s: &stacks::Model, service_ids: Vec<String>, view: ComposeView) -> pb::Stack {
+    pb::Stack {
         id: s.id.to_string(),
         project_id: s.project_id.to_string(),
         name: s.name.clone(),
@@ -110,10 +147,10 @@ async fn stack_message<C: ConnectionTrait>(
             ComposeView::Masked => masked_compose(&s.compose_file),
         },
         status: format!("{:?}", s.status).to_lowercase(),
-        service_ids: ids.iter().map(|s| s.id.to_string()).collect(),
+        service_ids,
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
-    })
+    }
 }
 
 /// The file as written for callers who may deploy the stack, masked for
@@ -501,19 +538,19 @@ impl StackApi {
         request: Request<pb::ListStacksRequest>,
     ) -> Result<pb::ListStacksResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = STACKS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let rows = stacks::Entity::find()
-            .filter(stacks::Column::ProjectId.eq(project_id))
-            .order_by_asc(stacks::Column::Name)
-            .all(db)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for s in &rows {
-            out.push(stack_to_pb(db, s).await?);
-        }
-        Ok(pb::ListStacksResponse { stacks: out })
+        let query = stacks::Entity::find().filter(stacks::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |s| vec![Key::Text(s.name.clone()), Key::Id(s.id)]);
+        Ok(pb::ListStacksResponse {
+            stacks: stacks_to_pb(db, &rows, ComposeView::Masked).await?,
+            next_page_token,
+        })
     }
 
     async fn update(&self, request: Request<pb::UpdateStackRequest>) -> Result<pb::StackResponse> {

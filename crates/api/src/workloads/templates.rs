@@ -6,7 +6,7 @@ use ferry_db::entities::enums::{AuditResourceType, TriggerType};
 use ferry_db::entities::templates;
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _,
+    QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::template_service_server::TemplateService;
@@ -22,6 +22,7 @@ use super::variables::MASK;
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
 use crate::audit;
 use crate::authz::{Resource, can};
+use crate::paging::{Key, Keyset, Kind, asc, desc};
 use crate::services::parse_id;
 use crate::{Error, Result};
 
@@ -63,27 +64,43 @@ fn template_to_pb(t: &templates::Model) -> pb::Template {
     }
 }
 
+/// ListTemplates' order: official ones first, then by slug, then id.
+static TEMPLATES: Keyset<templates::Column> = Keyset {
+    list: "templates",
+    columns: &[
+        desc(templates::Column::IsOfficial, Kind::Flag),
+        asc(templates::Column::Slug, Kind::Text),
+        asc(templates::Column::Id, Kind::Id),
+    ],
+};
+
 impl TemplateApi {
     async fn list(
         &self,
         request: Request<pb::ListTemplatesRequest>,
     ) -> Result<pb::ListTemplatesResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
+        let req = request.get_ref();
+        let org = parse_id("organizationId", &req.organization_id)?;
+        let page = TEMPLATES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         can(db, &actor, "template.read", Resource::Organization(org)).await?;
-        let rows = templates::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(templates::Column::OrganizationId.is_null())
-                    .add(templates::Column::OrganizationId.eq(org)),
-            )
-            .order_by_desc(templates::Column::IsOfficial)
-            .order_by_asc(templates::Column::Slug)
-            .all(db)
-            .await?;
+        let query = templates::Entity::find().filter(
+            Condition::any()
+                .add(templates::Column::OrganizationId.is_null())
+                .add(templates::Column::OrganizationId.eq(org)),
+        );
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) = page.finish(rows, |t| {
+            vec![
+                Key::Flag(t.is_official),
+                Key::Text(t.slug.clone()),
+                Key::Id(t.id),
+            ]
+        });
         Ok(pb::ListTemplatesResponse {
             templates: rows.iter().map(template_to_pb).collect(),
+            next_page_token,
         })
     }
 

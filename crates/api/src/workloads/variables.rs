@@ -1,6 +1,8 @@
 //! `ferry.v1.VariableGroupService`: variables shared by several services.
 //! Secret values are encrypted at rest and never returned.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::{variable_group_items, variable_groups};
@@ -18,6 +20,7 @@ use super::spec::{GROUP_TABLE, VALUE_COLUMN};
 use super::{Audited, Scope, Workloads, authorize_project, unique_as, validate};
 use crate::audit;
 use crate::auth::Actor;
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -51,12 +54,40 @@ async fn group_to_pb<C: ConnectionTrait>(
     db: &C,
     g: &variable_groups::Model,
 ) -> Result<pb::VariableGroup> {
-    let items = variable_group_items::Entity::find()
-        .filter(variable_group_items::Column::VariableGroupId.eq(g.id))
+    let mut out = groups_to_pb(db, std::slice::from_ref(g)).await?;
+    out.pop()
+        .ok_or_else(|| Error::Internal("variable group message not built".into()))
+}
+
+/// [`group_to_pb`] for many groups with one query for all their items,
+/// not one per group.
+async fn groups_to_pb<C: ConnectionTrait>(
+    db: &C,
+    rows: &[variable_groups::Model],
+) -> Result<Vec<pb::VariableGroup>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut items: HashMap<Uuid, Vec<variable_group_items::Model>> = HashMap::new();
+    for i in variable_group_items::Entity::find()
+        .filter(variable_group_items::Column::VariableGroupId.is_in(rows.iter().map(|g| g.id)))
         .order_by_asc(variable_group_items::Column::Key)
         .all(db)
-        .await?;
-    Ok(pb::VariableGroup {
+        .await?
+    {
+        items.entry(i.variable_group_id).or_default().push(i);
+    }
+    Ok(rows
+        .iter()
+        .map(|g| group_message(g, &items.remove(&g.id).unwrap_or_default()))
+        .collect())
+}
+
+fn group_message(
+    g: &variable_groups::Model,
+    items: &[variable_group_items::Model],
+) -> pb::VariableGroup {
+    pb::VariableGroup {
         id: g.id.to_string(),
         project_id: g.project_id.to_string(),
         name: g.name.clone(),
@@ -66,8 +97,17 @@ async fn group_to_pb<C: ConnectionTrait>(
             .map(|i| env_to_pb(&i.key, i.value.as_ref(), i.is_secret, i.updated_at))
             .collect(),
         created_at: Some(ts(g.created_at)),
-    })
+    }
 }
+
+/// ListVariableGroups' order: by name, then id.
+static VARIABLE_GROUPS: Keyset<variable_groups::Column> = Keyset {
+    list: "variable-groups",
+    columns: &[
+        asc(variable_groups::Column::Name, Kind::Text),
+        asc(variable_groups::Column::Id, Kind::Id),
+    ],
+};
 
 impl VariableApi {
     /// A group the caller may act on with `action` (on its project).
@@ -141,20 +181,19 @@ impl VariableApi {
         request: Request<pb::ListVariableGroupsRequest>,
     ) -> Result<pb::ListVariableGroupsResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = VARIABLE_GROUPS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let groups = variable_groups::Entity::find()
-            .filter(variable_groups::Column::ProjectId.eq(project_id))
-            .order_by_asc(variable_groups::Column::Name)
-            .all(db)
-            .await?;
-        let mut out = Vec::with_capacity(groups.len());
-        for g in &groups {
-            out.push(group_to_pb(db, g).await?);
-        }
+        let query = variable_groups::Entity::find()
+            .filter(variable_groups::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |g| vec![Key::Text(g.name.clone()), Key::Id(g.id)]);
         Ok(pb::ListVariableGroupsResponse {
-            variable_groups: out,
+            variable_groups: groups_to_pb(db, &rows).await?,
+            next_page_token,
         })
     }
 

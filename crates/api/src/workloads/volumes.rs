@@ -5,7 +5,7 @@ use ferry_db::entities::enums::{AuditResourceType, VolumeAccessMode, VolumeType}
 use ferry_db::entities::{volume_mounts, volumes};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    PaginatorTrait as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::volume_service_server::VolumeService;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
 use crate::audit;
+use crate::paging::{Key, Keyset, Kind, asc};
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -38,6 +39,15 @@ pub(crate) fn volume_to_pb(v: &volumes::Model) -> pb::Volume {
         created_at: Some(ts(v.created_at)),
     }
 }
+
+/// ListVolumes' order: by name, then id.
+static VOLUMES: Keyset<volumes::Column> = Keyset {
+    list: "volumes",
+    columns: &[
+        asc(volumes::Column::Name, Kind::Text),
+        asc(volumes::Column::Id, Kind::Id),
+    ],
+};
 
 impl VolumeApi {
     async fn create(&self, request: Request<pb::CreateVolumeRequest>) -> Result<pb::Volume> {
@@ -98,16 +108,18 @@ impl VolumeApi {
         request: Request<pb::ListVolumesRequest>,
     ) -> Result<pb::ListVolumesResponse> {
         let actor = self.0.identity.authenticate(&request).await?;
-        let project_id = parse_id("projectId", &request.get_ref().project_id)?;
+        let req = request.get_ref();
+        let project_id = parse_id("projectId", &req.project_id)?;
+        let page = VOLUMES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         authorize_project(db, &actor, "project.read", project_id).await?;
-        let rows = volumes::Entity::find()
-            .filter(volumes::Column::ProjectId.eq(project_id))
-            .order_by_asc(volumes::Column::Name)
-            .all(db)
-            .await?;
+        let query = volumes::Entity::find().filter(volumes::Column::ProjectId.eq(project_id));
+        let rows = page.apply(query).all(db).await?;
+        let (rows, next_page_token) =
+            page.finish(rows, |v| vec![Key::Text(v.name.clone()), Key::Id(v.id)]);
         Ok(pb::ListVolumesResponse {
             volumes: rows.iter().map(volume_to_pb).collect(),
+            next_page_token,
         })
     }
 
