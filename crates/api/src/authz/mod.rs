@@ -194,15 +194,6 @@ pub fn rule(action: &str) -> Option<Rule> {
     POLICY.iter().find(|(a, _)| *a == action).map(|(_, r)| *r)
 }
 
-fn rank(role: OrgRole) -> u8 {
-    match role {
-        OrgRole::Viewer => 10,
-        OrgRole::Member => 20,
-        OrgRole::Admin => 30,
-        OrgRole::Owner => 40,
-    }
-}
-
 fn level_rank(level: ResourceAccess) -> u8 {
     match level {
         ResourceAccess::View => 1,
@@ -252,7 +243,7 @@ pub async fn can<C: ConnectionTrait>(
         },
         Rule::Role(min) => {
             let role = role.ok_or_else(|| not_found(resource))?;
-            if rank(role) >= rank(min) {
+            if role >= min {
                 Ok(Some(role))
             } else {
                 denied()
@@ -264,10 +255,10 @@ pub async fn can<C: ConnectionTrait>(
             level,
         } => {
             let role = role.ok_or_else(|| not_found(resource))?;
-            if rank(role) >= rank(min) {
+            if role >= min {
                 return Ok(Some(role));
             }
-            if rank(role) >= rank(floor) && has_grant(db, actor.user_id, resource, level).await? {
+            if role >= floor && has_grant(db, actor.user_id, resource, level).await? {
                 return Ok(Some(role));
             }
             denied()
@@ -288,7 +279,7 @@ async fn effective_role<C: ConnectionTrait>(
         .one(db)
         .await?;
     Ok(member.map(|m| match actor.credential {
-        Credential::ApiToken { role, .. } if rank(role) < rank(m.role) => role,
+        Credential::ApiToken { role, .. } if role < m.role => role,
         _ => m.role,
     }))
 }
@@ -364,9 +355,9 @@ mod tests {
 
     #[test]
     fn roles_and_levels_are_ordered() {
-        assert!(rank(OrgRole::Viewer) < rank(OrgRole::Member));
-        assert!(rank(OrgRole::Member) < rank(OrgRole::Admin));
-        assert!(rank(OrgRole::Admin) < rank(OrgRole::Owner));
+        assert!(OrgRole::Viewer < OrgRole::Member);
+        assert!(OrgRole::Member < OrgRole::Admin);
+        assert!(OrgRole::Admin < OrgRole::Owner);
         assert!(level_rank(ResourceAccess::View) < level_rank(ResourceAccess::Deploy));
         assert!(level_rank(ResourceAccess::Deploy) < level_rank(ResourceAccess::Manage));
     }
