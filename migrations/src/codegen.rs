@@ -89,6 +89,11 @@ fn prelude_rs(tables: &[(&str, Table)]) -> String {
     out
 }
 
+/// Enums whose order is a privilege order that the CHECK list does not
+/// follow (owner, admin, member, viewer): a derived `Ord` would rank the
+/// owner lowest. They derive no order; `ferry_db::roles` gives them one.
+pub const RANKED_BY_HAND: &[&str] = &["InviteRole", "OrgRole"];
+
 fn enums_rs(tables: &[(&str, Table)]) -> String {
     let mut enums: BTreeMap<&str, &[&str]> = BTreeMap::new();
     for (_, t) in tables {
@@ -108,9 +113,20 @@ fn enums_rs(tables: &[(&str, Table)]) -> String {
          use sea_orm::entity::prelude::*;\n"
     );
     for (name, values) in enums {
+        // Declaration order is the CHECK list's; only enums whose order
+        // means nothing get a derived one.
+        let (doc, order) = if RANKED_BY_HAND.contains(&name) {
+            (
+                "/// Ordered by privilege (`rank`, `Ord`) in `ferry_db::roles`, not by\n\
+                 /// declaration: the CHECK list runs from the most privileged down.\n",
+                "",
+            )
+        } else {
+            ("", " PartialOrd, Ord,")
+        };
         let _ = write!(
             out,
-            "\n#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]\n\
+            "\n{doc}#[derive(Clone, Copy, Debug, PartialEq, Eq,{order} Hash, EnumIter, DeriveActiveEnum)]\n\
              #[sea_orm(rs_type = \"String\", db_type = \"Text\")]\n\
              pub enum {name} {{\n"
         );

@@ -11,6 +11,7 @@ pub mod error;
 pub mod migrate;
 pub mod password;
 pub mod retention;
+pub mod roles;
 pub mod rotate;
 pub mod seed;
 pub mod token;

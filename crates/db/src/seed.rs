@@ -40,28 +40,29 @@ impl SeedReport {
     }
 }
 
-/// The organisation roles, lowest first: `(role, rank, description)`.
+/// The organisation roles, lowest first: `(role, rank, description)`; the
+/// ranks are [`OrgRole::rank`]'s.
 /// Seed 003's Admin/Manager/Editor/Viewer map onto admin/admin/member/viewer;
 /// owner is Meshploy's single owner per organisation.
 pub const ROLES: &[(OrgRole, i32, &str)] = &[
     (
         OrgRole::Viewer,
-        10,
+        OrgRole::Viewer.rank() as i32,
         "Read-only access to the organisation's projects and services",
     ),
     (
         OrgRole::Member,
-        20,
+        OrgRole::Member.rank() as i32,
         "Creates, configures and deploys projects, services and jobs",
     ),
     (
         OrgRole::Admin,
-        30,
+        OrgRole::Admin.rank() as i32,
         "Manages members, integrations, nodes and every resource",
     ),
     (
         OrgRole::Owner,
-        40,
+        OrgRole::Owner.rank() as i32,
         "Full control, including deleting and transferring the organisation",
     ),
 ];
@@ -201,13 +202,6 @@ pub const PERMISSIONS: &[(&str, OrgRole, &str)] = &[
         "Create the organisation's own templates",
     ),
 ];
-
-fn rank(role: OrgRole) -> i32 {
-    ROLES
-        .iter()
-        .find(|(r, _, _)| *r == role)
-        .map_or(0, |(_, rank, _)| *rank)
-}
 
 /// An official template: `(slug, name, category, description, spec)`.
 struct Template {
@@ -477,7 +471,7 @@ async fn seed_role_permissions<C: ConnectionTrait>(
     let mut wanted = BTreeSet::new();
     for (&role_rank, &role_id) in role_ids {
         for &(name, lowest, _) in PERMISSIONS {
-            if rank(lowest) <= role_rank
+            if i32::from(lowest.rank()) <= role_rank
                 && let Some(&permission_id) = permission_ids.get(name)
             {
                 wanted.insert((role_id, permission_id));

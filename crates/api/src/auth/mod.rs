@@ -19,7 +19,10 @@ use ferry_db::crypto::Keyring;
 use ferry_db::entities::enums::{InviteRole, OrgRole};
 use ferry_db::entities::{api_tokens, sessions, users};
 use ferry_db::sea_orm::sea_query::Expr;
-use ferry_db::sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use ferry_db::sea_orm::{
+    ColumnTrait as _, DatabaseConnection, EntityTrait as _, JoinType, QueryFilter as _,
+    QuerySelect as _, RelationTrait as _,
+};
 use tonic::Request;
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
@@ -191,23 +194,36 @@ impl Identity {
         meta: RequestMeta,
     ) -> Result<Actor> {
         let hash = ferry_db::token::hash_token(token);
+        // One query, only the columns the check needs: session id, expiry,
+        // activity, and the user's id and super-admin flag (the inner join
+        // also proves the user exists).
         let found = sessions::Entity::find()
+            .select_only()
+            .columns([
+                sessions::Column::Id,
+                sessions::Column::ExpiresAt,
+                sessions::Column::LastActiveAt,
+            ])
+            .column(users::Column::Id)
+            .column(users::Column::IsSuperAdmin)
+            .join(JoinType::InnerJoin, sessions::Relation::User.def())
             .filter(sessions::Column::TokenHash.eq(hash))
-            .find_also_related(users::Entity)
-            .one(&self.db)
-            .await?;
-        let Some((session, Some(user))) = found else {
+            .into_tuple::<(Uuid, DateTime<Utc>, DateTime<Utc>, Uuid, bool)>()
+            .all(&self.db) // unique key, no LIMIT: see `authz::authorize_row`
+            .await?
+            .pop();
+        let Some((session_id, expires_at, last_active_at, user_id, super_admin)) = found else {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         };
         // Second-factor challenges live in `sessions` too; never sessions.
-        if session.expires_at <= now || second_factor::is_challenge(&session) {
+        if expires_at <= now || second_factor::is_challenge_activity(last_active_at) {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         }
-        if (now - session.last_active_at).num_seconds() >= ACTIVITY_GRANULARITY_SECS {
+        if (now - last_active_at).num_seconds() >= ACTIVITY_GRANULARITY_SECS {
             // Best effort: a failed touch must not fail the call.
             let touched = sessions::Entity::update_many()
                 .col_expr(sessions::Column::LastActiveAt, Expr::value(now))
-                .filter(sessions::Column::Id.eq(session.id))
+                .filter(sessions::Column::Id.eq(session_id))
                 .exec(&self.db)
                 .await;
             if let Err(err) = touched {
@@ -215,9 +231,9 @@ impl Identity {
             }
         }
         Ok(Actor {
-            user_id: user.id,
-            super_admin: user.is_super_admin,
-            credential: Credential::Session { id: session.id },
+            user_id,
+            super_admin,
+            credential: Credential::Session { id: session_id },
             meta,
         })
     }
@@ -228,24 +244,38 @@ impl Identity {
         now: DateTime<Utc>,
         meta: RequestMeta,
     ) -> Result<Actor> {
+        use api_tokens::Column as C;
         let hash = ferry_db::token::hash_token(token);
-        let Some(row) = api_tokens::Entity::find()
-            .filter(api_tokens::Column::TokenHash.eq(hash))
-            .one(&self.db)
+        let found = api_tokens::Entity::find()
+            .select_only()
+            .columns([
+                C::Id,
+                C::OrganizationId,
+                C::UserId,
+                C::Role,
+                C::ExpiresAt,
+                C::LastUsedAt,
+                C::RevokedAt,
+            ])
+            .filter(C::TokenHash.eq(hash))
+            .into_tuple::<ApiTokenRow>()
+            .all(&self.db) // unique key, no LIMIT: see `authz::authorize_row`
             .await?
+            .pop();
+        let Some((id, organization_id, user_id, role, expires_at, last_used_at, revoked_at)) =
+            found
         else {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         };
-        if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
+        if revoked_at.is_some() || expires_at.is_some_and(|e| e <= now) {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         }
-        let stale = row
-            .last_used_at
-            .is_none_or(|t| (now - t).num_seconds() >= ACTIVITY_GRANULARITY_SECS);
+        let stale =
+            last_used_at.is_none_or(|t| (now - t).num_seconds() >= ACTIVITY_GRANULARITY_SECS);
         if stale {
             let touched = api_tokens::Entity::update_many()
-                .col_expr(api_tokens::Column::LastUsedAt, Expr::value(Some(now)))
-                .filter(api_tokens::Column::Id.eq(row.id))
+                .col_expr(C::LastUsedAt, Expr::value(Some(now)))
+                .filter(C::Id.eq(id))
                 .exec(&self.db)
                 .await;
             if let Err(err) = touched {
@@ -253,21 +283,29 @@ impl Identity {
             }
         }
         Ok(Actor {
-            user_id: row.user_id,
+            user_id,
             super_admin: false,
             credential: Credential::ApiToken {
-                id: row.id,
-                organization_id: row.organization_id,
-                role: match row.role {
-                    InviteRole::Admin => OrgRole::Admin,
-                    InviteRole::Member => OrgRole::Member,
-                    InviteRole::Viewer => OrgRole::Viewer,
-                },
+                id,
+                organization_id,
+                role: OrgRole::from(role),
             },
             meta,
         })
     }
 }
+
+/// The `api_tokens` columns authentication reads: id, organization, user,
+/// role, expiry, last use, revocation.
+type ApiTokenRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    InviteRole,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// The token of `authorization: Bearer <token>`, if well-formed.
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {

@@ -95,7 +95,13 @@ pub fn proof<'a>(code: &'a str, recovery_code: &'a str) -> Result<Proof<'a>> {
 
 /// Whether a `sessions` row is a second-factor challenge.
 pub fn is_challenge(row: &sessions::Model) -> bool {
-    row.last_active_at <= DateTime::UNIX_EPOCH
+    is_challenge_activity(row.last_active_at)
+}
+
+/// [`is_challenge`] from the row's `last_active_at` alone (challenges are
+/// stored with the epoch there).
+pub fn is_challenge_activity(last_active_at: DateTime<Utc>) -> bool {
+    last_active_at <= DateTime::UNIX_EPOCH
 }
 
 /// Codes tried on one login challenge before it is deleted: with the

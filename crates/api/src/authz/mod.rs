@@ -10,10 +10,21 @@
 //! Outcomes: callers outside the resource's organization get `NotFound`
 //! (existence is never revealed); members whose role and grants fall short
 //! get `PermissionDenied`.
+//!
+//! Cost: [`can`] reads the caller's membership role (one single-column
+//! query) and, only when the role alone falls short of a
+//! [`Rule::RoleOrGrant`], the grants (a second one). Handlers that load the
+//! resource row anyway use [`authorize_row`]: the row and the caller's
+//! membership come back from ONE joined query, then the same decision runs.
+//! Roles compare by [`OrgRole::rank`] (`Ord` delegates to it).
 
 use ferry_db::entities::enums::{OrgRole, ResourceAccess, ResourceType};
 use ferry_db::entities::{organization_members, resource_permissions};
-use ferry_db::sea_orm::{ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _};
+use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, IntoCondition as _};
+use ferry_db::sea_orm::{
+    ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, JoinType,
+    QueryFilter as _, QueryResult, QuerySelect as _, RelationDef, Select,
+};
 use uuid::Uuid;
 
 use crate::auth::{Actor, Credential};
@@ -194,15 +205,6 @@ pub fn rule(action: &str) -> Option<Rule> {
     POLICY.iter().find(|(a, _)| *a == action).map(|(_, r)| *r)
 }
 
-fn rank(role: OrgRole) -> u8 {
-    match role {
-        OrgRole::Viewer => 10,
-        OrgRole::Member => 20,
-        OrgRole::Admin => 30,
-        OrgRole::Owner => 40,
-    }
-}
-
 fn level_rank(level: ResourceAccess) -> u8 {
     match level {
         ResourceAccess::View => 1,
@@ -220,26 +222,140 @@ pub async fn can<C: ConnectionTrait>(
     action: &str,
     resource: Resource,
 ) -> Result<Option<OrgRole>> {
-    let Some(rule) = rule(action) else {
-        tracing::warn!(action, "action missing from the policy table: denied");
-        return Err(Error::PermissionDenied(format!("{action}: not permitted")));
-    };
-    let org = resource.organization_id();
-    // API tokens never leave their organization.
-    if let (
-        Credential::ApiToken {
-            organization_id, ..
-        },
-        Some(org),
-    ) = (actor.credential, org)
-        && organization_id != org
-    {
-        return Err(not_found(resource));
-    }
-    let role = match org {
-        Some(org) => effective_role(db, actor, org).await?,
+    let rule = rule_for(action)?;
+    check_token_scope(actor, resource)?;
+    let member = match resource.organization_id() {
+        Some(org) => member_role(db, actor.user_id, org).await?,
         None => None,
     };
+    decide(db, actor, action, rule, resource, member).await
+}
+
+/// [`can`] for a caller whose membership role in the resource's
+/// organization is already known (`member`: the `organization_members`
+/// role, before any API token cap; `None` when not a member), e.g. read
+/// together with the resource row. Does not query the membership again.
+pub async fn can_as<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    resource: Resource,
+    member: Option<OrgRole>,
+) -> Result<Option<OrgRole>> {
+    let rule = rule_for(action)?;
+    check_token_scope(actor, resource)?;
+    decide(db, actor, action, rule, resource, member).await
+}
+
+/// A row of `select` (which must match at most one row: a primary or
+/// unique key lookup) and the caller's
+/// right to perform `action` on it, in ONE query: the row is joined with
+/// the caller's `organization_members` row through `organization_column`
+/// (the row's organization id). `resource` names the row for the policy.
+/// A missing row is `NotFound(missing)`; otherwise the outcome is [`can`]'s
+/// for `resource(&row)` (so callers outside the organization get
+/// `NotFound` too). `Ok` carries the row and the caller's effective role.
+pub async fn authorize_row<E, C>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    select: Select<E>,
+    organization_column: E::Column,
+    resource: impl FnOnce(&E::Model) -> Resource,
+    missing: &str,
+) -> Result<(E::Model, Option<OrgRole>)>
+where
+    E: EntityTrait,
+    E::Model: FromQueryResult + Send + Sync,
+    C: ConnectionTrait,
+{
+    let rule = rule_for(action)?;
+    let user = actor.user_id;
+    let membership: RelationDef = E::belongs_to(organization_members::Entity)
+        .from(organization_column)
+        .to(organization_members::Column::OrganizationId)
+        .on_condition(move |_, members| {
+            Expr::col((members, organization_members::Column::UserId))
+                .eq(user)
+                .into_condition()
+        })
+        .into();
+    // `.all()`, not `.one()`: `.one()` adds a bound `LIMIT ?`, and SQLite
+    // (3.4x) plans with a bound LIMIT's value, so it re-prepares such a
+    // statement on every execution. `select` matches at most one row and
+    // the join adds none (one membership per organization and user).
+    let found = select
+        .join(JoinType::LeftJoin, membership)
+        .column_as(organization_members::Column::Role, MEMBER_ROLE)
+        .into_model::<WithMemberRole<E::Model>>()
+        .all(db)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(missing.to_owned()))?;
+    let resource = resource(&found.row);
+    check_token_scope(actor, resource)?;
+    let role = decide(db, actor, action, rule, resource, found.member).await?;
+    Ok((found.row, role))
+}
+
+/// Result column of [`authorize_row`] with the caller's membership role.
+const MEMBER_ROLE: &str = "ferry_authz_member_role";
+
+/// A model with the caller's membership role (`NULL`: not a member).
+struct WithMemberRole<M> {
+    row: M,
+    member: Option<OrgRole>,
+}
+
+impl<M: FromQueryResult> FromQueryResult for WithMemberRole<M> {
+    fn from_query_result(res: &QueryResult, pre: &str) -> std::result::Result<Self, DbErr> {
+        Ok(Self {
+            row: M::from_query_result(res, pre)?,
+            member: res.try_get(pre, MEMBER_ROLE)?,
+        })
+    }
+}
+
+/// The rule of `action`, or `PermissionDenied` when it has none.
+fn rule_for(action: &str) -> Result<Rule> {
+    rule(action).ok_or_else(|| {
+        tracing::warn!(action, "action missing from the policy table: denied");
+        Error::PermissionDenied(format!("{action}: not permitted"))
+    })
+}
+
+/// API tokens never leave their organization (`NotFound` outside it).
+fn check_token_scope(actor: &Actor, resource: Resource) -> Result<()> {
+    match (actor.credential, resource.organization_id()) {
+        (
+            Credential::ApiToken {
+                organization_id, ..
+            },
+            Some(org),
+        ) if organization_id != org => Err(not_found(resource)),
+        _ => Ok(()),
+    }
+}
+
+/// The caller's role capped by an API token's role.
+fn effective(actor: &Actor, member: Option<OrgRole>) -> Option<OrgRole> {
+    member.map(|m| match actor.credential {
+        Credential::ApiToken { role, .. } => Ord::min(role, m),
+        Credential::Session { .. } => m,
+    })
+}
+
+/// The decision of [`can`] once the membership role is known; queries only
+/// the grants, and only when the role alone is not enough.
+async fn decide<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &str,
+    rule: Rule,
+    resource: Resource,
+    member: Option<OrgRole>,
+) -> Result<Option<OrgRole>> {
+    let role = effective(actor, member);
     if actor.super_admin {
         return Ok(role);
     }
@@ -252,7 +368,7 @@ pub async fn can<C: ConnectionTrait>(
         },
         Rule::Role(min) => {
             let role = role.ok_or_else(|| not_found(resource))?;
-            if rank(role) >= rank(min) {
+            if role >= min {
                 Ok(Some(role))
             } else {
                 denied()
@@ -264,10 +380,10 @@ pub async fn can<C: ConnectionTrait>(
             level,
         } => {
             let role = role.ok_or_else(|| not_found(resource))?;
-            if rank(role) >= rank(min) {
+            if role >= min {
                 return Ok(Some(role));
             }
-            if rank(role) >= rank(floor) && has_grant(db, actor.user_id, resource, level).await? {
+            if role >= floor && has_grant(db, actor.user_id, resource, level).await? {
                 return Ok(Some(role));
             }
             denied()
@@ -275,22 +391,18 @@ pub async fn can<C: ConnectionTrait>(
     }
 }
 
-/// The caller's role in `org`, capped by an API token's role; `None` when
-/// not a member.
-async fn effective_role<C: ConnectionTrait>(
-    db: &C,
-    actor: &Actor,
-    org: Uuid,
-) -> Result<Option<OrgRole>> {
-    let member = organization_members::Entity::find()
+/// `user`'s membership role in `org` (only that column); `None` when not a
+/// member.
+async fn member_role<C: ConnectionTrait>(db: &C, user: Uuid, org: Uuid) -> Result<Option<OrgRole>> {
+    Ok(organization_members::Entity::find()
+        .select_only()
+        .column(organization_members::Column::Role)
         .filter(organization_members::Column::OrganizationId.eq(org))
-        .filter(organization_members::Column::UserId.eq(actor.user_id))
-        .one(db)
-        .await?;
-    Ok(member.map(|m| match actor.credential {
-        Credential::ApiToken { role, .. } if rank(role) < rank(m.role) => role,
-        _ => m.role,
-    }))
+        .filter(organization_members::Column::UserId.eq(user))
+        .into_tuple::<OrgRole>()
+        .all(db) // unique (organization, user), no LIMIT: see `authorize_row`
+        .await?
+        .pop())
 }
 
 /// Whether `user` holds a grant of at least `level` on `resource` or on the
@@ -350,6 +462,7 @@ fn not_found(resource: Resource) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -364,10 +477,77 @@ mod tests {
 
     #[test]
     fn roles_and_levels_are_ordered() {
-        assert!(rank(OrgRole::Viewer) < rank(OrgRole::Member));
-        assert!(rank(OrgRole::Member) < rank(OrgRole::Admin));
-        assert!(rank(OrgRole::Admin) < rank(OrgRole::Owner));
+        assert!(OrgRole::Viewer < OrgRole::Member);
+        assert!(OrgRole::Member < OrgRole::Admin);
+        assert!(OrgRole::Admin < OrgRole::Owner);
         assert!(level_rank(ResourceAccess::View) < level_rank(ResourceAccess::Deploy));
         assert!(level_rank(ResourceAccess::Deploy) < level_rank(ResourceAccess::Manage));
+    }
+
+    fn actor(credential: Credential) -> Actor {
+        Actor {
+            user_id: Uuid::nil(),
+            super_admin: false,
+            credential,
+            meta: crate::auth::RequestMeta::default(),
+        }
+    }
+
+    #[test]
+    fn api_tokens_cap_the_role_at_theirs() {
+        let token = |role| {
+            actor(Credential::ApiToken {
+                id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                role,
+            })
+        };
+        let session = actor(Credential::Session { id: Uuid::nil() });
+        assert_eq!(
+            effective(&session, Some(OrgRole::Owner)),
+            Some(OrgRole::Owner)
+        );
+        assert_eq!(effective(&session, None), None);
+        // The owner's admin token acts as admin; a viewer's admin token as viewer.
+        assert_eq!(
+            effective(&token(OrgRole::Admin), Some(OrgRole::Owner)),
+            Some(OrgRole::Admin)
+        );
+        assert_eq!(
+            effective(&token(OrgRole::Admin), Some(OrgRole::Viewer)),
+            Some(OrgRole::Viewer)
+        );
+        assert_eq!(
+            effective(&token(OrgRole::Member), Some(OrgRole::Admin)),
+            Some(OrgRole::Member)
+        );
+        assert_eq!(effective(&token(OrgRole::Admin), None), None);
+    }
+
+    /// Every `Rule::Role(min)` admits exactly the roles ranked at or above
+    /// `min`: the owner passes every role rule, the viewer only viewer rules.
+    #[tokio::test]
+    async fn role_rules_follow_the_privilege_order() {
+        // Role rules never query (an empty database has no tables).
+        let db = ferry_db::connect::connect_url("sqlite::memory:")
+            .await
+            .unwrap();
+        let session = actor(Credential::Session { id: Uuid::nil() });
+        for (action, rule) in POLICY {
+            let Rule::Role(min) = *rule else { continue };
+            for role in OrgRole::ALL {
+                let got = decide(
+                    &db,
+                    &session,
+                    action,
+                    *rule,
+                    Resource::Organization(Uuid::nil()),
+                    Some(role),
+                )
+                .await;
+                assert_eq!(got.is_ok(), role >= min, "{action}: {role:?} vs {min:?}");
+                assert_eq!(role >= min, role.rank() >= min.rank());
+            }
+        }
     }
 }

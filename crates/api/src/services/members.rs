@@ -29,23 +29,9 @@ use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::{Error, Result};
 
-/// Privilege order of organization roles.
-pub(crate) fn rank(role: OrgRole) -> u8 {
-    match role {
-        OrgRole::Viewer => 1,
-        OrgRole::Member => 2,
-        OrgRole::Admin => 3,
-        OrgRole::Owner => 4,
-    }
-}
-
 /// The organization role of a grantable role.
 pub(crate) fn org_role(role: InviteRole) -> OrgRole {
-    match role {
-        InviteRole::Admin => OrgRole::Admin,
-        InviteRole::Member => OrgRole::Member,
-        InviteRole::Viewer => OrgRole::Viewer,
-    }
+    OrgRole::from(role)
 }
 
 /// A grantable role (admin, member, viewer) from the wire, naming `field`.
@@ -66,7 +52,7 @@ pub(crate) fn grantable_role(field: &str, value: i32) -> Result<InviteRole> {
 /// `PermissionDenied` unless `role` is at most `caller`'s role.
 pub(crate) fn at_most(caller: Option<OrgRole>, role: OrgRole, what: &str) -> Result<()> {
     match caller {
-        Some(c) if rank(role) > rank(c) => Err(Error::PermissionDenied(format!(
+        Some(c) if role > c => Err(Error::PermissionDenied(format!(
             "{what}: cannot exceed your own role"
         ))),
         _ => Ok(()),
@@ -400,9 +386,11 @@ mod tests {
             grantable_role("role", pb::OrganizationRole::Viewer.into()).ok(),
             Some(InviteRole::Viewer)
         );
-        assert!(rank(OrgRole::Viewer) < rank(OrgRole::Member));
-        assert!(rank(OrgRole::Admin) < rank(OrgRole::Owner));
+        assert!(OrgRole::Viewer < OrgRole::Member);
+        assert!(OrgRole::Admin < OrgRole::Owner);
         assert!(at_most(Some(OrgRole::Admin), OrgRole::Owner, "r").is_err());
         assert!(at_most(Some(OrgRole::Admin), OrgRole::Admin, "r").is_ok());
+        assert!(at_most(Some(OrgRole::Owner), OrgRole::Admin, "r").is_ok());
+        assert!(at_most(Some(OrgRole::Viewer), OrgRole::Member, "r").is_err());
     }
 }

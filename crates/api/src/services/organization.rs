@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{is_unique_violation, members, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Credential, Identity};
-use crate::authz::{Resource, can};
+use crate::authz::{Resource, authorize_row, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::workloads::Workloads;
 use crate::workloads::projects::delete_project_namespace;
@@ -98,13 +98,6 @@ fn org_to_pb(org: &organizations::Model, role: Option<OrgRole>) -> pb::Organizat
 }
 
 impl OrganizationApi {
-    async fn find(&self, id: Uuid) -> Result<organizations::Model> {
-        organizations::Entity::find_by_id(id)
-            .one(&self.identity.db)
-            .await?
-            .ok_or_else(|| Error::NotFound("organization not found".into()))
-    }
-
     async fn create(
         &self,
         request: Request<pb::CreateOrganizationRequest>,
@@ -180,14 +173,18 @@ impl OrganizationApi {
     async fn get(&self, request: Request<pb::GetOrganizationRequest>) -> Result<pb::Organization> {
         let actor = self.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let role = can(
+        // The organization and the caller's membership in one query.
+        let (org, role) = authorize_row(
             &self.identity.db,
             &actor,
             "organization.read",
-            Resource::Organization(id),
+            organizations::Entity::find_by_id(id),
+            organizations::Column::Id,
+            |o| Resource::Organization(o.id),
+            "organization not found",
         )
         .await?;
-        Ok(org_to_pb(&self.find(id).await?, role))
+        Ok(org_to_pb(&org, role))
     }
 
     async fn list(

@@ -20,7 +20,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::members::{at_most, grantable_role, org_role, rank};
+use super::members::{at_most, grantable_role, org_role};
 use super::{from_ts, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
@@ -68,7 +68,7 @@ fn token_to_pb(t: &api_tokens::Model) -> pb::ApiToken {
 }
 
 fn is_admin(role: Option<OrgRole>) -> bool {
-    role.is_some_and(|r| rank(r) >= rank(OrgRole::Admin))
+    role.is_some_and(|r| r >= OrgRole::Admin)
 }
 
 impl ApiTokenApi {

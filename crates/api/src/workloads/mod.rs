@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Identity};
-use crate::authz::{Resource, can};
+use crate::authz::{Resource, authorize_row};
 use crate::{Error, Result};
 
 pub use deploy::{DeployConfig, Deployer};
@@ -159,18 +159,18 @@ pub async fn authorize_project<C: ConnectionTrait>(
     action: &str,
     id: Uuid,
 ) -> Result<(Scope, project_rows::Model)> {
-    let project = project_rows::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::NotFound("project not found".into()))?;
-    can(
+    // The project and the caller's membership in one query.
+    let (project, _) = authorize_row(
         db,
         actor,
         action,
-        Resource::Project {
-            organization_id: project.organization_id,
-            id: project.id,
+        project_rows::Entity::find_by_id(id),
+        project_rows::Column::OrganizationId,
+        |p| Resource::Project {
+            organization_id: p.organization_id,
+            id: p.id,
         },
+        "project not found",
     )
     .await?;
     Ok((
@@ -192,17 +192,17 @@ async fn authorize_child<C: ConnectionTrait>(
     what: &str,
     resource: impl FnOnce(Uuid, Uuid) -> Resource,
 ) -> Result<(Scope, project_rows::Model)> {
-    let not_found = || Error::NotFound(format!("{what} not found"));
-    let project_id = project_id.ok_or_else(not_found)?;
-    let project = project_rows::Entity::find_by_id(project_id)
-        .one(db)
-        .await?
-        .ok_or_else(not_found)?;
-    can(
+    let missing = format!("{what} not found");
+    let project_id = project_id.ok_or_else(|| Error::NotFound(missing.clone()))?;
+    // The project and the caller's membership in one query.
+    let (project, _) = authorize_row(
         db,
         actor,
         action,
-        resource(project.organization_id, project.id),
+        project_rows::Entity::find_by_id(project_id),
+        project_rows::Column::OrganizationId,
+        |p| resource(p.organization_id, p.id),
+        &missing,
     )
     .await?;
     Ok((

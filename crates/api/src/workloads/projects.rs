@@ -21,7 +21,6 @@ use crate::audit;
 use crate::auth::Actor;
 use crate::authz::{Resource, Rule, can, rule};
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::members::rank;
 use crate::services::{parse_id, ts};
 use crate::{Error, Result};
 
@@ -105,7 +104,7 @@ async fn readable<C: ConnectionTrait>(
         Err(other) => return Err(other),
     }
     match (rule(action), role) {
-        (Some(Rule::RoleOrGrant { floor, level, .. }), Some(role)) if rank(role) >= rank(floor) => {
+        (Some(Rule::RoleOrGrant { floor, level, .. }), Some(role)) if role >= floor => {
             let granted = projects::Column::Id.in_subquery(granted_projects(actor.user_id, level));
             Ok(Readable::Granted(Condition::all().add(granted)))
         }

@@ -183,7 +183,9 @@ pub enum GitProvider {
     Ssh,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+/// Ordered by privilege (`rank`, `Ord`) in `ferry_db::roles`, not by
+/// declaration: the CHECK list runs from the most privileged down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum InviteRole {
     #[sea_orm(string_value = "admin")]
@@ -283,7 +285,9 @@ pub enum NotificationKind {
     Email,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+/// Ordered by privilege (`rank`, `Ord`) in `ferry_db::roles`, not by
+/// declaration: the CHECK list runs from the most privileged down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum OrgRole {
     #[sea_orm(string_value = "owner")]
