@@ -76,6 +76,11 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
 
 /// [`run`] with a caller-provided state (tests apply snapshots directly).
 pub async fn run_with_state(args: Args, state: Arc<ProxyState>, shutdown: Shutdown) -> Result<()> {
+    // A broken routes file fails start-up before any port is taken (and
+    // without racing whatever else holds the default ports).
+    if let Some(path) = &args.routes_file {
+        load_routes_file(path)?;
+    }
     let listeners = Listeners::bind(&args).await?;
     run_with_listeners(args, listeners, state, shutdown).await
 }
