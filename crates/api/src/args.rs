@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(
         long,
         env = "FERRY_PUBLIC_URL",
-        default_value = crate::services::invitations::DEFAULT_PUBLIC_URL,
+        default_value = crate::auth::DEFAULT_PUBLIC_URL,
         global = true
     )]
     pub public_url: String,

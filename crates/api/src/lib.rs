@@ -4,15 +4,18 @@
 //! database from the command line.
 
 pub mod args;
+pub mod db;
 pub mod error;
 pub mod feed;
 pub mod mail;
 pub mod paging;
+pub mod request;
+pub mod wire;
 
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod authz;
-pub mod services;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -194,9 +197,9 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
         deployer: deployer(state),
         feed: state.feed.clone(),
     };
-    let services = services::add_identity_services(services, &workloads);
+    let services = accounts::add_identity_services(services, &workloads);
     let services =
-        services::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
+        accounts::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
     workloads::add_workload_services(services, &workloads)
 }
 

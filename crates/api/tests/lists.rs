@@ -876,7 +876,7 @@ async fn list_projects_shows_what_get_project_allows_in_constant_queries() {
 
 /// Appends `n` entries to `org`'s chain in one transaction.
 async fn append_chain(db: &DatabaseConnection, org: Uuid, n: usize) {
-    let txn = api_audit::begin_write(db).await.unwrap();
+    let txn = ferry_api::db::begin_write(db).await.unwrap();
     for i in 0..n {
         api_audit::record(
             &txn,

@@ -24,16 +24,15 @@ use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, Condition, ConnectionTrait,
-    DbBackend, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    DbBackend, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Statement,
 };
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::auth::RequestMeta;
 use crate::paging::{Key, Keyset, Kind, asc};
+use crate::request::RequestMeta;
 
 /// The chain of rows outside any organization.
 pub const GLOBAL_CHAIN: &str = "global";
@@ -158,18 +157,6 @@ pub async fn record<C: ConnectionTrait>(
     .insert(txn)
     .await?;
     Ok(stored)
-}
-
-/// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite, so concurrent
-/// writers queue on the busy timeout instead of failing when a read turns
-/// into a write; a plain `BEGIN` on PostgreSQL.
-pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction> {
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        })
-        .await?)
 }
 
 /// The outcome of [`verify_chain`].

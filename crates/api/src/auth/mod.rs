@@ -11,7 +11,6 @@ pub mod second_factor;
 pub mod throttle;
 pub mod totp;
 
-use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -27,7 +26,11 @@ use tonic::Request;
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
+pub use crate::request::RequestMeta;
 use crate::{Error, Result};
+
+/// Where links in mail (invitations) point when `FERRY_PUBLIC_URL` is unset.
+pub const DEFAULT_PUBLIC_URL: &str = "http://localhost:8080";
 pub use throttle::ThrottlePolicy;
 
 /// Prefix of session tokens.
@@ -36,8 +39,6 @@ pub const SESSION_TOKEN_PREFIX: &str = "fs_";
 pub const API_TOKEN_PREFIX: &str = "ferry_pat_";
 /// `last_active_at` / `last_used_at` are refreshed at most this often.
 pub const ACTIVITY_GRANULARITY_SECS: i64 = 60;
-/// Longest accepted user agent; longer ones are cut.
-const MAX_USER_AGENT: usize = 512;
 /// The one message for every bad credential, so callers learn nothing.
 pub const INVALID_TOKEN: &str = "missing, invalid or expired credential";
 
@@ -64,33 +65,7 @@ impl Default for IdentityConfig {
             throttle: ThrottlePolicy::default(),
             challenge_ttl: Duration::minutes(5),
             trusted_device_ttl: Duration::days(30),
-            public_url: crate::services::invitations::DEFAULT_PUBLIC_URL.to_owned(),
-        }
-    }
-}
-
-/// Where a request came from, for sessions, throttling and the audit log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestMeta {
-    /// The TCP peer address. `X-Forwarded-For` and the like are not read:
-    /// they are the client's to forge, and no trusted proxy is configured.
-    pub ip: Option<IpAddr>,
-    /// The `user-agent` metadata, cut to 512 characters.
-    pub user_agent: Option<String>,
-}
-
-impl RequestMeta {
-    /// Reads the peer address and user agent of `request`.
-    pub fn of<T>(request: &Request<T>) -> Self {
-        let user_agent = request
-            .metadata()
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>())
-            .filter(|ua| !ua.is_empty());
-        Self {
-            ip: request.remote_addr().map(|a| a.ip().to_canonical()),
-            user_agent,
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
         }
     }
 }

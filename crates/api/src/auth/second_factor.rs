@@ -144,7 +144,7 @@ pub async fn count_challenge_attempt<C: TransactionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Option<i32>> {
     let key = format!("{CHALLENGE_KEY}{}", challenge.id);
-    let txn = crate::audit::begin_write(db).await?;
+    let txn = crate::db::begin_write(db).await?;
     // Atomic increment: each attempt gets its own number.
     auth_throttle::Entity::insert(auth_throttle::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -275,7 +275,7 @@ async fn consume_step<C: ConnectionTrait>(
     match inserted {
         Ok(_) => Ok(true),
         // A concurrent first use won.
-        Err(e) if crate::services::is_unique_violation(&e) => Ok(false),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

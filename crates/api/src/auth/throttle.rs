@@ -210,7 +210,7 @@ pub async fn begin<C: TransactionTrait>(
     // One lock order for every caller: no deadlock between attempts.
     keys.sort_by(|a, b| a.key.cmp(&b.key));
     keys.dedup_by(|a, b| a.key == b.key);
-    let txn = crate::audit::begin_write(db).await?;
+    let txn = crate::db::begin_write(db).await?;
     let mut locked_until: Option<DateTime<Utc>> = None;
     let mut counted = Vec::with_capacity(keys.len());
     for key in keys {

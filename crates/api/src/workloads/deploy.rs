@@ -29,7 +29,6 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Scope;
-use crate::audit;
 use crate::{Error, Result};
 
 /// Shown on `planned` deployments.
@@ -223,7 +222,7 @@ impl Deployer {
         from: Option<&deployments::Model>,
     ) -> Result<deployments::Model> {
         let id = Uuid::now_v7();
-        let txn = audit::begin_write(&self.db).await?;
+        let txn = crate::db::begin_write(&self.db).await?;
         let busy = deployments::Entity::find()
             .filter(deployments::Column::ServiceId.eq(service.id))
             .filter(
@@ -285,7 +284,7 @@ impl Deployer {
         .await
         // `idx_deployments_one_in_progress`: a concurrent Deploy won the race.
         .map_err(|e| {
-            if crate::services::is_unique_violation(&e) {
+            if crate::db::is_unique_violation(&e) {
                 Error::FailedPrecondition(
                     "another deployment of this service is still in progress".into(),
                 )
@@ -621,7 +620,7 @@ impl Deployer {
 
     /// Records the outcome, and the service's status, in one transaction.
     async fn finish(&self, id: Uuid, status: DeploymentStatus, reason: Option<&str>) -> Result<()> {
-        let txn = audit::begin_write(&self.db).await?;
+        let txn = crate::db::begin_write(&self.db).await?;
         let Some(d) = deployments::Entity::find_by_id(id).one(&txn).await? else {
             return Ok(());
         };

@@ -26,10 +26,9 @@ use uuid::Uuid;
 use super::deploy::recorded_yaml;
 use super::services::service_to_pb;
 use super::{Scope, Workloads, authorize_service, validate};
-use crate::audit;
 use crate::authz::can;
 use crate::paging::{Key, Keyset, Kind, desc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `DeploymentService` implementation.
@@ -229,7 +228,7 @@ impl DeploymentApi {
                 .scale(&owner, &service.name, workload_ref(&service), replicas)
                 .await?;
         }
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let previous = service.replicas;
         let mut row = service.into_active_model();
         row.replicas = Set(replicas);
@@ -300,7 +299,7 @@ impl DeploymentApi {
         cluster
             .restart(&owner, &service.name, workload_ref(&service))
             .await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         scope
             .audit(
                 &txn,

@@ -135,7 +135,7 @@ impl Scope {
         missing: &str,
         entry: Audited,
     ) -> Result<()> {
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         if rows.exec(&txn).await?.rows_affected == 0 {
             return Err(Error::NotFound(missing.to_owned()));
         }
@@ -267,7 +267,7 @@ pub async fn authorize_stack<C: ConnectionTrait>(
 /// Maps a unique-constraint violation to `AlreadyExists(message)`.
 pub(crate) fn unique_as(message: &str) -> impl Fn(ferry_db::sea_orm::DbErr) -> Error + '_ {
     move |err| {
-        if crate::services::is_unique_violation(&err) {
+        if crate::db::is_unique_violation(&err) {
             Error::AlreadyExists(message.to_owned())
         } else {
             err.into()

@@ -17,11 +17,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
-use crate::audit;
 use crate::auth::Actor;
 use crate::authz::{Resource, Rule, can, rule};
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `ProjectService` implementation.
@@ -143,7 +142,7 @@ impl ProjectApi {
         validate::dns_label("slug", &slug, 63)?;
         let description = description(&req.description)?;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let id = Uuid::now_v7();
         let project = projects::ActiveModel {
             id: Set(id),
@@ -245,7 +244,7 @@ impl ProjectApi {
             .map(|n| validate::display_name("name", n))
             .transpose()?;
         let description = req.description.as_deref().map(description).transpose()?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let mut row = project.into_active_model();
         if let Some(name) = &name {
             row.name = Set(name.clone());
@@ -278,7 +277,7 @@ impl ProjectApi {
         let (scope, project) = authorize_project(db, &actor, "project.manage", id).await?;
         // The cluster first: rows are only removed once the namespace is.
         delete_project_namespace(&self.0, &project).await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         projects::Entity::delete_by_id(id).exec(&txn).await?;
         scope
             .audit(

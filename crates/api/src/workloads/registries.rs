@@ -14,10 +14,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Scope, Workloads, unique_as, validate};
-use crate::audit;
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `RegistryService` implementation.
@@ -100,7 +99,7 @@ impl RegistryApi {
         }
         let keyring = self.0.identity.keyring()?;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let registry = registries::ActiveModel {
             id: Set(Uuid::now_v7()),
             organization_id: Set(org),
@@ -164,7 +163,7 @@ impl RegistryApi {
         let db = &self.0.identity.db;
         can(db, &actor, "registry.manage", Resource::Organization(org)).await?;
         let id = parse_id("id", &req.id)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let registry = registries::Entity::find_by_id(id)
             .filter(registries::Column::OrganizationId.eq(org))
             .one(&txn)

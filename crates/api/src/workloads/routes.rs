@@ -17,9 +17,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
-use crate::audit;
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `RouteService` implementation.
@@ -223,7 +222,7 @@ impl RouteApi {
         let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
         let host = validate::hostname("hostname", &req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         claim_host(&txn, &host, project_id).await?;
         let wanted = targets(&txn, project_id, &req.targets).await?;
         let now = Utc::now();
@@ -305,7 +304,7 @@ impl RouteApi {
         let id = parse_id("id", &req.id)?;
         let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
         let db = &self.0.identity.db;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let wanted = targets(&txn, route.project_id, &req.targets).await?;
         write_targets(&txn, id, &wanted).await?;
         scope
@@ -326,7 +325,7 @@ impl RouteApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
-        let txn = audit::begin_write(&self.0.identity.db).await?;
+        let txn = crate::db::begin_write(&self.0.identity.db).await?;
         routes::Entity::delete_by_id(id).exec(&txn).await?;
         scope
             .audit(

@@ -24,10 +24,9 @@ use uuid::Uuid;
 use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
 use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
-use crate::audit;
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `ServiceService` implementation.
@@ -314,7 +313,7 @@ impl ServiceApi {
         let (scope, project) = authorize_project(db, &actor, "project.manage", project_id).await?;
         validate::dns_label("name", &req.name, 63)?;
         let keyring = self.0.identity.keyring()?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let service = match &req.spec {
             Some(pb::create_service_request::Spec::Application(app)) => {
                 validate::image("application.image", &app.image)?;
@@ -536,7 +535,7 @@ impl ServiceApi {
             row.health_check_interval_seconds = Set(interval);
             changed.push("healthCheck");
         }
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         if let Some(reg) = &req.registry_integration_id {
             row.registry_integration_id = Set(registry_of(
                 &txn,
@@ -582,7 +581,7 @@ impl ServiceApi {
         let db = &self.0.identity.db;
         let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
         let ports = validate::ports(&req.ports)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         replace_ports(&txn, id, &ports).await?;
         scope
             .audit(
@@ -632,7 +631,7 @@ impl ServiceApi {
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         service_env_vars::Entity::delete_many()
             .filter(service_env_vars::Column::ServiceId.eq(id))
             .filter(service_env_vars::Column::Key.eq(&req.key))
@@ -691,7 +690,7 @@ impl ServiceApi {
         let volume_id = parse_id("volumeId", &req.volume_id)?;
         validate::mount_path("mountPath", &req.mount_path)?;
         let sub_path = validate::sub_path("subPath", &req.sub_path)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let volume = volumes::Entity::find_by_id(volume_id)
             .filter(volumes::Column::ProjectId.eq(service.project_id))
             .one(&txn)
@@ -762,7 +761,7 @@ impl ServiceApi {
         let db = &self.0.identity.db;
         let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let group = variable_groups::Entity::find_by_id(group_id)
             .filter(variable_groups::Column::ProjectId.eq(service.project_id))
             .one(&txn)
@@ -877,7 +876,7 @@ pub(crate) async fn delete_service(
         }
         None => Vec::new(),
     };
-    let txn = audit::begin_write(&w.identity.db).await?;
+    let txn = crate::db::begin_write(&w.identity.db).await?;
     services::Entity::delete_by_id(service.id)
         .exec(&txn)
         .await?;

@@ -31,10 +31,9 @@ use super::deployments::deployment_to_pb;
 use super::sensitive::is_secret_key;
 use super::services::{delete_service, replace_ports};
 use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
-use crate::audit;
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `StackService` implementation.
@@ -468,7 +467,7 @@ impl StackApi {
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let stack = stacks::ActiveModel {
             id: Set(Uuid::now_v7()),
             project_id: Set(project.id),
@@ -561,7 +560,7 @@ impl StackApi {
         let (scope, stack, project) = authorize_stack(db, &actor, "stack.manage", id).await?;
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let current = services::Entity::find()
             .filter(services::Column::StackId.eq(stack.id))
             .all(&txn)
@@ -645,7 +644,7 @@ impl StackApi {
         for s in &members {
             delete_service(&self.0, &scope, s, &project).await?;
         }
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         stacks::Entity::delete_by_id(stack.id).exec(&txn).await?;
         scope
             .audit(

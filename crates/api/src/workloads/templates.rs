@@ -20,10 +20,9 @@ use super::services::service_to_pb;
 use super::spec::{self, NewService, TemplateSpec};
 use super::variables::MASK;
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
-use crate::audit;
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc, desc};
-use crate::services::parse_id;
+use crate::wire::parse_id;
 use crate::{Error, Result};
 
 /// The `TemplateService` implementation.
@@ -127,7 +126,7 @@ impl TemplateApi {
             .map_err(|e| Error::InvalidArgument(format!("specJson: not JSON: {e}")))?;
         TemplateSpec::parse(&spec)?;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let template = templates::ActiveModel {
             id: Set(Uuid::now_v7()),
             organization_id: Set(Some(org)),
@@ -170,7 +169,7 @@ impl TemplateApi {
         let db = &self.0.identity.db;
         can(db, &actor, "template.manage", Resource::Organization(org)).await?;
         let id = parse_id("id", &req.id)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         // Official templates have no organization: never found here.
         let template = templates::Entity::find_by_id(id)
             .filter(templates::Column::OrganizationId.eq(org))
@@ -223,7 +222,7 @@ impl TemplateApi {
         };
         let blueprint = TemplateSpec::parse(&blueprint)?;
         let keyring = self.0.identity.keyring()?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let service = spec::create_from_template(
             &txn,
             keyring,

@@ -18,10 +18,9 @@ use uuid::Uuid;
 
 use super::spec::{GROUP_TABLE, VALUE_COLUMN};
 use super::{Audited, Scope, Workloads, authorize_project, unique_as, validate};
-use crate::audit;
 use crate::auth::Actor;
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `VariableGroupService` implementation.
@@ -137,7 +136,7 @@ impl VariableApi {
         let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
         let name = validate::display_name("name", &req.name)?;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let group = variable_groups::ActiveModel {
             id: Set(Uuid::now_v7()),
             project_id: Set(project_id),
@@ -201,7 +200,7 @@ impl VariableApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (scope, group) = self.authorize(&actor, "project.manage", id).await?;
-        let txn = audit::begin_write(&self.0.identity.db).await?;
+        let txn = crate::db::begin_write(&self.0.identity.db).await?;
         variable_groups::Entity::delete_by_id(id).exec(&txn).await?;
         scope
             .audit(
@@ -234,7 +233,7 @@ impl VariableApi {
         };
         let db = &self.0.identity.db;
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let existing = variable_group_items::Entity::find()
             .filter(variable_group_items::Column::VariableGroupId.eq(id))
             .filter(variable_group_items::Column::Key.eq(&req.key))

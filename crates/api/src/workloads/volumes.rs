@@ -14,9 +14,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
-use crate::audit;
 use crate::paging::{Key, Keyset, Kind, asc};
-use crate::services::{parse_id, ts};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `VolumeService` implementation.
@@ -73,7 +72,7 @@ impl VolumeApi {
             Err(_) => return Err(Error::InvalidArgument("accessMode: unknown value".into())),
         };
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let volume = volumes::ActiveModel {
             id: Set(Uuid::now_v7()),
             project_id: Set(project_id),
@@ -133,7 +132,7 @@ impl VolumeApi {
             .ok_or_else(|| Error::NotFound("volume not found".into()))?;
         let (scope, project) =
             authorize_project(db, &actor, "project.manage", volume.project_id).await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let mounts = volume_mounts::Entity::find()
             .filter(volume_mounts::Column::VolumeId.eq(id))
             .count(&txn)

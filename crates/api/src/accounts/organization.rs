@@ -13,11 +13,13 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{is_unique_violation, members, parse_id, role_to_pb, ts};
+use super::members;
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Credential, Identity};
 use crate::authz::{Resource, authorize_row, can};
+use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
+use crate::wire::{parse_id, role_to_pb, ts};
 use crate::workloads::Workloads;
 use crate::workloads::projects::delete_project_namespace;
 use crate::{Error, Result};
@@ -123,7 +125,7 @@ impl OrganizationApi {
                 continue;
             }
             let now = Utc::now();
-            let txn = crate::audit::begin_write(db).await?;
+            let txn = crate::db::begin_write(db).await?;
             let inserted = organizations::ActiveModel {
                 id: Set(Uuid::now_v7()),
                 name: Set(name.clone()),
@@ -252,7 +254,7 @@ impl OrganizationApi {
         )
         .await?;
         let name = validate_name(&request.get_ref().name)?;
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let org = organizations::Entity::find_by_id(id)
             .one(&txn)
             .await?
@@ -299,7 +301,7 @@ impl OrganizationApi {
         for project in &projects {
             delete_project_namespace(&self.workloads, project).await?;
         }
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let org = organizations::Entity::find_by_id(id)
             .one(&txn)
             .await?

@@ -21,11 +21,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::members::{at_most, grantable_role, org_role};
-use super::{from_ts, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
+use crate::wire::{from_ts, parse_id, role_to_pb, ts};
 use crate::{Error, Result};
 
 /// Characters of the value kept to recognise a token in lists.
@@ -99,7 +99,7 @@ impl ApiTokenApi {
             },
         };
         let token = ferry_db::token::generate_token(API_TOKEN_PREFIX);
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let row = api_tokens::ActiveModel {
             id: Set(Uuid::now_v7()),
             organization_id: Set(org),
@@ -170,7 +170,7 @@ impl ApiTokenApi {
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
         let caller = can(db, &actor, "api_token.revoke", Resource::Organization(org)).await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let row = api_tokens::Entity::find_by_id(id)
             .filter(api_tokens::Column::OrganizationId.eq(org))
             .one(&txn)

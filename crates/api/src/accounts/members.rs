@@ -22,11 +22,11 @@ use serde_json::json;
 use tonic::Request;
 use uuid::Uuid;
 
-use super::{parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Identity};
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
+use crate::wire::{parse_id, role_to_pb, ts};
 use crate::{Error, Result};
 
 /// The organization role of a grantable role.
@@ -180,7 +180,7 @@ pub async fn change_role(
     .await?;
     let role = org_role(grantable_role("role", req.role)?);
     at_most(caller, role, "role")?;
-    let txn = audit::begin_write(&identity.db).await?;
+    let txn = crate::db::begin_write(&identity.db).await?;
     let member = find_member(&txn, org, user).await?;
     if member.role == OrgRole::Owner {
         return Err(Error::FailedPrecondition(
@@ -222,7 +222,7 @@ pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberReques
         Resource::Organization(org),
     )
     .await?;
-    let txn = audit::begin_write(&identity.db).await?;
+    let txn = crate::db::begin_write(&identity.db).await?;
     let member = find_member(&txn, org, user).await?;
     if member.role == OrgRole::Owner {
         return Err(Error::FailedPrecondition(
@@ -265,7 +265,7 @@ pub async fn leave(
     )
     .await?;
     actor.session_id()?;
-    let txn = audit::begin_write(&identity.db).await?;
+    let txn = crate::db::begin_write(&identity.db).await?;
     let member = find_member(&txn, org, actor.user_id).await?;
     if member.role == OrgRole::Owner {
         return Err(Error::FailedPrecondition(
@@ -315,7 +315,7 @@ pub async fn transfer_ownership(
             "newOwnerUserId: you already own this organization".into(),
         ));
     }
-    let txn = audit::begin_write(&identity.db).await?;
+    let txn = crate::db::begin_write(&identity.db).await?;
     // Re-read inside the transaction, locked on PostgreSQL (SQLite's
     // `BEGIN IMMEDIATE` already serializes): a concurrent transfer may
     // have won.
@@ -345,7 +345,7 @@ pub async fn transfer_ownership(
     let mut promoted = new.into_active_model();
     promoted.role = Set(OrgRole::Owner);
     if let Err(e) = promoted.update(&txn).await {
-        return Err(if super::is_unique_violation(&e) {
+        return Err(if crate::db::is_unique_violation(&e) {
             Error::FailedPrecondition(
                 "the organization already has an owner (a concurrent transfer won); retry".into(),
             )

@@ -17,11 +17,12 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{is_unique_violation, parse_id, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::second_factor::{self, Proof};
 use crate::auth::{self, Actor, Identity, RequestMeta, SESSION_TOKEN_PREFIX, throttle, totp};
+use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, desc};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// Shortest accepted password.
@@ -141,7 +142,7 @@ impl AuthApi {
         }
         let password_hash = auth::hash_password(req.password).await?;
         let now = Utc::now();
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let user = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             username: Set(username),
@@ -224,7 +225,7 @@ impl AuthApi {
                 return self.challenge(&meta, &user, now).await;
             }
         }
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let (token, expires_at, session) = self.open_session(&txn, &user, &meta, now).await?;
         if let Some(device) = &device {
             trusted_devices::Entity::update_many()
@@ -300,7 +301,7 @@ impl AuthApi {
         user: &users::Model,
         now: chrono::DateTime<Utc>,
     ) -> Result<pb::LoginResponse> {
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         let (challenge_token, row) = second_factor::create_challenge(
             &txn,
             user.id,
@@ -448,7 +449,7 @@ impl AuthApi {
         let secret = totp::new_secret();
         let otpauth_uri = totp::otpauth_uri(&secret, &user.email)?;
         let stored = second_factor::encrypt_secret(self.identity.keyring()?, &secret)?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         users::Entity::update_many()
             .col_expr(users::Column::TotpSecret, Expr::value(Some(stored)))
             .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -491,7 +492,7 @@ impl AuthApi {
             return Err(Error::InvalidArgument("code: is required".into()));
         }
         let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
                 txn,
@@ -533,7 +534,7 @@ impl AuthApi {
         self.recheck_password(&user, &actor.meta, "password", req.password.clone())
             .await?;
         let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         let wrong = Error::InvalidArgument(format!("{}: is not valid", proof.field()));
         let txn = self.check_proof(txn, &user, proof, wrong).await?;
         users::Entity::update_many()
@@ -583,7 +584,7 @@ impl AuthApi {
             ));
         }
         let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
                 txn,
@@ -643,7 +644,7 @@ impl AuthApi {
         let Some(n) = second_factor::count_challenge_attempt(db, &challenge, now).await? else {
             return Err(invalid());
         };
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let txn = match self.check_proof(txn, &user, proof, invalid()).await {
             Ok(txn) => txn,
             Err(err) => {
@@ -771,7 +772,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let actor = self.identity.authenticate(&request).await?;
         let session_id = actor.session_id()?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         sessions::Entity::delete_by_id(session_id)
             .exec(&txn)
             .await
@@ -817,7 +818,7 @@ impl AuthService for AuthApi {
         self.recheck_password(&user, &actor.meta, "currentPassword", req.current_password)
             .await?;
         let new_hash = auth::hash_password(req.new_password).await?;
-        let txn = crate::audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, Expr::value(Some(new_hash)))
             .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -926,7 +927,7 @@ impl AuthService for AuthApi {
         let actor = self.identity.authenticate(&request).await?;
         actor.session_id()?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         // Someone else's session is indistinguishable from a missing one.
         let deleted = sessions::Entity::delete_many()
             .filter(sessions::Column::Id.eq(id))
@@ -1036,7 +1037,7 @@ impl AuthService for AuthApi {
         let actor = self.identity.authenticate(&request).await?;
         actor.session_id()?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let txn = crate::audit::begin_write(&self.identity.db).await?;
+        let txn = crate::db::begin_write(&self.identity.db).await?;
         // Someone else's device is indistinguishable from a missing one.
         let deleted = trusted_devices::Entity::delete_many()
             .filter(trusted_devices::Column::Id.eq(id))

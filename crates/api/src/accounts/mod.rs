@@ -15,14 +15,10 @@ pub mod invitations;
 pub mod members;
 pub mod tokens;
 
-use chrono::{DateTime, Utc};
 use ferry_common::GrpcServices;
-use ferry_db::entities::enums::OrgRole;
 use ferry_proto::ferry::v1 as pb;
-use uuid::Uuid;
 
 use crate::auth::Identity;
-use crate::{Error, Result};
 
 /// Adds the identity services to `services`. Deleting an organization
 /// removes its projects' cluster objects through `workloads`.
@@ -63,41 +59,4 @@ pub fn add_tenancy_services(
         .add_service(pb::grant_service_server::GrantServiceServer::new(
             grants::GrantApi::new(identity.clone()),
         ))
-}
-
-/// A protobuf timestamp.
-pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// A timestamp from the wire (`None` if out of range).
-pub(crate) fn from_ts(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
-}
-
-/// Parses a UUID field, naming it on error.
-pub(crate) fn parse_id(field: &str, value: &str) -> Result<Uuid> {
-    Uuid::parse_str(value.trim())
-        .map_err(|_| Error::InvalidArgument(format!("{field}: must be a UUID")))
-}
-
-pub(crate) fn role_to_pb(role: Option<OrgRole>) -> pb::OrganizationRole {
-    match role {
-        None => pb::OrganizationRole::Unspecified,
-        Some(OrgRole::Viewer) => pb::OrganizationRole::Viewer,
-        Some(OrgRole::Member) => pb::OrganizationRole::Member,
-        Some(OrgRole::Admin) => pb::OrganizationRole::Admin,
-        Some(OrgRole::Owner) => pb::OrganizationRole::Owner,
-    }
-}
-
-/// Whether a database error is a unique-constraint violation.
-pub(crate) fn is_unique_violation(err: &ferry_db::sea_orm::DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(ferry_db::sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
 }

@@ -17,11 +17,12 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{is_unique_violation, parse_id, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
+use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
+use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
 
 /// The `GrantService` implementation.
@@ -135,7 +136,7 @@ impl GrantApi {
         let kind = resource_type(req.resource_type)?;
         let resource = parse_id("resourceId", &req.resource_id)?;
         let level = level(req.level)?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         organization_members::Entity::find()
             .filter(organization_members::Column::OrganizationId.eq(org))
             .filter(organization_members::Column::UserId.eq(user))
@@ -230,7 +231,7 @@ impl GrantApi {
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
         can(db, &actor, "grant.manage", Resource::Organization(org)).await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let grant = resource_permissions::Entity::find_by_id(id)
             .filter(resource_permissions::Column::OrganizationId.eq(org))
             .one(&txn)

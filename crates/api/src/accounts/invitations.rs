@@ -31,12 +31,13 @@ use uuid::Uuid;
 
 use super::auth::validate_email;
 use super::members::{at_most, grantable_role, org_role};
-use super::{is_unique_violation, parse_id, role_to_pb, ts};
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
+use crate::db::is_unique_violation;
 use crate::mail::{self, Mail};
 use crate::paging::{Key, Keyset, Kind, desc};
+use crate::wire::{parse_id, role_to_pb, ts};
 use crate::{Error, Result};
 
 /// Prefix of invitation tokens.
@@ -45,8 +46,6 @@ pub const INVITATION_TOKEN_PREFIX: &str = "ferry_inv_";
 pub const DEFAULT_TTL_HOURS: u32 = 72;
 /// Longest lifetime (30 days).
 pub const MAX_TTL_HOURS: u32 = 720;
-/// Where accept links point when `FERRY_PUBLIC_URL` is unset.
-pub const DEFAULT_PUBLIC_URL: &str = "http://localhost:8080";
 
 /// The `InvitationService` implementation.
 #[derive(Clone)]
@@ -155,7 +154,7 @@ impl InvitationApi {
         let now = Utc::now();
         let expires_at = now + Duration::hours(i64::from(ttl));
 
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         // An expired pending invitation must not block a fresh one.
         org_invitations::Entity::update_many()
             .col_expr(org_invitations::Column::RevokedAt, Expr::value(Some(now)))
@@ -272,7 +271,7 @@ impl InvitationApi {
         invitation: Uuid,
     ) {
         let recorded = async {
-            let txn = audit::begin_write(&self.identity.db).await?;
+            let txn = crate::db::begin_write(&self.identity.db).await?;
             audit::record(
                 &txn,
                 meta,
@@ -329,7 +328,7 @@ impl InvitationApi {
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
         can(db, &actor, "invitation.revoke", Resource::Organization(org)).await?;
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let invitation = org_invitations::Entity::find_by_id(id)
             .filter(org_invitations::Column::OrganizationId.eq(org))
             .one(&txn)
@@ -379,7 +378,7 @@ impl InvitationApi {
         }
         let hash = ferry_db::token::hash_token(token);
         let now = Utc::now();
-        let txn = audit::begin_write(db).await?;
+        let txn = crate::db::begin_write(db).await?;
         let invitation = org_invitations::Entity::find()
             .filter(org_invitations::Column::TokenHash.eq(hash))
             .one(&txn)

@@ -8,11 +8,11 @@ use pb::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{from_ts, parse_id, ts};
 use crate::audit::{chain_condition, verify_chain};
 use crate::auth::Identity;
 use crate::authz::{Resource, can};
 use crate::paging::{Key, Keyset, Kind, desc};
+use crate::wire::{from_ts, parse_id, ts};
 use crate::{Error, Result};
 
 /// ListAuditLog's order: newest first. Ids are UUIDv7 (time-ordered).
