@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use ferry_api::auth::{Actor, Credential, RequestMeta};
-use ferry_api::authz::{Resource, can};
+use ferry_api::authz::{Action, Resource, can};
 use ferry_db::entities::enums::{OrgRole, SmtpTlsMode};
 use ferry_db::entities::{
     api_tokens, audit_logs, org_email_configs, org_invitations, organization_members, projects,
@@ -1169,7 +1169,7 @@ async fn grants_feed_the_policy() {
         let denied = can(
             &db.conn,
             &session_actor(&deployer.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await;
@@ -1201,7 +1201,7 @@ async fn grants_feed_the_policy() {
         can(
             &db.conn,
             &session_actor(&deployer.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await
@@ -1209,7 +1209,7 @@ async fn grants_feed_the_policy() {
         let denied = can(
             &db.conn,
             &session_actor(&bystander.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await;
@@ -1221,7 +1221,7 @@ async fn grants_feed_the_policy() {
         let denied = can(
             &db.conn,
             &session_actor(&deployer.id),
-            "service.manage",
+            Action::ServiceManage,
             service,
         )
         .await;
@@ -1232,7 +1232,7 @@ async fn grants_feed_the_policy() {
         let foreign_actor = can(
             &db.conn,
             &session_actor(&outsider.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await;
@@ -1283,7 +1283,7 @@ async fn grants_feed_the_policy() {
         let denied = can(
             &db.conn,
             &session_actor(&deployer.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await;
@@ -1303,7 +1303,7 @@ async fn grants_feed_the_policy() {
         can(
             &db.conn,
             &session_actor(&deployer.id),
-            "service.deploy",
+            Action::ServiceDeploy,
             service,
         )
         .await

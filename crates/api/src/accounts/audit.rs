@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::audit::{chain_condition, verify_chain};
 use crate::auth::Identity;
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{from_ts, parse_id, ts};
 use crate::{Error, Result};
@@ -37,12 +37,12 @@ impl AuditApi {
         &self,
         request: &Request<T>,
         organization_id: &str,
-        action: &str,
+        action: Action,
     ) -> Result<Option<Uuid>> {
         let actor = self.identity.authenticate(request).await?;
         let db = &self.identity.db;
         if organization_id.trim().is_empty() {
-            can(db, &actor, "audit.read_global", Resource::Platform).await?;
+            can(db, &actor, Action::AuditReadGlobal, Resource::Platform).await?;
             Ok(None)
         } else {
             let org = parse_id("organizationId", organization_id)?;
@@ -56,7 +56,11 @@ impl AuditApi {
         request: Request<pb::ListAuditLogRequest>,
     ) -> Result<pb::ListAuditLogResponse> {
         let org = self
-            .authorize(&request, &request.get_ref().organization_id, "audit.read")
+            .authorize(
+                &request,
+                &request.get_ref().organization_id,
+                Action::AuditRead,
+            )
             .await?;
         let req = request.into_inner();
         let page = AUDIT_LOG.page(req.page_size, &req.page_token)?;
@@ -128,7 +132,11 @@ impl AuditService for AuditApi {
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
         let org = self
-            .authorize(&request, &request.get_ref().organization_id, "audit.verify")
+            .authorize(
+                &request,
+                &request.get_ref().organization_id,
+                Action::AuditVerify,
+            )
             .await?;
         let report = verify_chain(&self.identity.db, org).await?;
         let (first_broken_id, reason) = match report.first_broken {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -131,7 +131,7 @@ impl GrantApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        can(db, &actor, "grant.manage", Resource::Organization(org)).await?;
+        can(db, &actor, Action::GrantManage, Resource::Organization(org)).await?;
         let user = parse_id("userId", &req.user_id)?;
         let kind = resource_type(req.resource_type)?;
         let resource = parse_id("resourceId", &req.resource_id)?;
@@ -208,7 +208,7 @@ impl GrantApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = GRANTS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        can(db, &actor, "grant.read", Resource::Organization(org)).await?;
+        can(db, &actor, Action::GrantRead, Resource::Organization(org)).await?;
         let mut query = resource_permissions::Entity::find()
             .filter(resource_permissions::Column::OrganizationId.eq(org));
         if !req.user_id.trim().is_empty() {
@@ -230,7 +230,7 @@ impl GrantApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        can(db, &actor, "grant.manage", Resource::Organization(org)).await?;
+        can(db, &actor, Action::GrantManage, Resource::Organization(org)).await?;
         let txn = crate::db::begin_write(db).await?;
         let grant = resource_permissions::Entity::find_by_id(id)
             .filter(resource_permissions::Column::OrganizationId.eq(org))

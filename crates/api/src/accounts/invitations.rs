@@ -33,7 +33,7 @@ use super::auth::validate_email;
 use super::members::{at_most, grantable_role, org_role};
 use crate::audit::{self, AuditEvent};
 use crate::auth::Identity;
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::db::is_unique_violation;
 use crate::mail::{self, Mail};
 use crate::paging::{Key, Keyset, Kind, desc};
@@ -109,7 +109,13 @@ impl InvitationApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        let caller = can(db, &actor, "invitation.create", Resource::Organization(org)).await?;
+        let caller = can(
+            db,
+            &actor,
+            Action::InvitationCreate,
+            Resource::Organization(org),
+        )
+        .await?;
         let email = validate_email(&req.email)?;
         let role = grantable_role("role", req.role)?;
         at_most(caller, org_role(role), "role")?;
@@ -303,7 +309,13 @@ impl InvitationApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = INVITATIONS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        can(db, &actor, "invitation.read", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::InvitationRead,
+            Resource::Organization(org),
+        )
+        .await?;
         let mut query =
             org_invitations::Entity::find().filter(org_invitations::Column::OrganizationId.eq(org));
         if !req.include_inactive {
@@ -327,7 +339,13 @@ impl InvitationApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        can(db, &actor, "invitation.revoke", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::InvitationRevoke,
+            Resource::Organization(org),
+        )
+        .await?;
         let txn = crate::db::begin_write(db).await?;
         let invitation = org_invitations::Entity::find_by_id(id)
             .filter(org_invitations::Column::OrganizationId.eq(org))
@@ -369,7 +387,7 @@ impl InvitationApi {
     ) -> Result<pb::Organization> {
         let actor = self.identity.authenticate(&request).await?;
         let db = &self.identity.db;
-        can(db, &actor, "invitation.accept", Resource::Platform).await?;
+        can(db, &actor, Action::InvitationAccept, Resource::Platform).await?;
         let token = request.get_ref().token.trim();
         if !token.starts_with(INVITATION_TOKEN_PREFIX) {
             return Err(Error::InvalidArgument(

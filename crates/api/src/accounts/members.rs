@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Identity};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, role_to_pb, ts};
 use crate::{Error, Result};
@@ -137,7 +137,7 @@ pub async fn list(
     can(
         &identity.db,
         &actor,
-        "member.read",
+        Action::MemberRead,
         Resource::Organization(org),
     )
     .await?;
@@ -174,7 +174,7 @@ pub async fn change_role(
     let caller = can(
         &identity.db,
         &actor,
-        "member.update",
+        Action::MemberUpdate,
         Resource::Organization(org),
     )
     .await?;
@@ -218,7 +218,7 @@ pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberReques
     let caller = can(
         &identity.db,
         &actor,
-        "member.remove",
+        Action::MemberRemove,
         Resource::Organization(org),
     )
     .await?;
@@ -260,7 +260,7 @@ pub async fn leave(
     can(
         &identity.db,
         &actor,
-        "organization.leave",
+        Action::OrganizationLeave,
         Resource::Organization(org),
     )
     .await?;
@@ -305,7 +305,7 @@ pub async fn transfer_ownership(
     can(
         &identity.db,
         &actor,
-        "organization.transfer",
+        Action::OrganizationTransfer,
         Resource::Organization(org),
     )
     .await?;

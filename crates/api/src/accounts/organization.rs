@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::members;
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Credential, Identity};
-use crate::authz::{Resource, authorize_row, can};
+use crate::authz::{Action, Resource, authorize_row, can};
 use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, role_to_pb, ts};
@@ -106,7 +106,7 @@ impl OrganizationApi {
     ) -> Result<pb::Organization> {
         let actor = self.identity.authenticate(&request).await?;
         let db = &self.identity.db;
-        can(db, &actor, "organization.create", Resource::Platform).await?;
+        can(db, &actor, Action::OrganizationCreate, Resource::Platform).await?;
         let name = validate_name(&request.get_ref().name)?;
         let stem = slugify(&name);
         // A taken slug gets a short random suffix; retried on a race.
@@ -179,7 +179,7 @@ impl OrganizationApi {
         let (org, role) = authorize_row(
             &self.identity.db,
             &actor,
-            "organization.read",
+            Action::OrganizationRead,
             organizations::Entity::find_by_id(id),
             organizations::Column::Id,
             |o| Resource::Organization(o.id),
@@ -234,7 +234,7 @@ impl OrganizationApi {
             Credential::Session { .. } => Ok(Some(member.role)),
             Credential::ApiToken { .. } => {
                 let org = Resource::Organization(member.organization_id);
-                can(&self.identity.db, actor, "organization.read", org).await
+                can(&self.identity.db, actor, Action::OrganizationRead, org).await
             }
         }
     }
@@ -249,7 +249,7 @@ impl OrganizationApi {
         let role = can(
             db,
             &actor,
-            "organization.update",
+            Action::OrganizationUpdate,
             Resource::Organization(id),
         )
         .await?;
@@ -288,7 +288,7 @@ impl OrganizationApi {
         can(
             db,
             &actor,
-            "organization.delete",
+            Action::OrganizationDelete,
             Resource::Organization(id),
         )
         .await?;

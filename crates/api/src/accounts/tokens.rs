@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::members::{at_most, grantable_role, org_role};
 use crate::audit::{self, AuditEvent};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{from_ts, parse_id, role_to_pb, ts};
 use crate::{Error, Result};
@@ -80,7 +80,13 @@ impl ApiTokenApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        let caller = can(db, &actor, "api_token.create", Resource::Organization(org)).await?;
+        let caller = can(
+            db,
+            &actor,
+            Action::ApiTokenCreate,
+            Resource::Organization(org),
+        )
+        .await?;
         // Tokens do not mint tokens.
         actor.session_id()?;
         let name = super::organization::validate_name(&req.name)?;
@@ -148,7 +154,13 @@ impl ApiTokenApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = API_TOKENS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        let caller = can(db, &actor, "api_token.read", Resource::Organization(org)).await?;
+        let caller = can(
+            db,
+            &actor,
+            Action::ApiTokenRead,
+            Resource::Organization(org),
+        )
+        .await?;
         let mut query =
             api_tokens::Entity::find().filter(api_tokens::Column::OrganizationId.eq(org));
         if !is_admin(caller) {
@@ -169,7 +181,13 @@ impl ApiTokenApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        let caller = can(db, &actor, "api_token.revoke", Resource::Organization(org)).await?;
+        let caller = can(
+            db,
+            &actor,
+            Action::ApiTokenRevoke,
+            Resource::Organization(org),
+        )
+        .await?;
         let txn = crate::db::begin_write(db).await?;
         let row = api_tokens::Entity::find_by_id(id)
             .filter(api_tokens::Column::OrganizationId.eq(org))

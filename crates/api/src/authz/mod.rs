@@ -5,7 +5,8 @@
 //! (`organization_members`, capped by an API token's role) and per-resource
 //! grants (`resource_permissions`: view < deploy < manage on a project,
 //! service, stack or job; a project grant covers what is in the project).
-//! Actions missing from [`POLICY`] are denied, even to super-admins.
+//! Every [`Action`] has exactly one [`Rule`] (an exhaustive match), so no
+//! action is allowed by omission.
 //!
 //! Outcomes: callers outside the resource's organization get `NotFound`
 //! (existence is never revealed); members whose role and grants fall short
@@ -48,109 +49,98 @@ pub enum Rule {
     SuperAdmin,
 }
 
-/// The policy table. Later resources add their actions here.
-pub const POLICY: &[(&str, Rule)] = &[
-    ("organization.create", Rule::SessionUser),
-    ("organization.read", Rule::Role(OrgRole::Viewer)),
-    ("organization.update", Rule::Role(OrgRole::Admin)),
-    ("organization.delete", Rule::Role(OrgRole::Owner)),
-    ("audit.read", Rule::Role(OrgRole::Admin)),
-    ("audit.verify", Rule::Role(OrgRole::Admin)),
-    ("audit.read_global", Rule::SuperAdmin),
-    // Tenancy: members, invitations, API tokens, grants.
-    ("member.read", Rule::Role(OrgRole::Viewer)),
-    ("member.update", Rule::Role(OrgRole::Admin)),
-    ("member.remove", Rule::Role(OrgRole::Admin)),
-    ("organization.leave", Rule::Role(OrgRole::Viewer)),
-    ("organization.transfer", Rule::Role(OrgRole::Owner)),
-    ("invitation.read", Rule::Role(OrgRole::Admin)),
-    ("invitation.create", Rule::Role(OrgRole::Admin)),
-    ("invitation.revoke", Rule::Role(OrgRole::Admin)),
-    ("invitation.accept", Rule::SessionUser),
-    ("api_token.read", Rule::Role(OrgRole::Viewer)),
-    ("api_token.create", Rule::Role(OrgRole::Viewer)),
-    ("api_token.revoke", Rule::Role(OrgRole::Viewer)),
-    ("grant.read", Rule::Role(OrgRole::Admin)),
-    ("grant.manage", Rule::Role(OrgRole::Admin)),
-    // Workloads: viewers read, members need a grant, admins manage.
-    (
-        "project.read",
-        Rule::RoleOrGrant {
-            role: OrgRole::Viewer,
-            floor: OrgRole::Viewer,
-            level: ResourceAccess::View,
-        },
-    ),
-    (
-        "project.manage",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Manage,
-        },
-    ),
-    (
-        "service.read",
-        Rule::RoleOrGrant {
-            role: OrgRole::Viewer,
-            floor: OrgRole::Viewer,
-            level: ResourceAccess::View,
-        },
-    ),
-    (
-        "service.deploy",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Deploy,
-        },
-    ),
-    (
-        "service.read_secrets",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Deploy,
-        },
-    ),
-    ("project.create", Rule::Role(OrgRole::Member)),
-    (
-        "stack.read",
-        Rule::RoleOrGrant {
-            role: OrgRole::Viewer,
-            floor: OrgRole::Viewer,
-            level: ResourceAccess::View,
-        },
-    ),
-    (
-        "stack.deploy",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Deploy,
-        },
-    ),
-    (
-        "stack.manage",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Manage,
-        },
-    ),
-    ("template.read", Rule::Role(OrgRole::Viewer)),
-    ("registry.read", Rule::Role(OrgRole::Member)),
-    ("registry.manage", Rule::Role(OrgRole::Admin)),
-    ("template.manage", Rule::Role(OrgRole::Admin)),
-    (
-        "service.manage",
-        Rule::RoleOrGrant {
-            role: OrgRole::Admin,
-            floor: OrgRole::Member,
-            level: ResourceAccess::Manage,
-        },
-    ),
-];
+/// Declares [`Action`] with its name and rule side by side, so the enum,
+/// [`Action::ALL`], [`Action::name`] and [`Action::rule`] cannot disagree.
+macro_rules! actions {
+    ($($variant:ident = $name:literal => $rule:expr,)+) => {
+        /// Every action an RPC can ask [`can`] about. Each has exactly one
+        /// rule: an action without one does not compile, so nothing is
+        /// allowed by omission.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $(#[doc = concat!("`", $name, "`")] $variant,)+
+        }
+
+        impl Action {
+            /// Every action, for tests and documentation.
+            pub const ALL: &[Action] = &[$(Action::$variant,)+];
+
+            /// The stable `resource.verb` name (logs, error messages).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $name,)+
+                }
+            }
+
+            /// What the action requires: THE policy table.
+            pub const fn rule(self) -> Rule {
+                match self {
+                    $(Action::$variant => $rule,)+
+                }
+            }
+        }
+    };
+}
+
+// Workloads: viewers read, members need a grant, admins manage.
+const READ: Rule = Rule::RoleOrGrant {
+    role: OrgRole::Viewer,
+    floor: OrgRole::Viewer,
+    level: ResourceAccess::View,
+};
+const DEPLOY: Rule = Rule::RoleOrGrant {
+    role: OrgRole::Admin,
+    floor: OrgRole::Member,
+    level: ResourceAccess::Deploy,
+};
+const MANAGE: Rule = Rule::RoleOrGrant {
+    role: OrgRole::Admin,
+    floor: OrgRole::Member,
+    level: ResourceAccess::Manage,
+};
+actions! {
+    OrganizationCreate = "organization.create" => Rule::SessionUser,
+    OrganizationRead = "organization.read" => Rule::Role(OrgRole::Viewer),
+    OrganizationUpdate = "organization.update" => Rule::Role(OrgRole::Admin),
+    OrganizationDelete = "organization.delete" => Rule::Role(OrgRole::Owner),
+    AuditRead = "audit.read" => Rule::Role(OrgRole::Admin),
+    AuditVerify = "audit.verify" => Rule::Role(OrgRole::Admin),
+    AuditReadGlobal = "audit.read_global" => Rule::SuperAdmin,
+    MemberRead = "member.read" => Rule::Role(OrgRole::Viewer),
+    MemberUpdate = "member.update" => Rule::Role(OrgRole::Admin),
+    MemberRemove = "member.remove" => Rule::Role(OrgRole::Admin),
+    OrganizationLeave = "organization.leave" => Rule::Role(OrgRole::Viewer),
+    OrganizationTransfer = "organization.transfer" => Rule::Role(OrgRole::Owner),
+    InvitationRead = "invitation.read" => Rule::Role(OrgRole::Admin),
+    InvitationCreate = "invitation.create" => Rule::Role(OrgRole::Admin),
+    InvitationRevoke = "invitation.revoke" => Rule::Role(OrgRole::Admin),
+    InvitationAccept = "invitation.accept" => Rule::SessionUser,
+    ApiTokenRead = "api_token.read" => Rule::Role(OrgRole::Viewer),
+    ApiTokenCreate = "api_token.create" => Rule::Role(OrgRole::Viewer),
+    ApiTokenRevoke = "api_token.revoke" => Rule::Role(OrgRole::Viewer),
+    GrantRead = "grant.read" => Rule::Role(OrgRole::Admin),
+    GrantManage = "grant.manage" => Rule::Role(OrgRole::Admin),
+    ProjectRead = "project.read" => READ,
+    ProjectManage = "project.manage" => MANAGE,
+    ServiceRead = "service.read" => READ,
+    ServiceDeploy = "service.deploy" => DEPLOY,
+    ServiceReadSecrets = "service.read_secrets" => DEPLOY,
+    ProjectCreate = "project.create" => Rule::Role(OrgRole::Member),
+    StackRead = "stack.read" => READ,
+    StackDeploy = "stack.deploy" => DEPLOY,
+    StackManage = "stack.manage" => MANAGE,
+    TemplateRead = "template.read" => Rule::Role(OrgRole::Viewer),
+    RegistryRead = "registry.read" => Rule::Role(OrgRole::Member),
+    RegistryManage = "registry.manage" => Rule::Role(OrgRole::Admin),
+    TemplateManage = "template.manage" => Rule::Role(OrgRole::Admin),
+    ServiceManage = "service.manage" => MANAGE,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What an action is performed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,11 +190,6 @@ impl Resource {
     }
 }
 
-/// Looks up `action` in [`POLICY`].
-pub fn rule(action: &str) -> Option<Rule> {
-    POLICY.iter().find(|(a, _)| *a == action).map(|(_, r)| *r)
-}
-
 fn level_rank(level: ResourceAccess) -> u8 {
     match level {
         ResourceAccess::View => 1,
@@ -219,10 +204,10 @@ fn level_rank(level: ResourceAccess) -> u8 {
 pub async fn can<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     resource: Resource,
 ) -> Result<Option<OrgRole>> {
-    let rule = rule_for(action)?;
+    let rule = action.rule();
     check_token_scope(actor, resource)?;
     let member = match resource.organization_id() {
         Some(org) => member_role(db, actor.user_id, org).await?,
@@ -238,11 +223,11 @@ pub async fn can<C: ConnectionTrait>(
 pub async fn can_as<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     resource: Resource,
     member: Option<OrgRole>,
 ) -> Result<Option<OrgRole>> {
-    let rule = rule_for(action)?;
+    let rule = action.rule();
     check_token_scope(actor, resource)?;
     decide(db, actor, action, rule, resource, member).await
 }
@@ -258,7 +243,7 @@ pub async fn can_as<C: ConnectionTrait>(
 pub async fn authorize_row<E, C>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     select: Select<E>,
     organization_column: E::Column,
     resource: impl FnOnce(&E::Model) -> Resource,
@@ -269,7 +254,7 @@ where
     E::Model: FromQueryResult + Send + Sync,
     C: ConnectionTrait,
 {
-    let rule = rule_for(action)?;
+    let rule = action.rule();
     let user = actor.user_id;
     let membership: RelationDef = E::belongs_to(organization_members::Entity)
         .from(organization_column)
@@ -316,14 +301,6 @@ impl<M: FromQueryResult> FromQueryResult for WithMemberRole<M> {
     }
 }
 
-/// The rule of `action`, or `PermissionDenied` when it has none.
-fn rule_for(action: &str) -> Result<Rule> {
-    rule(action).ok_or_else(|| {
-        tracing::warn!(action, "action missing from the policy table: denied");
-        Error::PermissionDenied(format!("{action}: not permitted"))
-    })
-}
-
 /// API tokens never leave their organization (`NotFound` outside it).
 fn check_token_scope(actor: &Actor, resource: Resource) -> Result<()> {
     match (actor.credential, resource.organization_id()) {
@@ -350,7 +327,7 @@ fn effective(actor: &Actor, member: Option<OrgRole>) -> Option<OrgRole> {
 async fn decide<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     rule: Rule,
     resource: Resource,
     member: Option<OrgRole>,
@@ -467,12 +444,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_actions_have_no_rule_and_names_are_unique() {
-        assert_eq!(rule("organization.teleport"), None);
-        let mut names: Vec<&str> = POLICY.iter().map(|(a, _)| *a).collect();
+    fn action_names_are_unique_and_well_formed() {
+        let mut names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), POLICY.len());
+        assert_eq!(names.len(), Action::ALL.len());
+        for name in names {
+            let (resource, verb) = name.split_once('.').unwrap();
+            assert!(!resource.is_empty() && !verb.is_empty(), "{name}");
+        }
     }
 
     #[test]
@@ -533,14 +513,15 @@ mod tests {
             .await
             .unwrap();
         let session = actor(Credential::Session { id: Uuid::nil() });
-        for (action, rule) in POLICY {
-            let Rule::Role(min) = *rule else { continue };
+        for &action in Action::ALL {
+            let rule = action.rule();
+            let Rule::Role(min) = rule else { continue };
             for role in OrgRole::ALL {
                 let got = decide(
                     &db,
                     &session,
                     action,
-                    *rule,
+                    rule,
                     Resource::Organization(Uuid::nil()),
                     Some(role),
                 )

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::deploy::recorded_yaml;
 use super::services::service_to_pb;
 use super::{Scope, Workloads, authorize_service, validate};
-use crate::authz::can;
+use crate::authz::{Action, can};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -103,7 +103,8 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.deploy", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
         let d = self
             .0
             .deployer
@@ -119,12 +120,13 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.read", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceRead, id).await?;
         // Viewers see the plan with secret values masked.
         let reveal = can(
             db,
             &scope.actor,
-            "service.read_secrets",
+            Action::ServiceReadSecrets,
             crate::authz::Resource::Service {
                 organization_id: scope.organization_id,
                 project_id: project.id,
@@ -174,7 +176,7 @@ impl DeploymentApi {
             .service_id
             .ok_or_else(|| Error::NotFound("deployment not found".into()))?;
         let (scope, service, project) =
-            authorize_service(db, &actor, "service.deploy", service_id).await?;
+            authorize_service(db, &actor, Action::ServiceDeploy, service_id).await?;
         if !matches!(
             target.status,
             DeploymentStatus::Running
@@ -259,7 +261,8 @@ impl DeploymentApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.deploy", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
         let replicas = validate::replicas("replicas", req.replicas)?;
         self.set_replicas(&scope, service, &project, replicas, "service.scale")
             .await
@@ -269,7 +272,8 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.deploy", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
         self.set_replicas(&scope, service, &project, 0, "service.stop")
             .await
     }
@@ -278,7 +282,8 @@ impl DeploymentApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.deploy", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
         let Some(cluster) = &self.0.deployer.cluster else {
             return Err(Error::FailedPrecondition(
                 "no Kubernetes cluster is configured: nothing runs to restart".into(),
@@ -322,7 +327,7 @@ impl DeploymentApi {
         let id = parse_id("serviceId", &req.service_id)?;
         let page = DEPLOYMENTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_service(db, &actor, "service.read", id).await?;
+        authorize_service(db, &actor, Action::ServiceRead, id).await?;
         let query = deployments::Entity::find().filter(deployments::Column::ServiceId.eq(id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) = page.finish(rows, |d| vec![Key::Id(d.id)]);
@@ -342,7 +347,7 @@ impl DeploymentApi {
         let service = d
             .service_id
             .ok_or_else(|| Error::NotFound("deployment not found".into()))?;
-        authorize_service(db, actor, "service.read", service)
+        authorize_service(db, actor, Action::ServiceRead, service)
             .await
             .map_err(|e| match e {
                 Error::NotFound(_) => Error::NotFound("deployment not found".into()),

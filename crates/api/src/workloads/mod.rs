@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::{Actor, Identity};
-use crate::authz::{Resource, authorize_row};
+use crate::authz::{Action, Resource, authorize_row};
 use crate::{Error, Result};
 
 pub use deploy::{DeployConfig, Deployer};
@@ -156,7 +156,7 @@ impl Scope {
 pub async fn authorize_project<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     id: Uuid,
 ) -> Result<(Scope, project_rows::Model)> {
     // The project and the caller's membership in one query.
@@ -187,7 +187,7 @@ pub async fn authorize_project<C: ConnectionTrait>(
 async fn authorize_child<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     project_id: Option<Uuid>,
     what: &str,
     resource: impl FnOnce(Uuid, Uuid) -> Resource,
@@ -218,7 +218,7 @@ async fn authorize_child<C: ConnectionTrait>(
 pub async fn authorize_service<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     id: Uuid,
 ) -> Result<(Scope, service_rows::Model, project_rows::Model)> {
     let service = service_rows::Entity::find_by_id(id).one(db).await?;
@@ -243,7 +243,7 @@ pub async fn authorize_service<C: ConnectionTrait>(
 pub async fn authorize_stack<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     id: Uuid,
 ) -> Result<(Scope, stack_rows::Model, project_rows::Model)> {
     let stack = stack_rows::Entity::find_by_id(id).one(db).await?;

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
 use crate::auth::Actor;
-use crate::authz::{Resource, Rule, can, rule};
+use crate::authz::{Action, Resource, Rule, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -92,7 +92,7 @@ enum Readable {
 async fn readable<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
-    action: &str,
+    action: Action,
     org: Uuid,
     role: Option<OrgRole>,
 ) -> Result<Readable> {
@@ -102,8 +102,8 @@ async fn readable<C: ConnectionTrait>(
         Err(Error::NotFound(_)) => return Ok(Readable::Nothing),
         Err(other) => return Err(other),
     }
-    match (rule(action), role) {
-        (Some(Rule::RoleOrGrant { floor, level, .. }), Some(role)) if role >= floor => {
+    match (action.rule(), role) {
+        (Rule::RoleOrGrant { floor, level, .. }, Some(role)) if role >= floor => {
             let granted = projects::Column::Id.in_subquery(granted_projects(actor.user_id, level));
             Ok(Readable::Granted(Condition::all().add(granted)))
         }
@@ -132,7 +132,13 @@ impl ProjectApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        let role = can(db, &actor, "project.create", Resource::Organization(org)).await?;
+        let role = can(
+            db,
+            &actor,
+            Action::ProjectCreate,
+            Resource::Organization(org),
+        )
+        .await?;
         let name = validate::display_name("name", &req.name)?;
         let slug = if req.slug.trim().is_empty() {
             validate::slugify(&name)
@@ -200,7 +206,7 @@ impl ProjectApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (_, project) =
-            authorize_project(&self.0.identity.db, &actor, "project.read", id).await?;
+            authorize_project(&self.0.identity.db, &actor, Action::ProjectRead, id).await?;
         Ok(project_to_pb(&project))
     }
 
@@ -214,8 +220,14 @@ impl ProjectApi {
         let page = PROJECTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         // Membership is checked even when the organization has no projects.
-        let role = can(db, &actor, "organization.read", Resource::Organization(org)).await?;
-        let query = match readable(db, &actor, "project.read", org, role).await? {
+        let role = can(
+            db,
+            &actor,
+            Action::OrganizationRead,
+            Resource::Organization(org),
+        )
+        .await?;
+        let query = match readable(db, &actor, Action::ProjectRead, org, role).await? {
             Readable::All => projects::Entity::find(),
             Readable::Granted(ids) => projects::Entity::find().filter(ids),
             Readable::Nothing => return Ok(pb::ListProjectsResponse::default()),
@@ -237,7 +249,7 @@ impl ProjectApi {
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, "project.manage", id).await?;
+        let (scope, project) = authorize_project(db, &actor, Action::ProjectManage, id).await?;
         let name = req
             .name
             .as_deref()
@@ -274,7 +286,7 @@ impl ProjectApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, "project.manage", id).await?;
+        let (scope, project) = authorize_project(db, &actor, Action::ProjectManage, id).await?;
         // The cluster first: rows are only removed once the namespace is.
         delete_project_namespace(&self.0, &project).await?;
         let txn = crate::db::begin_write(db).await?;
@@ -438,13 +450,18 @@ mod tests {
     async fn both(
         db: &DatabaseConnection,
         actor: &Actor,
-        action: &str,
+        action: Action,
         org: Uuid,
         all: &[Uuid],
     ) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
-        let role = can(db, actor, "organization.read", Resource::Organization(org))
-            .await
-            .ok()?;
+        let role = can(
+            db,
+            actor,
+            Action::OrganizationRead,
+            Resource::Organization(org),
+        )
+        .await
+        .ok()?;
         let bulk = match readable(db, actor, action, org, role).await {
             Ok(Readable::All) => all.to_vec(),
             Ok(Readable::Nothing) => Vec::new(),
@@ -533,7 +550,7 @@ mod tests {
                 ("super-admin, not a member", actor(root, true, session())),
             ];
             for (who, caller) in &callers {
-                for action in ["project.read", "project.manage"] {
+                for action in [Action::ProjectRead, Action::ProjectManage] {
                     match both(conn, caller, action, org, &all).await {
                         Some((bulk, one_by_one)) => {
                             assert_eq!(bulk, one_by_one, "{b}: {who}: {action}");
@@ -543,7 +560,7 @@ mod tests {
                 }
             }
             // The grant path is really taken: exactly the managed project.
-            let (bulk, _) = both(conn, &callers[2].1, "project.manage", org, &all)
+            let (bulk, _) = both(conn, &callers[2].1, Action::ProjectManage, org, &all)
                 .await
                 .unwrap_or_default();
             assert_eq!(bulk, vec![all[0]], "{b}");

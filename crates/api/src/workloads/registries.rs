@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Scope, Workloads, unique_as, validate};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -86,7 +86,13 @@ impl RegistryApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "registry.manage", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::RegistryManage,
+            Resource::Organization(org),
+        )
+        .await?;
         let name = validate::display_name("name", &req.name)?;
         let url = registry_url(&req.url)?;
         if req.username.trim().is_empty() || req.username.len() > 255 {
@@ -145,7 +151,13 @@ impl RegistryApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = REGISTRIES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "registry.read", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::RegistryRead,
+            Resource::Organization(org),
+        )
+        .await?;
         let query = registries::Entity::find().filter(registries::Column::OrganizationId.eq(org));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -161,7 +173,13 @@ impl RegistryApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "registry.manage", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::RegistryManage,
+            Resource::Organization(org),
+        )
+        .await?;
         let id = parse_id("id", &req.id)?;
         let txn = crate::db::begin_write(db).await?;
         let registry = registries::Entity::find_by_id(id)

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
+use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -219,7 +220,7 @@ impl RouteApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         let host = validate::hostname("hostname", &req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
         let txn = crate::db::begin_write(db).await?;
@@ -266,7 +267,7 @@ impl RouteApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = ROUTES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, "project.read", project_id).await?;
+        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
         let query = routes::Entity::find().filter(routes::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) = page.finish(rows, |r| {
@@ -286,7 +287,7 @@ impl RouteApi {
     async fn authorize(
         &self,
         actor: &crate::auth::Actor,
-        action: &str,
+        action: Action,
         id: Uuid,
     ) -> Result<(super::Scope, routes::Model)> {
         let db = &self.0.identity.db;
@@ -302,7 +303,7 @@ impl RouteApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
-        let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
+        let (scope, route) = self.authorize(&actor, Action::ProjectManage, id).await?;
         let db = &self.0.identity.db;
         let txn = crate::db::begin_write(db).await?;
         let wanted = targets(&txn, route.project_id, &req.targets).await?;
@@ -324,7 +325,7 @@ impl RouteApi {
     async fn delete(&self, request: Request<pb::DeleteRouteRequest>) -> Result<()> {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (scope, route) = self.authorize(&actor, "project.manage", id).await?;
+        let (scope, route) = self.authorize(&actor, Action::ProjectManage, id).await?;
         let txn = crate::db::begin_write(&self.0.identity.db).await?;
         routes::Entity::delete_by_id(id).exec(&txn).await?;
         scope

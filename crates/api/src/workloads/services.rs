@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
 use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -263,7 +263,7 @@ async fn registry_of<C: ConnectionTrait>(
         can(
             db,
             &scope.actor,
-            "registry.manage",
+            Action::RegistryManage,
             Resource::Organization(scope.organization_id),
         )
         .await
@@ -284,7 +284,7 @@ async fn authorize_project_resource<C: ConnectionTrait>(
     can(
         db,
         &scope.actor,
-        "project.manage",
+        Action::ProjectManage,
         Resource::Project {
             organization_id: scope.organization_id,
             id: project_id,
@@ -310,7 +310,8 @@ impl ServiceApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, project) =
+            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         validate::dns_label("name", &req.name, 63)?;
         let keyring = self.0.identity.keyring()?;
         let txn = crate::db::begin_write(db).await?;
@@ -452,7 +453,7 @@ impl ServiceApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (_, service, _) = authorize_service(db, &actor, "service.read", id).await?;
+        let (_, service, _) = authorize_service(db, &actor, Action::ServiceRead, id).await?;
         service_to_pb(db, &service).await
     }
 
@@ -465,7 +466,7 @@ impl ServiceApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = SERVICES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, "project.read", project_id).await?;
+        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
         let query = services::Entity::find().filter(services::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -481,7 +482,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let database = service.kind == ServiceKind::Database;
         let mut changed = Vec::new();
         let mut row = service.clone().into_active_model();
@@ -569,7 +570,8 @@ impl ServiceApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, project) =
+            authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let deleted_objects = delete_service(&self.0, &scope, &service, &project).await?;
         Ok(pb::DeleteServiceResponse { deleted_objects })
     }
@@ -579,7 +581,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let ports = validate::ports(&req.ports)?;
         let txn = crate::db::begin_write(db).await?;
         replace_ports(&txn, id, &ports).await?;
@@ -607,7 +609,7 @@ impl ServiceApi {
         let id = parse_id("serviceId", &req.service_id)?;
         let page = ENV_VARS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_service(db, &actor, "service.read", id).await?;
+        authorize_service(db, &actor, Action::ServiceRead, id).await?;
         let query =
             service_env_vars::Entity::find().filter(service_env_vars::Column::ServiceId.eq(id));
         let rows = page.apply(query).all(db).await?;
@@ -627,7 +629,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, _, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, _, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
@@ -662,7 +664,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, _, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, _, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         scope
             .remove(
                 db,
@@ -686,7 +688,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let volume_id = parse_id("volumeId", &req.volume_id)?;
         validate::mount_path("mountPath", &req.mount_path)?;
         let sub_path = validate::sub_path("subPath", &req.sub_path)?;
@@ -732,7 +734,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         scope
             .remove(
                 db,
@@ -759,7 +761,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
         let txn = crate::db::begin_write(db).await?;
         let group = variable_groups::Entity::find_by_id(group_id)
@@ -800,7 +802,7 @@ impl ServiceApi {
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, "service.manage", id).await?;
+        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
         scope
             .remove(
@@ -828,7 +830,7 @@ impl ServiceApi {
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
         let (_, service, project) =
-            authorize_service(db, &actor, "service.read_secrets", id).await?;
+            authorize_service(db, &actor, Action::ServiceReadSecrets, id).await?;
         let config = database_configs::Entity::find()
             .filter(database_configs::Column::ServiceId.eq(id))
             .one(db)

@@ -31,7 +31,7 @@ use super::deployments::deployment_to_pb;
 use super::sensitive::is_secret_key;
 use super::services::{delete_service, replace_ports};
 use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -163,7 +163,7 @@ async fn compose_view<C: ConnectionTrait>(
     let deployer = can(
         db,
         &scope.actor,
-        "stack.deploy",
+        Action::StackDeploy,
         Resource::Stack {
             organization_id: scope.organization_id,
             project_id,
@@ -185,7 +185,7 @@ async fn manages_project<C: ConnectionTrait>(db: &C, scope: &Scope, project_id: 
     can(
         db,
         &scope.actor,
-        "project.manage",
+        Action::ProjectManage,
         Resource::Project {
             organization_id: scope.organization_id,
             id: project_id,
@@ -462,7 +462,8 @@ impl StackApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, project) =
+            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         validate::dns_label("name", &req.name, 40)?;
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
@@ -524,7 +525,7 @@ impl StackApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, "stack.read", id).await?;
+        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackRead, id).await?;
         let view = compose_view(db, &scope, project.id, stack.id).await;
         Ok(pb::StackResponse {
             stack: Some(stack_message(db, &stack, view).await?),
@@ -541,7 +542,7 @@ impl StackApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = STACKS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, "project.read", project_id).await?;
+        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
         let query = stacks::Entity::find().filter(stacks::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -557,7 +558,7 @@ impl StackApi {
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, "stack.manage", id).await?;
+        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackManage, id).await?;
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
         let txn = crate::db::begin_write(db).await?;
@@ -636,7 +637,7 @@ impl StackApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, "stack.manage", id).await?;
+        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackManage, id).await?;
         let members = services::Entity::find()
             .filter(services::Column::StackId.eq(stack.id))
             .all(db)
@@ -666,7 +667,7 @@ impl StackApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, "stack.deploy", id).await?;
+        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackDeploy, id).await?;
         // The order recorded at parse time: dependencies first.
         let order: Vec<String> = stack
             .spec

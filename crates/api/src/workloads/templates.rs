@@ -20,7 +20,7 @@ use super::services::service_to_pb;
 use super::spec::{self, NewService, TemplateSpec};
 use super::variables::MASK;
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
-use crate::authz::{Resource, can};
+use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc, desc};
 use crate::wire::parse_id;
 use crate::{Error, Result};
@@ -83,7 +83,13 @@ impl TemplateApi {
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = TEMPLATES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "template.read", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::TemplateRead,
+            Resource::Organization(org),
+        )
+        .await?;
         let query = templates::Entity::find().filter(
             Condition::any()
                 .add(templates::Column::OrganizationId.is_null())
@@ -108,7 +114,13 @@ impl TemplateApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "template.manage", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::TemplateManage,
+            Resource::Organization(org),
+        )
+        .await?;
         validate::dns_label("slug", &req.slug, 63)?;
         let name = validate::display_name("name", &req.name)?;
         let category = if req.category.trim().is_empty() {
@@ -167,7 +179,13 @@ impl TemplateApi {
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(db, &actor, "template.manage", Resource::Organization(org)).await?;
+        can(
+            db,
+            &actor,
+            Action::TemplateManage,
+            Resource::Organization(org),
+        )
+        .await?;
         let id = parse_id("id", &req.id)?;
         let txn = crate::db::begin_write(db).await?;
         // Official templates have no organization: never found here.
@@ -201,7 +219,8 @@ impl TemplateApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, project) =
+            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         validate::dns_label("templateSlug", &req.template_slug, 63)?;
         let name = if req.service_name.is_empty() {
             req.template_slug.clone()

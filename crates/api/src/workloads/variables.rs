@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::spec::{GROUP_TABLE, VALUE_COLUMN};
 use super::{Audited, Scope, Workloads, authorize_project, unique_as, validate};
 use crate::auth::Actor;
+use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -113,7 +114,7 @@ impl VariableApi {
     async fn authorize(
         &self,
         actor: &Actor,
-        action: &str,
+        action: Action,
         id: Uuid,
     ) -> Result<(Scope, variable_groups::Model)> {
         let db = &self.0.identity.db;
@@ -133,7 +134,7 @@ impl VariableApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         let name = validate::display_name("name", &req.name)?;
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
@@ -171,7 +172,7 @@ impl VariableApi {
     ) -> Result<pb::VariableGroup> {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (_, group) = self.authorize(&actor, "project.read", id).await?;
+        let (_, group) = self.authorize(&actor, Action::ProjectRead, id).await?;
         group_to_pb(&self.0.identity.db, &group).await
     }
 
@@ -184,7 +185,7 @@ impl VariableApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = VARIABLE_GROUPS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, "project.read", project_id).await?;
+        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
         let query = variable_groups::Entity::find()
             .filter(variable_groups::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
@@ -199,7 +200,7 @@ impl VariableApi {
     async fn delete(&self, request: Request<pb::DeleteVariableGroupRequest>) -> Result<()> {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (scope, group) = self.authorize(&actor, "project.manage", id).await?;
+        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
         let txn = crate::db::begin_write(&self.0.identity.db).await?;
         variable_groups::Entity::delete_by_id(id).exec(&txn).await?;
         scope
@@ -219,7 +220,7 @@ impl VariableApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let (scope, group) = self.authorize(&actor, "project.manage", id).await?;
+        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
@@ -284,7 +285,7 @@ impl VariableApi {
         let actor = self.0.identity.authenticate(&request).await?;
         let req = request.get_ref();
         let id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let (scope, group) = self.authorize(&actor, "project.manage", id).await?;
+        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
         let db = &self.0.identity.db;
         scope
             .remove(

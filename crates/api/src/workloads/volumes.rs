@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
+use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -54,7 +55,7 @@ impl VolumeApi {
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, "project.manage", project_id).await?;
+        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
         validate::dns_label("name", &req.name, 58)?;
         let size = validate::size_gb("sizeGb", req.size_gb)?;
         let storage_class = if req.storage_class.is_empty() {
@@ -111,7 +112,7 @@ impl VolumeApi {
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = VOLUMES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, "project.read", project_id).await?;
+        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
         let query = volumes::Entity::find().filter(volumes::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -131,7 +132,7 @@ impl VolumeApi {
             .await?
             .ok_or_else(|| Error::NotFound("volume not found".into()))?;
         let (scope, project) =
-            authorize_project(db, &actor, "project.manage", volume.project_id).await?;
+            authorize_project(db, &actor, Action::ProjectManage, volume.project_id).await?;
         let txn = crate::db::begin_write(db).await?;
         let mounts = volume_mounts::Entity::find()
             .filter(volume_mounts::Column::VolumeId.eq(id))
