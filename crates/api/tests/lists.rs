@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_api::ApiState;
-use ferry_api::audit::{self as api_audit, AuditEvent};
+use ferry_api::audit::{Auditor, Entry};
 use ferry_api::auth::RequestMeta;
 use ferry_api::feed::{FeedAuth, FeedHub};
 use ferry_api::workloads::DeployConfig;
@@ -877,21 +877,16 @@ async fn list_projects_shows_what_get_project_allows_in_constant_queries() {
 /// Appends `n` entries to `org`'s chain in one transaction.
 async fn append_chain(db: &DatabaseConnection, org: Uuid, n: usize) {
     let txn = ferry_api::db::begin_write(db).await.unwrap();
+    let meta = RequestMeta::default();
     for i in 0..n {
-        api_audit::record(
-            &txn,
-            &RequestMeta::default(),
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: None,
-                action: "test.bulk",
-                resource_type: AuditResourceType::Organization,
-                resource_id: Some(org),
-                details: serde_json::json!({ "i": i }),
-            },
-        )
-        .await
-        .unwrap();
+        Auditor::system(&meta, Some(org))
+            .record(
+                &txn,
+                Entry::new("test.bulk", AuditResourceType::Organization, org)
+                    .details(serde_json::json!({ "i": i })),
+            )
+            .await
+            .unwrap();
     }
     txn.commit().await.unwrap();
 }
@@ -900,7 +895,7 @@ async fn append_chain(db: &DatabaseConnection, org: Uuid, n: usize) {
 async fn verify_audit_chain_reads_in_batches_and_finds_a_break_in_the_second() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let batch = usize::try_from(api_audit::VERIFY_BATCH).unwrap();
+        let batch = usize::try_from(ferry_api::audit::VERIFY_BATCH).unwrap();
         let (api, _) = start_counted(&db.conn).await;
         let o = owner(&api, &db.conn, OWNER).await;
         let org: Uuid = o.org.parse().unwrap();
@@ -995,8 +990,8 @@ async fn verify_audit_chain_reads_in_batches_and_finds_a_break_in_the_second() {
         assert_eq!(chain_reads.load(Ordering::SeqCst), 2, "{b}");
 
         // Any batch size gives the same answer, breaks at batch edges too.
-        for size in [1, 2, 50, 51, api_audit::VERIFY_BATCH, 100_000] {
-            let report = api_audit::verify_chain_in_batches(&db.conn, Some(org), size)
+        for size in [1, 2, 50, 51, ferry_api::audit::VERIFY_BATCH, 100_000] {
+            let report = ferry_api::audit::verify_chain_in_batches(&db.conn, Some(org), size)
                 .await
                 .unwrap();
             assert_eq!(

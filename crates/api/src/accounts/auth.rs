@@ -17,7 +17,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{Auditor, Entry};
 use crate::auth::second_factor::{self, Proof};
 use crate::auth::{self, Actor, Identity, RequestMeta, SESSION_TOKEN_PREFIX, throttle, totp};
 use crate::db::is_unique_violation;
@@ -167,19 +167,13 @@ impl AuthApi {
                 e.into()
             }
         })?;
-        audit::record(
-            &txn,
-            &meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(user.id),
-                action: "user.register",
-                resource_type: AuditResourceType::User,
-                resource_id: Some(user.id),
-                details: json!({ "username": user.username }),
-            },
-        )
-        .await?;
+        Auditor::user(&meta, Some(user.id))
+            .record(
+                &txn,
+                Entry::new("user.register", AuditResourceType::User, user.id)
+                    .details(json!({ "username": user.username })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(user_to_pb(&user))
     }
@@ -238,19 +232,12 @@ impl AuthApi {
             Some(d) => json!({ "trustedDeviceId": d.id }),
             None => json!({}),
         };
-        audit::record(
-            &txn,
-            &meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(user.id),
-                action: "user.login",
-                resource_type: AuditResourceType::Session,
-                resource_id: Some(session.id),
-                details,
-            },
-        )
-        .await?;
+        Auditor::user(&meta, Some(user.id))
+            .record(
+                &txn,
+                Entry::new("user.login", AuditResourceType::Session, session.id).details(details),
+            )
+            .await?;
         txn.commit().await?;
         let user = users::Model {
             last_login_at: Some(now),
@@ -310,19 +297,12 @@ impl AuthApi {
             self.identity.config.challenge_ttl,
         )
         .await?;
-        audit::record(
-            &txn,
-            meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(user.id),
-                action: "user.login_challenge",
-                resource_type: AuditResourceType::User,
-                resource_id: Some(user.id),
-                details: json!({}),
-            },
-        )
-        .await?;
+        Auditor::user(meta, Some(user.id))
+            .record(
+                &txn,
+                Entry::new("user.login_challenge", AuditResourceType::User, user.id),
+            )
+            .await?;
         txn.commit().await?;
         Ok(pb::LoginResponse {
             second_factor_required: true,
@@ -416,19 +396,12 @@ impl AuthApi {
         action: &'static str,
         details: serde_json::Value,
     ) -> Result<()> {
-        audit::record(
-            txn,
-            meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(user_id),
-                action,
-                resource_type: AuditResourceType::User,
-                resource_id: Some(user_id),
-                details,
-            },
-        )
-        .await?;
+        Auditor::user(meta, Some(user_id))
+            .record(
+                txn,
+                Entry::new(action, AuditResourceType::User, user_id).details(details),
+            )
+            .await?;
         Ok(())
     }
 
@@ -671,22 +644,15 @@ impl AuthApi {
         } else {
             None
         };
-        audit::record(
-            &txn,
-            &meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(user.id),
-                action: "user.login",
-                resource_type: AuditResourceType::Session,
-                resource_id: Some(session.id),
-                details: json!({
+        Auditor::user(&meta, Some(user.id))
+            .record(
+                &txn,
+                Entry::new("user.login", AuditResourceType::Session, session.id).details(json!({
                     "secondFactor": proof.method(),
                     "trustedDeviceId": device.as_ref().map(|(_, d)| d.id),
-                }),
-            },
-        )
-        .await?;
+                })),
+            )
+            .await?;
         txn.commit().await?;
         attempt.succeeded(db).await?;
         let user = users::Model {
@@ -777,19 +743,12 @@ impl AuthService for AuthApi {
             .exec(&txn)
             .await
             .map_err(Error::from)?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(actor.user_id),
-                action: "user.logout",
-                resource_type: AuditResourceType::Session,
-                resource_id: Some(session_id),
-                details: json!({}),
-            },
-        )
-        .await?;
+        Auditor::global(&actor)
+            .record(
+                &txn,
+                Entry::new("user.logout", AuditResourceType::Session, session_id),
+            )
+            .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -855,23 +814,21 @@ impl AuthService for AuthApi {
             .count(&txn)
             .await
             .map_err(Error::from)?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(actor.user_id),
-                action: "user.change_password",
-                resource_type: AuditResourceType::User,
-                resource_id: Some(actor.user_id),
-                details: json!({
+        Auditor::global(&actor)
+            .record(
+                &txn,
+                Entry::new(
+                    "user.change_password",
+                    AuditResourceType::User,
+                    actor.user_id,
+                )
+                .details(json!({
                     "revokedSessions": revoked,
                     "revokedTrustedDevices": devices,
                     "activeApiTokens": tokens,
-                }),
-            },
-        )
-        .await?;
+                })),
+            )
+            .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::ChangePasswordResponse {
             revoked_sessions: u32::try_from(revoked).unwrap_or(u32::MAX),
@@ -939,19 +896,12 @@ impl AuthService for AuthApi {
         if deleted == 0 {
             return Err(Error::NotFound("session not found".into()).into());
         }
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(actor.user_id),
-                action: "session.revoke",
-                resource_type: AuditResourceType::Session,
-                resource_id: Some(id),
-                details: json!({}),
-            },
-        )
-        .await?;
+        Auditor::global(&actor)
+            .record(
+                &txn,
+                Entry::new("session.revoke", AuditResourceType::Session, id),
+            )
+            .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }

@@ -17,7 +17,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{Auditor, Entry};
 use crate::auth::Identity;
 use crate::authz::{Action, Resource, can};
 use crate::db::is_unique_violation;
@@ -177,24 +177,17 @@ impl GrantApi {
             }
             Err(e) => return Err(e.into()),
         };
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "grant.create",
-                resource_type: AuditResourceType::Member,
-                resource_id: Some(user),
-                details: json!({
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new("grant.create", AuditResourceType::Member, user).details(json!({
                     "grantId": grant.id.to_string(),
                     "resourceType": kind.to_value(),
                     "resourceId": resource.to_string(),
                     "level": level.to_value(),
-                }),
-            },
-        )
-        .await?;
+                })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(grant_to_pb(&grant))
     }
@@ -240,23 +233,18 @@ impl GrantApi {
         resource_permissions::Entity::delete_by_id(id)
             .exec(&txn)
             .await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "grant.delete",
-                resource_type: AuditResourceType::Member,
-                resource_id: Some(grant.user_id),
-                details: json!({
-                    "grantId": grant.id.to_string(),
-                    "resourceType": grant.resource_type.to_value(),
-                    "level": grant.permission.to_value(),
-                }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new("grant.delete", AuditResourceType::Member, grant.user_id).details(
+                    json!({
+                        "grantId": grant.id.to_string(),
+                        "resourceType": grant.resource_type.to_value(),
+                        "level": grant.permission.to_value(),
+                    }),
+                ),
+            )
+            .await?;
         txn.commit().await?;
         Ok(())
     }

@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use super::auth::validate_email;
 use super::members::{at_most, grantable_role, org_role};
-use crate::audit::{self, AuditEvent};
-use crate::auth::Identity;
+use crate::audit::{Auditor, Entry};
+use crate::auth::{Actor, Identity};
 use crate::authz::{Action, Resource, can};
 use crate::db::is_unique_violation;
 use crate::mail::{self, Mail};
@@ -195,24 +195,22 @@ impl InvitationApi {
             Err(e) => return Err(e.into()),
         };
         let emailed = smtp.is_some();
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "invitation.create",
-                resource_type: AuditResourceType::Invitation,
-                resource_id: Some(invitation.id),
-                details: json!({
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new(
+                    "invitation.create",
+                    AuditResourceType::Invitation,
+                    invitation.id,
+                )
+                .details(json!({
                     "email": email,
                     "role": role.to_value(),
                     "expiresAt": expires_at.to_rfc3339(),
                     "emailed": emailed,
-                }),
-            },
-        )
-        .await?;
+                })),
+            )
+            .await?;
         txn.commit().await?;
         let url = self.accept_url(&token);
         let Some(settings) = smtp else {
@@ -254,8 +252,7 @@ impl InvitationApi {
                 // mail::send logged the details; the caller gets the safe
                 // message and the token, so the invitation is not lost.
                 let email_error = err.to_string();
-                self.record_email_failure(&actor.meta, org, actor.user_id, invitation.id)
-                    .await;
+                self.record_email_failure(&actor, org, invitation.id).await;
                 Ok(pb::CreateInvitationResponse {
                     invitation: Some(invitation_to_pb(&invitation)),
                     emailed: false,
@@ -269,28 +266,19 @@ impl InvitationApi {
 
     /// Audits a failed invitation e-mail. Best effort: the invitation is
     /// committed and the caller told either way.
-    async fn record_email_failure(
-        &self,
-        meta: &crate::auth::RequestMeta,
-        org: Uuid,
-        actor: Uuid,
-        invitation: Uuid,
-    ) {
+    async fn record_email_failure(&self, actor: &Actor, org: Uuid, invitation: Uuid) {
         let recorded = async {
             let txn = crate::db::begin_write(&self.identity.db).await?;
-            audit::record(
-                &txn,
-                meta,
-                AuditEvent {
-                    organization_id: Some(org),
-                    actor_id: Some(actor),
-                    action: "invitation.email_failed",
-                    resource_type: AuditResourceType::Invitation,
-                    resource_id: Some(invitation),
-                    details: json!({}),
-                },
-            )
-            .await?;
+            Auditor::org(actor, org)
+                .record(
+                    &txn,
+                    Entry::new(
+                        "invitation.email_failed",
+                        AuditResourceType::Invitation,
+                        invitation,
+                    ),
+                )
+                .await?;
             txn.commit().await?;
             Ok::<(), Error>(())
         }
@@ -364,19 +352,13 @@ impl InvitationApi {
         let mut active = invitation.into_active_model();
         active.revoked_at = Set(Some(Utc::now()));
         active.update(&txn).await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "invitation.revoke",
-                resource_type: AuditResourceType::Invitation,
-                resource_id: Some(id),
-                details: json!({ "email": email }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new("invitation.revoke", AuditResourceType::Invitation, id)
+                    .details(json!({ "email": email })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -451,19 +433,17 @@ impl InvitationApi {
         let mut active = invitation.into_active_model();
         active.accepted_at = Set(Some(now));
         active.update(&txn).await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "invitation.accept",
-                resource_type: AuditResourceType::Invitation,
-                resource_id: Some(invitation_id),
-                details: json!({ "role": role.to_value() }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new(
+                    "invitation.accept",
+                    AuditResourceType::Invitation,
+                    invitation_id,
+                )
+                .details(json!({ "role": role.to_value() })),
+            )
+            .await?;
         let org_row = organizations::Entity::find_by_id(org)
             .one(&txn)
             .await?

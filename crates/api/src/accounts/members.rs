@@ -22,8 +22,8 @@ use serde_json::json;
 use tonic::Request;
 use uuid::Uuid;
 
-use crate::audit::{self, AuditEvent};
-use crate::auth::{Actor, Identity};
+use crate::audit::{Auditor, Entry};
+use crate::auth::Identity;
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, role_to_pb, ts};
@@ -99,21 +99,9 @@ async fn drop_access<C: ConnectionTrait>(db: &C, org: Uuid, user: Uuid) -> Resul
     Ok(())
 }
 
-fn event(
-    actor: &Actor,
-    org: Uuid,
-    action: &'static str,
-    user: Uuid,
-    details: serde_json::Value,
-) -> AuditEvent {
-    AuditEvent {
-        organization_id: Some(org),
-        actor_id: Some(actor.user_id),
-        action,
-        resource_type: AuditResourceType::Member,
-        resource_id: Some(user),
-        details,
-    }
+/// An audit entry about `user`'s membership.
+fn member_entry(action: &'static str, user: Uuid, details: serde_json::Value) -> Entry {
+    Entry::new(action, AuditResourceType::Member, user).details(details)
 }
 
 /// ListMembers' order: who joined first, then id.
@@ -192,18 +180,16 @@ pub async fn change_role(
     let mut active = member.into_active_model();
     active.role = Set(role);
     let member = active.update(&txn).await?;
-    audit::record(
-        &txn,
-        &actor.meta,
-        event(
-            &actor,
-            org,
-            "member.change_role",
-            user,
-            json!({ "from": from.to_value(), "to": role.to_value() }),
-        ),
-    )
-    .await?;
+    Auditor::org(&actor, org)
+        .record(
+            &txn,
+            member_entry(
+                "member.change_role",
+                user,
+                json!({ "from": from.to_value(), "to": role.to_value() }),
+            ),
+        )
+        .await?;
     txn.commit().await?;
     let user_row = users::Entity::find_by_id(user).one(&identity.db).await?;
     Ok(member_to_pb(&member, user_row.as_ref()))
@@ -234,18 +220,16 @@ pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberReques
         .exec(&txn)
         .await?;
     drop_access(&txn, org, user).await?;
-    audit::record(
-        &txn,
-        &actor.meta,
-        event(
-            &actor,
-            org,
-            "member.remove",
-            user,
-            json!({ "role": member.role.to_value() }),
-        ),
-    )
-    .await?;
+    Auditor::org(&actor, org)
+        .record(
+            &txn,
+            member_entry(
+                "member.remove",
+                user,
+                json!({ "role": member.role.to_value() }),
+            ),
+        )
+        .await?;
     txn.commit().await?;
     Ok(())
 }
@@ -276,18 +260,16 @@ pub async fn leave(
         .exec(&txn)
         .await?;
     drop_access(&txn, org, actor.user_id).await?;
-    audit::record(
-        &txn,
-        &actor.meta,
-        event(
-            &actor,
-            org,
-            "member.leave",
-            actor.user_id,
-            json!({ "role": member.role.to_value() }),
-        ),
-    )
-    .await?;
+    Auditor::org(&actor, org)
+        .record(
+            &txn,
+            member_entry(
+                "member.leave",
+                actor.user_id,
+                json!({ "role": member.role.to_value() }),
+            ),
+        )
+        .await?;
     txn.commit().await?;
     Ok(())
 }
@@ -353,22 +335,20 @@ pub async fn transfer_ownership(
             e.into()
         });
     }
-    audit::record(
-        &txn,
-        &actor.meta,
-        event(
-            &actor,
-            org,
-            "organization.transfer_ownership",
-            new_owner,
-            json!({
-                "from": actor.user_id.to_string(),
-                "to": new_owner.to_string(),
-                "previousRole": previous_role.to_value(),
-            }),
-        ),
-    )
-    .await?;
+    Auditor::org(&actor, org)
+        .record(
+            &txn,
+            member_entry(
+                "organization.transfer_ownership",
+                new_owner,
+                json!({
+                    "from": actor.user_id.to_string(),
+                    "to": new_owner.to_string(),
+                    "previousRole": previous_role.to_value(),
+                }),
+            ),
+        )
+        .await?;
     txn.commit().await?;
     Ok(())
 }

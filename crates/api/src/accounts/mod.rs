@@ -3,7 +3,7 @@
 //!
 //! Every handler's first line is [`Identity::authenticate`] (except
 //! `Register` and `Login`), then [`crate::authz::can`] for the action, and
-//! every mutation writes its audit row ([`crate::audit::record`]) in the
+//! every mutation writes its audit row ([`crate::audit::Auditor`]) in the
 //! mutation's own transaction.
 
 pub mod audit;

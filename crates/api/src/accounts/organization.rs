@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::members;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{Auditor, Entry};
 use crate::auth::{Actor, Credential, Identity};
 use crate::authz::{Action, Resource, authorize_row, can};
 use crate::db::is_unique_violation;
@@ -151,19 +151,17 @@ impl OrganizationApi {
             }
             .insert(&txn)
             .await?;
-            audit::record(
-                &txn,
-                &actor.meta,
-                AuditEvent {
-                    organization_id: Some(org.id),
-                    actor_id: Some(actor.user_id),
-                    action: "organization.create",
-                    resource_type: AuditResourceType::Organization,
-                    resource_id: Some(org.id),
-                    details: json!({ "name": org.name, "slug": org.slug }),
-                },
-            )
-            .await?;
+            Auditor::org(&actor, org.id)
+                .record(
+                    &txn,
+                    Entry::new(
+                        "organization.create",
+                        AuditResourceType::Organization,
+                        org.id,
+                    )
+                    .details(json!({ "name": org.name, "slug": org.slug })),
+                )
+                .await?;
             txn.commit().await?;
             return Ok(org_to_pb(&org, Some(OrgRole::Owner)));
         }
@@ -264,19 +262,13 @@ impl OrganizationApi {
         active.name = Set(name.clone());
         active.updated_at = Set(Utc::now());
         let org = active.update(&txn).await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(id),
-                actor_id: Some(actor.user_id),
-                action: "organization.rename",
-                resource_type: AuditResourceType::Organization,
-                resource_id: Some(id),
-                details: json!({ "from": old, "to": name }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, id)
+            .record(
+                &txn,
+                Entry::new("organization.rename", AuditResourceType::Organization, id)
+                    .details(json!({ "from": old, "to": name })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(org_to_pb(&org, role))
     }
@@ -319,22 +311,11 @@ impl OrganizationApi {
         }
         organizations::Entity::delete_by_id(id).exec(&txn).await?;
         // Recorded in the global chain: the organization's own chain ends here.
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: None,
-                actor_id: Some(actor.user_id),
-                action: "organization.delete",
-                resource_type: AuditResourceType::Organization,
-                resource_id: Some(id),
-                details: json!({
+        Auditor::global(&actor).record(&txn, Entry::new("organization.delete", AuditResourceType::Organization, id).details(json!({
                     "name": org.name,
                     "slug": org.slug,
                     "namespacesDeleted": projects.iter().map(|p| &p.namespace).collect::<Vec<_>>(),
-                }),
-            },
-        )
+                })))
         .await?;
         txn.commit().await?;
         // Its routes are gone with the rows: the proxies hear it now.

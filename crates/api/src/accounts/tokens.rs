@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::members::{at_most, grantable_role, org_role};
-use crate::audit::{self, AuditEvent};
+use crate::audit::{Auditor, Entry};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
@@ -121,23 +121,18 @@ impl ApiTokenApi {
         }
         .insert(&txn)
         .await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "api_token.create",
-                resource_type: AuditResourceType::ApiToken,
-                resource_id: Some(row.id),
-                details: json!({
-                    "name": row.name,
-                    "role": role.to_value(),
-                    "expiresAt": expires_at.map(|t| t.to_rfc3339()),
-                }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new("api_token.create", AuditResourceType::ApiToken, row.id).details(
+                    json!({
+                        "name": row.name,
+                        "role": role.to_value(),
+                        "expiresAt": expires_at.map(|t| t.to_rfc3339()),
+                    }),
+                ),
+            )
+            .await?;
         txn.commit().await?;
         Ok(pb::CreateApiTokenResponse {
             api_token: Some(token_to_pb(&row)),
@@ -202,19 +197,13 @@ impl ApiTokenApi {
         let mut active = row.into_active_model();
         active.revoked_at = Set(Some(Utc::now()));
         let row = active.update(&txn).await?;
-        audit::record(
-            &txn,
-            &actor.meta,
-            AuditEvent {
-                organization_id: Some(org),
-                actor_id: Some(actor.user_id),
-                action: "api_token.revoke",
-                resource_type: AuditResourceType::ApiToken,
-                resource_id: Some(row.id),
-                details: json!({ "name": row.name, "owner": row.user_id.to_string() }),
-            },
-        )
-        .await?;
+        Auditor::org(&actor, org)
+            .record(
+                &txn,
+                Entry::new("api_token.revoke", AuditResourceType::ApiToken, row.id)
+                    .details(json!({ "name": row.name, "owner": row.user_id.to_string() })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(())
     }

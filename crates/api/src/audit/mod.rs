@@ -31,25 +31,100 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::auth::Actor;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::request::RequestMeta;
 
 /// The chain of rows outside any organization.
 pub const GLOBAL_CHAIN: &str = "global";
 
-/// One audited change.
+/// What happened to which resource. Who acted, and the chain it goes to,
+/// come from the [`Auditor`] that records it.
 #[derive(Debug, Clone)]
-pub struct AuditEvent {
-    /// The organization whose chain records it (`None`: global chain).
-    pub organization_id: Option<Uuid>,
-    /// The acting user.
-    pub actor_id: Option<Uuid>,
+pub struct Entry {
     /// `resource.verb`, e.g. `organization.create`.
     pub action: &'static str,
     pub resource_type: AuditResourceType,
     pub resource_id: Option<Uuid>,
     /// A JSON object of context. NEVER secret values.
     pub details: Value,
+}
+
+impl Entry {
+    /// An entry with no details.
+    pub fn new(
+        action: &'static str,
+        resource_type: AuditResourceType,
+        resource_id: impl Into<Option<Uuid>>,
+    ) -> Self {
+        Self {
+            action,
+            resource_type,
+            resource_id: resource_id.into(),
+            details: Value::Null,
+        }
+    }
+
+    /// The entry with `details` (a JSON object; NEVER secret values).
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// THE audit entry point: who acts (user and request), and which chain
+/// records it. Built from the caller's [`Actor`] (or, before there is
+/// one, the request and the user being signed in), never field by field.
+#[derive(Debug, Clone, Copy)]
+pub struct Auditor<'a> {
+    meta: &'a RequestMeta,
+    actor_id: Option<Uuid>,
+    organization_id: Option<Uuid>,
+}
+
+impl<'a> Auditor<'a> {
+    /// `actor` acting inside `organization_id` (that organization's chain).
+    pub fn org(actor: &'a Actor, organization_id: Uuid) -> Self {
+        Self {
+            meta: &actor.meta,
+            actor_id: Some(actor.user_id),
+            organization_id: Some(organization_id),
+        }
+    }
+
+    /// `actor` acting outside any organization (the global chain).
+    pub fn global(actor: &'a Actor) -> Self {
+        Self::user(&actor.meta, Some(actor.user_id))
+    }
+
+    /// The global chain for a request that has no [`Actor`] yet
+    /// (registration, login), done by or on behalf of `user`.
+    pub fn user(meta: &'a RequestMeta, user: Option<Uuid>) -> Self {
+        Self {
+            meta,
+            actor_id: user,
+            organization_id: None,
+        }
+    }
+
+    /// Ferry acting by itself, with no user (background work), in
+    /// `organization_id`'s chain or the global one.
+    pub fn system(meta: &'a RequestMeta, organization_id: Option<Uuid>) -> Self {
+        Self {
+            meta,
+            actor_id: None,
+            organization_id,
+        }
+    }
+
+    /// Appends `entry` to the chain, inside the caller's transaction `txn`.
+    pub async fn record<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        entry: Entry,
+    ) -> Result<audit_logs::Model> {
+        append(txn, self, entry).await
+    }
 }
 
 fn chain_key(org: Option<Uuid>) -> String {
@@ -78,13 +153,14 @@ pub fn chain_condition(backend: DbBackend, org: Option<Uuid>) -> Condition {
 }
 
 /// Appends `event` to its chain, inside the caller's transaction `txn`.
-pub async fn record<C: ConnectionTrait>(
+async fn append<C: ConnectionTrait>(
     txn: &C,
-    meta: &RequestMeta,
-    event: AuditEvent,
+    who: &Auditor<'_>,
+    event: Entry,
 ) -> Result<audit_logs::Model> {
+    let meta = who.meta;
     let backend = txn.get_database_backend();
-    let chain = chain_key(event.organization_id);
+    let chain = chain_key(who.organization_id);
     if backend == DbBackend::Postgres {
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -94,7 +170,7 @@ pub async fn record<C: ConnectionTrait>(
         .await?;
     }
     let prev = audit_logs::Entity::find()
-        .filter(chain_condition(backend, event.organization_id))
+        .filter(chain_condition(backend, who.organization_id))
         .order_by_desc(audit_logs::Column::CreatedAt)
         .order_by_desc(audit_logs::Column::Id)
         .limit(1)
@@ -113,8 +189,7 @@ pub async fn record<C: ConnectionTrait>(
     details.insert("chain".into(), Value::String(chain));
     details.insert(
         "actorId".into(),
-        event
-            .actor_id
+        who.actor_id
             .map_or(Value::Null, |a| Value::String(a.to_string())),
     );
     let details = Value::Object(details);
@@ -127,8 +202,8 @@ pub async fn record<C: ConnectionTrait>(
     let prev_hash = prev.and_then(|p| p.hash);
     let mut row = audit_logs::Model {
         id: Uuid::now_v7(),
-        organization_id: event.organization_id,
-        user_id: event.actor_id,
+        organization_id: who.organization_id,
+        user_id: who.actor_id,
         action: event.action.to_owned(),
         resource_type: event.resource_type,
         resource_id: event.resource_id,

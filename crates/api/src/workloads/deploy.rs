@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Scope;
+use crate::audit::Entry;
 use crate::{Error, Result};
 
 /// Shown on `planned` deployments.
@@ -295,20 +296,22 @@ impl Deployer {
         scope
             .audit(
                 &txn,
-                if from.is_some() {
-                    "deployment.rollback"
-                } else {
-                    "deployment.create"
-                },
-                AuditResourceType::Deployment,
-                id,
-                json!({
+                Entry::new(
+                    if from.is_some() {
+                        "deployment.rollback"
+                    } else {
+                        "deployment.create"
+                    },
+                    AuditResourceType::Deployment,
+                    id,
+                )
+                .details(json!({
                     "serviceId": service.id.to_string(),
                     "image": spec.image,
                     "trigger": format!("{trigger:?}").to_lowercase(),
                     "rollbackOf": from.map(|d| d.id.to_string()),
                     "planned": planned,
-                }),
+                })),
             )
             .await?;
         log(

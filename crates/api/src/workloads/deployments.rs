@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::deploy::recorded_yaml;
 use super::services::service_to_pb;
 use super::{Scope, Workloads, authorize_service, validate};
+use crate::audit::Entry;
 use crate::authz::{Action, can};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{parse_id, ts};
@@ -244,13 +245,7 @@ impl DeploymentApi {
         row.updated_at = Set(Utc::now());
         let service = row.update(&txn).await?;
         scope
-            .audit(
-                &txn,
-                action,
-                AuditResourceType::Service,
-                service.id,
-                json!({ "replicas": replicas, "previous": previous, "applied": deployed && self.0.deployer.cluster.is_some() }),
-            )
+            .audit(&txn, Entry::new(action, AuditResourceType::Service, service.id).details(json!({ "replicas": replicas, "previous": previous, "applied": deployed && self.0.deployer.cluster.is_some() })))
             .await?;
         txn.commit().await?;
         service_to_pb(db, &service).await
@@ -308,10 +303,7 @@ impl DeploymentApi {
         scope
             .audit(
                 &txn,
-                "service.restart",
-                AuditResourceType::Service,
-                id,
-                json!({}),
+                Entry::new("service.restart", AuditResourceType::Service, id),
             )
             .await?;
         txn.commit().await?;

@@ -23,16 +23,14 @@ pub mod variables;
 pub mod volumes;
 
 use ferry_common::GrpcServices;
-use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::{
     projects as project_rows, services as service_rows, stacks as stack_rows,
 };
 use ferry_db::sea_orm::{ConnectionTrait, EntityTrait as _};
 use ferry_proto::ferry::v1 as pb;
-use serde_json::Value;
 use uuid::Uuid;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{Auditor, Entry};
 use crate::auth::{Actor, Identity};
 use crate::authz::{Action, Resource, authorize_row};
 use crate::{Error, Result};
@@ -90,42 +88,15 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// Appends an audit row for this caller in `txn`.
-    pub async fn audit<C: ConnectionTrait>(
-        &self,
-        txn: &C,
-        action: &'static str,
-        resource_type: AuditResourceType,
-        resource_id: Uuid,
-        details: Value,
-    ) -> Result<()> {
-        audit::record(
-            txn,
-            &self.actor.meta,
-            AuditEvent {
-                organization_id: Some(self.organization_id),
-                actor_id: Some(self.actor.user_id),
-                action,
-                resource_type,
-                resource_id: Some(resource_id),
-                details,
-            },
-        )
-        .await?;
+    /// Appends `entry` to the organization's audit chain, as this caller,
+    /// in `txn`.
+    pub async fn audit<C: ConnectionTrait>(&self, txn: &C, entry: Entry) -> Result<()> {
+        Auditor::org(&self.actor, self.organization_id)
+            .record(txn, entry)
+            .await?;
         Ok(())
     }
-}
 
-/// One audit entry of a [`Scope`].
-#[derive(Debug)]
-pub struct Audited {
-    pub action: &'static str,
-    pub resource_type: AuditResourceType,
-    pub resource_id: Uuid,
-    pub details: Value,
-}
-
-impl Scope {
     /// Deletes the rows `rows` matches and audits it, in one transaction;
     /// `NotFound(missing)` when nothing matched.
     pub async fn remove<E: ferry_db::sea_orm::EntityTrait>(
@@ -133,20 +104,13 @@ impl Scope {
         db: &ferry_db::sea_orm::DatabaseConnection,
         rows: ferry_db::sea_orm::DeleteMany<E>,
         missing: &str,
-        entry: Audited,
+        entry: Entry,
     ) -> Result<()> {
         let txn = crate::db::begin_write(db).await?;
         if rows.exec(&txn).await?.rows_affected == 0 {
             return Err(Error::NotFound(missing.to_owned()));
         }
-        self.audit(
-            &txn,
-            entry.action,
-            entry.resource_type,
-            entry.resource_id,
-            entry.details,
-        )
-        .await?;
+        self.audit(&txn, entry).await?;
         txn.commit().await?;
         Ok(())
     }

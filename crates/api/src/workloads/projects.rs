@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use crate::audit::Entry;
 use crate::auth::Actor;
 use crate::authz::{Action, Resource, Rule, can};
 use crate::paging::{Key, Keyset, Kind, asc};
@@ -190,13 +191,7 @@ impl ProjectApi {
             organization_id: org,
         };
         scope
-            .audit(
-                &txn,
-                "project.create",
-                AuditResourceType::Project,
-                project.id,
-                json!({ "name": project.name, "slug": project.slug, "namespace": project.namespace }),
-            )
+            .audit(&txn, Entry::new("project.create", AuditResourceType::Project, project.id).details(json!({ "name": project.name, "slug": project.slug, "namespace": project.namespace })))
             .await?;
         txn.commit().await?;
         Ok(project_to_pb(&project))
@@ -272,10 +267,8 @@ impl ProjectApi {
         scope
             .audit(
                 &txn,
-                "project.update",
-                AuditResourceType::Project,
-                id,
-                json!({ "name": name }),
+                Entry::new("project.update", AuditResourceType::Project, id)
+                    .details(json!({ "name": name })),
             )
             .await?;
         txn.commit().await?;
@@ -294,10 +287,8 @@ impl ProjectApi {
         scope
             .audit(
                 &txn,
-                "project.delete",
-                AuditResourceType::Project,
-                id,
-                json!({ "slug": project.slug, "namespace": project.namespace }),
+                Entry::new("project.delete", AuditResourceType::Project, id)
+                    .details(json!({ "slug": project.slug, "namespace": project.namespace })),
             )
             .await?;
         txn.commit().await?;

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Scope, Workloads, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -132,10 +133,12 @@ impl RegistryApi {
         }
         .audit(
             &txn,
-            "registry.create",
-            AuditResourceType::Integration,
-            registry.id,
-            json!({ "name": registry.name, "url": registry.url }),
+            Entry::new(
+                "registry.create",
+                AuditResourceType::Integration,
+                registry.id,
+            )
+            .details(json!({ "name": registry.name, "url": registry.url })),
         )
         .await?;
         txn.commit().await?;
@@ -194,10 +197,8 @@ impl RegistryApi {
         }
         .audit(
             &txn,
-            "registry.delete",
-            AuditResourceType::Integration,
-            id,
-            json!({ "name": registry.name }),
+            Entry::new("registry.delete", AuditResourceType::Integration, id)
+                .details(json!({ "name": registry.name })),
         )
         .await?;
         txn.commit().await?;

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -247,10 +248,9 @@ impl RouteApi {
         scope
             .audit(
                 &txn,
-                "route.create",
-                AuditResourceType::Route,
-                route.id,
-                json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+                Entry::new("route.create", AuditResourceType::Route, route.id).details(
+                    json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+                ),
             )
             .await?;
         txn.commit().await?;
@@ -311,10 +311,8 @@ impl RouteApi {
         scope
             .audit(
                 &txn,
-                "route.set_targets",
-                AuditResourceType::Route,
-                id,
-                json!({ "targets": wanted.len() }),
+                Entry::new("route.set_targets", AuditResourceType::Route, id)
+                    .details(json!({ "targets": wanted.len() })),
             )
             .await?;
         txn.commit().await?;
@@ -331,10 +329,9 @@ impl RouteApi {
         scope
             .audit(
                 &txn,
-                "route.delete",
-                AuditResourceType::Route,
-                id,
-                json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+                Entry::new("route.delete", AuditResourceType::Route, id).details(
+                    json!({ "hostname": route.hostname, "pathPrefix": route.path_prefix }),
+                ),
             )
             .await?;
         txn.commit().await?;

@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
-use super::{Audited, Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
+use super::{Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -437,13 +438,7 @@ impl ServiceApi {
             }
         };
         scope
-            .audit(
-                &txn,
-                "service.create",
-                AuditResourceType::Service,
-                service.id,
-                json!({ "name": service.name, "kind": format!("{:?}", service.kind).to_lowercase(), "image": service.image }),
-            )
+            .audit(&txn, Entry::new("service.create", AuditResourceType::Service, service.id).details(json!({ "name": service.name, "kind": format!("{:?}", service.kind).to_lowercase(), "image": service.image })))
             .await?;
         txn.commit().await?;
         service_to_pb(db, &service).await
@@ -553,10 +548,8 @@ impl ServiceApi {
         scope
             .audit(
                 &txn,
-                "service.update",
-                AuditResourceType::Service,
-                id,
-                json!({ "changed": changed }),
+                Entry::new("service.update", AuditResourceType::Service, id)
+                    .details(json!({ "changed": changed })),
             )
             .await?;
         txn.commit().await?;
@@ -588,10 +581,8 @@ impl ServiceApi {
         scope
             .audit(
                 &txn,
-                "service.set_ports",
-                AuditResourceType::Service,
-                id,
-                json!({ "ports": ports.iter().map(|p| p.1).collect::<Vec<_>>() }),
+                Entry::new("service.set_ports", AuditResourceType::Service, id)
+                    .details(json!({ "ports": ports.iter().map(|p| p.1).collect::<Vec<_>>() })),
             )
             .await?;
         txn.commit().await?;
@@ -644,10 +635,8 @@ impl ServiceApi {
         scope
             .audit(
                 &txn,
-                "service.set_env",
-                AuditResourceType::Service,
-                id,
-                json!({ "key": req.key, "secret": req.secret }),
+                Entry::new("service.set_env", AuditResourceType::Service, id)
+                    .details(json!({ "key": req.key, "secret": req.secret })),
             )
             .await?;
         txn.commit().await?;
@@ -672,12 +661,8 @@ impl ServiceApi {
                     .filter(service_env_vars::Column::ServiceId.eq(id))
                     .filter(service_env_vars::Column::Key.eq(&req.key)),
                 "variable not found",
-                Audited {
-                    action: "service.delete_env",
-                    resource_type: AuditResourceType::Service,
-                    resource_id: id,
-                    details: json!({ "key": req.key }),
-                },
+                Entry::new("service.delete_env", AuditResourceType::Service, id)
+                    .details(json!({ "key": req.key })),
             )
             .await?;
         Ok(())
@@ -717,13 +702,7 @@ impl ServiceApi {
         .await
         .map_err(unique_as("something is already mounted at this path"))?;
         scope
-            .audit(
-                &txn,
-                "service.mount_volume",
-                AuditResourceType::Service,
-                id,
-                json!({ "volume": volume.name, "mountPath": req.mount_path, "readOnly": req.read_only }),
-            )
+            .audit(&txn, Entry::new("service.mount_volume", AuditResourceType::Service, id).details(json!({ "volume": volume.name, "mountPath": req.mount_path, "readOnly": req.read_only })))
             .await?;
         txn.commit().await?;
         service_to_pb(db, &service).await
@@ -742,12 +721,8 @@ impl ServiceApi {
                     .filter(volume_mounts::Column::ServiceId.eq(id))
                     .filter(volume_mounts::Column::MountPath.eq(&req.mount_path)),
                 "no volume is mounted at this path",
-                Audited {
-                    action: "service.unmount_volume",
-                    resource_type: AuditResourceType::Service,
-                    resource_id: id,
-                    details: json!({ "mountPath": req.mount_path }),
-                },
+                Entry::new("service.unmount_volume", AuditResourceType::Service, id)
+                    .details(json!({ "mountPath": req.mount_path })),
             )
             .await?;
         service_to_pb(db, &service).await
@@ -784,10 +759,12 @@ impl ServiceApi {
         scope
             .audit(
                 &txn,
-                "service.attach_variable_group",
-                AuditResourceType::Service,
-                id,
-                json!({ "variableGroupId": group_id.to_string() }),
+                Entry::new(
+                    "service.attach_variable_group",
+                    AuditResourceType::Service,
+                    id,
+                )
+                .details(json!({ "variableGroupId": group_id.to_string() })),
             )
             .await?;
         txn.commit().await?;
@@ -811,12 +788,12 @@ impl ServiceApi {
                     .filter(service_variable_groups::Column::ServiceId.eq(id))
                     .filter(service_variable_groups::Column::VariableGroupId.eq(group_id)),
                 "the group is not attached",
-                Audited {
-                    action: "service.detach_variable_group",
-                    resource_type: AuditResourceType::Service,
-                    resource_id: id,
-                    details: json!({ "variableGroupId": group_id.to_string() }),
-                },
+                Entry::new(
+                    "service.detach_variable_group",
+                    AuditResourceType::Service,
+                    id,
+                )
+                .details(json!({ "variableGroupId": group_id.to_string() })),
             )
             .await?;
         service_to_pb(db, &service).await
@@ -885,10 +862,8 @@ pub(crate) async fn delete_service(
     scope
         .audit(
             &txn,
-            "service.delete",
-            AuditResourceType::Service,
-            service.id,
-            json!({ "name": service.name, "clusterObjects": deleted.len() }),
+            Entry::new("service.delete", AuditResourceType::Service, service.id)
+                .details(json!({ "name": service.name, "clusterObjects": deleted.len() })),
         )
         .await?;
     txn.commit().await?;

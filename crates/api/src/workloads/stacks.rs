@@ -31,6 +31,7 @@ use super::deployments::deployment_to_pb;
 use super::sensitive::is_secret_key;
 use super::services::{delete_service, replace_ports};
 use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -505,10 +506,8 @@ impl StackApi {
         scope
             .audit(
                 &txn,
-                "stack.create",
-                AuditResourceType::Stack,
-                stack.id,
-                json!({ "name": stack.name, "services": created }),
+                Entry::new("stack.create", AuditResourceType::Stack, stack.id)
+                    .details(json!({ "name": stack.name, "services": created })),
             )
             .await?;
         txn.commit().await?;
@@ -607,14 +606,11 @@ impl StackApi {
         scope
             .audit(
                 &txn,
-                "stack.update",
-                AuditResourceType::Stack,
-                stack.id,
-                json!({
+                Entry::new("stack.update", AuditResourceType::Stack, stack.id).details(json!({
                     "created": created,
                     "updated": updated,
                     "removed": removed.iter().map(|s| &s.name).collect::<Vec<_>>(),
-                }),
+                })),
             )
             .await?;
         txn.commit().await?;
@@ -650,10 +646,8 @@ impl StackApi {
         scope
             .audit(
                 &txn,
-                "stack.delete",
-                AuditResourceType::Stack,
-                stack.id,
-                json!({ "name": stack.name }),
+                Entry::new("stack.delete", AuditResourceType::Stack, stack.id)
+                    .details(json!({ "name": stack.name })),
             )
             .await?;
         txn.commit().await?;

@@ -20,6 +20,7 @@ use super::services::service_to_pb;
 use super::spec::{self, NewService, TemplateSpec};
 use super::variables::MASK;
 use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::{Action, Resource, can};
 use crate::paging::{Key, Keyset, Kind, asc, desc};
 use crate::wire::parse_id;
@@ -164,10 +165,8 @@ impl TemplateApi {
         }
         .audit(
             &txn,
-            "template.create",
-            AuditResourceType::Template,
-            template.id,
-            json!({ "slug": template.slug }),
+            Entry::new("template.create", AuditResourceType::Template, template.id)
+                .details(json!({ "slug": template.slug })),
         )
         .await?;
         txn.commit().await?;
@@ -201,10 +200,8 @@ impl TemplateApi {
         }
         .audit(
             &txn,
-            "template.delete",
-            AuditResourceType::Template,
-            id,
-            json!({ "slug": template.slug }),
+            Entry::new("template.delete", AuditResourceType::Template, id)
+                .details(json!({ "slug": template.slug })),
         )
         .await?;
         txn.commit().await?;
@@ -262,10 +259,8 @@ impl TemplateApi {
         scope
             .audit(
                 &txn,
-                "service.create",
-                AuditResourceType::Service,
-                service.id,
-                json!({ "name": service.name, "template": req.template_slug }),
+                Entry::new("service.create", AuditResourceType::Service, service.id)
+                    .details(json!({ "name": service.name, "template": req.template_slug })),
             )
             .await?;
         txn.commit().await?;

@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::spec::{GROUP_TABLE, VALUE_COLUMN};
-use super::{Audited, Scope, Workloads, authorize_project, unique_as, validate};
+use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use crate::audit::Entry;
 use crate::auth::Actor;
 use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
@@ -156,10 +157,12 @@ impl VariableApi {
         scope
             .audit(
                 &txn,
-                "variable_group.create",
-                AuditResourceType::VariableGroup,
-                group.id,
-                json!({ "name": group.name }),
+                Entry::new(
+                    "variable_group.create",
+                    AuditResourceType::VariableGroup,
+                    group.id,
+                )
+                .details(json!({ "name": group.name })),
             )
             .await?;
         txn.commit().await?;
@@ -206,10 +209,12 @@ impl VariableApi {
         scope
             .audit(
                 &txn,
-                "variable_group.delete",
-                AuditResourceType::VariableGroup,
-                id,
-                json!({ "name": group.name }),
+                Entry::new(
+                    "variable_group.delete",
+                    AuditResourceType::VariableGroup,
+                    id,
+                )
+                .details(json!({ "name": group.name })),
             )
             .await?;
         txn.commit().await?;
@@ -268,10 +273,12 @@ impl VariableApi {
         scope
             .audit(
                 &txn,
-                "variable_group.set_variable",
-                AuditResourceType::VariableGroup,
-                id,
-                json!({ "key": req.key, "secret": req.secret }),
+                Entry::new(
+                    "variable_group.set_variable",
+                    AuditResourceType::VariableGroup,
+                    id,
+                )
+                .details(json!({ "key": req.key, "secret": req.secret })),
             )
             .await?;
         txn.commit().await?;
@@ -294,12 +301,12 @@ impl VariableApi {
                     .filter(variable_group_items::Column::VariableGroupId.eq(id))
                     .filter(variable_group_items::Column::Key.eq(&req.key)),
                 "variable not found",
-                Audited {
-                    action: "variable_group.delete_variable",
-                    resource_type: AuditResourceType::VariableGroup,
-                    resource_id: id,
-                    details: json!({ "key": req.key }),
-                },
+                Entry::new(
+                    "variable_group.delete_variable",
+                    AuditResourceType::VariableGroup,
+                    id,
+                )
+                .details(json!({ "key": req.key })),
             )
             .await?;
         group_to_pb(db, &group).await

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Workloads, authorize_project, unique_as, validate};
+use crate::audit::Entry;
 use crate::authz::Action;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -93,10 +94,8 @@ impl VolumeApi {
         scope
             .audit(
                 &txn,
-                "volume.create",
-                AuditResourceType::Volume,
-                volume.id,
-                json!({ "name": volume.name, "sizeGb": size }),
+                Entry::new("volume.create", AuditResourceType::Volume, volume.id)
+                    .details(json!({ "name": volume.name, "sizeGb": size })),
             )
             .await?;
         txn.commit().await?;
@@ -148,10 +147,8 @@ impl VolumeApi {
         scope
             .audit(
                 &txn,
-                "volume.delete",
-                AuditResourceType::Volume,
-                id,
-                json!({ "name": volume.name }),
+                Entry::new("volume.delete", AuditResourceType::Volume, id)
+                    .details(json!({ "name": volume.name })),
             )
             .await?;
         txn.commit().await?;
