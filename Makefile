@@ -43,3 +43,8 @@ bench-proxy-cpu:
 ## Authenticated read cost of ferry-api (CPU µs/request, p50/p99) at 2,000 req/s, SQLite and PostgreSQL
 bench-api:
 	bash crates/api/bench/run.sh
+
+.PHONY: chart-check
+## Offline checks of the Helm chart (deploy/helm/ferry): helm lint, kubernetes-validate, checkov, rendered-output tests. Installs its tools into .tools/ once.
+chart-check:
+	bash deploy/scripts/chart-check.sh
