@@ -90,4 +90,6 @@ for image in $IMAGES; do
     echo "$image $digest $tar_size" >>"$OUT/digests.txt.new"
 done
 mv "$OUT/digests.txt.new" "$OUT/digests.txt"
+# Where the binaries came from, so `make image-check` rebuilds from the same ones.
+echo "$TARGET_DIR" >"$OUT/cargo-target-dir.txt"
 echo "images in $OUT (total $((SECONDS - start)) s)"

@@ -24,7 +24,7 @@ start=$SECONDS
 
 echo "==> reproducibility: rebuild from the same binaries into an empty store"
 rm -rf "$OUT-repro"
-IMAGES_OUT="$OUT-repro" SKIP_CARGO=1 IMAGES="$IMAGES" bash deploy/scripts/image-build.sh >/dev/null
+CARGO_TARGET_DIR="$(cat "$OUT/cargo-target-dir.txt")" IMAGES_OUT="$OUT-repro" SKIP_CARGO=1 IMAGES="$IMAGES" bash deploy/scripts/image-build.sh >/dev/null
 for image in $IMAGES; do
     a="$(awk -v n="$image" '$1 == n { print $2 }' "$OUT/digests.txt")"
     b="$(awk -v n="$image" '$1 == n { print $2 }' "$OUT-repro/digests.txt")"
@@ -65,9 +65,8 @@ P=(podman --root "$OUT/podman/root" --runroot "$OUT/podman/run" --storage-driver
    --runtime runc --cgroup-manager cgroupfs --events-backend file)
 RUN=(run --rm --network none --ulimit nofile=20000:20000 --ulimit nproc=4096:4096
      --read-only --cap-drop ALL --security-opt no-new-privileges)
-ref="localhost/ferry/ferry-api:$VERSION"
 "${P[@]}" load -q -i "$OUT/ferry-api.oci.tar" >/dev/null
-ref="$("${P[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep ferry-api | head -n1)"
+ref="$("${P[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep '/ferry-api:' | head -n1)"
 out="$("${P[@]}" "${RUN[@]}" "$ref" --version)"
 echo "     --version: $out"
 [[ "$out" == "ferry-api $VERSION" ]] || { echo "FAIL --version said '$out'"; fail=1; }
@@ -92,7 +91,36 @@ if [[ "$status" =~ ^([0-9]+)\ of\ ([0-9]+)\ migrations\ applied$ ]] && [[ "${BAS
 else
     echo "FAIL migrate status: $status"; fail=1
 fi
+# `serve` on the migrated volume, read-only root: health turns SERVING.
+name="ferry-smoke-$$"
+"${P[@]}" run -d --name "$name" --network none --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
+    --read-only --cap-drop ALL --security-opt no-new-privileges -v "$data:/data" \
+    -e 'DATABASE_URL=sqlite:///data/ferry.db?mode=rwc' -e "ENCRYPTION_KEY=$(printf '%064d' 7)" \
+    -e FERRY_LOG_FORMAT=json "$ref" serve >/dev/null
+served=0
+for _ in $(seq 1 50); do
+    if "${P[@]}" logs "$name" 2>&1 | grep -q 'health is SERVING'; then served=1; break; fi
+    sleep 0.2
+done
+"${P[@]}" stop -t 10 "$name" >/dev/null 2>&1 || true
+if [[ $served == 1 ]] && "${P[@]}" logs "$name" 2>&1 | grep -q 'gRPC server stopped'; then
+    echo "     serve: health SERVING, then a clean stop on SIGTERM: ok"
+else
+    "${P[@]}" logs "$name" 2>&1 | tail -n 20
+    echo "FAIL serve did not become SERVING and stop cleanly"; fail=1
+fi
+"${P[@]}" rm -f "$name" >/dev/null 2>&1 || true
 rm -rf "$data" "$data.log"
+
+echo "==> every image answers --version"
+for image in $IMAGES; do
+    [[ "$image" == ferry-api ]] && continue
+    "${P[@]}" load -q -i "$OUT/$image.oci.tar" >/dev/null
+    r="$("${P[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep "/$image:" | head -n1)"
+    out="$("${P[@]}" "${RUN[@]}" "$r" --version 2>&1 || true)"
+    echo "     $out"
+    [[ "$out" == "$image $VERSION" ]] || { echo "FAIL $image --version said '$out'"; fail=1; }
+done
 "${P[@]}" rmi -a -f >/dev/null 2>&1 || true
 
 echo "image-check: $([[ $fail == 0 ]] && echo passed || echo FAILED) in $((SECONDS - start)) s"
