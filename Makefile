@@ -62,3 +62,8 @@ image-check:
 ## On a real cluster (KUBECONFIG, E2E_REGISTRY; needs kubectl, helm, grpcurl): install, helm test, register, deploy an app, curl it through the proxy, uninstall. Not run by CI.
 e2e:
 	bash deploy/scripts/e2e.sh
+
+.PHONY: chart-mutants
+## Proves the chart checks can fail: breaks one thing at a time and expects make chart-check's steps to catch it (not in CI)
+chart-mutants:
+	bash deploy/scripts/chart-mutants.sh
