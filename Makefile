@@ -43,3 +43,27 @@ bench-proxy-cpu:
 ## Authenticated read cost of ferry-api (CPU µs/request, p50/p99) at 2,000 req/s, SQLite and PostgreSQL
 bench-api:
 	bash crates/api/bench/run.sh
+
+.PHONY: chart-check
+## Offline checks of the Helm chart (deploy/helm/ferry): helm lint, kubernetes-validate, checkov, rendered-output tests. Installs its tools into .tools/ once.
+chart-check:
+	bash deploy/scripts/chart-check.sh
+
+.PHONY: image image-check
+## OCI images without a Docker daemon (buildah): target/images/<name>.oci.tar per service, with size and digest
+image:
+	bash deploy/scripts/image-build.sh
+
+## After `make image`: same inputs -> same digest, <= 30 MiB each, non-root without a shell, and a podman smoke test of the api (--version, migrate an SQLite volume)
+image-check:
+	bash deploy/scripts/image-check.sh
+
+.PHONY: e2e
+## On a real cluster (KUBECONFIG, E2E_REGISTRY; needs kubectl, helm, grpcurl): install, helm test, register, deploy an app, curl it through the proxy, uninstall. Not run by CI.
+e2e:
+	bash deploy/scripts/e2e.sh
+
+.PHONY: chart-mutants
+## Proves the chart checks can fail: breaks one thing at a time and expects make chart-check's steps to catch it (not in CI)
+chart-mutants:
+	bash deploy/scripts/chart-mutants.sh
