@@ -958,4 +958,21 @@ impl ServiceService for ServiceApi {
     ) -> Result<Response<pb::ConnectionInfo>, Status> {
         Ok(Response::new(self.connection_info(request).await?))
     }
+
+    type StreamLogsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LogLine, Status>>;
+    // Placeholder until the log streaming lands (issue 11).
+    async fn stream_logs(
+        &self,
+        _request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        Err(Status::unimplemented("StreamLogs is not served by this version of ferry-api"))
+    }
+    async fn list_service_events(
+        &self,
+        _request: Request<pb::ListServiceEventsRequest>,
+    ) -> Result<Response<pb::ListServiceEventsResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListServiceEvents is not served by this version of ferry-api",
+        ))
+    }
 }
