@@ -444,6 +444,14 @@ impl ServiceApi {
         service_to_pb(db, &service).await
     }
 
+    /// Authorises a service read for an RPC not served yet.
+    async fn not_yet<T>(&self, request: &Request<T>, id: &str) -> Result<()> {
+        let actor = self.0.identity.authenticate(request).await?;
+        let id = parse_id("serviceId", id)?;
+        authorize_service(&self.0.identity.db, &actor, Action::ServiceRead, id).await?;
+        Ok(())
+    }
+
     async fn get(&self, request: Request<pb::GetServiceRequest>) -> Result<pb::Service> {
         let actor = self.0.identity.authenticate(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
@@ -960,19 +968,26 @@ impl ServiceService for ServiceApi {
     }
 
     type StreamLogsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LogLine, Status>>;
-    // Placeholder until the log streaming lands (issue 11).
+    // Placeholders until the log streaming lands (issue 11): authorised like
+    // any service read, then UNIMPLEMENTED.
     async fn stream_logs(
         &self,
-        _request: Request<pb::StreamLogsRequest>,
+        request: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        Err(Status::unimplemented("StreamLogs is not served by this version of ferry-api"))
-    }
-    async fn list_service_events(
-        &self,
-        _request: Request<pb::ListServiceEventsRequest>,
-    ) -> Result<Response<pb::ListServiceEventsResponse>, Status> {
+        self.not_yet(&request, &request.get_ref().service_id)
+            .await?;
         Err(Status::unimplemented(
-            "ListServiceEvents is not served by this version of ferry-api",
+            "StreamLogs is not served by this version of ferry-api",
+        ))
+    }
+    async fn get_service_events(
+        &self,
+        request: Request<pb::GetServiceEventsRequest>,
+    ) -> Result<Response<pb::GetServiceEventsResponse>, Status> {
+        self.not_yet(&request, &request.get_ref().service_id)
+            .await?;
+        Err(Status::unimplemented(
+            "GetServiceEvents is not served by this version of ferry-api",
         ))
     }
 }
