@@ -20,6 +20,8 @@ mod m0008_access_audit;
 mod m0009_project_namespaces;
 mod m0010_deployment_leases;
 mod m0011_route_feed_triggers;
+mod m0012_credential_triggers;
+mod notify;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -52,6 +54,10 @@ const ALTERATIONS: &[(&str, Alters)] = &[
     (
         "m0011_route_feed_triggers",
         m0011_route_feed_triggers::alters,
+    ),
+    (
+        "m0012_credential_triggers",
+        m0012_credential_triggers::alters,
     ),
 ];
 

@@ -19,29 +19,7 @@ const FEED_TABLES: [&str; 8] = [
     "organizations",
 ];
 
-/// PostgreSQL only: `[pg up, sqlite up, pg down, sqlite down]`.
-fn pg_only(up: String, down: String) -> [String; 4] {
-    [up, String::new(), down, String::new()]
-}
-
 pub(crate) fn alters() -> Vec<Alter> {
-    // `OR REPLACE`: `migrate fresh` drops tables, not functions.
-    let function = Alter::table("routes").sql(pg_only(
-        "CREATE OR REPLACE FUNCTION ferry_route_feed_notify() RETURNS trigger \
-         LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('ferry_route_feed', 'db'); \
-         RETURN NULL; END $$"
-            .into(),
-        "DROP FUNCTION ferry_route_feed_notify()".into(),
-    ));
-    let triggers = FEED_TABLES.iter().map(|table| {
-        Alter::table(table).sql(pg_only(
-            format!(
-                "CREATE TRIGGER ferry_route_feed_{table} \
-                 AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION ferry_route_feed_notify()"
-            ),
-            format!("DROP TRIGGER ferry_route_feed_{table} ON {table}"),
-        ))
-    });
-    std::iter::once(function).chain(triggers).collect()
+    let sources = FEED_TABLES.map(|table| (table, "INSERT OR UPDATE OR DELETE OR TRUNCATE"));
+    crate::notify::statement_triggers("ferry_route_feed", "db", &sources)
 }

@@ -189,6 +189,12 @@ pub fn services(state: &ApiState) -> GrpcServices {
 pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcServices {
     let identity =
         auth::Identity::new(state.db.clone(), identity.clone()).with_keyring(state.keyring.clone());
+    // PostgreSQL: cache credentials only while hearing revocations.
+    auth::cache::spawn_listener(
+        state.db.clone(),
+        identity.credentials.clone(),
+        state.deploy.stop.clone(),
+    );
     let services = GrpcServices::new().add_service(
         feed::RouteFeedService::new(state.feed.clone(), state.feed_auth.clone()).into_server(),
     );

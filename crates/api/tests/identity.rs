@@ -237,8 +237,10 @@ async fn bad_credentials_are_indistinguishable_and_tokens_are_checked() {
             .exec(&db.conn)
             .await
             .unwrap();
-        let me = c.auth.me(authed(pb::MeRequest {}, &token)).await;
-        assert_eq!(code(me), Code::Unauthenticated, "{b}: expired");
+        // Changed behind the api's back: a replica that cached the session
+        // hears of it a few milliseconds after the commit.
+        let refused = refused_within(&mut c, &token).await;
+        assert!(refused.is_some(), "{b}: expired");
         api.stop().await;
     }
 }
@@ -1933,5 +1935,76 @@ async fn invitation_email_is_sent_after_the_invitation_commits() {
         let data = sink.await.unwrap();
         assert!(data.contains("ferry_inv_"), "{b}: {data}");
         api.stop().await;
+    }
+}
+
+/// Polls `me` with `token` on `c` until it is refused (or 3 s pass);
+/// returns how long that took.
+async fn refused_within(c: &mut Clients, token: &str) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        match c.auth.me(authed(pb::MeRequest {}, token)).await {
+            Err(e) if e.code() == Code::Unauthenticated => return Some(started.elapsed()),
+            Err(e) => panic!("unexpected {e:?}"),
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    None
+}
+
+/// Credentials are cached per replica for a few seconds; a revocation made
+/// anywhere (another replica, plain SQL) must still end them at once.
+#[tokio::test]
+async fn revocations_reach_every_replica_at_once() {
+    use std::time::Duration;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let a = start(&db.conn, relaxed()).await;
+        let other = start(&db.conn, relaxed()).await;
+        let mut ca = clients(a.addr).await;
+        let mut cb = clients(other.addr).await;
+        // Give the replicas' LISTEN connections (PostgreSQL) time to start.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        register(&mut ca, "alice").await;
+
+        // A logout on the same replica ends the session there.
+        let s = login(&mut ca, "alice").await;
+        ca.auth.me(authed(pb::MeRequest {}, &s)).await.unwrap();
+        ca.auth
+            .logout(authed(pb::LogoutRequest {}, &s))
+            .await
+            .unwrap();
+        let err = ca.auth.me(authed(pb::MeRequest {}, &s)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{b}");
+
+        if b != ferry_tests::Backend::Postgres {
+            // SQLite: one process owns the file; there is no other replica.
+            a.stop().await;
+            other.stop().await;
+            continue;
+        }
+        // A session cached by replica A, ended through replica B.
+        let s = login(&mut ca, "alice").await;
+        ca.auth.me(authed(pb::MeRequest {}, &s)).await.unwrap();
+        cb.auth
+            .logout(authed(pb::LogoutRequest {}, &s))
+            .await
+            .unwrap();
+        let took = refused_within(&mut ca, &s).await;
+        assert!(took.is_some(), "{b}: replica A kept a logged-out session");
+
+        // A session cached by A, deleted with plain SQL (an operator).
+        let s = login(&mut ca, "alice").await;
+        ca.auth.me(authed(pb::MeRequest {}, &s)).await.unwrap();
+        sessions::Entity::delete_many()
+            .filter(sessions::Column::TokenHash.eq(ferry_db::token::hash_token(&s)))
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let took = refused_within(&mut ca, &s).await;
+        assert!(took.is_some(), "{b}: replica A kept a deleted session");
+        eprintln!("{b}: revocation seen by the other replica after {took:?}");
+        a.stop().await;
+        other.stop().await;
     }
 }

@@ -750,6 +750,7 @@ impl AuthService for AuthApi {
             )
             .await?;
         txn.commit().await.map_err(Error::from)?;
+        self.identity.credentials.forget_all(); // credentials may have ended
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
@@ -830,6 +831,7 @@ impl AuthService for AuthApi {
             )
             .await?;
         txn.commit().await.map_err(Error::from)?;
+        self.identity.credentials.forget_all(); // credentials may have ended
         Ok(Response::new(pb::ChangePasswordResponse {
             revoked_sessions: u32::try_from(revoked).unwrap_or(u32::MAX),
             revoked_trusted_devices: u32::try_from(devices).unwrap_or(u32::MAX),
@@ -903,6 +905,7 @@ impl AuthService for AuthApi {
             )
             .await?;
         txn.commit().await.map_err(Error::from)?;
+        self.identity.credentials.forget_all(); // credentials may have ended
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 

@@ -231,6 +231,7 @@ pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberReques
         )
         .await?;
     txn.commit().await?;
+    identity.credentials.forget_all(); // credentials may have ended
     Ok(())
 }
 
@@ -271,6 +272,7 @@ pub async fn leave(
         )
         .await?;
     txn.commit().await?;
+    identity.credentials.forget_all(); // credentials may have ended
     Ok(())
 }
 

@@ -318,6 +318,7 @@ impl OrganizationApi {
                 })))
         .await?;
         txn.commit().await?;
+        self.identity.credentials.forget_all(); // credentials may have ended
         // Its routes are gone with the rows: the proxies hear it now.
         self.workloads.feed.notify_committed();
         Ok(())

@@ -205,6 +205,7 @@ impl ApiTokenApi {
             )
             .await?;
         txn.commit().await?;
+        self.identity.credentials.forget_all(); // credentials may have ended
         Ok(())
     }
 }

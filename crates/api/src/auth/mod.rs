@@ -7,6 +7,7 @@
 //! record their last activity at most once a minute, so authenticating does
 //! not write on every call.
 
+pub mod cache;
 pub mod second_factor;
 pub mod throttle;
 pub mod totp;
@@ -28,6 +29,7 @@ use uuid::Uuid;
 
 pub use crate::request::RequestMeta;
 use crate::{Error, Result};
+use cache::{CredentialCache, Known};
 
 /// Where links in mail (invitations) point when `FERRY_PUBLIC_URL` is unset.
 pub const DEFAULT_PUBLIC_URL: &str = "http://localhost:8080";
@@ -114,6 +116,8 @@ pub struct Identity {
     /// Keys for encrypted columns (the TOTP secret); without it 2FA
     /// enrolment and checks fail with `FailedPrecondition`.
     pub keyring: Option<Arc<Keyring>>,
+    /// Credentials that authenticated recently ([`cache`]).
+    pub credentials: CredentialCache,
 }
 
 impl std::fmt::Debug for Identity {
@@ -127,9 +131,14 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     pub fn new(db: DatabaseConnection, config: IdentityConfig) -> Self {
         Self {
-            db,
             config: Arc::new(config),
             keyring: None,
+            // Caching starts only once revocations can be heard
+            // (`cache::spawn_listener`, PostgreSQL). SQLite never caches: other
+            // processes (the scheduler, `ferry-api` commands, an operator's
+            // sqlite3) write the same file and cannot tell this one.
+            credentials: CredentialCache::disabled(),
+            db,
         }
     }
 
@@ -147,28 +156,44 @@ impl Identity {
     }
 
     /// THE authentication path: resolves the bearer token of `request` to
-    /// an [`Actor`], or `Unauthenticated`.
+    /// an [`Actor`], or `Unauthenticated`. A token that authenticated in
+    /// the last seconds is answered from memory ([`cache`]).
     pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor> {
         let meta = RequestMeta::of(request);
         let token = bearer_token(request.metadata())
             .ok_or_else(|| Error::Unauthenticated(INVALID_TOKEN.into()))?;
         let now = Utc::now();
-        if token.starts_with(SESSION_TOKEN_PREFIX) {
-            self.session_actor(token, now, meta).await
-        } else if token.starts_with(API_TOKEN_PREFIX) {
-            self.api_token_actor(token, now, meta).await
-        } else {
-            Err(Error::Unauthenticated(INVALID_TOKEN.into()))
-        }
+        let hash = ferry_db::token::hash_token(token);
+        let generation = self.credentials.generation();
+        let known = match self.credentials.get(&hash, now) {
+            Some(known) => {
+                let known = self.touch(known, now).await;
+                self.credentials.put(hash, known, generation);
+                known
+            }
+            None => {
+                let known = if token.starts_with(SESSION_TOKEN_PREFIX) {
+                    self.session(&hash, now).await?
+                } else if token.starts_with(API_TOKEN_PREFIX) {
+                    self.api_token(&hash, now).await?
+                } else {
+                    return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
+                };
+                let known = self.touch(known, now).await;
+                self.credentials.put(hash, known, generation);
+                known
+            }
+        };
+        Ok(Actor {
+            user_id: known.user_id,
+            super_admin: known.super_admin,
+            credential: known.credential,
+            meta,
+        })
     }
 
-    async fn session_actor(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-        meta: RequestMeta,
-    ) -> Result<Actor> {
-        let hash = ferry_db::token::hash_token(token);
+    /// The login session whose token hashes to `hash`.
+    async fn session(&self, hash: &str, now: DateTime<Utc>) -> Result<Known> {
         // One query, only the columns the check needs: session id, expiry,
         // activity, and the user's id and super-admin flag (the inner join
         // also proves the user exists).
@@ -194,33 +219,18 @@ impl Identity {
         if expires_at <= now || second_factor::is_challenge_activity(last_active_at) {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         }
-        if (now - last_active_at).num_seconds() >= ACTIVITY_GRANULARITY_SECS {
-            // Best effort: a failed touch must not fail the call.
-            let touched = sessions::Entity::update_many()
-                .col_expr(sessions::Column::LastActiveAt, Expr::value(now))
-                .filter(sessions::Column::Id.eq(session_id))
-                .exec(&self.db)
-                .await;
-            if let Err(err) = touched {
-                tracing::warn!(error = %err, "updating session activity failed");
-            }
-        }
-        Ok(Actor {
+        Ok(Known {
             user_id,
             super_admin,
             credential: Credential::Session { id: session_id },
-            meta,
+            last_used_at: Some(last_active_at),
+            valid_until: CredentialCache::trust_until(now, Some(expires_at)),
         })
     }
 
-    async fn api_token_actor(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-        meta: RequestMeta,
-    ) -> Result<Actor> {
+    /// The API token whose secret hashes to `hash`.
+    async fn api_token(&self, hash: &str, now: DateTime<Utc>) -> Result<Known> {
         use api_tokens::Column as C;
-        let hash = ferry_db::token::hash_token(token);
         let found = api_tokens::Entity::find()
             .select_only()
             .columns([
@@ -245,19 +255,7 @@ impl Identity {
         if revoked_at.is_some() || expires_at.is_some_and(|e| e <= now) {
             return Err(Error::Unauthenticated(INVALID_TOKEN.into()));
         }
-        let stale =
-            last_used_at.is_none_or(|t| (now - t).num_seconds() >= ACTIVITY_GRANULARITY_SECS);
-        if stale {
-            let touched = api_tokens::Entity::update_many()
-                .col_expr(C::LastUsedAt, Expr::value(Some(now)))
-                .filter(C::Id.eq(id))
-                .exec(&self.db)
-                .await;
-            if let Err(err) = touched {
-                tracing::warn!(error = %err, "updating API token use failed");
-            }
-        }
-        Ok(Actor {
+        Ok(Known {
             user_id,
             super_admin: false,
             credential: Credential::ApiToken {
@@ -265,8 +263,43 @@ impl Identity {
                 organization_id,
                 role: OrgRole::from(role),
             },
-            meta,
+            last_used_at,
+            valid_until: CredentialCache::trust_until(now, expires_at),
         })
+    }
+
+    /// Records the credential's use when the stored time is older than
+    /// [`ACTIVITY_GRANULARITY_SECS`]. Best effort: a failed touch must not
+    /// fail the call.
+    async fn touch(&self, known: Known, now: DateTime<Utc>) -> Known {
+        let stale = known
+            .last_used_at
+            .is_none_or(|t| (now - t).num_seconds() >= ACTIVITY_GRANULARITY_SECS);
+        if !stale {
+            return known;
+        }
+        let touched = match known.credential {
+            Credential::Session { id } => sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastActiveAt, Expr::value(now))
+                .filter(sessions::Column::Id.eq(id))
+                .exec(&self.db)
+                .await
+                .map(drop),
+            Credential::ApiToken { id, .. } => api_tokens::Entity::update_many()
+                .col_expr(api_tokens::Column::LastUsedAt, Expr::value(Some(now)))
+                .filter(api_tokens::Column::Id.eq(id))
+                .exec(&self.db)
+                .await
+                .map(drop),
+        };
+        if let Err(err) = touched {
+            tracing::warn!(error = %err, "recording credential use failed");
+            return known;
+        }
+        Known {
+            last_used_at: Some(now),
+            ..known
+        }
     }
 }
 

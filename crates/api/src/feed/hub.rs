@@ -367,36 +367,17 @@ impl FeedHub {
         keyring: Arc<Keyring>,
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
-        use ferry_db::sea_orm::sqlx::postgres::PgListener;
         let hub = self.clone();
         tokio::spawn(async move {
             if db.get_database_backend() != DbBackend::Postgres {
                 return; // SQLite has no LISTEN; one process owns the file.
             }
-            let mut backoff = Duration::from_millis(250);
             loop {
-                let listening = async {
-                    let mut listener =
-                        PgListener::connect_with(db.get_postgres_connection_pool()).await?;
-                    listener.listen(NOTIFY_CHANNEL).await?;
-                    Ok::<_, ferry_db::sea_orm::sqlx::Error>(listener)
+                let Some(mut listener) =
+                    crate::db::listen(&db, NOTIFY_CHANNEL, &shutdown, "route feed").await
+                else {
+                    return;
                 };
-                let mut listener = tokio::select! {
-                    () = shutdown.wait() => return,
-                    listener = listening => match listener {
-                        Ok(listener) => listener,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "route feed: LISTEN failed; retrying");
-                            tokio::select! {
-                                () = shutdown.wait() => return,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                            continue;
-                        }
-                    },
-                };
-                backoff = Duration::from_millis(250);
                 // Anything committed before LISTEN took effect is unseen.
                 if let Err(err) = hub.reload(&db, &keyring).await {
                     tracing::warn!(error = %err, "route feed reload failed; retrying");
