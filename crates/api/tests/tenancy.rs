@@ -10,8 +10,7 @@ use support::*;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use ferry_api::auth::{Actor, Credential, RequestMeta};
-use ferry_api::authz::{Action, Resource, can};
+use ferry_api::authz::{Action, Caller, Resource};
 use ferry_db::entities::enums::{OrgRole, SmtpTlsMode};
 use ferry_db::entities::{
     api_tokens, audit_logs, org_email_configs, org_invitations, organization_members, projects,
@@ -1064,13 +1063,10 @@ async fn invitations_by_email_reach_the_smtp_sink() {
     }
 }
 
-fn session_actor(user: &str) -> Actor {
-    Actor {
-        user_id: user.parse().unwrap(),
-        super_admin: false,
-        credential: Credential::Session { id: Uuid::now_v7() },
-        meta: RequestMeta::default(),
-    }
+/// The caller `token` authenticates as, through the api's own prologue.
+async fn caller(db: &DatabaseConnection, token: &str) -> Caller {
+    let identity = ferry_api::auth::Identity::new(db.clone(), relaxed());
+    Caller::of(&identity, &authed((), token)).await.unwrap()
 }
 
 #[tokio::test]
@@ -1166,13 +1162,10 @@ async fn grants_feed_the_policy() {
         );
 
         // Before the grant, members are denied.
-        let denied = can(
-            &db.conn,
-            &session_actor(&deployer.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await;
+        let denied = caller(&db.conn, &deployer.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await;
         assert!(
             matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
             "{b}: {denied:?}"
@@ -1198,44 +1191,32 @@ async fn grants_feed_the_policy() {
             .await;
         assert_eq!(code(got), Code::AlreadyExists, "{b}");
 
-        can(
-            &db.conn,
-            &session_actor(&deployer.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await
-        .unwrap();
-        let denied = can(
-            &db.conn,
-            &session_actor(&bystander.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await;
+        caller(&db.conn, &deployer.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await
+            .unwrap();
+        let denied = caller(&db.conn, &bystander.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await;
         assert!(
             matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
             "{b}: {denied:?}"
         );
         // Deploy does not imply manage.
-        let denied = can(
-            &db.conn,
-            &session_actor(&deployer.id),
-            Action::ServiceManage,
-            service,
-        )
-        .await;
+        let denied = caller(&db.conn, &deployer.token)
+            .await
+            .can(&db.conn, Action::ServiceManage, service)
+            .await;
         assert!(
             matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
             "{b}: {denied:?}"
         );
-        let foreign_actor = can(
-            &db.conn,
-            &session_actor(&outsider.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await;
+        let foreign_actor = caller(&db.conn, &outsider.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await;
         assert!(
             matches!(foreign_actor, Err(ferry_api::Error::NotFound(_))),
             "{b}: {foreign_actor:?}"
@@ -1280,13 +1261,10 @@ async fn grants_feed_the_policy() {
             .delete_grant(authed(delete, &owner.token))
             .await
             .unwrap();
-        let denied = can(
-            &db.conn,
-            &session_actor(&deployer.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await;
+        let denied = caller(&db.conn, &deployer.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await;
         assert!(
             matches!(denied, Err(ferry_api::Error::PermissionDenied(_))),
             "{b}: {denied:?}"
@@ -1300,14 +1278,11 @@ async fn grants_feed_the_policy() {
             ))
             .await
             .unwrap();
-        can(
-            &db.conn,
-            &session_actor(&deployer.id),
-            Action::ServiceDeploy,
-            service,
-        )
-        .await
-        .unwrap();
+        caller(&db.conn, &deployer.token)
+            .await
+            .can(&db.conn, Action::ServiceDeploy, service)
+            .await
+            .unwrap();
         c.orgs
             .remove_member(authed(
                 pb::RemoveMemberRequest {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::audit::{chain_condition, verify_chain};
 use crate::auth::Identity;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{from_ts, parse_id, ts};
 use crate::{Error, Result};
@@ -39,14 +39,16 @@ impl AuditApi {
         organization_id: &str,
         action: Action,
     ) -> Result<Option<Uuid>> {
-        let actor = self.identity.authenticate(request).await?;
+        let caller = Caller::of(&self.identity, request).await?;
         let db = &self.identity.db;
         if organization_id.trim().is_empty() {
-            can(db, &actor, Action::AuditReadGlobal, Resource::Platform).await?;
+            caller
+                .can(db, Action::AuditReadGlobal, Resource::Platform)
+                .await?;
             Ok(None)
         } else {
             let org = parse_id("organizationId", organization_id)?;
-            can(db, &actor, action, Resource::Organization(org)).await?;
+            caller.can(db, action, Resource::Organization(org)).await?;
             Ok(Some(org))
         }
     }
@@ -67,8 +69,8 @@ impl AuditApi {
         let db = &self.identity.db;
         let mut query =
             audit_logs::Entity::find().filter(chain_condition(db.get_database_backend(), org));
-        if let Some(actor) = req.actor_id.as_deref() {
-            query = query.filter(audit_logs::Column::UserId.eq(parse_id("actorId", actor)?));
+        if let Some(caller) = req.actor_id.as_deref() {
+            query = query.filter(audit_logs::Column::UserId.eq(parse_id("actorId", caller)?));
         }
         if let Some(action) = req.action.as_deref() {
             query = query.filter(audit_logs::Column::Action.eq(action));

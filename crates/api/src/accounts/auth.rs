@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use crate::audit::{Auditor, Entry};
 use crate::auth::second_factor::{self, Proof};
-use crate::auth::{self, Actor, Identity, RequestMeta, SESSION_TOKEN_PREFIX, throttle, totp};
+use crate::auth::{self, Identity, RequestMeta, SESSION_TOKEN_PREFIX, throttle, totp};
+use crate::authz::Caller;
 use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{parse_id, ts};
@@ -324,9 +325,9 @@ impl AuthApi {
 impl AuthApi {
     /// The calling user behind an interactive session (2FA management is
     /// not for API tokens).
-    async fn session_user(&self, actor: &Actor) -> Result<users::Model> {
-        actor.session_id()?;
-        self.current_user(actor.user_id).await
+    async fn session_user(&self, caller: &Caller) -> Result<users::Model> {
+        caller.session_id()?;
+        self.current_user(caller.user_id).await
     }
 
     /// Verifies and consumes `proof` for `user` in `txn`. On a wrong code
@@ -407,17 +408,17 @@ impl AuthApi {
 
     async fn begin_totp(
         &self,
-        actor: &Actor,
+        caller: &Caller,
         req: pb::BeginTotpEnrollmentRequest,
     ) -> Result<pb::BeginTotpEnrollmentResponse> {
-        let user = self.session_user(actor).await?;
+        let user = self.session_user(caller).await?;
         if user.totp_enabled {
             return Err(Error::FailedPrecondition(
                 "two-factor authentication is already enabled".into(),
             ));
         }
         // A stolen session alone must not bind the account to a new device.
-        self.recheck_password(&user, &actor.meta, "password", req.password)
+        self.recheck_password(&user, &caller.meta, "password", req.password)
             .await?;
         let secret = totp::new_secret();
         let otpauth_uri = totp::otpauth_uri(&secret, &user.email)?;
@@ -432,7 +433,7 @@ impl AuthApi {
             .await?;
         self.audit_user(
             &txn,
-            &actor.meta,
+            &caller.meta,
             user.id,
             "user.totp_enrollment_begin",
             json!({}),
@@ -447,10 +448,10 @@ impl AuthApi {
 
     async fn confirm_totp(
         &self,
-        actor: &Actor,
+        caller: &Caller,
         req: pb::ConfirmTotpEnrollmentRequest,
     ) -> Result<pb::ConfirmTotpEnrollmentResponse> {
-        let user = self.session_user(actor).await?;
+        let user = self.session_user(caller).await?;
         if user.totp_enabled {
             return Err(Error::FailedPrecondition(
                 "two-factor authentication is already enabled".into(),
@@ -464,7 +465,7 @@ impl AuthApi {
         if req.code.trim().is_empty() {
             return Err(Error::InvalidArgument("code: is required".into()));
         }
-        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &caller.meta).await?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
@@ -484,7 +485,7 @@ impl AuthApi {
         let recovery_codes = second_factor::replace_recovery_codes(&txn, user.id, now).await?;
         self.audit_user(
             &txn,
-            &actor.meta,
+            &caller.meta,
             user.id,
             "user.totp_enable",
             json!({ "recoveryCodes": recovery_codes.len() }),
@@ -495,8 +496,8 @@ impl AuthApi {
         Ok(pb::ConfirmTotpEnrollmentResponse { recovery_codes })
     }
 
-    async fn disable_totp(&self, actor: &Actor, req: pb::DisableTotpRequest) -> Result<()> {
-        let user = self.session_user(actor).await?;
+    async fn disable_totp(&self, caller: &Caller, req: pb::DisableTotpRequest) -> Result<()> {
+        let user = self.session_user(caller).await?;
         let proof = second_factor::proof(&req.code, &req.recovery_code)?;
         if !user.totp_enabled {
             return Err(Error::FailedPrecondition(
@@ -504,9 +505,9 @@ impl AuthApi {
             ));
         }
         // Both factors: a stolen session plus a phished code is not enough.
-        self.recheck_password(&user, &actor.meta, "password", req.password.clone())
+        self.recheck_password(&user, &caller.meta, "password", req.password.clone())
             .await?;
-        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &caller.meta).await?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         let wrong = Error::InvalidArgument(format!("{}: is not valid", proof.field()));
         let txn = self.check_proof(txn, &user, proof, wrong).await?;
@@ -531,7 +532,7 @@ impl AuthApi {
             .rows_affected;
         self.audit_user(
             &txn,
-            &actor.meta,
+            &caller.meta,
             user.id,
             "user.totp_disable",
             json!({ "method": proof.method(), "revokedDevices": devices }),
@@ -544,10 +545,10 @@ impl AuthApi {
 
     async fn regenerate_codes(
         &self,
-        actor: &Actor,
+        caller: &Caller,
         req: pb::RegenerateRecoveryCodesRequest,
     ) -> Result<Vec<String>> {
-        let user = self.session_user(actor).await?;
+        let user = self.session_user(caller).await?;
         if req.code.trim().is_empty() {
             return Err(Error::InvalidArgument("code: is required".into()));
         }
@@ -556,7 +557,7 @@ impl AuthApi {
                 "two-factor authentication is not enabled".into(),
             ));
         }
-        let attempt = self.second_factor_attempt(user.id, &actor.meta).await?;
+        let attempt = self.second_factor_attempt(user.id, &caller.meta).await?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         let txn = self
             .check_proof(
@@ -569,7 +570,7 @@ impl AuthApi {
         let codes = second_factor::replace_recovery_codes(&txn, user.id, Utc::now()).await?;
         self.audit_user(
             &txn,
-            &actor.meta,
+            &caller.meta,
             user.id,
             "user.recovery_codes_regenerate",
             json!({ "recoveryCodes": codes.len() }),
@@ -736,14 +737,14 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        let session_id = actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        let session_id = caller.session_id()?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         sessions::Entity::delete_by_id(session_id)
             .exec(&txn)
             .await
             .map_err(Error::from)?;
-        Auditor::global(&actor)
+        Auditor::global(&caller)
             .record(
                 &txn,
                 Entry::new("user.logout", AuditResourceType::Session, session_id),
@@ -758,8 +759,8 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::MeRequest>,
     ) -> Result<Response<pb::MeResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        let user = self.current_user(actor.user_id).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        let user = self.current_user(caller.user_id).await?;
         Ok(Response::new(pb::MeResponse {
             user: Some(user_to_pb(&user)),
         }))
@@ -769,25 +770,25 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        let session_id = actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        let session_id = caller.session_id()?;
         let req = request.into_inner();
         validate_password("newPassword", &req.new_password)?;
         let db = &self.identity.db;
-        let user = self.current_user(actor.user_id).await?;
-        self.recheck_password(&user, &actor.meta, "currentPassword", req.current_password)
+        let user = self.current_user(caller.user_id).await?;
+        self.recheck_password(&user, &caller.meta, "currentPassword", req.current_password)
             .await?;
         let new_hash = auth::hash_password(req.new_password).await?;
         let txn = crate::db::begin_write(db).await?;
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, Expr::value(Some(new_hash)))
             .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(users::Column::Id.eq(actor.user_id))
+            .filter(users::Column::Id.eq(caller.user_id))
             .exec(&txn)
             .await
             .map_err(Error::from)?;
         let revoked = sessions::Entity::delete_many()
-            .filter(sessions::Column::UserId.eq(actor.user_id))
+            .filter(sessions::Column::UserId.eq(caller.user_id))
             .filter(sessions::Column::Id.ne(session_id))
             .exec(&txn)
             .await
@@ -796,7 +797,7 @@ impl AuthService for AuthApi {
         // A remembered device would skip the second factor with the new
         // password too: the old password may be what leaked.
         let devices = trusted_devices::Entity::delete_many()
-            .filter(trusted_devices::Column::UserId.eq(actor.user_id))
+            .filter(trusted_devices::Column::UserId.eq(caller.user_id))
             .exec(&txn)
             .await
             .map_err(Error::from)?
@@ -805,7 +806,7 @@ impl AuthService for AuthApi {
         // answer says how many, so the user can review them.
         let now = Utc::now();
         let tokens = api_tokens::Entity::find()
-            .filter(api_tokens::Column::UserId.eq(actor.user_id))
+            .filter(api_tokens::Column::UserId.eq(caller.user_id))
             .filter(api_tokens::Column::RevokedAt.is_null())
             .filter(
                 Condition::any()
@@ -815,13 +816,13 @@ impl AuthService for AuthApi {
             .count(&txn)
             .await
             .map_err(Error::from)?;
-        Auditor::global(&actor)
+        Auditor::global(&caller)
             .record(
                 &txn,
                 Entry::new(
                     "user.change_password",
                     AuditResourceType::User,
-                    actor.user_id,
+                    caller.user_id,
                 )
                 .details(json!({
                     "revokedSessions": revoked,
@@ -843,12 +844,12 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        let current = actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        let current = caller.session_id()?;
         let req = request.get_ref();
         let page = SESSIONS.page(req.page_size, &req.page_token)?;
         let query = sessions::Entity::find()
-            .filter(sessions::Column::UserId.eq(actor.user_id))
+            .filter(sessions::Column::UserId.eq(caller.user_id))
             .filter(sessions::Column::ExpiresAt.gt(Utc::now()))
             // Second-factor challenges (see `is_challenge`) are not sessions;
             // filtered here so that pages stay full.
@@ -883,14 +884,14 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        caller.session_id()?;
         let id = parse_id("id", &request.get_ref().id)?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         // Someone else's session is indistinguishable from a missing one.
         let deleted = sessions::Entity::delete_many()
             .filter(sessions::Column::Id.eq(id))
-            .filter(sessions::Column::UserId.eq(actor.user_id))
+            .filter(sessions::Column::UserId.eq(caller.user_id))
             .exec(&txn)
             .await
             .map_err(Error::from)?
@@ -898,7 +899,7 @@ impl AuthService for AuthApi {
         if deleted == 0 {
             return Err(Error::NotFound("session not found".into()).into());
         }
-        Auditor::global(&actor)
+        Auditor::global(&caller)
             .record(
                 &txn,
                 Entry::new("session.revoke", AuditResourceType::Session, id),
@@ -913,9 +914,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         Ok(Response::new(
-            self.begin_totp(&actor, request.into_inner()).await?,
+            self.begin_totp(&caller, request.into_inner()).await?,
         ))
     }
 
@@ -923,9 +924,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         Ok(Response::new(
-            self.confirm_totp(&actor, request.into_inner()).await?,
+            self.confirm_totp(&caller, request.into_inner()).await?,
         ))
     }
 
@@ -933,8 +934,8 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::DisableTotpRequest>,
     ) -> Result<Response<pb::DisableTotpResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        AuthApi::disable_totp(self, &actor, request.into_inner()).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        AuthApi::disable_totp(self, &caller, request.into_inner()).await?;
         Ok(Response::new(pb::DisableTotpResponse {}))
     }
 
@@ -942,8 +943,8 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        let recovery_codes = self.regenerate_codes(&actor, request.into_inner()).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        let recovery_codes = self.regenerate_codes(&caller, request.into_inner()).await?;
         Ok(Response::new(pb::RegenerateRecoveryCodesResponse {
             recovery_codes,
         }))
@@ -963,12 +964,12 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ListTrustedDevicesRequest>,
     ) -> Result<Response<pb::ListTrustedDevicesResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        caller.session_id()?;
         let req = request.get_ref();
         let page = TRUSTED_DEVICES.page(req.page_size, &req.page_token)?;
         let query = trusted_devices::Entity::find()
-            .filter(trusted_devices::Column::UserId.eq(actor.user_id))
+            .filter(trusted_devices::Column::UserId.eq(caller.user_id))
             .filter(trusted_devices::Column::ExpiresAt.gt(Utc::now()));
         let rows = page
             .apply(query)
@@ -987,14 +988,14 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeTrustedDeviceRequest>,
     ) -> Result<Response<pb::RevokeTrustedDeviceResponse>, Status> {
-        let actor = self.identity.authenticate(&request).await?;
-        actor.session_id()?;
+        let caller = Caller::of(&self.identity, &request).await?;
+        caller.session_id()?;
         let id = parse_id("id", &request.get_ref().id)?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         // Someone else's device is indistinguishable from a missing one.
         let deleted = trusted_devices::Entity::delete_many()
             .filter(trusted_devices::Column::Id.eq(id))
-            .filter(trusted_devices::Column::UserId.eq(actor.user_id))
+            .filter(trusted_devices::Column::UserId.eq(caller.user_id))
             .exec(&txn)
             .await
             .map_err(Error::from)?
@@ -1004,8 +1005,8 @@ impl AuthService for AuthApi {
         }
         self.audit_user(
             &txn,
-            &actor.meta,
-            actor.user_id,
+            &caller.meta,
+            caller.user_id,
             "user.trusted_device_revoke",
             json!({ "deviceId": id }),
         )

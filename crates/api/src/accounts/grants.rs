@@ -1,5 +1,5 @@
 //! `ferry.v1.GrantService`: per-resource grants (`resource_permissions`)
-//! that [`crate::authz::can`] reads. Admin and owner only.
+//! that [`crate::authz::Caller`] reads. Admin and owner only.
 
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, ResourceAccess, ResourceType};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::audit::{Auditor, Entry};
 use crate::auth::Identity;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -127,11 +127,13 @@ async fn project_of<C: ConnectionTrait>(
 
 impl GrantApi {
     async fn create(&self, request: Request<pb::CreateGrantRequest>) -> Result<pb::Grant> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        can(db, &actor, Action::GrantManage, Resource::Organization(org)).await?;
+        caller
+            .can(db, Action::GrantManage, Resource::Organization(org))
+            .await?;
         let user = parse_id("userId", &req.user_id)?;
         let kind = resource_type(req.resource_type)?;
         let resource = parse_id("resourceId", &req.resource_id)?;
@@ -163,7 +165,7 @@ impl GrantApi {
             stack_id: Set(st),
             job_id: Set(j),
             permission: Set(level),
-            granted_by: Set(Some(actor.user_id)),
+            granted_by: Set(Some(caller.user_id)),
             created_at: Set(Utc::now()),
         }
         .insert(&txn)
@@ -177,7 +179,7 @@ impl GrantApi {
             }
             Err(e) => return Err(e.into()),
         };
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new("grant.create", AuditResourceType::Member, user).details(json!({
@@ -196,12 +198,14 @@ impl GrantApi {
         &self,
         request: Request<pb::ListGrantsRequest>,
     ) -> Result<pb::ListGrantsResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = GRANTS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        can(db, &actor, Action::GrantRead, Resource::Organization(org)).await?;
+        caller
+            .can(db, Action::GrantRead, Resource::Organization(org))
+            .await?;
         let mut query = resource_permissions::Entity::find()
             .filter(resource_permissions::Column::OrganizationId.eq(org));
         if !req.user_id.trim().is_empty() {
@@ -218,12 +222,14 @@ impl GrantApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteGrantRequest>) -> Result<()> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        can(db, &actor, Action::GrantManage, Resource::Organization(org)).await?;
+        caller
+            .can(db, Action::GrantManage, Resource::Organization(org))
+            .await?;
         let txn = crate::db::begin_write(db).await?;
         let grant = resource_permissions::Entity::find_by_id(id)
             .filter(resource_permissions::Column::OrganizationId.eq(org))
@@ -233,7 +239,7 @@ impl GrantApi {
         resource_permissions::Entity::delete_by_id(id)
             .exec(&txn)
             .await?;
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new("grant.delete", AuditResourceType::Member, grant.user_id).details(

@@ -32,8 +32,8 @@ use uuid::Uuid;
 use super::auth::validate_email;
 use super::members::{at_most, grantable_role, org_role};
 use crate::audit::{Auditor, Entry};
-use crate::auth::{Actor, Identity};
-use crate::authz::{Action, Resource, can};
+use crate::auth::Identity;
+use crate::authz::{Action, Caller, Resource};
 use crate::db::is_unique_violation;
 use crate::mail::{self, Mail};
 use crate::paging::{Key, Keyset, Kind, desc};
@@ -105,20 +105,16 @@ impl InvitationApi {
         &self,
         request: Request<pb::CreateInvitationRequest>,
     ) -> Result<pb::CreateInvitationResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        let caller = can(
-            db,
-            &actor,
-            Action::InvitationCreate,
-            Resource::Organization(org),
-        )
-        .await?;
+        let caller_role = caller
+            .can(db, Action::InvitationCreate, Resource::Organization(org))
+            .await?;
         let email = validate_email(&req.email)?;
         let role = grantable_role("role", req.role)?;
-        at_most(caller, org_role(role), "role")?;
+        at_most(caller_role, org_role(role), "role")?;
         let ttl = match req.ttl_hours {
             0 => DEFAULT_TTL_HOURS,
             h if h <= MAX_TTL_HOURS => h,
@@ -177,7 +173,7 @@ impl InvitationApi {
             email: Set(email.clone()),
             role: Set(role),
             token_hash: Set(ferry_db::token::hash_token(&token)),
-            invited_by: Set(Some(actor.user_id)),
+            invited_by: Set(Some(caller.user_id)),
             expires_at: Set(expires_at),
             accepted_at: Set(None),
             revoked_at: Set(None),
@@ -195,7 +191,7 @@ impl InvitationApi {
             Err(e) => return Err(e.into()),
         };
         let emailed = smtp.is_some();
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new(
@@ -249,10 +245,10 @@ impl InvitationApi {
                 email_error: String::new(),
             }),
             Err(err) => {
-                // mail::send logged the details; the caller gets the safe
+                // mail::send logged the details; the caller_role gets the safe
                 // message and the token, so the invitation is not lost.
                 let email_error = err.to_string();
-                self.record_email_failure(&actor, org, invitation.id).await;
+                self.record_email_failure(&caller, org, invitation.id).await;
                 Ok(pb::CreateInvitationResponse {
                     invitation: Some(invitation_to_pb(&invitation)),
                     emailed: false,
@@ -265,11 +261,11 @@ impl InvitationApi {
     }
 
     /// Audits a failed invitation e-mail. Best effort: the invitation is
-    /// committed and the caller told either way.
-    async fn record_email_failure(&self, actor: &Actor, org: Uuid, invitation: Uuid) {
+    /// committed and the caller_role told either way.
+    async fn record_email_failure(&self, caller: &Caller, org: Uuid, invitation: Uuid) {
         let recorded = async {
             let txn = crate::db::begin_write(&self.identity.db).await?;
-            Auditor::org(actor, org)
+            Auditor::org(caller, org)
                 .record(
                     &txn,
                     Entry::new(
@@ -292,18 +288,14 @@ impl InvitationApi {
         &self,
         request: Request<pb::ListInvitationsRequest>,
     ) -> Result<pb::ListInvitationsResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = INVITATIONS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        can(
-            db,
-            &actor,
-            Action::InvitationRead,
-            Resource::Organization(org),
-        )
-        .await?;
+        caller
+            .can(db, Action::InvitationRead, Resource::Organization(org))
+            .await?;
         let mut query =
             org_invitations::Entity::find().filter(org_invitations::Column::OrganizationId.eq(org));
         if !req.include_inactive {
@@ -322,18 +314,14 @@ impl InvitationApi {
     }
 
     async fn revoke(&self, request: Request<pb::RevokeInvitationRequest>) -> Result<()> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        can(
-            db,
-            &actor,
-            Action::InvitationRevoke,
-            Resource::Organization(org),
-        )
-        .await?;
+        caller
+            .can(db, Action::InvitationRevoke, Resource::Organization(org))
+            .await?;
         let txn = crate::db::begin_write(db).await?;
         let invitation = org_invitations::Entity::find_by_id(id)
             .filter(org_invitations::Column::OrganizationId.eq(org))
@@ -352,7 +340,7 @@ impl InvitationApi {
         let mut active = invitation.into_active_model();
         active.revoked_at = Set(Some(Utc::now()));
         active.update(&txn).await?;
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new("invitation.revoke", AuditResourceType::Invitation, id)
@@ -367,9 +355,11 @@ impl InvitationApi {
         &self,
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<pb::Organization> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let db = &self.identity.db;
-        can(db, &actor, Action::InvitationAccept, Resource::Platform).await?;
+        caller
+            .can(db, Action::InvitationAccept, Resource::Platform)
+            .await?;
         let token = request.get_ref().token.trim();
         if !token.starts_with(INVITATION_TOKEN_PREFIX) {
             return Err(Error::InvalidArgument(
@@ -384,7 +374,7 @@ impl InvitationApi {
             .one(&txn)
             .await?
             .ok_or_else(|| Error::NotFound("invitation not found".into()))?;
-        let user = users::Entity::find_by_id(actor.user_id)
+        let user = users::Entity::find_by_id(caller.user_id)
             .one(&txn)
             .await?
             .ok_or_else(|| Error::Unauthenticated(crate::auth::INVALID_TOKEN.into()))?;
@@ -409,7 +399,7 @@ impl InvitationApi {
         let org = invitation.organization_id;
         let exists = organization_members::Entity::find()
             .filter(organization_members::Column::OrganizationId.eq(org))
-            .filter(organization_members::Column::UserId.eq(actor.user_id))
+            .filter(organization_members::Column::UserId.eq(caller.user_id))
             .one(&txn)
             .await?
             .is_some();
@@ -422,7 +412,7 @@ impl InvitationApi {
         organization_members::ActiveModel {
             id: Set(Uuid::now_v7()),
             organization_id: Set(org),
-            user_id: Set(actor.user_id),
+            user_id: Set(caller.user_id),
             role: Set(role),
             invited_by: Set(invitation.invited_by),
             joined_at: Set(now),
@@ -433,7 +423,7 @@ impl InvitationApi {
         let mut active = invitation.into_active_model();
         active.accepted_at = Set(Some(now));
         active.update(&txn).await?;
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::{Auditor, Entry};
 use crate::auth::Identity;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, role_to_pb, ts};
 use crate::{Error, Result};
@@ -49,9 +49,9 @@ pub(crate) fn grantable_role(field: &str, value: i32) -> Result<InviteRole> {
     }
 }
 
-/// `PermissionDenied` unless `role` is at most `caller`'s role.
-pub(crate) fn at_most(caller: Option<OrgRole>, role: OrgRole, what: &str) -> Result<()> {
-    match caller {
+/// `PermissionDenied` unless `role` is at most `caller_role`'s role.
+pub(crate) fn at_most(caller_role: Option<OrgRole>, role: OrgRole, what: &str) -> Result<()> {
+    match caller_role {
         Some(c) if role > c => Err(Error::PermissionDenied(format!(
             "{what}: cannot exceed your own role"
         ))),
@@ -118,17 +118,17 @@ pub async fn list(
     identity: &Identity,
     request: Request<pb::ListMembersRequest>,
 ) -> Result<pb::ListMembersResponse> {
-    let actor = identity.authenticate(&request).await?;
+    let caller = Caller::of(identity, &request).await?;
     let req = request.get_ref();
     let org = parse_id("organizationId", &req.organization_id)?;
     let page = MEMBERS.page(req.page_size, &req.page_token)?;
-    can(
-        &identity.db,
-        &actor,
-        Action::MemberRead,
-        Resource::Organization(org),
-    )
-    .await?;
+    caller
+        .can(
+            &identity.db,
+            Action::MemberRead,
+            Resource::Organization(org),
+        )
+        .await?;
     let query = organization_members::Entity::find()
         .filter(organization_members::Column::OrganizationId.eq(org));
     let rows = page.apply(query).all(&identity.db).await?;
@@ -150,24 +150,24 @@ pub async fn list(
     })
 }
 
-/// `ChangeMemberRole`: admin+, never the owner, never above the caller.
+/// `ChangeMemberRole`: admin+, never the owner, never above the caller_role.
 pub async fn change_role(
     identity: &Identity,
     request: Request<pb::ChangeMemberRoleRequest>,
 ) -> Result<pb::Member> {
-    let actor = identity.authenticate(&request).await?;
+    let caller = Caller::of(identity, &request).await?;
     let req = request.get_ref();
     let org = parse_id("organizationId", &req.organization_id)?;
     let user = parse_id("userId", &req.user_id)?;
-    let caller = can(
-        &identity.db,
-        &actor,
-        Action::MemberUpdate,
-        Resource::Organization(org),
-    )
-    .await?;
+    let caller_role = caller
+        .can(
+            &identity.db,
+            Action::MemberUpdate,
+            Resource::Organization(org),
+        )
+        .await?;
     let role = org_role(grantable_role("role", req.role)?);
-    at_most(caller, role, "role")?;
+    at_most(caller_role, role, "role")?;
     let txn = crate::db::begin_write(&identity.db).await?;
     let member = find_member(&txn, org, user).await?;
     if member.role == OrgRole::Owner {
@@ -175,12 +175,12 @@ pub async fn change_role(
             "the owner's role changes only through TransferOwnership".into(),
         ));
     }
-    at_most(caller, member.role, "member")?;
+    at_most(caller_role, member.role, "member")?;
     let from = member.role;
     let mut active = member.into_active_model();
     active.role = Set(role);
     let member = active.update(&txn).await?;
-    Auditor::org(&actor, org)
+    Auditor::org(&caller, org)
         .record(
             &txn,
             member_entry(
@@ -195,19 +195,19 @@ pub async fn change_role(
     Ok(member_to_pb(&member, user_row.as_ref()))
 }
 
-/// `RemoveMember`: admin+, not the owner, not someone above the caller.
+/// `RemoveMember`: admin+, not the owner, not someone above the caller_role.
 pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberRequest>) -> Result<()> {
-    let actor = identity.authenticate(&request).await?;
+    let caller = Caller::of(identity, &request).await?;
     let req = request.get_ref();
     let org = parse_id("organizationId", &req.organization_id)?;
     let user = parse_id("userId", &req.user_id)?;
-    let caller = can(
-        &identity.db,
-        &actor,
-        Action::MemberRemove,
-        Resource::Organization(org),
-    )
-    .await?;
+    let caller_role = caller
+        .can(
+            &identity.db,
+            Action::MemberRemove,
+            Resource::Organization(org),
+        )
+        .await?;
     let txn = crate::db::begin_write(&identity.db).await?;
     let member = find_member(&txn, org, user).await?;
     if member.role == OrgRole::Owner {
@@ -215,12 +215,12 @@ pub async fn remove(identity: &Identity, request: Request<pb::RemoveMemberReques
             "the owner cannot be removed; transfer ownership first".into(),
         ));
     }
-    at_most(caller, member.role, "member")?;
+    at_most(caller_role, member.role, "member")?;
     organization_members::Entity::delete_by_id(member.id)
         .exec(&txn)
         .await?;
     drop_access(&txn, org, user).await?;
-    Auditor::org(&actor, org)
+    Auditor::org(&caller, org)
         .record(
             &txn,
             member_entry(
@@ -240,18 +240,18 @@ pub async fn leave(
     identity: &Identity,
     request: Request<pb::LeaveOrganizationRequest>,
 ) -> Result<()> {
-    let actor = identity.authenticate(&request).await?;
+    let caller = Caller::of(identity, &request).await?;
     let org = parse_id("organizationId", &request.get_ref().organization_id)?;
-    can(
-        &identity.db,
-        &actor,
-        Action::OrganizationLeave,
-        Resource::Organization(org),
-    )
-    .await?;
-    actor.session_id()?;
+    caller
+        .can(
+            &identity.db,
+            Action::OrganizationLeave,
+            Resource::Organization(org),
+        )
+        .await?;
+    caller.session_id()?;
     let txn = crate::db::begin_write(&identity.db).await?;
-    let member = find_member(&txn, org, actor.user_id).await?;
+    let member = find_member(&txn, org, caller.user_id).await?;
     if member.role == OrgRole::Owner {
         return Err(Error::FailedPrecondition(
             "the owner cannot leave: transfer ownership first".into(),
@@ -260,13 +260,13 @@ pub async fn leave(
     organization_members::Entity::delete_by_id(member.id)
         .exec(&txn)
         .await?;
-    drop_access(&txn, org, actor.user_id).await?;
-    Auditor::org(&actor, org)
+    drop_access(&txn, org, caller.user_id).await?;
+    Auditor::org(&caller, org)
         .record(
             &txn,
             member_entry(
                 "member.leave",
-                actor.user_id,
+                caller.user_id,
                 json!({ "role": member.role.to_value() }),
             ),
         )
@@ -282,19 +282,19 @@ pub async fn transfer_ownership(
     identity: &Identity,
     request: Request<pb::TransferOwnershipRequest>,
 ) -> Result<()> {
-    let actor = identity.authenticate(&request).await?;
+    let caller = Caller::of(identity, &request).await?;
     let req = request.get_ref();
     let org = parse_id("organizationId", &req.organization_id)?;
     let new_owner = parse_id("newOwnerUserId", &req.new_owner_user_id)?;
-    can(
-        &identity.db,
-        &actor,
-        Action::OrganizationTransfer,
-        Resource::Organization(org),
-    )
-    .await?;
-    actor.session_id()?;
-    if new_owner == actor.user_id {
+    caller
+        .can(
+            &identity.db,
+            Action::OrganizationTransfer,
+            Resource::Organization(org),
+        )
+        .await?;
+    caller.session_id()?;
+    if new_owner == caller.user_id {
         return Err(Error::InvalidArgument(
             "newOwnerUserId: you already own this organization".into(),
         ));
@@ -305,7 +305,7 @@ pub async fn transfer_ownership(
     // have won.
     let mut query = organization_members::Entity::find()
         .filter(organization_members::Column::OrganizationId.eq(org))
-        .filter(organization_members::Column::UserId.eq(actor.user_id));
+        .filter(organization_members::Column::UserId.eq(caller.user_id));
     if txn.get_database_backend() == DbBackend::Postgres {
         query = query.lock_exclusive();
     }
@@ -337,14 +337,14 @@ pub async fn transfer_ownership(
             e.into()
         });
     }
-    Auditor::org(&actor, org)
+    Auditor::org(&caller, org)
         .record(
             &txn,
             member_entry(
                 "organization.transfer_ownership",
                 new_owner,
                 json!({
-                    "from": actor.user_id.to_string(),
+                    "from": caller.user_id.to_string(),
                     "to": new_owner.to_string(),
                     "previousRole": previous_role.to_value(),
                 }),

@@ -2,7 +2,7 @@
 //! `AuditService` (package `ferry.v1`).
 //!
 //! Every handler's first line is [`Identity::authenticate`] (except
-//! `Register` and `Login`), then [`crate::authz::can`] for the action, and
+//! `Register` and `Login`), then [`crate::authz::Caller`] for the action, and
 //! every mutation writes its audit row ([`crate::audit::Auditor`]) in the
 //! mutation's own transaction.
 

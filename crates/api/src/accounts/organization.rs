@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::members;
 use crate::audit::{Auditor, Entry};
-use crate::auth::{Actor, Credential, Identity};
-use crate::authz::{Action, Resource, authorize_row, can};
+use crate::auth::{Credential, Identity};
+use crate::authz::{Action, Caller, Resource};
 use crate::db::is_unique_violation;
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, role_to_pb, ts};
@@ -104,9 +104,11 @@ impl OrganizationApi {
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Result<pb::Organization> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let db = &self.identity.db;
-        can(db, &actor, Action::OrganizationCreate, Resource::Platform).await?;
+        caller
+            .can(db, Action::OrganizationCreate, Resource::Platform)
+            .await?;
         let name = validate_name(&request.get_ref().name)?;
         let stem = slugify(&name);
         // A taken slug gets a short random suffix; retried on a race.
@@ -144,14 +146,14 @@ impl OrganizationApi {
             organization_members::ActiveModel {
                 id: Set(Uuid::now_v7()),
                 organization_id: Set(org.id),
-                user_id: Set(actor.user_id),
+                user_id: Set(caller.user_id),
                 role: Set(OrgRole::Owner),
                 invited_by: Set(None),
                 joined_at: Set(now),
             }
             .insert(&txn)
             .await?;
-            Auditor::org(&actor, org.id)
+            Auditor::org(&caller, org.id)
                 .record(
                     &txn,
                     Entry::new(
@@ -171,19 +173,19 @@ impl OrganizationApi {
     }
 
     async fn get(&self, request: Request<pb::GetOrganizationRequest>) -> Result<pb::Organization> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         // The organization and the caller's membership in one query.
-        let (org, role) = authorize_row(
-            &self.identity.db,
-            &actor,
-            Action::OrganizationRead,
-            organizations::Entity::find_by_id(id),
-            organizations::Column::Id,
-            |o| Resource::Organization(o.id),
-            "organization not found",
-        )
-        .await?;
+        let (org, role) = caller
+            .load(
+                &self.identity.db,
+                Action::OrganizationRead,
+                organizations::Entity::find_by_id(id),
+                organizations::Column::Id,
+                |o| Resource::Organization(o.id),
+                "organization not found",
+            )
+            .await?;
         Ok(org_to_pb(&org, role))
     }
 
@@ -191,16 +193,16 @@ impl OrganizationApi {
         &self,
         request: Request<pb::ListOrganizationsRequest>,
     ) -> Result<pb::ListOrganizationsResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let page = ORGANIZATIONS.page(req.page_size, &req.page_token)?;
         // The member filter turns the outer join into the caller's memberships.
         let mut query = organizations::Entity::find()
             .find_also_related(organization_members::Entity)
-            .filter(organization_members::Column::UserId.eq(actor.user_id));
+            .filter(organization_members::Column::UserId.eq(caller.user_id));
         if let Credential::ApiToken {
             organization_id, ..
-        } = actor.credential
+        } = caller.credential
         {
             query = query.filter(organizations::Column::Id.eq(organization_id));
         }
@@ -211,7 +213,7 @@ impl OrganizationApi {
         let mut organizations = Vec::with_capacity(rows.len());
         for (org, member) in rows {
             let Some(member) = member else { continue };
-            organizations.push(org_to_pb(&org, self.listed_role(&actor, &member).await?));
+            organizations.push(org_to_pb(&org, self.listed_role(&caller, &member).await?));
         }
         Ok(pb::ListOrganizationsResponse {
             organizations,
@@ -225,14 +227,16 @@ impl OrganizationApi {
     /// `can`, which caps the role at the token's.
     async fn listed_role(
         &self,
-        actor: &Actor,
+        caller: &Caller,
         member: &organization_members::Model,
     ) -> Result<Option<OrgRole>> {
-        match actor.credential {
+        match caller.credential {
             Credential::Session { .. } => Ok(Some(member.role)),
             Credential::ApiToken { .. } => {
                 let org = Resource::Organization(member.organization_id);
-                can(&self.identity.db, actor, Action::OrganizationRead, org).await
+                caller
+                    .can(&self.identity.db, Action::OrganizationRead, org)
+                    .await
             }
         }
     }
@@ -241,16 +245,12 @@ impl OrganizationApi {
         &self,
         request: Request<pb::RenameOrganizationRequest>,
     ) -> Result<pb::Organization> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.identity.db;
-        let role = can(
-            db,
-            &actor,
-            Action::OrganizationUpdate,
-            Resource::Organization(id),
-        )
-        .await?;
+        let role = caller
+            .can(db, Action::OrganizationUpdate, Resource::Organization(id))
+            .await?;
         let name = validate_name(&request.get_ref().name)?;
         let txn = crate::db::begin_write(db).await?;
         let org = organizations::Entity::find_by_id(id)
@@ -262,7 +262,7 @@ impl OrganizationApi {
         active.name = Set(name.clone());
         active.updated_at = Set(Utc::now());
         let org = active.update(&txn).await?;
-        Auditor::org(&actor, id)
+        Auditor::org(&caller, id)
             .record(
                 &txn,
                 Entry::new("organization.rename", AuditResourceType::Organization, id)
@@ -274,16 +274,12 @@ impl OrganizationApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteOrganizationRequest>) -> Result<()> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.identity.db;
-        can(
-            db,
-            &actor,
-            Action::OrganizationDelete,
-            Resource::Organization(id),
-        )
-        .await?;
+        caller
+            .can(db, Action::OrganizationDelete, Resource::Organization(id))
+            .await?;
         // The cluster first, through the same path as DeleteProject: a
         // failure leaves the organization (and its rows) in place to retry.
         let projects = projects::Entity::find()
@@ -311,7 +307,7 @@ impl OrganizationApi {
         }
         organizations::Entity::delete_by_id(id).exec(&txn).await?;
         // Recorded in the global chain: the organization's own chain ends here.
-        Auditor::global(&actor).record(&txn, Entry::new("organization.delete", AuditResourceType::Organization, id).details(json!({
+        Auditor::global(&caller).record(&txn, Entry::new("organization.delete", AuditResourceType::Organization, id).details(json!({
                     "name": org.name,
                     "slug": org.slug,
                     "namespacesDeleted": projects.iter().map(|p| &p.namespace).collect::<Vec<_>>(),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::members::{at_most, grantable_role, org_role};
 use crate::audit::{Auditor, Entry};
 use crate::auth::{API_TOKEN_PREFIX, Identity};
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{from_ts, parse_id, role_to_pb, ts};
 use crate::{Error, Result};
@@ -76,22 +76,18 @@ impl ApiTokenApi {
         &self,
         request: Request<pb::CreateApiTokenRequest>,
     ) -> Result<pb::CreateApiTokenResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.identity.db;
-        let caller = can(
-            db,
-            &actor,
-            Action::ApiTokenCreate,
-            Resource::Organization(org),
-        )
-        .await?;
+        let caller_role = caller
+            .can(db, Action::ApiTokenCreate, Resource::Organization(org))
+            .await?;
         // Tokens do not mint tokens.
-        actor.session_id()?;
+        caller.session_id()?;
         let name = super::organization::validate_name(&req.name)?;
         let role = grantable_role("role", req.role)?;
-        at_most(caller, org_role(role), "role")?;
+        at_most(caller_role, org_role(role), "role")?;
         let now = Utc::now();
         let expires_at = match &req.expires_at {
             None => None,
@@ -109,7 +105,7 @@ impl ApiTokenApi {
         let row = api_tokens::ActiveModel {
             id: Set(Uuid::now_v7()),
             organization_id: Set(org),
-            user_id: Set(actor.user_id),
+            user_id: Set(caller.user_id),
             name: Set(name),
             token_hash: Set(ferry_db::token::hash_token(&token)),
             token_prefix: Set(token.chars().take(SHOWN_PREFIX_CHARS).collect()),
@@ -121,7 +117,7 @@ impl ApiTokenApi {
         }
         .insert(&txn)
         .await?;
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new("api_token.create", AuditResourceType::ApiToken, row.id).details(
@@ -144,22 +140,18 @@ impl ApiTokenApi {
         &self,
         request: Request<pb::ListApiTokensRequest>,
     ) -> Result<pb::ListApiTokensResponse> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = API_TOKENS.page(req.page_size, &req.page_token)?;
         let db = &self.identity.db;
-        let caller = can(
-            db,
-            &actor,
-            Action::ApiTokenRead,
-            Resource::Organization(org),
-        )
-        .await?;
+        let caller_role = caller
+            .can(db, Action::ApiTokenRead, Resource::Organization(org))
+            .await?;
         let mut query =
             api_tokens::Entity::find().filter(api_tokens::Column::OrganizationId.eq(org));
-        if !is_admin(caller) {
-            query = query.filter(api_tokens::Column::UserId.eq(actor.user_id));
+        if !is_admin(caller_role) {
+            query = query.filter(api_tokens::Column::UserId.eq(caller.user_id));
         }
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -171,25 +163,21 @@ impl ApiTokenApi {
     }
 
     async fn revoke(&self, request: Request<pb::RevokeApiTokenRequest>) -> Result<()> {
-        let actor = self.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let id = parse_id("id", &req.id)?;
         let db = &self.identity.db;
-        let caller = can(
-            db,
-            &actor,
-            Action::ApiTokenRevoke,
-            Resource::Organization(org),
-        )
-        .await?;
+        let caller_role = caller
+            .can(db, Action::ApiTokenRevoke, Resource::Organization(org))
+            .await?;
         let txn = crate::db::begin_write(db).await?;
         let row = api_tokens::Entity::find_by_id(id)
             .filter(api_tokens::Column::OrganizationId.eq(org))
             .one(&txn)
             .await?
             // Other members' tokens are invisible to non-admins.
-            .filter(|t| t.user_id == actor.user_id || is_admin(caller))
+            .filter(|t| t.user_id == caller.user_id || is_admin(caller_role))
             .ok_or_else(|| Error::NotFound("API token not found".into()))?;
         if row.revoked_at.is_some() {
             return Ok(());
@@ -197,7 +185,7 @@ impl ApiTokenApi {
         let mut active = row.into_active_model();
         active.revoked_at = Set(Some(Utc::now()));
         let row = active.update(&txn).await?;
-        Auditor::org(&actor, org)
+        Auditor::org(&caller, org)
             .record(
                 &txn,
                 Entry::new("api_token.revoke", AuditResourceType::ApiToken, row.id)

@@ -158,7 +158,7 @@ impl Identity {
     /// THE authentication path: resolves the bearer token of `request` to
     /// an [`Actor`], or `Unauthenticated`. A token that authenticated in
     /// the last seconds is answered from memory ([`cache`]).
-    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor> {
+    pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor> {
         let meta = RequestMeta::of(request);
         let token = bearer_token(request.metadata())
             .ok_or_else(|| Error::Unauthenticated(INVALID_TOKEN.into()))?;
@@ -209,7 +209,7 @@ impl Identity {
             .join(JoinType::InnerJoin, sessions::Relation::User.def())
             .filter(sessions::Column::TokenHash.eq(hash))
             .into_tuple::<(Uuid, DateTime<Utc>, DateTime<Utc>, Uuid, bool)>()
-            .all(&self.db) // unique key, no LIMIT: see `authz::authorize_row`
+            .all(&self.db) // unique key, no LIMIT: see `authz::Caller::load`
             .await?
             .pop();
         let Some((session_id, expires_at, last_active_at, user_id, super_admin)) = found else {
@@ -244,7 +244,7 @@ impl Identity {
             ])
             .filter(C::TokenHash.eq(hash))
             .into_tuple::<ApiTokenRow>()
-            .all(&self.db) // unique key, no LIMIT: see `authz::authorize_row`
+            .all(&self.db) // unique key, no LIMIT: see `authz::Caller::load`
             .await?
             .pop();
         let Some((id, organization_id, user_id, role, expires_at, last_used_at, revoked_at)) =

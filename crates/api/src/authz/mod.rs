@@ -8,6 +8,10 @@
 //! Every [`Action`] has exactly one [`Rule`] (an exhaustive match), so no
 //! action is allowed by omission.
 //!
+//! Handlers reach the policy only through [`Caller`] (the request
+//! prologue: authenticate, load scoped, decide); [`can`] and
+//! `Caller::load` is the one row loader.
+//!
 //! Outcomes: callers outside the resource's organization get `NotFound`
 //! (existence is never revealed); members whose role and grants fall short
 //! get `PermissionDenied`.
@@ -15,21 +19,23 @@
 //! Cost: [`can`] reads the caller's membership role (one single-column
 //! query) and, only when the role alone falls short of a
 //! [`Rule::RoleOrGrant`], the grants (a second one). Handlers that load the
-//! resource row anyway use [`authorize_row`]: the row and the caller's
+//! resource row anyway use [`Caller::load`]: the row and the caller's
 //! membership come back from ONE joined query, then the same decision runs.
 //! Roles compare by [`OrgRole::rank`] (`Ord` delegates to it).
 
 use ferry_db::entities::enums::{OrgRole, ResourceAccess, ResourceType};
 use ferry_db::entities::{organization_members, resource_permissions};
-use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, IntoCondition as _};
 use ferry_db::sea_orm::{
-    ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, JoinType,
-    QueryFilter as _, QueryResult, QuerySelect as _, RelationDef, Select,
+    ColumnTrait as _, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter as _,
+    QueryResult, QuerySelect as _,
 };
 use uuid::Uuid;
 
 use crate::auth::{Actor, Credential};
 use crate::{Error, Result};
+
+mod caller;
+pub use caller::{Caller, Scope};
 
 /// What an action requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +207,7 @@ fn level_rank(level: ResourceAccess) -> u8 {
 /// THE policy check. `Ok` carries the caller's effective role in the
 /// resource's organization (`None` outside organizations, or for a
 /// super-admin who is not a member).
-pub async fn can<C: ConnectionTrait>(
+async fn can<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     action: Action,
@@ -216,74 +222,7 @@ pub async fn can<C: ConnectionTrait>(
     decide(db, actor, action, rule, resource, member).await
 }
 
-/// [`can`] for a caller whose membership role in the resource's
-/// organization is already known (`member`: the `organization_members`
-/// role, before any API token cap; `None` when not a member), e.g. read
-/// together with the resource row. Does not query the membership again.
-pub async fn can_as<C: ConnectionTrait>(
-    db: &C,
-    actor: &Actor,
-    action: Action,
-    resource: Resource,
-    member: Option<OrgRole>,
-) -> Result<Option<OrgRole>> {
-    let rule = action.rule();
-    check_token_scope(actor, resource)?;
-    decide(db, actor, action, rule, resource, member).await
-}
-
-/// A row of `select` (which must match at most one row: a primary or
-/// unique key lookup) and the caller's
-/// right to perform `action` on it, in ONE query: the row is joined with
-/// the caller's `organization_members` row through `organization_column`
-/// (the row's organization id). `resource` names the row for the policy.
-/// A missing row is `NotFound(missing)`; otherwise the outcome is [`can`]'s
-/// for `resource(&row)` (so callers outside the organization get
-/// `NotFound` too). `Ok` carries the row and the caller's effective role.
-pub async fn authorize_row<E, C>(
-    db: &C,
-    actor: &Actor,
-    action: Action,
-    select: Select<E>,
-    organization_column: E::Column,
-    resource: impl FnOnce(&E::Model) -> Resource,
-    missing: &str,
-) -> Result<(E::Model, Option<OrgRole>)>
-where
-    E: EntityTrait,
-    E::Model: FromQueryResult + Send + Sync,
-    C: ConnectionTrait,
-{
-    let rule = action.rule();
-    let user = actor.user_id;
-    let membership: RelationDef = E::belongs_to(organization_members::Entity)
-        .from(organization_column)
-        .to(organization_members::Column::OrganizationId)
-        .on_condition(move |_, members| {
-            Expr::col((members, organization_members::Column::UserId))
-                .eq(user)
-                .into_condition()
-        })
-        .into();
-    // `.all()`, not `.one()`: `.one()` adds a bound `LIMIT ?`, and SQLite
-    // (3.4x) plans with a bound LIMIT's value, so it re-prepares such a
-    // statement on every execution. `select` matches at most one row and
-    // the join adds none (one membership per organization and user).
-    let found = select
-        .join(JoinType::LeftJoin, membership)
-        .column_as(organization_members::Column::Role, MEMBER_ROLE)
-        .into_model::<WithMemberRole<E::Model>>()
-        .all(db)
-        .await?
-        .pop()
-        .ok_or_else(|| Error::NotFound(missing.to_owned()))?;
-    let resource = resource(&found.row);
-    check_token_scope(actor, resource)?;
-    let role = decide(db, actor, action, rule, resource, found.member).await?;
-    Ok((found.row, role))
-}
-
-/// Result column of [`authorize_row`] with the caller's membership role.
+/// Result column of [`Caller::load`] with the caller's membership role.
 const MEMBER_ROLE: &str = "ferry_authz_member_role";
 
 /// A model with the caller's membership role (`NULL`: not a member).
@@ -377,7 +316,7 @@ async fn member_role<C: ConnectionTrait>(db: &C, user: Uuid, org: Uuid) -> Resul
         .filter(organization_members::Column::OrganizationId.eq(org))
         .filter(organization_members::Column::UserId.eq(user))
         .into_tuple::<OrgRole>()
-        .all(db) // unique (organization, user), no LIMIT: see `authorize_row`
+        .all(db) // unique (organization, user), no LIMIT: see `Caller::load`
         .await?
         .pop())
 }

@@ -254,7 +254,7 @@ impl Deployer {
             id: Set(id),
             service_id: Set(Some(service.id)),
             stack_id: Set(None),
-            triggered_by: Set(Some(scope.actor.user_id)),
+            triggered_by: Set(Some(scope.actor().user_id)),
             trigger_type: Set(trigger),
             status: Set(if planned {
                 DeploymentStatus::Planned

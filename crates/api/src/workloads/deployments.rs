@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use super::deploy::recorded_yaml;
 use super::services::service_to_pb;
-use super::{Scope, Workloads, authorize_service, validate};
+use super::{Scope, Workloads, validate};
 use crate::audit::Entry;
-use crate::authz::{Action, can};
+use crate::authz::{Action, Caller};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -101,11 +101,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>
 
 impl DeploymentApi {
     async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<pb::Deployment> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceDeploy, id).await?;
         let d = self
             .0
             .deployer
@@ -118,24 +117,24 @@ impl DeploymentApi {
         &self,
         request: Request<pb::PlanDeploymentRequest>,
     ) -> Result<pb::PlanDeploymentResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceRead, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceRead, id).await?;
         // Viewers see the plan with secret values masked.
-        let reveal = can(
-            db,
-            &scope.actor,
-            Action::ServiceReadSecrets,
-            crate::authz::Resource::Service {
-                organization_id: scope.organization_id,
-                project_id: project.id,
-                id,
-            },
-        )
-        .await
-        .is_ok();
+        let reveal = scope
+            .actor()
+            .can(
+                db,
+                Action::ServiceReadSecrets,
+                crate::authz::Resource::Service {
+                    organization_id: scope.organization_id(),
+                    project_id: project.id,
+                    id,
+                },
+            )
+            .await
+            .is_ok();
         let spec = self
             .0
             .deployer
@@ -166,7 +165,7 @@ impl DeploymentApi {
     }
 
     async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<pb::Deployment> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("deploymentId", &request.get_ref().deployment_id)?;
         let db = &self.0.identity.db;
         let target = deployments::Entity::find_by_id(id)
@@ -176,8 +175,9 @@ impl DeploymentApi {
         let service_id = target
             .service_id
             .ok_or_else(|| Error::NotFound("deployment not found".into()))?;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceDeploy, service_id).await?;
+        let (scope, service, project) = caller
+            .service(db, Action::ServiceDeploy, service_id)
+            .await?;
         if !matches!(
             target.status,
             DeploymentStatus::Running
@@ -252,33 +252,30 @@ impl DeploymentApi {
     }
 
     async fn scale(&self, request: Request<pb::ScaleRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceDeploy, id).await?;
         let replicas = validate::replicas("replicas", req.replicas)?;
         self.set_replicas(&scope, service, &project, replicas, "service.scale")
             .await
     }
 
     async fn stop(&self, request: Request<pb::StopRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceDeploy, id).await?;
         self.set_replicas(&scope, service, &project, 0, "service.stop")
             .await
     }
 
     async fn restart(&self, request: Request<pb::RestartRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceDeploy, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceDeploy, id).await?;
         let Some(cluster) = &self.0.deployer.cluster else {
             return Err(Error::FailedPrecondition(
                 "no Kubernetes cluster is configured: nothing runs to restart".into(),
@@ -314,12 +311,12 @@ impl DeploymentApi {
         &self,
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<pb::ListDeploymentsResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let page = DEPLOYMENTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_service(db, &actor, Action::ServiceRead, id).await?;
+        caller.service(db, Action::ServiceRead, id).await?;
         let query = deployments::Entity::find().filter(deployments::Column::ServiceId.eq(id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) = page.finish(rows, |d| vec![Key::Id(d.id)]);
@@ -330,7 +327,7 @@ impl DeploymentApi {
     }
 
     /// A deployment the caller may read.
-    async fn readable(&self, actor: &crate::auth::Actor, id: Uuid) -> Result<deployments::Model> {
+    async fn readable(&self, caller: &Caller, id: Uuid) -> Result<deployments::Model> {
         let db = &self.0.identity.db;
         let d = deployments::Entity::find_by_id(id)
             .one(db)
@@ -339,7 +336,8 @@ impl DeploymentApi {
         let service = d
             .service_id
             .ok_or_else(|| Error::NotFound("deployment not found".into()))?;
-        authorize_service(db, actor, Action::ServiceRead, service)
+        caller
+            .service(db, Action::ServiceRead, service)
             .await
             .map_err(|e| match e {
                 Error::NotFound(_) => Error::NotFound("deployment not found".into()),
@@ -349,15 +347,15 @@ impl DeploymentApi {
     }
 
     async fn get(&self, request: Request<pb::GetDeploymentRequest>) -> Result<pb::Deployment> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        Ok(deployment_to_pb(&self.readable(&actor, id).await?))
+        Ok(deployment_to_pb(&self.readable(&caller, id).await?))
     }
 
     async fn watch(&self, request: Request<pb::WatchDeploymentRequest>) -> Result<EventStream> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let first = self.readable(&actor, id).await?;
+        let first = self.readable(&caller, id).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(follow(self.0.identity.db.clone(), first, tx));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))

@@ -16,10 +16,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use super::{Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::auth::Actor;
-use crate::authz::{Action, Resource, Rule, can};
+use crate::authz::{Action, Caller, Resource, Rule};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -92,12 +91,12 @@ enum Readable {
 /// of the rule's level, if the role reaches the rule's floor.
 async fn readable<C: ConnectionTrait>(
     db: &C,
-    actor: &Actor,
+    caller: &Caller,
     action: Action,
     org: Uuid,
     role: Option<OrgRole>,
 ) -> Result<Readable> {
-    match can(db, actor, action, Resource::Organization(org)).await {
+    match caller.can(db, action, Resource::Organization(org)).await {
         Ok(_) => return Ok(Readable::All),
         Err(Error::PermissionDenied(_)) => {}
         Err(Error::NotFound(_)) => return Ok(Readable::Nothing),
@@ -105,7 +104,7 @@ async fn readable<C: ConnectionTrait>(
     }
     match (action.rule(), role) {
         (Rule::RoleOrGrant { floor, level, .. }, Some(role)) if role >= floor => {
-            let granted = projects::Column::Id.in_subquery(granted_projects(actor.user_id, level));
+            let granted = projects::Column::Id.in_subquery(granted_projects(caller.user_id, level));
             Ok(Readable::Granted(Condition::all().add(granted)))
         }
         _ => Ok(Readable::Nothing),
@@ -129,17 +128,11 @@ fn granted_projects(user: Uuid, level: ResourceAccess) -> SelectStatement {
 
 impl ProjectApi {
     async fn create(&self, request: Request<pb::CreateProjectRequest>) -> Result<pb::Project> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        let role = can(
-            db,
-            &actor,
-            Action::ProjectCreate,
-            Resource::Organization(org),
-        )
-        .await?;
+        let (scope, role) = caller.organization(db, Action::ProjectCreate, org).await?;
         let name = validate::display_name("name", &req.name)?;
         let slug = if req.slug.trim().is_empty() {
             validate::slugify(&name)
@@ -158,7 +151,7 @@ impl ProjectApi {
             namespace: Set(project_namespace(&slug, id)),
             slug: Set(slug),
             description: Set(description),
-            created_by: Set(Some(actor.user_id)),
+            created_by: Set(Some(caller.user_id)),
             metadata: Set(json!({})),
             created_at: Set(now),
             updated_at: Set(now),
@@ -173,23 +166,20 @@ impl ProjectApi {
             resource_permissions::ActiveModel {
                 id: Set(Uuid::now_v7()),
                 organization_id: Set(org),
-                user_id: Set(actor.user_id),
+                user_id: Set(caller.user_id),
                 resource_type: Set(ResourceType::Project),
                 project_id: Set(Some(project.id)),
                 service_id: Set(None),
                 stack_id: Set(None),
                 job_id: Set(None),
                 permission: Set(ResourceAccess::Manage),
-                granted_by: Set(Some(actor.user_id)),
+                granted_by: Set(Some(caller.user_id)),
                 created_at: Set(now),
             }
             .insert(&txn)
             .await?;
         }
-        let scope = Scope {
-            actor,
-            organization_id: org,
-        };
+
         scope
             .audit(&txn, Entry::new("project.create", AuditResourceType::Project, project.id).details(json!({ "name": project.name, "slug": project.slug, "namespace": project.namespace })))
             .await?;
@@ -198,10 +188,11 @@ impl ProjectApi {
     }
 
     async fn get(&self, request: Request<pb::GetProjectRequest>) -> Result<pb::Project> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (_, project) =
-            authorize_project(&self.0.identity.db, &actor, Action::ProjectRead, id).await?;
+        let (_, project) = caller
+            .project(&self.0.identity.db, Action::ProjectRead, id)
+            .await?;
         Ok(project_to_pb(&project))
     }
 
@@ -209,20 +200,16 @@ impl ProjectApi {
         &self,
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<pb::ListProjectsResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = PROJECTS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
         // Membership is checked even when the organization has no projects.
-        let role = can(
-            db,
-            &actor,
-            Action::OrganizationRead,
-            Resource::Organization(org),
-        )
-        .await?;
-        let query = match readable(db, &actor, Action::ProjectRead, org, role).await? {
+        let role = caller
+            .can(db, Action::OrganizationRead, Resource::Organization(org))
+            .await?;
+        let query = match readable(db, &caller, Action::ProjectRead, org, role).await? {
             Readable::All => projects::Entity::find(),
             Readable::Granted(ids) => projects::Entity::find().filter(ids),
             Readable::Nothing => return Ok(pb::ListProjectsResponse::default()),
@@ -240,11 +227,11 @@ impl ProjectApi {
     }
 
     async fn update(&self, request: Request<pb::UpdateProjectRequest>) -> Result<pb::Project> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, Action::ProjectManage, id).await?;
+        let (scope, project) = caller.project(db, Action::ProjectManage, id).await?;
         let name = req
             .name
             .as_deref()
@@ -276,10 +263,10 @@ impl ProjectApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteProjectRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, project) = authorize_project(db, &actor, Action::ProjectManage, id).await?;
+        let (scope, project) = caller.project(db, Action::ProjectManage, id).await?;
         // The cluster first: rows are only removed once the namespace is.
         delete_project_namespace(&self.0, &project).await?;
         let txn = crate::db::begin_write(db).await?;
@@ -427,33 +414,29 @@ mod tests {
         .unwrap_or_else(|e| panic!("insert grant: {e}"));
     }
 
-    fn actor(user_id: Uuid, super_admin: bool, credential: Credential) -> Actor {
-        Actor {
+    fn caller(user_id: Uuid, super_admin: bool, credential: Credential) -> Caller {
+        Caller::authenticated(crate::auth::Actor {
             user_id,
             super_admin,
             credential,
             meta: RequestMeta::default(),
-        }
+        })
     }
 
     /// What ListProjects shows through [`readable`], and what one `can` per
     /// project allows; `None` when the membership gate refuses.
     async fn both(
         db: &DatabaseConnection,
-        actor: &Actor,
+        caller: &Caller,
         action: Action,
         org: Uuid,
         all: &[Uuid],
     ) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
-        let role = can(
-            db,
-            actor,
-            Action::OrganizationRead,
-            Resource::Organization(org),
-        )
-        .await
-        .ok()?;
-        let bulk = match readable(db, actor, action, org, role).await {
+        let role = caller
+            .can(db, Action::OrganizationRead, Resource::Organization(org))
+            .await
+            .ok()?;
+        let bulk = match readable(db, caller, action, org, role).await {
             Ok(Readable::All) => all.to_vec(),
             Ok(Readable::Nothing) => Vec::new(),
             Ok(Readable::Granted(only)) => projects::Entity::find()
@@ -473,7 +456,7 @@ mod tests {
                 organization_id: org,
                 id,
             };
-            if can(db, actor, action, resource).await.is_ok() {
+            if caller.can(db, action, resource).await.is_ok() {
                 one_by_one.push(id);
             }
         }
@@ -522,23 +505,23 @@ mod tests {
                 role,
             };
             let callers = [
-                ("admin", actor(admin, false, session())),
+                ("admin", caller(admin, false, session())),
                 (
                     "admin token capped to member",
-                    actor(admin, false, capped(OrgRole::Member)),
+                    caller(admin, false, capped(OrgRole::Member)),
                 ),
-                ("member with grants", actor(granted, false, session())),
+                ("member with grants", caller(granted, false, session())),
                 (
                     "member token capped to viewer",
-                    actor(granted, false, capped(OrgRole::Viewer)),
+                    caller(granted, false, capped(OrgRole::Viewer)),
                 ),
-                ("member without grants", actor(plain, false, session())),
+                ("member without grants", caller(plain, false, session())),
                 (
                     "viewer with a manage grant",
-                    actor(viewer, false, session()),
+                    caller(viewer, false, session()),
                 ),
-                ("outsider", actor(outsider, false, session())),
-                ("super-admin, not a member", actor(root, true, session())),
+                ("outsider", caller(outsider, false, session())),
+                ("super-admin, not a member", caller(root, true, session())),
             ];
             for (who, caller) in &callers {
                 for action in [Action::ProjectRead, Action::ProjectManage] {

@@ -13,9 +13,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Scope, Workloads, unique_as, validate};
+use super::{Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -83,17 +83,11 @@ static REGISTRIES: Keyset<registries::Column> = Keyset {
 
 impl RegistryApi {
     async fn create(&self, request: Request<pb::CreateRegistryRequest>) -> Result<pb::Registry> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::RegistryManage,
-            Resource::Organization(org),
-        )
-        .await?;
+        let (scope, _) = caller.organization(db, Action::RegistryManage, org).await?;
         let name = validate::display_name("name", &req.name)?;
         let url = registry_url(&req.url)?;
         if req.username.trim().is_empty() || req.username.len() > 255 {
@@ -127,20 +121,17 @@ impl RegistryApi {
         .map_err(unique_as(
             "the organization already has a registry with this name",
         ))?;
-        Scope {
-            actor,
-            organization_id: org,
-        }
-        .audit(
-            &txn,
-            Entry::new(
-                "registry.create",
-                AuditResourceType::Integration,
-                registry.id,
+        scope
+            .audit(
+                &txn,
+                Entry::new(
+                    "registry.create",
+                    AuditResourceType::Integration,
+                    registry.id,
+                )
+                .details(json!({ "name": registry.name, "url": registry.url })),
             )
-            .details(json!({ "name": registry.name, "url": registry.url })),
-        )
-        .await?;
+            .await?;
         txn.commit().await?;
         Ok(registry_to_pb(&registry))
     }
@@ -149,18 +140,14 @@ impl RegistryApi {
         &self,
         request: Request<pb::ListRegistriesRequest>,
     ) -> Result<pb::ListRegistriesResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = REGISTRIES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::RegistryRead,
-            Resource::Organization(org),
-        )
-        .await?;
+        caller
+            .can(db, Action::RegistryRead, Resource::Organization(org))
+            .await?;
         let query = registries::Entity::find().filter(registries::Column::OrganizationId.eq(org));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -172,17 +159,11 @@ impl RegistryApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRegistryRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::RegistryManage,
-            Resource::Organization(org),
-        )
-        .await?;
+        let (scope, _) = caller.organization(db, Action::RegistryManage, org).await?;
         let id = parse_id("id", &req.id)?;
         let txn = crate::db::begin_write(db).await?;
         let registry = registries::Entity::find_by_id(id)
@@ -191,16 +172,13 @@ impl RegistryApi {
             .await?
             .ok_or_else(|| Error::NotFound("registry not found".into()))?;
         registries::Entity::delete_by_id(id).exec(&txn).await?;
-        Scope {
-            actor,
-            organization_id: org,
-        }
-        .audit(
-            &txn,
-            Entry::new("registry.delete", AuditResourceType::Integration, id)
-                .details(json!({ "name": registry.name })),
-        )
-        .await?;
+        scope
+            .audit(
+                &txn,
+                Entry::new("registry.delete", AuditResourceType::Integration, id)
+                    .details(json!({ "name": registry.name })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(())
     }

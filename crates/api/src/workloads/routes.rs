@@ -16,9 +16,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Workloads, authorize_project, unique_as, validate};
+use super::{Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::Action;
+use crate::authz::{Action, Caller};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -217,11 +217,13 @@ static ROUTES: Keyset<routes::Column> = Keyset {
 
 impl RouteApi {
     async fn create(&self, request: Request<pb::CreateRouteRequest>) -> Result<pb::Route> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, _) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         let host = validate::hostname("hostname", &req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
         let txn = crate::db::begin_write(db).await?;
@@ -262,12 +264,12 @@ impl RouteApi {
         &self,
         request: Request<pb::ListRoutesRequest>,
     ) -> Result<pb::ListRoutesResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = ROUTES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
+        caller.project(db, Action::ProjectRead, project_id).await?;
         let query = routes::Entity::find().filter(routes::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) = page.finish(rows, |r| {
@@ -286,7 +288,7 @@ impl RouteApi {
     /// A route whose project the caller may `action`.
     async fn authorize(
         &self,
-        actor: &crate::auth::Actor,
+        caller: &Caller,
         action: Action,
         id: Uuid,
     ) -> Result<(super::Scope, routes::Model)> {
@@ -295,15 +297,15 @@ impl RouteApi {
             .one(db)
             .await?
             .ok_or_else(|| Error::NotFound("route not found".into()))?;
-        let (scope, _) = authorize_project(db, actor, action, route.project_id).await?;
+        let (scope, _) = caller.project(db, action, route.project_id).await?;
         Ok((scope, route))
     }
 
     async fn set_targets(&self, request: Request<pb::SetRouteTargetsRequest>) -> Result<pb::Route> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
-        let (scope, route) = self.authorize(&actor, Action::ProjectManage, id).await?;
+        let (scope, route) = self.authorize(&caller, Action::ProjectManage, id).await?;
         let db = &self.0.identity.db;
         let txn = crate::db::begin_write(db).await?;
         let wanted = targets(&txn, route.project_id, &req.targets).await?;
@@ -321,9 +323,9 @@ impl RouteApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRouteRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (scope, route) = self.authorize(&actor, Action::ProjectManage, id).await?;
+        let (scope, route) = self.authorize(&caller, Action::ProjectManage, id).await?;
         let txn = crate::db::begin_write(&self.0.identity.db).await?;
         routes::Entity::delete_by_id(id).exec(&txn).await?;
         scope

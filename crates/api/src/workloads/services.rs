@@ -23,9 +23,9 @@ use uuid::Uuid;
 
 use super::spec::{self, NewService, TemplateSpec, engine_info, json_strings};
 use super::variables::env_to_pb;
-use super::{Scope, Workloads, authorize_project, authorize_service, unique_as, validate};
+use super::{Scope, Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -256,16 +256,13 @@ async fn registry_of<C: ConnectionTrait>(
     }
     let id = parse_id(field, value)?;
     registry_integrations::Entity::find_by_id(id)
-        .filter(registry_integrations::Column::OrganizationId.eq(scope.organization_id))
+        .filter(registry_integrations::Column::OrganizationId.eq(scope.organization_id()))
         .one(db)
         .await?
         .ok_or_else(|| Error::NotFound(format!("{field}: registry integration not found")))?;
     if current != Some(id) {
-        can(
-            db,
-            &scope.actor,
-            Action::RegistryManage,
-            Resource::Organization(scope.organization_id),
+        scope.actor().can(db, Action::RegistryManage,
+            Resource::Organization(scope.organization_id()),
         )
         .await
         .map_err(|e| denied_as(e, &format!("{field}: attaching a registry's credentials to a service needs the registry.manage permission (an organization admin); ask one to attach it")))?;
@@ -282,12 +279,9 @@ async fn authorize_project_resource<C: ConnectionTrait>(
     project_id: Uuid,
     field: &str,
 ) -> Result<()> {
-    can(
-        db,
-        &scope.actor,
-        Action::ProjectManage,
+    scope.actor().can(db, Action::ProjectManage,
         Resource::Project {
-            organization_id: scope.organization_id,
+            organization_id: scope.organization_id(),
             id: project_id,
         },
     )
@@ -307,12 +301,13 @@ fn denied_as(err: Error, message: &str) -> Error {
 
 impl ServiceApi {
     async fn create(&self, request: Request<pb::CreateServiceRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) =
-            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, project) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         validate::dns_label("name", &req.name, 63)?;
         let keyring = self.0.identity.keyring()?;
         let txn = crate::db::begin_write(db).await?;
@@ -357,7 +352,7 @@ impl ServiceApi {
                     auto_deploy: Set(true),
                     template_slug: Set(None),
                     registry_integration_id: Set(registry),
-                    created_by: Set(Some(actor.user_id)),
+                    created_by: Set(Some(caller.user_id)),
                     created_at: Set(now),
                     updated_at: Set(now),
                 }
@@ -419,7 +414,7 @@ impl ServiceApi {
                     NewService {
                         project: &project,
                         name: &req.name,
-                        created_by: actor.user_id,
+                        created_by: caller.user_id,
                         stack_id: None,
                         template_slug: Some(slug.to_owned()),
                         version,
@@ -446,17 +441,19 @@ impl ServiceApi {
 
     /// Authorises a service read for an RPC not served yet.
     async fn not_yet<T>(&self, request: &Request<T>, id: &str) -> Result<()> {
-        let actor = self.0.identity.authenticate(request).await?;
+        let caller = Caller::of(&self.0.identity, request).await?;
         let id = parse_id("serviceId", id)?;
-        authorize_service(&self.0.identity.db, &actor, Action::ServiceRead, id).await?;
+        caller
+            .service(&self.0.identity.db, Action::ServiceRead, id)
+            .await?;
         Ok(())
     }
 
     async fn get(&self, request: Request<pb::GetServiceRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (_, service, _) = authorize_service(db, &actor, Action::ServiceRead, id).await?;
+        let (_, service, _) = caller.service(db, Action::ServiceRead, id).await?;
         service_to_pb(db, &service).await
     }
 
@@ -464,12 +461,12 @@ impl ServiceApi {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<pb::ListServicesResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = SERVICES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
+        caller.project(db, Action::ProjectRead, project_id).await?;
         let query = services::Entity::find().filter(services::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -481,11 +478,11 @@ impl ServiceApi {
     }
 
     async fn update(&self, request: Request<pb::UpdateServiceRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         let database = service.kind == ServiceKind::Database;
         let mut changed = Vec::new();
         let mut row = service.clone().into_active_model();
@@ -568,21 +565,20 @@ impl ServiceApi {
         &self,
         request: Request<pb::DeleteServiceRequest>,
     ) -> Result<pb::DeleteServiceResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, service, project) =
-            authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, project) = caller.service(db, Action::ServiceManage, id).await?;
         let deleted_objects = delete_service(&self.0, &scope, &service, &project).await?;
         Ok(pb::DeleteServiceResponse { deleted_objects })
     }
 
     async fn set_ports(&self, request: Request<pb::SetPortsRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         let ports = validate::ports(&req.ports)?;
         let txn = crate::db::begin_write(db).await?;
         replace_ports(&txn, id, &ports).await?;
@@ -603,12 +599,12 @@ impl ServiceApi {
         &self,
         request: Request<pb::ListEnvVarsRequest>,
     ) -> Result<pb::ListEnvVarsResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let page = ENV_VARS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_service(db, &actor, Action::ServiceRead, id).await?;
+        caller.service(db, Action::ServiceRead, id).await?;
         let query =
             service_env_vars::Entity::find().filter(service_env_vars::Column::ServiceId.eq(id));
         let rows = page.apply(query).all(db).await?;
@@ -624,11 +620,11 @@ impl ServiceApi {
     }
 
     async fn set_env(&self, request: Request<pb::SetEnvVarRequest>) -> Result<pb::EnvVar> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, _, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, _, _) = caller.service(db, Action::ServiceManage, id).await?;
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
@@ -657,11 +653,11 @@ impl ServiceApi {
     }
 
     async fn delete_env(&self, request: Request<pb::DeleteEnvVarRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, _, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, _, _) = caller.service(db, Action::ServiceManage, id).await?;
         scope
             .remove(
                 db,
@@ -677,11 +673,11 @@ impl ServiceApi {
     }
 
     async fn mount(&self, request: Request<pb::MountVolumeRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         let volume_id = parse_id("volumeId", &req.volume_id)?;
         validate::mount_path("mountPath", &req.mount_path)?;
         let sub_path = validate::sub_path("subPath", &req.sub_path)?;
@@ -717,11 +713,11 @@ impl ServiceApi {
     }
 
     async fn unmount(&self, request: Request<pb::UnmountVolumeRequest>) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         scope
             .remove(
                 db,
@@ -740,11 +736,11 @@ impl ServiceApi {
         &self,
         request: Request<pb::AttachVariableGroupRequest>,
     ) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
         let txn = crate::db::begin_write(db).await?;
         let group = variable_groups::Entity::find_by_id(group_id)
@@ -783,11 +779,11 @@ impl ServiceApi {
         &self,
         request: Request<pb::DetachVariableGroupRequest>,
     ) -> Result<pb::Service> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("serviceId", &req.service_id)?;
         let db = &self.0.identity.db;
-        let (scope, service, _) = authorize_service(db, &actor, Action::ServiceManage, id).await?;
+        let (scope, service, _) = caller.service(db, Action::ServiceManage, id).await?;
         let group_id = parse_id("variableGroupId", &req.variable_group_id)?;
         scope
             .remove(
@@ -811,11 +807,10 @@ impl ServiceApi {
         &self,
         request: Request<pb::GetConnectionInfoRequest>,
     ) -> Result<pb::ConnectionInfo> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("serviceId", &request.get_ref().service_id)?;
         let db = &self.0.identity.db;
-        let (_, service, project) =
-            authorize_service(db, &actor, Action::ServiceReadSecrets, id).await?;
+        let (_, service, project) = caller.service(db, Action::ServiceReadSecrets, id).await?;
         let config = database_configs::Entity::find()
             .filter(database_configs::Column::ServiceId.eq(id))
             .one(db)

@@ -30,9 +30,9 @@ use uuid::Uuid;
 use super::deployments::deployment_to_pb;
 use super::sensitive::is_secret_key;
 use super::services::{delete_service, replace_ports};
-use super::{Scope, Workloads, authorize_project, authorize_stack, unique_as, validate};
+use super::{Scope, Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -161,18 +161,19 @@ async fn compose_view<C: ConnectionTrait>(
     project_id: Uuid,
     id: Uuid,
 ) -> ComposeView {
-    let deployer = can(
-        db,
-        &scope.actor,
-        Action::StackDeploy,
-        Resource::Stack {
-            organization_id: scope.organization_id,
-            project_id,
-            id,
-        },
-    )
-    .await
-    .is_ok();
+    let deployer = scope
+        .actor()
+        .can(
+            db,
+            Action::StackDeploy,
+            Resource::Stack {
+                organization_id: scope.organization_id(),
+                project_id,
+                id,
+            },
+        )
+        .await
+        .is_ok();
     if deployer {
         ComposeView::AsWritten
     } else {
@@ -183,17 +184,18 @@ async fn compose_view<C: ConnectionTrait>(
 /// Whether the caller manages the stack's project (a check that fails
 /// counts as no).
 async fn manages_project<C: ConnectionTrait>(db: &C, scope: &Scope, project_id: Uuid) -> bool {
-    can(
-        db,
-        &scope.actor,
-        Action::ProjectManage,
-        Resource::Project {
-            organization_id: scope.organization_id,
-            id: project_id,
-        },
-    )
-    .await
-    .is_ok()
+    scope
+        .actor()
+        .can(
+            db,
+            Action::ProjectManage,
+            Resource::Project {
+                organization_id: scope.organization_id(),
+                id: project_id,
+            },
+        )
+        .await
+        .is_ok()
 }
 
 fn warnings(p: &ComposeProject) -> Vec<pb::StackWarning> {
@@ -210,7 +212,7 @@ fn warnings(p: &ComposeProject) -> Vec<pb::StackWarning> {
 #[derive(Clone, Copy)]
 struct Target<'a> {
     keyring: &'a ferry_db::crypto::Keyring,
-    actor: Uuid,
+    caller: Uuid,
     project: &'a projects::Model,
     stack: &'a stacks::Model,
     volume_ids: &'a BTreeMap<String, Uuid>,
@@ -225,7 +227,7 @@ async fn upsert<C: ConnectionTrait>(
 ) -> Result<services::Model> {
     let Target {
         keyring,
-        actor,
+        caller,
         project,
         stack,
         volume_ids,
@@ -273,7 +275,7 @@ async fn upsert<C: ConnectionTrait>(
             auto_deploy: Set(true),
             template_slug: Set(None),
             registry_integration_id: Set(None),
-            created_by: Set(Some(actor)),
+            created_by: Set(Some(caller)),
             created_at: Set(now),
             ..Default::default()
         },
@@ -459,12 +461,13 @@ fn stack_spec(parsed: &ComposeProject) -> serde_json::Value {
 
 impl StackApi {
     async fn create(&self, request: Request<pb::CreateStackRequest>) -> Result<pb::StackResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) =
-            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, project) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         validate::dns_label("name", &req.name, 40)?;
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
@@ -492,7 +495,7 @@ impl StackApi {
                 &txn,
                 &Target {
                     keyring,
-                    actor: actor.user_id,
+                    caller: caller.user_id,
                     project: &project,
                     stack: &stack,
                     volume_ids: &volume_ids,
@@ -521,10 +524,10 @@ impl StackApi {
     }
 
     async fn get(&self, request: Request<pb::GetStackRequest>) -> Result<pb::StackResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackRead, id).await?;
+        let (scope, stack, project) = caller.stack(db, Action::StackRead, id).await?;
         let view = compose_view(db, &scope, project.id, stack.id).await;
         Ok(pb::StackResponse {
             stack: Some(stack_message(db, &stack, view).await?),
@@ -536,12 +539,12 @@ impl StackApi {
         &self,
         request: Request<pb::ListStacksRequest>,
     ) -> Result<pb::ListStacksResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = STACKS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
+        caller.project(db, Action::ProjectRead, project_id).await?;
         let query = stacks::Entity::find().filter(stacks::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -553,11 +556,11 @@ impl StackApi {
     }
 
     async fn update(&self, request: Request<pb::UpdateStackRequest>) -> Result<pb::StackResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackManage, id).await?;
+        let (scope, stack, project) = caller.stack(db, Action::StackManage, id).await?;
         let parsed = parse(&req.compose_file, &req.variables)?;
         let keyring = self.0.identity.keyring()?;
         let txn = crate::db::begin_write(db).await?;
@@ -584,7 +587,7 @@ impl StackApi {
                 &txn,
                 &Target {
                     keyring,
-                    actor: actor.user_id,
+                    caller: caller.user_id,
                     project: &project,
                     stack: &stack,
                     volume_ids: &volume_ids,
@@ -630,10 +633,10 @@ impl StackApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteStackRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackManage, id).await?;
+        let (scope, stack, project) = caller.stack(db, Action::StackManage, id).await?;
         let members = services::Entity::find()
             .filter(services::Column::StackId.eq(stack.id))
             .all(db)
@@ -658,10 +661,10 @@ impl StackApi {
         &self,
         request: Request<pb::DeployStackRequest>,
     ) -> Result<pb::DeployStackResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
-        let (scope, stack, project) = authorize_stack(db, &actor, Action::StackDeploy, id).await?;
+        let (scope, stack, project) = caller.stack(db, Action::StackDeploy, id).await?;
         // The order recorded at parse time: dependencies first.
         let order: Vec<String> = stack
             .spec

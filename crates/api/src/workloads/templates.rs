@@ -19,9 +19,9 @@ use super::sensitive::is_secret_key;
 use super::services::service_to_pb;
 use super::spec::{self, NewService, TemplateSpec};
 use super::variables::MASK;
-use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use super::{Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::{Action, Resource, can};
+use crate::authz::{Action, Caller, Resource};
 use crate::paging::{Key, Keyset, Kind, asc, desc};
 use crate::wire::parse_id;
 use crate::{Error, Result};
@@ -79,18 +79,14 @@ impl TemplateApi {
         &self,
         request: Request<pb::ListTemplatesRequest>,
     ) -> Result<pb::ListTemplatesResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let page = TEMPLATES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::TemplateRead,
-            Resource::Organization(org),
-        )
-        .await?;
+        caller
+            .can(db, Action::TemplateRead, Resource::Organization(org))
+            .await?;
         let query = templates::Entity::find().filter(
             Condition::any()
                 .add(templates::Column::OrganizationId.is_null())
@@ -111,17 +107,11 @@ impl TemplateApi {
     }
 
     async fn create(&self, request: Request<pb::CreateTemplateRequest>) -> Result<pb::Template> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::TemplateManage,
-            Resource::Organization(org),
-        )
-        .await?;
+        let (scope, _) = caller.organization(db, Action::TemplateManage, org).await?;
         validate::dns_label("slug", &req.slug, 63)?;
         let name = validate::display_name("name", &req.name)?;
         let category = if req.category.trim().is_empty() {
@@ -150,7 +140,7 @@ impl TemplateApi {
             icon_url: Set(None),
             is_official: Set(false),
             spec: Set(spec),
-            created_by: Set(Some(actor.user_id)),
+            created_by: Set(Some(caller.user_id)),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -159,32 +149,23 @@ impl TemplateApi {
         .map_err(unique_as(
             "the organization already has a template with this slug",
         ))?;
-        Scope {
-            actor,
-            organization_id: org,
-        }
-        .audit(
-            &txn,
-            Entry::new("template.create", AuditResourceType::Template, template.id)
-                .details(json!({ "slug": template.slug })),
-        )
-        .await?;
+        scope
+            .audit(
+                &txn,
+                Entry::new("template.create", AuditResourceType::Template, template.id)
+                    .details(json!({ "slug": template.slug })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(template_to_pb(&template))
     }
 
     async fn delete(&self, request: Request<pb::DeleteTemplateRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let org = parse_id("organizationId", &req.organization_id)?;
         let db = &self.0.identity.db;
-        can(
-            db,
-            &actor,
-            Action::TemplateManage,
-            Resource::Organization(org),
-        )
-        .await?;
+        let (scope, _) = caller.organization(db, Action::TemplateManage, org).await?;
         let id = parse_id("id", &req.id)?;
         let txn = crate::db::begin_write(db).await?;
         // Official templates have no organization: never found here.
@@ -194,16 +175,13 @@ impl TemplateApi {
             .await?
             .ok_or_else(|| Error::NotFound("template not found".into()))?;
         templates::Entity::delete_by_id(id).exec(&txn).await?;
-        Scope {
-            actor,
-            organization_id: org,
-        }
-        .audit(
-            &txn,
-            Entry::new("template.delete", AuditResourceType::Template, id)
-                .details(json!({ "slug": template.slug })),
-        )
-        .await?;
+        scope
+            .audit(
+                &txn,
+                Entry::new("template.delete", AuditResourceType::Template, id)
+                    .details(json!({ "slug": template.slug })),
+            )
+            .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -212,12 +190,13 @@ impl TemplateApi {
         &self,
         request: Request<pb::DeployTemplateRequest>,
     ) -> Result<pb::DeployTemplateResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, project) =
-            authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, project) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         validate::dns_label("templateSlug", &req.template_slug, 63)?;
         let name = if req.service_name.is_empty() {
             req.template_slug.clone()
@@ -245,7 +224,7 @@ impl TemplateApi {
             NewService {
                 project: &project,
                 name: &name,
-                created_by: scope.actor.user_id,
+                created_by: scope.actor().user_id,
                 stack_id: None,
                 template_slug: Some(req.template_slug.clone()),
                 version: None,

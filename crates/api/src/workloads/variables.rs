@@ -17,10 +17,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::spec::{GROUP_TABLE, VALUE_COLUMN};
-use super::{Scope, Workloads, authorize_project, unique_as, validate};
+use super::{Scope, Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::auth::Actor;
-use crate::authz::Action;
+use crate::authz::{Action, Caller};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -114,7 +113,7 @@ impl VariableApi {
     /// A group the caller may act on with `action` (on its project).
     async fn authorize(
         &self,
-        actor: &Actor,
+        caller: &Caller,
         action: Action,
         id: Uuid,
     ) -> Result<(Scope, variable_groups::Model)> {
@@ -123,7 +122,7 @@ impl VariableApi {
             .one(db)
             .await?
             .ok_or_else(|| Error::NotFound("variable group not found".into()))?;
-        let (scope, _) = authorize_project(db, actor, action, group.project_id).await?;
+        let (scope, _) = caller.project(db, action, group.project_id).await?;
         Ok((scope, group))
     }
 
@@ -131,11 +130,13 @@ impl VariableApi {
         &self,
         request: Request<pb::CreateVariableGroupRequest>,
     ) -> Result<pb::VariableGroup> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, _) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         let name = validate::display_name("name", &req.name)?;
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
@@ -173,9 +174,9 @@ impl VariableApi {
         &self,
         request: Request<pb::GetVariableGroupRequest>,
     ) -> Result<pb::VariableGroup> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (_, group) = self.authorize(&actor, Action::ProjectRead, id).await?;
+        let (_, group) = self.authorize(&caller, Action::ProjectRead, id).await?;
         group_to_pb(&self.0.identity.db, &group).await
     }
 
@@ -183,12 +184,12 @@ impl VariableApi {
         &self,
         request: Request<pb::ListVariableGroupsRequest>,
     ) -> Result<pb::ListVariableGroupsResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = VARIABLE_GROUPS.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
+        caller.project(db, Action::ProjectRead, project_id).await?;
         let query = variable_groups::Entity::find()
             .filter(variable_groups::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
@@ -201,9 +202,9 @@ impl VariableApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteVariableGroupRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
+        let (scope, group) = self.authorize(&caller, Action::ProjectManage, id).await?;
         let txn = crate::db::begin_write(&self.0.identity.db).await?;
         variable_groups::Entity::delete_by_id(id).exec(&txn).await?;
         scope
@@ -222,10 +223,10 @@ impl VariableApi {
     }
 
     async fn set(&self, request: Request<pb::SetVariableRequest>) -> Result<pb::VariableGroup> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
+        let (scope, group) = self.authorize(&caller, Action::ProjectManage, id).await?;
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
@@ -289,10 +290,10 @@ impl VariableApi {
         &self,
         request: Request<pb::DeleteVariableRequest>,
     ) -> Result<pb::VariableGroup> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let id = parse_id("variableGroupId", &req.variable_group_id)?;
-        let (scope, group) = self.authorize(&actor, Action::ProjectManage, id).await?;
+        let (scope, group) = self.authorize(&caller, Action::ProjectManage, id).await?;
         let db = &self.0.identity.db;
         scope
             .remove(

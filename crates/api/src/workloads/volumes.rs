@@ -13,9 +13,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Workloads, authorize_project, unique_as, validate};
+use super::{Workloads, unique_as, validate};
 use crate::audit::Entry;
-use crate::authz::Action;
+use crate::authz::{Action, Caller};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
 use crate::{Error, Result};
@@ -52,11 +52,13 @@ static VOLUMES: Keyset<volumes::Column> = Keyset {
 
 impl VolumeApi {
     async fn create(&self, request: Request<pb::CreateVolumeRequest>) -> Result<pb::Volume> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let db = &self.0.identity.db;
-        let (scope, _) = authorize_project(db, &actor, Action::ProjectManage, project_id).await?;
+        let (scope, _) = caller
+            .project(db, Action::ProjectManage, project_id)
+            .await?;
         validate::dns_label("name", &req.name, 58)?;
         let size = validate::size_gb("sizeGb", req.size_gb)?;
         let storage_class = if req.storage_class.is_empty() {
@@ -106,12 +108,12 @@ impl VolumeApi {
         &self,
         request: Request<pb::ListVolumesRequest>,
     ) -> Result<pb::ListVolumesResponse> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let req = request.get_ref();
         let project_id = parse_id("projectId", &req.project_id)?;
         let page = VOLUMES.page(req.page_size, &req.page_token)?;
         let db = &self.0.identity.db;
-        authorize_project(db, &actor, Action::ProjectRead, project_id).await?;
+        caller.project(db, Action::ProjectRead, project_id).await?;
         let query = volumes::Entity::find().filter(volumes::Column::ProjectId.eq(project_id));
         let rows = page.apply(query).all(db).await?;
         let (rows, next_page_token) =
@@ -123,15 +125,16 @@ impl VolumeApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteVolumeRequest>) -> Result<()> {
-        let actor = self.0.identity.authenticate(&request).await?;
+        let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
         let volume = volumes::Entity::find_by_id(id)
             .one(db)
             .await?
             .ok_or_else(|| Error::NotFound("volume not found".into()))?;
-        let (scope, project) =
-            authorize_project(db, &actor, Action::ProjectManage, volume.project_id).await?;
+        let (scope, project) = caller
+            .project(db, Action::ProjectManage, volume.project_id)
+            .await?;
         let txn = crate::db::begin_write(db).await?;
         let mounts = volume_mounts::Entity::find()
             .filter(volume_mounts::Column::VolumeId.eq(id))
