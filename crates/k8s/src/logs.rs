@@ -162,8 +162,11 @@ impl Cluster {
                     Some(Err(err)) => tracing::debug!(error = %err, "pod watch failed; retrying"),
                     None => return Ok(()),
                 },
-                Some(line) = streams.next(), if !streams.is_empty() => {
-                    if tx.send(wrap(line)).await.is_err() {
+                // None: the last pod's log ended (the loop decides what next).
+                line = streams.next(), if !streams.is_empty() => {
+                    if let Some(line) = line
+                        && tx.send(wrap(line)).await.is_err()
+                    {
                         return Ok(());
                     }
                 }
