@@ -488,12 +488,12 @@ async fn events_of_the_service_objects_in_plain_words() {
             "web-7d9f",
             "Normal",
             "SuccessfulCreate",
-            "Created pod: web-7d9f-abcde",
+            "Created pod: web-7d9f-x2b4z",
         );
         event(
             3,
             "Pod",
-            "web-7d9f-abcde",
+            "web-7d9f-x2b4z",
             "Warning",
             "Failed",
             "Failed to pull image \"nginx:nope\": not found",
@@ -501,7 +501,7 @@ async fn events_of_the_service_objects_in_plain_words() {
         event(
             4,
             "Pod",
-            "web-7d9f-abcde",
+            "web-7d9f-x2b4z",
             "Warning",
             "BackOff",
             "Back-off restarting failed container app",
@@ -509,7 +509,7 @@ async fn events_of_the_service_objects_in_plain_words() {
         event(
             5,
             "Pod",
-            "web-7d9f-abcde",
+            "web-7d9f-x2b4z",
             "Warning",
             "Unhealthy",
             "Liveness probe failed: HTTP 500",
@@ -517,7 +517,7 @@ async fn events_of_the_service_objects_in_plain_words() {
         event(
             6,
             "Pod",
-            "web-7d9f-abcde",
+            "web-7d9f-x2b4z",
             "Warning",
             "OOMKilling",
             "Memory cgroup out of memory",
@@ -525,7 +525,7 @@ async fn events_of_the_service_objects_in_plain_words() {
         event(
             7,
             "Pod",
-            "web-7d9f-abcde",
+            "web-7d9f-x2b4z",
             "Warning",
             "FailedScheduling",
             "0/3 nodes are available",
@@ -577,11 +577,11 @@ async fn events_of_the_service_objects_in_plain_words() {
             [
                 "Deployment/web",
                 "ReplicaSet/web-7d9f",
-                "Pod/web-7d9f-abcde",
-                "Pod/web-7d9f-abcde",
-                "Pod/web-7d9f-abcde",
-                "Pod/web-7d9f-abcde",
-                "Pod/web-7d9f-abcde",
+                "Pod/web-7d9f-x2b4z",
+                "Pod/web-7d9f-x2b4z",
+                "Pod/web-7d9f-x2b4z",
+                "Pod/web-7d9f-x2b4z",
+                "Pod/web-7d9f-x2b4z",
             ],
             "{b}: oldest first, nobody else's"
         );

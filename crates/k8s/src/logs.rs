@@ -347,14 +347,15 @@ fn concerns(workload: &str, pods: &[String], claims: &[String], kind: &str, name
     match kind {
         "Deployment" | "StatefulSet" => name == workload,
         // `<deployment>-<pod-template-hash>`
-        "ReplicaSet" => suffix.is_some_and(|s| !s.is_empty() && !s.contains('-')),
-        // Live ones, or `<rs>-<random>` / `<statefulset>-<ordinal>`.
+        "ReplicaSet" => suffix.is_some_and(|s| generated(s, 1..=10)),
+        // Live ones, or `<replicaset>-<5 random>` / `<statefulset>-<ordinal>`.
         "Pod" => {
             pods.iter().any(|p| p == name)
                 || suffix.is_some_and(|s| {
-                    let parts: Vec<&str> = s.split('-').collect();
-                    matches!(parts.as_slice(), [a, b] if !a.is_empty() && !b.is_empty())
-                        || is_ordinal(s)
+                    is_ordinal(s)
+                        || s.split_once('-').is_some_and(|(hash, random)| {
+                            generated(hash, 1..=10) && generated(random, 5..=5)
+                        })
                 })
         }
         // Mounted volumes, and a database's `data-<statefulset>-<ordinal>`.
@@ -369,6 +370,13 @@ fn concerns(workload: &str, pods: &[String], claims: &[String], kind: &str, name
         }
         _ => false,
     }
+}
+
+/// Made by Kubernetes' name generator (vowel-free alphabet), so that
+/// `web`'s pods are not confused with those of a `web-api`.
+fn generated(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    len.contains(&s.len()) && s.bytes().all(|b| ALPHABET.contains(&b))
 }
 
 fn is_ordinal(s: &str) -> bool {
@@ -455,5 +463,78 @@ pub fn summary(reason: &str, message: &str) -> String {
         words.to_owned()
     } else {
         format!("{words}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    async fn lines(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut reader = futures::io::BufReader::with_capacity(7, input);
+        let mut out = Vec::new();
+        while let Some(line) = read_line(&mut reader).await.unwrap() {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        assert_eq!(
+            lines(b"a\r\nbc\n\nlast").await,
+            [&b"a"[..], b"bc", b"", b"last"]
+        );
+        let long = [vec![b'x'; MAX_LINE_BYTES + 10], b"\nnext\n".to_vec()].concat();
+        let got = lines(&long).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_LINE_BYTES + TRUNCATED.len());
+        assert!(got[0].ends_with(TRUNCATED.as_bytes()));
+        assert_eq!(got[1], b"next");
+    }
+
+    #[test]
+    fn kubelet_timestamps_are_parsed() {
+        let (time, line) = split_timestamp(b"2024-05-01T10:00:00.123456789Z hello world");
+        assert_eq!(line, "hello world");
+        assert_eq!(time.unwrap().timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(
+            split_timestamp(b"no stamp here"),
+            (None, "no stamp here".into())
+        );
+        assert_eq!(split_timestamp(b"\xff ok").1, "\u{fffd} ok");
+    }
+
+    #[test]
+    fn events_concern_only_the_services_objects() {
+        let pods = ["web-0".to_owned()];
+        let claims = ["vol-uploads".to_owned()];
+        let yes = |kind, name| concerns("web", &pods, &claims, kind, name);
+        assert!(yes("Deployment", "web") && yes("StatefulSet", "web"));
+        assert!(yes("ReplicaSet", "web-7d9f8") && yes("Pod", "web-7d9f8-x2b4z"));
+        assert!(yes("Pod", "web-3") && yes("Pod", "web-0"));
+        assert!(yes("PersistentVolumeClaim", "vol-uploads"));
+        assert!(yes("PersistentVolumeClaim", "data-web-0"));
+        for (kind, name) in [
+            ("Deployment", "web-api"),
+            ("ReplicaSet", "web-api-7d9f8"),
+            ("Pod", "web-api-7d9f8-x2b4z"),
+            ("Pod", "web-api-x2b4z"),
+            ("Pod", "web-x-0"),
+            ("PersistentVolumeClaim", "data-web-api-0"),
+            ("Secret", "web"),
+        ] {
+            assert!(!yes(kind, name), "{kind}/{name}");
+        }
+    }
+
+    #[test]
+    fn summaries_are_plain_words() {
+        assert!(summary("Failed", "Failed to pull image \"x\"").starts_with("the image could not"));
+        assert!(summary("BackOff", "Back-off restarting failed container").contains("crash loop"));
+        assert!(summary("BackOff", "Back-off pulling image \"x\"").starts_with("waiting to retry"));
+        assert_eq!(summary("Odd", "thing"), "Odd: thing");
     }
 }
