@@ -1,4 +1,4 @@
-//! StreamLogs and ListServiceEvents end to end over real gRPC/TCP, against
+//! StreamLogs and GetServiceEvents end to end over real gRPC/TCP, against
 //! the in-memory Kubernetes API (`ferry_k8s::fake::FakeCluster`) serving
 //! pod logs, on PostgreSQL and SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -366,8 +366,8 @@ async fn logs_and_events_are_authorised_like_reading_the_service() {
         assert_eq!(err.code(), Code::NotFound, "{b}: {err:?}");
         let err = outsider
             .services
-            .list_service_events(authed(
-                pb::ListServiceEventsRequest {
+            .get_service_events(authed(
+                pb::GetServiceEventsRequest {
                     service_id: t.web.clone(),
                     limit: 0,
                 },
@@ -441,8 +441,8 @@ async fn logs_and_events_are_authorised_like_reading_the_service() {
         );
         let err = t
             .services
-            .list_service_events(authed(
-                pb::ListServiceEventsRequest {
+            .get_service_events(authed(
+                pb::GetServiceEventsRequest {
                     service_id: t.web.clone(),
                     limit: 0,
                 },
@@ -557,7 +557,7 @@ async fn events_of_the_service_objects_in_plain_words() {
 
         let list = |limit| {
             authed(
-                pb::ListServiceEventsRequest {
+                pb::GetServiceEventsRequest {
                     service_id: t.web.clone(),
                     limit,
                 },
@@ -566,7 +566,7 @@ async fn events_of_the_service_objects_in_plain_words() {
         };
         let events = t
             .services
-            .list_service_events(list(0))
+            .get_service_events(list(0))
             .await
             .unwrap()
             .into_inner()
@@ -613,14 +613,14 @@ async fn events_of_the_service_objects_in_plain_words() {
 
         let last_two = t
             .services
-            .list_service_events(list(2))
+            .get_service_events(list(2))
             .await
             .unwrap()
             .into_inner()
             .events;
         let reasons: Vec<&str> = last_two.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["OOMKilling", "FailedScheduling"], "{b}");
-        let err = t.services.list_service_events(list(501)).await.unwrap_err();
+        let err = t.services.get_service_events(list(501)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{b}");
         assert!(err.message().starts_with("limit"), "{b}: {err:?}");
         api.stop().await;
