@@ -55,7 +55,9 @@ const FATAL_WAITING: [&str; 5] = [
 /// |---|---|---|
 /// | `""` | `namespaces` | get, create, patch, delete |
 /// | `""` | `secrets`, `services`, `persistentvolumeclaims` | get, list, create, patch, delete |
-/// | `""` | `pods` | list |
+/// | `""` | `pods` | list, watch |
+/// | `""` | `pods/log` | get |
+/// | `""` | `events` | list |
 /// | `apps` | `deployments`, `statefulsets` | get, list, watch, create, patch, delete |
 /// | `apps` | `deployments/scale`, `statefulsets/scale` | patch |
 /// | `""` | `resourcequotas`, `limitranges` | get, create, patch |

@@ -19,6 +19,13 @@
 //! A simulated controller sets the status of Deployments and StatefulSets
 //! after every write, according to the [`Behavior`] of the workload's name
 //! (or the default, [`Behavior::Ready`]).
+//!
+//! Pod logs (`GET .../pods/{name}/log` with `container`, `follow`,
+//! `tailLines`, `sinceSeconds`, `timestamps`, `previous`) are served from
+//! lines a test appends with [`FakeCluster::append_log`]; a following
+//! request receives later lines until [`FakeCluster::end_log`] or the pod's
+//! deletion. [`FakeCluster::open_log_streams`] and
+//! [`FakeCluster::open_watches`] count the connections a client still holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -111,6 +118,45 @@ struct State {
     behaviors: HashMap<String, Behavior>,
     default_behavior: Behavior,
     requests: Vec<RecordedRequest>,
+    logs: BTreeMap<LogKey, ContainerLog>,
+}
+
+/// (namespace, pod, container)
+type LogKey = (String, String, String);
+
+/// One container's log: the current instance's lines, the previous
+/// (terminated) instance's, and the requests following it.
+#[derive(Default)]
+struct ContainerLog {
+    lines: Vec<LogEntry>,
+    previous: Vec<LogEntry>,
+    followers: Vec<Follower>,
+}
+
+/// A `follow=true` log request.
+struct Follower {
+    tx: mpsc::UnboundedSender<Bytes>,
+    timestamps: bool,
+}
+
+/// One line a container wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub line: String,
+}
+
+impl LogEntry {
+    fn render(&self, timestamps: bool) -> Bytes {
+        if timestamps {
+            let time = self
+                .time
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            Bytes::from(format!("{time} {}\n", self.line))
+        } else {
+            Bytes::from(format!("{}\n", self.line))
+        }
+    }
 }
 
 impl Default for State {
@@ -123,6 +169,7 @@ impl Default for State {
             behaviors: HashMap::new(),
             default_behavior: Behavior::Ready,
             requests: Vec::new(),
+            logs: BTreeMap::new(),
         }
     }
 }
@@ -441,6 +488,68 @@ impl FakeCluster {
             .store((resource, namespace, name), object, "ADDED")
     }
 
+    /// Appends a line (written now) to a container's log and sends it to
+    /// the requests following it.
+    pub fn append_log(&self, namespace: &str, pod: &str, container: &str, line: &str) {
+        self.append_log_at(namespace, pod, container, chrono::Utc::now(), line);
+    }
+
+    /// [`FakeCluster::append_log`] with the time the container wrote it.
+    pub fn append_log_at(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        time: chrono::DateTime<chrono::Utc>,
+        line: &str,
+    ) {
+        let entry = LogEntry {
+            time,
+            line: line.to_owned(),
+        };
+        let mut state = self.lock();
+        let log = state
+            .logs
+            .entry((namespace.into(), pod.into(), container.into()))
+            .or_default();
+        log.followers
+            .retain(|f| f.tx.send(entry.render(f.timestamps)).is_ok());
+        log.lines.push(entry);
+    }
+
+    /// The container exits: its lines become the previous instance's and
+    /// following requests end (as the kubelet ends them).
+    pub fn end_log(&self, namespace: &str, pod: &str, container: &str) {
+        let mut state = self.lock();
+        if let Some(log) = state
+            .logs
+            .get_mut(&(namespace.into(), pod.into(), container.into()))
+        {
+            log.previous = std::mem::take(&mut log.lines);
+            log.followers.clear();
+        }
+    }
+
+    /// Pod log requests still following (their client has not gone away).
+    pub fn open_log_streams(&self) -> usize {
+        let mut state = self.lock();
+        state
+            .logs
+            .values_mut()
+            .map(|log| {
+                log.followers.retain(|f| !f.tx.is_closed());
+                log.followers.len()
+            })
+            .sum()
+    }
+
+    /// Watch requests whose client still listens.
+    pub fn open_watches(&self) -> usize {
+        let mut state = self.lock();
+        state.watches.retain(|w| !w.tx.is_closed());
+        state.watches.len()
+    }
+
     fn handle(
         &self,
         method: &Method,
@@ -478,6 +587,11 @@ impl FakeCluster {
                 state.watch(&target, &query)
             }
             (Method::GET, None) => state.list(&target, &query),
+            (Method::GET, Some(name))
+                if target.resource == "pods" && target.subresource.as_deref() == Some("log") =>
+            {
+                state.pod_log(&target, name, &query)
+            }
             (Method::GET, Some(name)) => state.get_one(&target, name),
             (Method::POST, None) => match body_value {
                 Some(body) => state.create(&target, body),
@@ -639,6 +753,14 @@ impl State {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.notify(rv, key, "DELETED", &obj);
+        // A deleted pod's log streams end.
+        if key.0 == "v1/pods" {
+            for ((ns, pod, _), log) in &mut self.logs {
+                if *ns == key.1 && *pod == key.2 {
+                    log.followers.clear();
+                }
+            }
+        }
         // A namespace takes everything in it along (as the namespace
         // controller does, here at once).
         if key.0 == "v1/namespaces" {
@@ -854,13 +976,71 @@ impl State {
             }
         }
         self.watches.push(Watch { filter, tx });
-        let frames =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
-                .flat_map(|chunk| BodyStream::new(Full::new(chunk)));
-        let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp
+        streaming_response(rx, "application/json")
+    }
+
+    /// A pod's log, as the kubelet serves it through the API server.
+    fn pod_log(
+        &mut self,
+        target: &Target,
+        name: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Response<FakeBody> {
+        let Some(pod) = self.objects.get(&key_of(target, name)) else {
+            return not_found(target, name);
+        };
+        let containers: Vec<String> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
+        let bad = |message: String| status_body(StatusCode::BAD_REQUEST, "BadRequest", message);
+        let container = match (query.get("container"), containers.as_slice()) {
+            (Some(c), _) => c.clone(),
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return bad(format!(
+                    "a container name must be specified for pod {name}, choose one of: {containers:?}"
+                ));
+            }
+        };
+        if !containers.contains(&container) {
+            return bad(format!("container {container} is not valid for pod {name}"));
+        }
+        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+        let (follow, previous, timestamps) = (flag("follow"), flag("previous"), flag("timestamps"));
+        let log = self
+            .logs
+            .entry((target.namespace(), name.to_owned(), container.clone()))
+            .or_default();
+        if previous && log.previous.is_empty() {
+            return bad(format!(
+                "previous terminated container \"{container}\" in pod \"{name}\" not found"
+            ));
+        }
+        let since = query
+            .get("sinceSeconds")
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(chrono::TimeDelta::try_seconds)
+            .map(|d| chrono::Utc::now() - d);
+        let lines = if previous { &log.previous } else { &log.lines };
+        let mut selected: Vec<&LogEntry> = lines
+            .iter()
+            .filter(|e| since.is_none_or(|t| e.time >= t))
+            .collect();
+        if let Some(tail) = query.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+            selected.drain(..selected.len().saturating_sub(tail));
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        for entry in selected {
+            let _ = tx.send(entry.render(timestamps));
+        }
+        // Without follow the sender drops here and the body ends.
+        if follow && !previous {
+            log.followers.push(Follower { tx, timestamps });
+        }
+        streaming_response(rx, "text/plain")
     }
 
     fn get_one(&self, target: &Target, name: &str) -> Response<FakeBody> {
@@ -1056,6 +1236,20 @@ impl State {
             }),
         )
     }
+}
+
+/// A chunked body fed by `rx`, ending when every sender is gone.
+fn streaming_response(
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    content_type: &'static str,
+) -> Response<FakeBody> {
+    let frames =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .flat_map(|chunk| BodyStream::new(Full::new(chunk)));
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 fn filter_of(target: &Target, query: &BTreeMap<String, String>) -> Filter {

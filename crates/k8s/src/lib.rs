@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod logs;
 pub mod render;
 pub mod spec;
 pub mod validate;

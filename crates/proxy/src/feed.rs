@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_common::Shutdown;
+use ferry_common::telemetry::TraceContextInterceptor;
 use ferry_proto::ferry::internal::v1 as pb;
 use pb::feed_message::Kind;
 use pb::route_feed_client::RouteFeedClient;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
+use tracing::Instrument as _;
 
 use crate::config::{
     AcmeChallenge, Balance, Certificate, Route, Snapshot, Target, UpstreamProtocol,
@@ -467,7 +469,9 @@ async fn follow(
             return End::Failed;
         }
     };
-    let mut feed = RouteFeedClient::new(channel).max_decoding_message_size(usize::MAX);
+    // The api's RPC span joins this proxy's trace (W3C traceparent).
+    let mut feed = RouteFeedClient::with_interceptor(channel, TraceContextInterceptor)
+        .max_decoding_message_size(usize::MAX);
     // Resume only from a state the proxy really serves.
     let resume_from_version = mirror
         .as_ref()
@@ -480,7 +484,13 @@ async fn follow(
     request
         .metadata_mut()
         .insert("authorization", client.authorization.clone());
-    let mut stream = match feed.watch(request).await {
+    let call = tracing::info_span!(
+        "route_feed.watch",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.method = "/ferry.internal.v1.RouteFeed/Watch",
+    );
+    let mut stream = match feed.watch(request).instrument(call).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             tracing::warn!(code = ?status.code(), message = status.message(),

@@ -439,16 +439,6 @@ impl ServiceApi {
         service_to_pb(db, &service).await
     }
 
-    /// Authorises a service read for an RPC not served yet.
-    async fn not_yet<T>(&self, request: &Request<T>, id: &str) -> Result<()> {
-        let caller = Caller::of(&self.0.identity, request).await?;
-        let id = parse_id("serviceId", id)?;
-        caller
-            .service(&self.0.identity.db, Action::ServiceRead, id)
-            .await?;
-        Ok(())
-    }
-
     async fn get(&self, request: Request<pb::GetServiceRequest>) -> Result<pb::Service> {
         let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
@@ -962,27 +952,17 @@ impl ServiceService for ServiceApi {
         Ok(Response::new(self.connection_info(request).await?))
     }
 
-    type StreamLogsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LogLine, Status>>;
-    // Placeholders until the log streaming lands (issue 11): authorised like
-    // any service read, then UNIMPLEMENTED.
+    type StreamLogsStream = super::logs::LogStream;
     async fn stream_logs(
         &self,
         request: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        self.not_yet(&request, &request.get_ref().service_id)
-            .await?;
-        Err(Status::unimplemented(
-            "StreamLogs is not served by this version of ferry-api",
-        ))
+        Ok(Response::new(self.logs(request).await?))
     }
     async fn get_service_events(
         &self,
         request: Request<pb::GetServiceEventsRequest>,
     ) -> Result<Response<pb::GetServiceEventsResponse>, Status> {
-        self.not_yet(&request, &request.get_ref().service_id)
-            .await?;
-        Err(Status::unimplemented(
-            "GetServiceEvents is not served by this version of ferry-api",
-        ))
+        Ok(Response::new(self.events(request).await?))
     }
 }
