@@ -326,3 +326,86 @@ async fn a_ciphertext_copied_into_another_tenants_row_does_not_decrypt() {
         api.stop().await;
     }
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry-api");
+
+/// A registry whose password is a legacy v1 value (as written before row binding).
+async fn legacy_registry(db: &DatabaseConnection, org: Uuid, name: &str, password: &str) -> Uuid {
+    use ferry_db::entities::enums::RegistryProvider;
+    use ferry_db::entities::registry_integrations;
+    use ferry_db::sea_orm::{ActiveModelTrait as _, ActiveValue::Set};
+    let value = ferry_tests::legacy_v1(
+        ferry_tests::test_key(),
+        "registry_integrations",
+        "password",
+        password,
+    );
+    registry_integrations::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        organization_id: Set(org),
+        name: Set(name.into()),
+        provider: Set(RegistryProvider::Generic),
+        url: Set("https://registry.example.com".into()),
+        username: Set(Some("robot".into())),
+        password: Set(Some(value)),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+    .unwrap()
+    .id
+}
+
+async fn assert_bound(db: &DatabaseConnection, row: Uuid, password: &str, b: &str) {
+    assert_eq!(ferry_db::rotate::unbound_count(db).await.unwrap(), 0, "{b}");
+    let stored =
+        ferry_db::crypto::Encrypted(read_cell(db, "registry_integrations", "password", row).await);
+    let keys = ferry_tests::test_keyring();
+    assert_eq!(
+        keys.decrypt("registry_integrations", "password", row, &stored)
+            .unwrap()
+            .expose(),
+        password,
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_binds_legacy_values_to_their_rows_on_start_and_on_migrate_up() {
+    use ferry_common::testing::{ServiceProcess, boot, free_addr, stop_cleanly};
+    for db in ferry_tests::test_dbs().await {
+        let b = db.backend.to_string();
+        let b = b.as_str();
+        db.migrate().await;
+        let conn = &db.conn;
+        let org = ferry_tests::fixtures::organization(conn, "Old", "old").await;
+        let env = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("ENCRYPTION_KEY", ferry_tests::test_key()),
+        ];
+
+        let first = legacy_registry(conn, org, "first", "pw-first").await;
+        assert_eq!(
+            ferry_db::rotate::unbound_count(conn).await.unwrap(),
+            1,
+            "{b}"
+        );
+        let mut migrate = ServiceProcess::spawn(BIN, &["migrate", "up"], &env);
+        let status = migrate
+            .wait_exit(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(status.success(), "{b}: {}", migrate.output());
+        assert_bound(conn, first, "pw-first", b).await;
+
+        let second = legacy_registry(conn, org, "second", "pw-second").await;
+        let addr = free_addr();
+        let listen = addr.to_string();
+        let mut serve_env = env.to_vec();
+        serve_env.push(("FERRY_API_LISTEN", listen.as_str()));
+        let (process, _) = boot(BIN, &[], &serve_env, addr, "ferry-api").await;
+        assert_bound(conn, second, "pw-second", b).await;
+        let output = stop_cleanly(process, std::time::Duration::from_secs(8)).await;
+        assert!(!output.contains("pw-second"), "{b}: a secret in the log");
+    }
+}
