@@ -12,7 +12,10 @@
 //! static [`ENCRYPTED_COLUMNS`] list.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::crypto::{Encrypted, Keyring, LEGACY_VERSION};
@@ -162,7 +165,14 @@ async fn rewrite_column(
     };
     let mut after: Option<Uuid> = None;
     loop {
-        let txn = db.begin().await?;
+        // IMMEDIATE on SQLite: a concurrent writer (the api serving while
+        // `rotate-key` runs) queues on the busy timeout instead of failing.
+        let txn = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?;
         let mut select = Query::select()
             .column(id.clone())
             .column(value.clone())
