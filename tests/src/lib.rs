@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_db::crypto::Keyring;
+use ferry_db::crypto::{Encrypted, Keyring};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 /// Which database engine a [`TestDb`] runs on.
@@ -234,6 +234,35 @@ pub fn test_key_b() -> &'static str {
 /// A keyring whose current key is [`test_key`].
 pub fn test_keyring() -> Keyring {
     Keyring::new(test_key(), &[]).expect("test key is valid")
+}
+
+/// A value in the legacy v1 format (associated data `table.column`, no row),
+/// written here independently of `ferry_db`, as Ferry stored it before row
+/// binding. For upgrade tests.
+pub fn legacy_v1(key_hex: &str, table: &str, column: &str, plaintext: &str) -> Encrypted {
+    use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let key = hex::decode(key_hex).expect("a hex key");
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).expect("a 32-byte key");
+    let nonce = aes_gcm::aead::Nonce::<aes_gcm::Aes256Gcm>::try_generate().expect("randomness");
+    let aad = format!("{table}.{column}");
+    let sealed = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext.as_bytes(),
+                aad: aad.as_bytes(),
+            },
+        )
+        .expect("encryption");
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&sealed);
+    let id = hex::encode(&sha2::Sha256::digest(&key)[..4]);
+    Encrypted(format!(
+        "v1:{id}:{}",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    ))
 }
 
 /// The workspace root directory.

@@ -108,9 +108,11 @@ impl From<Error> for tonic::Status {
             Error::Unavailable(_) => {
                 tonic::Status::unavailable("the Kubernetes API is unavailable; retry later")
             }
-            Error::Db(ferry_db::Error::Decrypt { .. }) => {
-                tonic::Status::internal("a stored secret could not be decrypted")
-            }
+            // The stored value is lost to this row (wrong key, or copied from
+            // another row); name where, never what, and never the reason.
+            Error::Db(ferry_db::Error::Decrypt { table, column, .. }) => tonic::Status::data_loss(
+                format!("a stored secret in {table}.{column} could not be decrypted"),
+            ),
             _ => tonic::Status::internal("internal error"),
         }
     }
@@ -130,11 +132,17 @@ mod tests {
         let status = tonic::Status::from(Error::Key(ferry_db::Error::KeyMissing("x".into())));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         let status = tonic::Status::from(Error::Db(ferry_db::Error::Decrypt {
-            table: "t".into(),
-            column: "c".into(),
-            reason: "r".into(),
+            table: "service_env_vars".into(),
+            column: "value_encrypted".into(),
+            reason: "unknown key id abcdef01".into(),
         }));
-        assert_eq!(status.code(), tonic::Code::Internal);
-        assert!(!status.message().contains("t.c"));
+        assert_eq!(status.code(), tonic::Code::DataLoss);
+        assert!(
+            status
+                .message()
+                .contains("service_env_vars.value_encrypted"),
+            "{status:?}"
+        );
+        assert!(!status.message().contains("abcdef01"));
     }
 }

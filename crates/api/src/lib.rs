@@ -1,7 +1,8 @@
 //! `ferry-api`: Ferry's control-plane gRPC API. It owns the database schema:
 //! `serve` migrates on start (on PostgreSQL under an advisory lock, so
-//! replicas never race), and `migrate`, `seed` and `rotate-key` manage the
-//! database from the command line.
+//! replicas never race) and then binds legacy encrypted values to their rows,
+//! and `migrate`, `seed` and `rotate-key` manage the database from the
+//! command line.
 
 pub mod args;
 pub mod db;
@@ -108,6 +109,7 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
     let db = connect(&args).await?;
     tracing::info!("applying database migrations");
     ferry_db::migrate::up(&db).await?;
+    bind_stored_values(&db, &keyring).await?;
 
     let mut system = SystemInfo::new(SERVICE_NAME, env!("CARGO_PKG_VERSION"));
     system.db_backend = backend_name(&db);
@@ -221,6 +223,7 @@ pub fn deployer(state: &ApiState) -> workloads::Deployer {
 
 async fn migrate(args: &Args, action: MigrateAction) -> Result<()> {
     let db = connect(args).await?;
+    let bind = matches!(action, MigrateAction::Up);
     let result = match action {
         MigrateAction::Up => ferry_db::migrate::up(&db)
             .await
@@ -247,12 +250,61 @@ async fn migrate(args: &Args, action: MigrateAction) -> Result<()> {
             ""
         }),
     };
+    let result = match result {
+        Ok(message) if bind => upgrade_with_configured_key(args, &db)
+            .await
+            .map(|()| message),
+        other => other.map_err(Error::from),
+    };
     db.close().await.ok();
     let message = result?;
     if !message.is_empty() {
         println!("{message}");
     }
     Ok(())
+}
+
+/// Binds legacy (v1) encrypted values to their rows: the data half of
+/// migrating, which needs the key the schema half does not.
+async fn bind_stored_values(db: &DatabaseConnection, keyring: &Keyring) -> Result<()> {
+    // Once upgraded, a start costs one count per column and takes no lock.
+    if ferry_db::rotate::unbound_count(db).await? == 0 {
+        return Ok(());
+    }
+    let report = ferry_db::rotate::bind_rows(db, keyring).await?;
+    if report.total_updated() > 0 {
+        tracing::info!(
+            values = report.total_updated(),
+            "bound stored encrypted values to their rows"
+        );
+    }
+    let unbound = ferry_db::rotate::unbound_count(db).await?;
+    if unbound > 0 {
+        tracing::warn!(
+            unbound,
+            "stored encrypted values are not bound to their row and cannot be read \
+             (their key is not configured); add it to ENCRYPTION_KEY_PREVIOUS and restart"
+        );
+    }
+    Ok(())
+}
+
+/// `migrate up` binds stored values too when a key is configured.
+async fn upgrade_with_configured_key(args: &Args, db: &DatabaseConnection) -> Result<()> {
+    match args.encryption.keyring() {
+        Ok(keyring) => bind_stored_values(db, &keyring).await,
+        Err(ferry_db::Error::KeyMissing(_)) => {
+            let unbound = ferry_db::rotate::unbound_count(db).await?;
+            if unbound > 0 {
+                tracing::warn!(
+                    unbound,
+                    "no ENCRYPTION_KEY: stored values stay unbound until ferry-api starts with it"
+                );
+            }
+            Ok(())
+        }
+        Err(err) => Err(Error::Key(err)),
+    }
 }
 
 async fn rotate_key(args: &Args) -> Result<()> {

@@ -60,7 +60,7 @@ pub async fn org_settings<C: ConnectionTrait>(
         return Ok(None);
     };
     let password = match &row.password {
-        Some(p) => Some(keyring.decrypt("org_email_configs", "password", p)?),
+        Some(p) => Some(keyring.decrypt("org_email_configs", "password", row.id, p)?),
         None => None,
     };
     let port = u16::try_from(row.smtp_port)

@@ -157,14 +157,15 @@ async fn seed(conn: &DatabaseConnection) -> Fixture {
 
     // The older certificate must lose to the one expiring last.
     for (days, key) in [(30, "old-key"), (90, KEY_PEM)] {
+        let id = Uuid::now_v7();
         certificates::Entity::insert(
             certificates::Model {
-                id: Uuid::now_v7(),
+                id,
                 domain_id: domain,
                 issuer: "test".into(),
                 certificate_pem: format!("CHAIN-{days}"),
                 private_key: ferry_tests::test_keyring()
-                    .encrypt("certificates", "private_key", key)
+                    .encrypt("certificates", "private_key", id, key)
                     .unwrap(),
                 not_before: Some(now),
                 expires_at: now + chrono::Duration::days(days),

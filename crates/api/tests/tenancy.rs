@@ -908,15 +908,16 @@ async fn invitations_by_email_reach_the_smtp_sink() {
         let (port, inbox) = smtp_sink().await;
         let now = chrono::Utc::now();
         let keyring = ferry_tests::test_keyring();
+        let config_id = Uuid::now_v7();
         org_email_configs::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(config_id),
             organization_id: Set(org.parse().unwrap()),
             smtp_host: Set("127.0.0.1".into()),
             smtp_port: Set(i32::from(port)),
             username: Set(Some("mailer".into())),
             password: Set(Some(
                 keyring
-                    .encrypt("org_email_configs", "password", "smtp-secret")
+                    .encrypt("org_email_configs", "password", config_id, "smtp-secret")
                     .unwrap(),
             )),
             from_address: Set("ferry@example.com".into()),

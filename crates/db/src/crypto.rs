@@ -1,10 +1,15 @@
-//! AES-256-GCM column encryption with key ids (rotation) and `table.column`
-//! bound as associated data.
+//! AES-256-GCM column encryption with key ids (rotation), bound to its row.
 //!
-//! Stored format: `v1:<keyid>:<base64(nonce(12) || ciphertext || tag(16))>`,
+//! Stored format: `v2:<keyid>:<base64(nonce(12) || ciphertext || tag(16))>`,
 //! where `keyid` is the first 8 hex characters of SHA-256(key). The key id is
 //! derived from the key, so operators only configure keys, never ids. A fresh
 //! random 96-bit nonce is drawn for every encryption.
+//!
+//! The associated data is `v2\0<table>\0<column>\0<row uuid>`: a ciphertext
+//! copied into another column, or into another tenant's row of the same
+//! column, no longer authenticates. Legacy `v1` values (associated data
+//! `<table>.<column>`, no row) are refused by [`Keyring::decrypt`]; only the
+//! upgrade in [`crate::rotate`] reads them, to re-encrypt them bound to their row.
 
 use std::fmt;
 
@@ -15,6 +20,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use rand::RngCore as _;
 use sea_orm::DeriveValueType;
 use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{Error, Result};
@@ -24,7 +30,9 @@ pub const ENV_KEY: &str = "ENCRYPTION_KEY";
 /// Environment variable holding older keys (comma-separated) still accepted for reading.
 pub const ENV_KEY_PREVIOUS: &str = "ENCRYPTION_KEY_PREVIOUS";
 
-const FORMAT_VERSION: &str = "v1";
+const FORMAT_VERSION: &str = "v2";
+/// Bound only to `table.column`; read by the upgrade, never written.
+pub(crate) const LEGACY_VERSION: &str = "v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -48,7 +56,7 @@ impl Encrypted {
     pub fn key_id(&self) -> Option<&str> {
         let mut parts = self.0.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(FORMAT_VERSION), Some(id), Some(_)) if is_key_id(id) => Some(id),
+            (Some(FORMAT_VERSION | LEGACY_VERSION), Some(id), Some(_)) if is_key_id(id) => Some(id),
             _ => None,
         }
     }
@@ -192,11 +200,47 @@ impl Keyring {
         &self.current.id
     }
 
-    /// Encrypts `plaintext` for `table.column` under the current key.
-    pub fn encrypt(&self, table: &str, column: &str, plaintext: &str) -> Result<Encrypted> {
-        let nonce = aes_gcm::aead::Nonce::<Aes256Gcm>::try_generate()
-            .map_err(|_| Error::Encrypt("the system random number generator failed".into()))?;
-        let aad = associated_data(table, column);
+    /// Encrypts `plaintext` for `table.column` of the row whose primary key
+    /// is `row`, under the current key.
+    pub fn encrypt(
+        &self,
+        table: &str,
+        column: &str,
+        row: Uuid,
+        plaintext: &str,
+    ) -> Result<Encrypted> {
+        let aad = associated_data(table, column, row);
+        self.seal(FORMAT_VERSION, &aad, plaintext)
+            .ok_or_else(|| Error::Encrypt(format!("AES-GCM failed for {table}.{column}")))
+    }
+
+    /// Decrypts a value stored in `table.column` of row `row`, with the
+    /// current or any previous key. Legacy v1 values are refused.
+    pub fn decrypt(
+        &self,
+        table: &str,
+        column: &str,
+        row: Uuid,
+        value: &Encrypted,
+    ) -> Result<Secret> {
+        self.open(table, column, row, value, false)
+    }
+
+    /// Like [`Keyring::decrypt`], but also reads legacy v1 values (bound
+    /// only to `table.column`). For the upgrade and rotation only.
+    pub(crate) fn decrypt_upgrading(
+        &self,
+        table: &str,
+        column: &str,
+        row: Uuid,
+        value: &Encrypted,
+    ) -> Result<Secret> {
+        self.open(table, column, row, value, true)
+    }
+
+    /// `None` when the system RNG or the cipher fails.
+    fn seal(&self, version: &str, aad: &[u8], plaintext: &str) -> Option<Encrypted> {
+        let nonce = aes_gcm::aead::Nonce::<Aes256Gcm>::try_generate().ok()?;
         let sealed = self
             .current
             .cipher
@@ -204,22 +248,28 @@ impl Keyring {
                 &nonce,
                 Payload {
                     msg: plaintext.as_bytes(),
-                    aad: aad.as_bytes(),
+                    aad,
                 },
             )
-            .map_err(|_| Error::Encrypt(format!("AES-GCM failed for {aad}")))?;
+            .ok()?;
         let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
-        Ok(Encrypted(format!(
-            "{FORMAT_VERSION}:{}:{}",
+        Some(Encrypted(format!(
+            "{version}:{}:{}",
             self.current.id,
             STANDARD.encode(blob)
         )))
     }
 
-    /// Decrypts a value stored in `table.column`, with the current or any previous key.
-    pub fn decrypt(&self, table: &str, column: &str, value: &Encrypted) -> Result<Secret> {
+    fn open(
+        &self,
+        table: &str,
+        column: &str,
+        row: Uuid,
+        value: &Encrypted,
+        legacy: bool,
+    ) -> Result<Secret> {
         let fail = |reason: &str| Error::Decrypt {
             table: table.to_owned(),
             column: column.to_owned(),
@@ -230,9 +280,17 @@ impl Keyring {
         else {
             return Err(fail("not an encrypted value"));
         };
-        if version != FORMAT_VERSION {
-            return Err(fail("unsupported format version"));
-        }
+        let aad = match version {
+            FORMAT_VERSION => associated_data(table, column, row),
+            LEGACY_VERSION if legacy => format!("{table}.{column}").into_bytes(),
+            LEGACY_VERSION => {
+                return Err(fail(
+                    "legacy v1 value not bound to its row; start ferry-api with the key \
+                     to upgrade stored values",
+                ));
+            }
+            _ => return Err(fail("unsupported format version")),
+        };
         let key = self
             .key_by_id(id)
             .ok_or_else(|| fail(&format!("unknown key id {}", printable_id(id))))?;
@@ -245,18 +303,17 @@ impl Keyring {
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
         let nonce = aes_gcm::aead::Nonce::<Aes256Gcm>::try_from(nonce)
             .map_err(|_| fail("bad nonce length"))?;
-        let aad = associated_data(table, column);
         let plain = key
             .cipher
             .decrypt(
                 &nonce,
                 Payload {
                     msg: sealed,
-                    aad: aad.as_bytes(),
+                    aad: &aad,
                 },
             )
             .map_err(|_| {
-                fail("authentication failed (wrong key, or value belongs to another column)")
+                fail("authentication failed (wrong key, or value belongs to another row or column)")
             })?;
         String::from_utf8(plain).map(Secret).map_err(|e| {
             let mut bytes = e.into_bytes();
@@ -265,9 +322,14 @@ impl Keyring {
         })
     }
 
-    /// True when `value` is not encrypted under the current key (it should be re-encrypted).
+    /// True when `value` is not a v2 value under the current key (it should be re-encrypted).
     pub fn needs_rotation(&self, value: &Encrypted) -> bool {
-        value.key_id() != Some(self.current.id.as_str())
+        !value.0.starts_with(&self.current_prefix())
+    }
+
+    /// The stored prefix of values that need no rotation: `v2:<current id>:`.
+    pub fn current_prefix(&self) -> String {
+        format!("{FORMAT_VERSION}:{}:", self.current.id)
     }
 
     fn key_by_id(&self, id: &str) -> Option<&Key> {
@@ -284,8 +346,9 @@ impl Keyring {
     }
 }
 
-fn associated_data(table: &str, column: &str) -> String {
-    format!("{table}.{column}")
+/// NUL-separated so no choice of names makes two rows' data equal.
+fn associated_data(table: &str, column: &str, row: Uuid) -> Vec<u8> {
+    format!("{FORMAT_VERSION}\0{table}\0{column}\0{}", row.hyphenated()).into_bytes()
 }
 
 fn is_key_id(id: &str) -> bool {
@@ -348,6 +411,7 @@ mod tests {
 
     const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    const ROW: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
 
     fn ring(current: &str, previous: &[&str]) -> Keyring {
         Keyring::new(current, previous).unwrap()
@@ -357,20 +421,23 @@ mod tests {
     fn round_trip() {
         let k = ring(KEY_A, &[]);
         let enc = k
-            .encrypt("git_providers", "access_token", "ghp_secret")
+            .encrypt("git_providers", "access_token", ROW, "ghp_secret")
             .unwrap();
-        assert!(enc.0.starts_with(&format!("v1:{}:", k.current_key_id())));
-        let dec = k.decrypt("git_providers", "access_token", &enc).unwrap();
+        assert!(enc.0.starts_with(&format!("v2:{}:", k.current_key_id())));
+        assert_eq!(k.current_prefix(), format!("v2:{}:", k.current_key_id()));
+        let dec = k
+            .decrypt("git_providers", "access_token", ROW, &enc)
+            .unwrap();
         assert_eq!(dec.expose(), "ghp_secret");
-        let empty = k.encrypt("t", "c", "").unwrap();
-        assert_eq!(k.decrypt("t", "c", &empty).unwrap().expose(), "");
+        let empty = k.encrypt("t", "c", ROW, "").unwrap();
+        assert_eq!(k.decrypt("t", "c", ROW, &empty).unwrap().expose(), "");
     }
 
     #[test]
     fn nonce_is_fresh_every_time() {
         let k = ring(KEY_A, &[]);
-        let a = k.encrypt("t", "c", "same").unwrap();
-        let b = k.encrypt("t", "c", "same").unwrap();
+        let a = k.encrypt("t", "c", ROW, "same").unwrap();
+        let b = k.encrypt("t", "c", ROW, "same").unwrap();
         assert_ne!(a, b);
         let nonce = |e: &Encrypted| {
             STANDARD.decode(e.0.splitn(3, ':').nth(2).unwrap()).unwrap()[..NONCE_LEN].to_vec()
@@ -382,7 +449,7 @@ mod tests {
     fn stored_value_never_contains_plaintext() {
         let k = ring(KEY_A, &[]);
         let plain = "postgres://user:hunter2@db/prod";
-        let enc = k.encrypt("t", "c", plain).unwrap();
+        let enc = k.encrypt("t", "c", ROW, plain).unwrap();
         assert!(!enc.0.contains(plain));
         assert!(!enc.0.contains("hunter2"));
         assert!(
@@ -397,46 +464,130 @@ mod tests {
     #[test]
     fn wrong_associated_data_fails() {
         let k = ring(KEY_A, &[]);
-        let enc = k.encrypt("registries", "password", "pw").unwrap();
-        let err = k.decrypt("registries", "username_enc", &enc).unwrap_err();
+        let enc = k.encrypt("registries", "password", ROW, "pw").unwrap();
+        let err = k
+            .decrypt("registries", "username_enc", ROW, &enc)
+            .unwrap_err();
         assert!(matches!(err, Error::Decrypt { .. }), "{err}");
-        assert!(k.decrypt("other", "password", &enc).is_err());
+        assert!(k.decrypt("other", "password", ROW, &enc).is_err());
         assert!(!err.to_string().contains("pw\""));
     }
 
     #[test]
     fn tampered_value_fails() {
         let k = ring(KEY_A, &[]);
-        let enc = k.encrypt("t", "c", "value").unwrap();
+        let enc = k.encrypt("t", "c", ROW, "value").unwrap();
         let mut blob = STANDARD
             .decode(enc.0.splitn(3, ':').nth(2).unwrap())
             .unwrap();
         let last = blob.len() - 1;
         blob[last] ^= 1;
         let bad = Encrypted(format!(
-            "v1:{}:{}",
+            "v2:{}:{}",
             k.current_key_id(),
             STANDARD.encode(blob)
         ));
-        assert!(k.decrypt("t", "c", &bad).is_err());
+        assert!(k.decrypt("t", "c", ROW, &bad).is_err());
         assert!(
-            k.decrypt("t", "c", &Encrypted("plain text".into()))
+            k.decrypt("t", "c", ROW, &Encrypted("plain text".into()))
                 .is_err()
         );
         assert!(
-            k.decrypt("t", "c", &Encrypted("v2:abcdef01:AAAA".into()))
+            k.decrypt("t", "c", ROW, &Encrypted("v3:abcdef01:AAAA".into()))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn wrong_row_fails() {
+        let k = ring(KEY_A, &[]);
+        let enc = k
+            .encrypt("service_env_vars", "value_encrypted", ROW, "s3cret")
+            .unwrap();
+        let other = Uuid::from_u128(ROW.as_u128() + 1);
+        let err = k
+            .decrypt("service_env_vars", "value_encrypted", other, &enc)
+            .unwrap_err();
+        match &err {
+            Error::Decrypt {
+                table,
+                column,
+                reason,
+            } => {
+                assert_eq!(
+                    (table.as_str(), column.as_str()),
+                    ("service_env_vars", "value_encrypted")
+                );
+                assert!(reason.contains("another row"), "{reason}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(!err.to_string().contains("s3cret"));
+        assert!(
+            k.decrypt("service_env_vars", "value_encrypted", Uuid::nil(), &enc)
+                .is_err()
+        );
+        assert_eq!(
+            k.decrypt("service_env_vars", "value_encrypted", ROW, &enc)
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
+    }
+
+    #[test]
+    fn associated_data_separates_names() {
+        // `a\0b` + `c` and `a` + `b\0c` must not collide; neither may table/column swaps.
+        let k = ring(KEY_A, &[]);
+        let enc = k.encrypt("a", "bc", ROW, "v").unwrap();
+        assert!(k.decrypt("ab", "c", ROW, &enc).is_err());
+        assert!(k.decrypt("bc", "a", ROW, &enc).is_err());
+        assert_eq!(
+            associated_data("t", "c", ROW),
+            format!("v2\0t\0c\0{}", ROW.hyphenated()).into_bytes()
+        );
+    }
+
+    #[test]
+    fn v1_is_refused_by_decrypt_and_read_only_by_the_upgrade() {
+        let k = ring(KEY_A, &[]);
+        let legacy = k.seal(LEGACY_VERSION, b"t.c", "old").unwrap();
+        assert!(legacy.0.starts_with(&format!("v1:{}:", k.current_key_id())));
+        assert_eq!(legacy.key_id(), Some(k.current_key_id()));
+        assert!(
+            k.needs_rotation(&legacy),
+            "a v1 value under the current key still needs work"
+        );
+        let err = k.decrypt("t", "c", ROW, &legacy).unwrap_err();
+        match &err {
+            Error::Decrypt { reason, .. } => assert!(reason.contains("legacy v1"), "{reason}"),
+            other => panic!("unexpected {other}"),
+        }
+        assert_eq!(
+            k.decrypt_upgrading("t", "c", ROW, &legacy)
+                .unwrap()
+                .expose(),
+            "old"
+        );
+        assert!(k.decrypt_upgrading("t", "x", ROW, &legacy).is_err());
+        // A v2 value relabelled v1 does not pass as legacy.
+        let v2 = k.encrypt("t", "c", ROW, "new").unwrap();
+        let relabelled = Encrypted(v2.0.replacen("v2:", "v1:", 1));
+        assert!(k.decrypt_upgrading("t", "c", ROW, &relabelled).is_err());
+        assert_eq!(
+            k.decrypt_upgrading("t", "c", ROW, &v2).unwrap().expose(),
+            "new"
         );
     }
 
     #[test]
     fn previous_key_reads_and_needs_rotation() {
         let old = ring(KEY_A, &[]);
-        let enc = old.encrypt("t", "c", "v").unwrap();
+        let enc = old.encrypt("t", "c", ROW, "v").unwrap();
         let rotated = ring(KEY_B, &[KEY_A]);
-        assert_eq!(rotated.decrypt("t", "c", &enc).unwrap().expose(), "v");
+        assert_eq!(rotated.decrypt("t", "c", ROW, &enc).unwrap().expose(), "v");
         assert!(rotated.needs_rotation(&enc));
-        let fresh = rotated.encrypt("t", "c", "v").unwrap();
+        let fresh = rotated.encrypt("t", "c", ROW, "v").unwrap();
         assert!(!rotated.needs_rotation(&fresh));
         assert_eq!(fresh.key_id(), Some(rotated.current_key_id()));
         assert_ne!(old.current_key_id(), rotated.current_key_id());
@@ -444,8 +595,8 @@ mod tests {
 
     #[test]
     fn unknown_key_fails() {
-        let enc = ring(KEY_A, &[]).encrypt("t", "c", "v").unwrap();
-        let err = ring(KEY_B, &[]).decrypt("t", "c", &enc).unwrap_err();
+        let enc = ring(KEY_A, &[]).encrypt("t", "c", ROW, "v").unwrap();
+        let err = ring(KEY_B, &[]).decrypt("t", "c", ROW, &enc).unwrap_err();
         match err {
             Error::Decrypt {
                 table,
@@ -482,10 +633,10 @@ mod tests {
             hex::encode(&Sha256::digest(raw.as_bytes())[..4])
         );
         // A value written with one form reads with another.
-        let enc = ring(&forms[0], &[]).encrypt("t", "c", "v").unwrap();
+        let enc = ring(&forms[0], &[]).encrypt("t", "c", ROW, "v").unwrap();
         assert_eq!(
             ring(&forms[3], &[])
-                .decrypt("t", "c", &enc)
+                .decrypt("t", "c", ROW, &enc)
                 .unwrap()
                 .expose(),
             "v"
@@ -527,8 +678,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(k.previous.len(), 1, "current key listed again is ignored");
-        let enc = ring(KEY_A, &[]).encrypt("t", "c", "v").unwrap();
-        assert_eq!(k.decrypt("t", "c", &enc).unwrap().expose(), "v");
+        let enc = ring(KEY_A, &[]).encrypt("t", "c", ROW, "v").unwrap();
+        assert_eq!(k.decrypt("t", "c", ROW, &enc).unwrap().expose(), "v");
     }
 
     #[test]

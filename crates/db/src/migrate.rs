@@ -150,6 +150,15 @@ async fn with_lock(db: &DatabaseConnection, op: Op) -> Result<()> {
 }
 
 async fn with_pg_lock(db: &DatabaseConnection, op: Op) -> Result<()> {
+    let conn = locked_pg_session(db).await?;
+    let result = op.run(&conn).await;
+    release_pg_session(conn).await;
+    result
+}
+
+/// A dedicated one-connection pool holding `pg_advisory_lock(MIGRATION_LOCK_ID)`:
+/// schema migrations and the row-binding upgrade run there, one replica at a time.
+pub(crate) async fn locked_pg_session(db: &DatabaseConnection) -> Result<DatabaseConnection> {
     let pool = db.get_postgres_connection_pool();
     // One connection that never idles out, so the session (and lock) lasts the whole run.
     let single = PgPoolOptions::new()
@@ -166,13 +175,16 @@ async fn with_pg_lock(db: &DatabaseConnection, op: Op) -> Result<()> {
         .await
         .map_err(|e| Error::Migration(format!("cannot take the migration lock: {e}")))?;
     tracing::debug!("holding the migration advisory lock");
-    let result = op.run(&conn).await;
+    Ok(conn)
+}
+
+/// Unlocks and closes a [`locked_pg_session`].
+pub(crate) async fn release_pg_session(conn: DatabaseConnection) {
     // Closing the session releases the lock even if the unlock fails.
     let _ = conn
         .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
         .await;
     let _ = conn.close().await;
-    result
 }
 
 #[cfg(test)]

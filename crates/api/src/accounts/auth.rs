@@ -422,7 +422,7 @@ impl AuthApi {
             .await?;
         let secret = totp::new_secret();
         let otpauth_uri = totp::otpauth_uri(&secret, &user.email)?;
-        let stored = second_factor::encrypt_secret(self.identity.keyring()?, &secret)?;
+        let stored = second_factor::encrypt_secret(self.identity.keyring()?, user.id, &secret)?;
         let txn = crate::db::begin_write(&self.identity.db).await?;
         users::Entity::update_many()
             .col_expr(users::Column::TotpSecret, Expr::value(Some(stored)))

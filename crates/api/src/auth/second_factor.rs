@@ -189,12 +189,13 @@ pub async fn delete_challenge<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<()
     Ok(())
 }
 
-/// Encrypts a new TOTP secret for storage.
+/// Encrypts a new TOTP secret for storage in `user`'s row.
 pub fn encrypt_secret(
     keyring: &Keyring,
+    user: Uuid,
     secret_base32: &str,
 ) -> Result<ferry_db::crypto::Encrypted> {
-    Ok(keyring.encrypt(SECRET_TABLE, SECRET_COLUMN, secret_base32)?)
+    Ok(keyring.encrypt(SECRET_TABLE, SECRET_COLUMN, user, secret_base32)?)
 }
 
 /// Checks `proof` for `user` inside `txn` and consumes it (the TOTP step,
@@ -211,7 +212,7 @@ pub async fn verify<C: ConnectionTrait>(
             let Some(stored) = &user.totp_secret else {
                 return Ok(false);
             };
-            let secret = keyring.decrypt(SECRET_TABLE, SECRET_COLUMN, stored)?;
+            let secret = keyring.decrypt(SECRET_TABLE, SECRET_COLUMN, user.id, stored)?;
             let unix = u64::try_from(now.timestamp()).unwrap_or(0);
             match totp::check(secret.expose(), code, unix)? {
                 Some(step) => consume_step(txn, user.id, step, now).await,

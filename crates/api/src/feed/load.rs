@@ -263,7 +263,7 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
         else {
             continue;
         };
-        let key = match keyring.decrypt("certificates", "private_key", &cert.private_key) {
+        let key = match keyring.decrypt("certificates", "private_key", cert.id, &cert.private_key) {
             Ok(key) => key,
             Err(err) => {
                 // One bad row must not stop every other route change.

@@ -272,6 +272,7 @@ impl Deployer {
             env_snapshot: Set(Some(self.keyring.encrypt(
                 "deployments",
                 "env_snapshot",
+                id,
                 &env_json,
             )?)),
             metadata: Set(json!({})),
@@ -350,7 +351,9 @@ impl Deployer {
         let mut spec: WorkloadSpec =
             serde_json::from_value(spec).map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(enc) = &d.env_snapshot {
-            let json = self.keyring.decrypt("deployments", "env_snapshot", enc)?;
+            let json = self
+                .keyring
+                .decrypt("deployments", "env_snapshot", d.id, enc)?;
             spec.env = serde_json::from_str::<Vec<EnvVar>>(json.expose())
                 .map_err(|e| Error::Internal(e.to_string()))?;
         }

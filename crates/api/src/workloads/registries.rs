@@ -101,8 +101,9 @@ impl RegistryApi {
         let keyring = self.0.identity.keyring()?;
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
+        let registry_id = Uuid::now_v7();
         let registry = registries::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(registry_id),
             organization_id: Set(org),
             name: Set(name),
             provider: Set(provider(&url)),
@@ -111,6 +112,7 @@ impl RegistryApi {
             password: Set(Some(keyring.encrypt(
                 "registry_integrations",
                 "password",
+                registry_id,
                 &req.password,
             )?)),
             created_at: Set(now),

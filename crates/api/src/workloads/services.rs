@@ -809,14 +809,14 @@ impl ServiceApi {
         let keyring = self.0.identity.keyring()?;
         let password = match &config.password {
             Some(p) => keyring
-                .decrypt("database_configs", "password", p)?
+                .decrypt("database_configs", "password", config.id, p)?
                 .expose()
                 .to_owned(),
             None => String::new(),
         };
         let url = match &config.connection_string {
             Some(c) => keyring
-                .decrypt("database_configs", "connection_string", c)?
+                .decrypt("database_configs", "connection_string", config.id, c)?
                 .expose()
                 .to_owned(),
             None => String::new(),

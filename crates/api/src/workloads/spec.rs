@@ -32,16 +32,17 @@ pub const ENV_TABLE: &str = "service_env_vars";
 pub const GROUP_TABLE: &str = "variable_group_items";
 pub const VALUE_COLUMN: &str = "value_encrypted";
 
-/// A stored variable's plain value (decrypting secret ones).
+/// A stored variable's plain value (decrypting secret ones, bound to row `row`).
 pub fn plain_value(
     keyring: &Keyring,
     table: &str,
+    row: Uuid,
     value: Option<&String>,
     encrypted: Option<&ferry_db::crypto::Encrypted>,
 ) -> Result<String> {
     match (value, encrypted) {
         (_, Some(enc)) => Ok(keyring
-            .decrypt(table, VALUE_COLUMN, enc)?
+            .decrypt(table, VALUE_COLUMN, row, enc)?
             .expose()
             .to_owned()),
         (Some(v), None) => Ok(v.clone()),
@@ -71,6 +72,7 @@ pub async fn merged_env<C: ConnectionTrait>(
             let value = plain_value(
                 keyring,
                 GROUP_TABLE,
+                item.id,
                 item.value.as_ref(),
                 item.value_encrypted.as_ref(),
             )?;
@@ -85,6 +87,7 @@ pub async fn merged_env<C: ConnectionTrait>(
         let value = plain_value(
             keyring,
             ENV_TABLE,
+            var.id,
             var.value.as_ref(),
             var.value_encrypted.as_ref(),
         )?;
@@ -325,7 +328,7 @@ pub(crate) async fn registry_auth<C: ConnectionTrait>(
     };
     let password = match &reg.password {
         Some(enc) => keyring
-            .decrypt("registry_integrations", "password", enc)?
+            .decrypt("registry_integrations", "password", reg.id, enc)?
             .expose()
             .to_owned(),
         None => String::new(),
@@ -607,8 +610,9 @@ pub async fn create_from_template<C: ConnectionTrait>(
                 .storage_gb
                 .or_else(|| spec.volumes.first().map(|v| v.size_gb))
                 .unwrap_or(10);
+            let config_id = Uuid::now_v7();
             database_configs::ActiveModel {
-                id: Set(Uuid::now_v7()),
+                id: Set(config_id),
                 service_id: Set(service_id),
                 engine: Set(engine),
                 version: Set(image
@@ -621,11 +625,13 @@ pub async fn create_from_template<C: ConnectionTrait>(
                 password: Set(Some(keyring.encrypt(
                     "database_configs",
                     "password",
+                    config_id,
                     &password,
                 )?)),
                 connection_string: Set(Some(keyring.encrypt(
                     "database_configs",
                     "connection_string",
+                    config_id,
                     &url,
                 )?)),
                 config: Set(serde_json::json!({})),
@@ -697,13 +703,17 @@ pub async fn insert_env<C: ConnectionTrait>(
     secret: bool,
 ) -> Result<service_env_vars::Model> {
     let now = Utc::now();
+    let id = Uuid::now_v7();
     let (plain, enc) = if secret {
-        (None, Some(keyring.encrypt(ENV_TABLE, VALUE_COLUMN, value)?))
+        (
+            None,
+            Some(keyring.encrypt(ENV_TABLE, VALUE_COLUMN, id, value)?),
+        )
     } else {
         (Some(value.to_owned()), None)
     };
     Ok(service_env_vars::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(id),
         service_id: Set(service_id),
         key: Set(key.to_owned()),
         value: Set(plain),

@@ -230,14 +230,6 @@ impl VariableApi {
         validate::env_key("key", &req.key)?;
         validate::env_value("value", &req.value)?;
         let keyring = self.0.identity.keyring()?;
-        let (plain, enc) = if req.secret {
-            (
-                None,
-                Some(keyring.encrypt(GROUP_TABLE, VALUE_COLUMN, &req.value)?),
-            )
-        } else {
-            (Some(req.value.clone()), None)
-        };
         let db = &self.0.identity.db;
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
@@ -246,6 +238,16 @@ impl VariableApi {
             .filter(variable_group_items::Column::Key.eq(&req.key))
             .one(&txn)
             .await?;
+        // The value is bound to the row it is stored in.
+        let item_id = existing.as_ref().map_or_else(Uuid::now_v7, |item| item.id);
+        let (plain, enc) = if req.secret {
+            (
+                None,
+                Some(keyring.encrypt(GROUP_TABLE, VALUE_COLUMN, item_id, &req.value)?),
+            )
+        } else {
+            (Some(req.value.clone()), None)
+        };
         match existing {
             Some(item) => {
                 let mut row = item.into_active_model();
@@ -257,7 +259,7 @@ impl VariableApi {
             }
             None => {
                 variable_group_items::ActiveModel {
-                    id: Set(Uuid::now_v7()),
+                    id: Set(item_id),
                     variable_group_id: Set(id),
                     key: Set(req.key.clone()),
                     value: Set(plain),
