@@ -275,7 +275,7 @@ pub struct CreateServiceArgs {
     pub database: Option<String>,
     /// Database version.
     #[arg(long, requires = "database", default_value = "")]
-    pub version: String,
+    pub db_version: String,
     /// Database storage in GB.
     #[arg(long, requires = "database", default_value_t = 0)]
     pub storage_gb: i32,

@@ -196,8 +196,10 @@ mod tests {
     fn round_trip_with_mode_0600_and_refuses_open_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/config.toml");
-        let mut config = Config::default();
-        config.current_context = Some("dev".into());
+        let mut config = Config {
+            current_context: Some("dev".into()),
+            ..Config::default()
+        };
         config.contexts.insert(
             "dev".into(),
             Context {

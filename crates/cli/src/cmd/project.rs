@@ -87,7 +87,7 @@ fn create_request(project_id: String, args: CreateServiceArgs) -> Result<pb::Cre
             })?;
             pb::create_service_request::Spec::Database(pb::DatabaseSpec {
                 engine: engine as i32,
-                version: args.version,
+                version: args.db_version,
                 storage_size_gb: args.storage_gb,
                 resources: None,
             })
