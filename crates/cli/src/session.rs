@@ -299,7 +299,6 @@ impl Session {
     /// The organization in effect: `--org`, `ferry.toml`, `ferry org use`,
     /// else your only organization.
     pub async fn org_id(&mut self) -> Result<String> {
-        let api = self.api().await?;
         if let Some(key) = self.globals.org.clone() {
             return Ok(self.find_org(&key).await?.id);
         }
@@ -311,30 +310,28 @@ impl Session {
         if let Some(id) = saved {
             return Ok(id);
         }
-        let orgs = list_all!(
-            api,
-            orgs,
-            list_organizations,
-            pb::ListOrganizationsRequest::default(),
-            organizations
-        );
-        match <[pb::Organization; 1]>::try_from(orgs) {
+        match <[pb::Organization; 1]>::try_from(self.all_orgs().await?) {
             Ok([org]) => Ok(org.id),
             Err(_) => Err(CliError::usage("no organization selected")
                 .hint("run `ferry org use NAME` or pass --org")),
         }
     }
 
-    /// The organization named (or with the id) `key`.
-    pub async fn find_org(&mut self, key: &str) -> Result<pb::Organization> {
+    /// Every organization you belong to.
+    pub async fn all_orgs(&mut self) -> Result<Vec<pb::Organization>> {
         let api = self.api().await?;
-        let orgs = list_all!(
+        Ok(list_all!(
             api,
             orgs,
             list_organizations,
             pb::ListOrganizationsRequest::default(),
             organizations
-        );
+        ))
+    }
+
+    /// The organization named (or with the id) `key`.
+    pub async fn find_org(&mut self, key: &str) -> Result<pb::Organization> {
+        let orgs = self.all_orgs().await?;
         pick(
             "organization",
             key,
@@ -359,6 +356,22 @@ impl Session {
             })
     }
 
+    /// Every project of the organization.
+    pub async fn all_projects(&mut self) -> Result<Vec<pb::Project>> {
+        let api = self.api().await?;
+        let organization_id = self.org_id().await?;
+        Ok(list_all!(
+            api,
+            projects,
+            list_projects,
+            pb::ListProjectsRequest {
+                organization_id,
+                ..Default::default()
+            },
+            projects
+        ))
+    }
+
     /// The project named (or with the id) `key` in the organization.
     pub async fn find_project(&mut self, key: &str) -> Result<pb::Project> {
         let api = self.api().await?;
@@ -367,23 +380,11 @@ impl Session {
                 .projects()
                 .get_project(api.req(pb::GetProjectRequest { id: key.into() }))
                 .await;
-            match got {
-                Ok(project) => return Ok(project.into_inner()),
-                Err(status) if status.code() == Code::NotFound => {}
-                Err(status) => return Err(status.into()),
+            if let Some(project) = found(got)? {
+                return Ok(project);
             }
         }
-        let org = self.org_id().await?;
-        let projects = list_all!(
-            api,
-            projects,
-            list_projects,
-            pb::ListProjectsRequest {
-                organization_id: org,
-                ..Default::default()
-            },
-            projects
-        );
+        let projects = self.all_projects().await?;
         pick(
             "project",
             key,
@@ -408,6 +409,22 @@ impl Session {
         }
     }
 
+    /// Every service of the project.
+    pub async fn all_services(&mut self) -> Result<Vec<pb::Service>> {
+        let api = self.api().await?;
+        let project_id = self.project_id().await?;
+        Ok(list_all!(
+            api,
+            services,
+            list_services,
+            pb::ListServicesRequest {
+                project_id,
+                ..Default::default()
+            },
+            services
+        ))
+    }
+
     /// The service named (or with the id) `key` in the project.
     pub async fn find_service(&mut self, key: &str) -> Result<pb::Service> {
         let api = self.api().await?;
@@ -416,24 +433,21 @@ impl Session {
                 .services()
                 .get_service(api.req(pb::GetServiceRequest { id: key.into() }))
                 .await;
-            match got {
-                Ok(service) => return Ok(service.into_inner()),
-                Err(status) if status.code() == Code::NotFound => {}
-                Err(status) => return Err(status.into()),
+            if let Some(service) = found(got)? {
+                return Ok(service);
             }
         }
-        let project = self.project_id().await?;
-        let services = list_all!(
-            api,
-            services,
-            list_services,
-            pb::ListServicesRequest {
-                project_id: project,
-                ..Default::default()
-            },
-            services
-        );
+        let services = self.all_services().await?;
         pick("service", key, services, |s| &s.id, |s| vec![&s.name])
+    }
+}
+
+/// A Get* answer: the message, `None` for NotFound, or the error.
+fn found<T>(got: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<Option<T>> {
+    match got {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(status.into()),
     }
 }
 

@@ -611,3 +611,47 @@ async fn completions_man_page_and_version_need_no_server() {
     );
     assert!(!dir.path().join("config.toml").exists());
 }
+
+/// Cold start of `ferry services list` against a local api (SQLite), one
+/// process per call: `FERRY_BENCH_BIN=target/release/ferry cargo nextest run
+/// -p ferry-cli --run-ignored only services_list_cold_start --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn services_list_cold_start() {
+    let db = ferry_tests::TestDb::sqlite().await;
+    db.migrate().await;
+    let api = ferry_api::testing::start(&db.conn, identity()).await;
+    register(&api, "bench").await;
+    let cli = Cli::new(&api);
+    cli.login("bench", &format!("{PASSWORD}\n")).await.ok();
+    cli.run(&["orgs", "create", "Bench"]).await.ok();
+    cli.run(&["projects", "create", "bench"]).await.ok();
+    for name in ["web", "api", "worker"] {
+        cli.run(&[
+            "services", "create", name, "--image", "nginx", "--port", "80",
+        ])
+        .await
+        .ok();
+    }
+    let bin =
+        std::env::var("FERRY_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ferry").into());
+    let mut times = Vec::new();
+    for _ in 0..100 {
+        let start = std::time::Instant::now();
+        let out = tokio::process::Command::new(&bin)
+            .args(["services", "list"])
+            .current_dir(&cli.work)
+            .env("FERRY_CONFIG_DIR", cli.config.path())
+            .output()
+            .await
+            .unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "ferry services list ({bin}): p50 {:.1} ms, p90 {:.1} ms, min {:.1} ms",
+        times[50], times[90], times[0]
+    );
+    api.stop().await;
+}

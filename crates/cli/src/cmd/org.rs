@@ -58,13 +58,7 @@ pub async fn orgs(s: &mut Session, cmd: OrgsCmd) -> Result<()> {
     let api = s.api().await?;
     match cmd {
         OrgsCmd::List => {
-            let orgs = list_all!(
-                api,
-                orgs,
-                list_organizations,
-                pb::ListOrganizationsRequest::default(),
-                organizations
-            );
+            let orgs = s.all_orgs().await?;
             s.out.list(&orgs)
         }
         OrgsCmd::Create { name } => {
@@ -112,17 +106,7 @@ pub async fn projects(s: &mut Session, cmd: ProjectsCmd) -> Result<()> {
     let api = s.api().await?;
     match cmd {
         ProjectsCmd::List => {
-            let organization_id = s.org_id().await?;
-            let projects = list_all!(
-                api,
-                projects,
-                list_projects,
-                pb::ListProjectsRequest {
-                    organization_id,
-                    ..Default::default()
-                },
-                projects
-            );
+            let projects = s.all_projects().await?;
             s.out.list(&projects)
         }
         ProjectsCmd::Create { name, description } => {

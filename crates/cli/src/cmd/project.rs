@@ -20,17 +20,7 @@ pub async fn services(s: &mut Session, cmd: ServicesCmd) -> Result<()> {
     let api = s.api().await?;
     match cmd {
         ServicesCmd::List => {
-            let project_id = s.project_id().await?;
-            let all = list_all!(
-                api,
-                services,
-                list_services,
-                pb::ListServicesRequest {
-                    project_id,
-                    ..Default::default()
-                },
-                services
-            );
+            let all = s.all_services().await?;
             s.out.list(&all)
         }
         ServicesCmd::Get { service } => {
@@ -174,10 +164,10 @@ pub async fn env(s: &mut Session, cmd: EnvCmd) -> Result<()> {
     }
 }
 
-async fn find_volume(s: &mut Session, key: &str) -> Result<pb::Volume> {
+async fn all_volumes(s: &mut Session) -> Result<Vec<pb::Volume>> {
     let api = s.api().await?;
     let project_id = s.project_id().await?;
-    let all = list_all!(
+    Ok(list_all!(
         api,
         volumes,
         list_volumes,
@@ -186,7 +176,11 @@ async fn find_volume(s: &mut Session, key: &str) -> Result<pb::Volume> {
             ..Default::default()
         },
         volumes
-    );
+    ))
+}
+
+async fn find_volume(s: &mut Session, key: &str) -> Result<pb::Volume> {
+    let all = all_volumes(s).await?;
     pick("volume", key, all, |v| &v.id, |v| vec![&v.name])
 }
 
@@ -195,17 +189,7 @@ pub async fn volumes(s: &mut Session, cmd: VolumesCmd) -> Result<()> {
     let api = s.api().await?;
     match cmd {
         VolumesCmd::List => {
-            let project_id = s.project_id().await?;
-            let all = list_all!(
-                api,
-                volumes,
-                list_volumes,
-                pb::ListVolumesRequest {
-                    project_id,
-                    ..Default::default()
-                },
-                volumes
-            );
+            let all = all_volumes(s).await?;
             s.out.list(&all)
         }
         VolumesCmd::Create {
@@ -272,10 +256,10 @@ pub async fn volumes(s: &mut Session, cmd: VolumesCmd) -> Result<()> {
     }
 }
 
-async fn find_group(s: &mut Session, key: &str) -> Result<pb::VariableGroup> {
+async fn all_groups(s: &mut Session) -> Result<Vec<pb::VariableGroup>> {
     let api = s.api().await?;
     let project_id = s.project_id().await?;
-    let all = list_all!(
+    Ok(list_all!(
         api,
         groups,
         list_variable_groups,
@@ -284,7 +268,11 @@ async fn find_group(s: &mut Session, key: &str) -> Result<pb::VariableGroup> {
             ..Default::default()
         },
         variable_groups
-    );
+    ))
+}
+
+async fn find_group(s: &mut Session, key: &str) -> Result<pb::VariableGroup> {
+    let all = all_groups(s).await?;
     pick("variable group", key, all, |g| &g.id, |g| vec![&g.name])
 }
 
@@ -294,17 +282,7 @@ pub async fn groups(s: &mut Session, cmd: GroupsCmd) -> Result<()> {
     let attach = matches!(cmd, GroupsCmd::Attach { .. });
     match cmd {
         GroupsCmd::List => {
-            let project_id = s.project_id().await?;
-            let all = list_all!(
-                api,
-                groups,
-                list_variable_groups,
-                pb::ListVariableGroupsRequest {
-                    project_id,
-                    ..Default::default()
-                },
-                variable_groups
-            );
+            let all = all_groups(s).await?;
             s.out.list(&all)
         }
         GroupsCmd::Create { name, description } => {
