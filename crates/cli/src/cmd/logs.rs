@@ -1,4 +1,4 @@
-//! `logs` (StreamLogs) and `events` (ListServiceEvents).
+//! `logs` (StreamLogs) and `events` (GetServiceEvents).
 
 use std::collections::HashMap;
 
@@ -101,12 +101,12 @@ pub async fn events(s: &mut Session, args: EventsArgs) -> Result<()> {
     let service_id = s.service_id(args.service.as_deref()).await?;
     let events = api
         .services()
-        .list_service_events(api.req(pb::ListServiceEventsRequest {
+        .get_service_events(api.req(pb::GetServiceEventsRequest {
             service_id,
             limit: args.limit,
         }))
         .await
-        .map_err(cluster_error("events", "ListServiceEvents"))?
+        .map_err(cluster_error("events", "GetServiceEvents"))?
         .into_inner()
         .events;
     s.out.list(&events)
