@@ -655,3 +655,55 @@ async fn services_list_cold_start() {
     );
     api.stop().await;
 }
+
+/// With a (fake, in-memory) cluster: `ferry deploy` follows the rollout to
+/// `running`, and a rollout stuck on ImagePullBackOff exits 6 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_follows_the_rollout_and_a_failure_exits_6() {
+    use ferry_k8s::fake::{Behavior, FakeCluster};
+    let db = ferry_tests::TestDb::sqlite().await;
+    db.migrate().await;
+    let fake = FakeCluster::new();
+    let mut state = ferry_api::testing::state(&db.conn, None);
+    state.cluster = Some(std::sync::Arc::new(
+        ferry_k8s::cluster::Cluster::new(fake.client())
+            .with_pod_check_interval(std::time::Duration::from_millis(20)),
+    ));
+    state.deploy.rollout_timeout = std::time::Duration::from_secs(20);
+    let api = ferry_api::testing::start_state(&state, identity()).await;
+    register(&api, "eve").await;
+    let cli = Cli::new(&api);
+    cli.login("eve", &format!("{PASSWORD}\n")).await.ok();
+    cli.run(&["orgs", "create", "Eve"]).await.ok();
+    cli.run(&["projects", "create", "live"]).await.ok();
+    cli.run(&[
+        "services",
+        "create",
+        "web",
+        "--image",
+        "nginx:1.27",
+        "--port",
+        "80",
+    ])
+    .await
+    .ok();
+
+    fake.set_behavior("web", Behavior::Ready);
+    let run = cli.run(&["deploy", "web"]).await.ok();
+    assert!(run.stdout.contains("running after"), "{run:#?}");
+
+    fake.set_behavior("web", Behavior::ImagePullBackOff);
+    let run = cli
+        .run(&["deploy", "web", "--image", "nginx:does-not-exist"])
+        .await;
+    assert_eq!(run.code, 6, "{run:#?}");
+    assert!(run.stderr.contains("failed after"), "{run:#?}");
+    assert!(run.stderr.contains("ImagePullBackOff"), "{run:#?}");
+    let history = cli
+        .run(&["deployments", "web", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(history[0]["status"], "DEPLOYMENT_STATUS_FAILED");
+    api.stop().await;
+}
