@@ -135,6 +135,17 @@ async fn register(api: &TestApi, username: &str) -> AuthServiceClient<tonic::tra
     auth
 }
 
+/// A registered, logged-in user's CLI with an organization and a project
+/// (the defaults of its context).
+async fn tenant(api: &TestApi, user: &str, org: &str, project: &str) -> Cli {
+    register(api, user).await;
+    let cli = Cli::new(api);
+    cli.login(user, &format!("{PASSWORD}\n")).await.ok();
+    cli.run(&["orgs", "create", org]).await.ok();
+    cli.run(&["projects", "create", project]).await.ok();
+    cli
+}
+
 /// Every test body runs once per database (SQLite, then PostgreSQL).
 macro_rules! on_every_db {
     ($name:ident, |$api:ident| $body:block) => {
@@ -522,11 +533,7 @@ on_every_db!(create_deploy_history_rollback_link_and_json, |api| {
 });
 
 on_every_db!(up_and_down_from_a_compose_file, |api| {
-    register(&api, "dee").await;
-    let cli = Cli::new(&api);
-    cli.login("dee", &format!("{PASSWORD}\n")).await.ok();
-    cli.run(&["orgs", "create", "Dee Co"]).await.ok();
-    cli.run(&["projects", "create", "stackz"]).await.ok();
+    let cli = tenant(&api, "dee", "Dee Co", "stackz").await;
 
     let dir = cli.work.join("shop");
     std::fs::create_dir_all(&dir).unwrap();
@@ -621,11 +628,7 @@ async fn services_list_cold_start() {
     let db = ferry_tests::TestDb::sqlite().await;
     db.migrate().await;
     let api = ferry_api::testing::start(&db.conn, identity()).await;
-    register(&api, "bench").await;
-    let cli = Cli::new(&api);
-    cli.login("bench", &format!("{PASSWORD}\n")).await.ok();
-    cli.run(&["orgs", "create", "Bench"]).await.ok();
-    cli.run(&["projects", "create", "bench"]).await.ok();
+    let cli = tenant(&api, "bench", "Bench", "bench").await;
     for name in ["web", "api", "worker"] {
         cli.run(&[
             "services", "create", name, "--image", "nginx", "--port", "80",
@@ -671,11 +674,7 @@ async fn deploy_follows_the_rollout_and_a_failure_exits_6() {
     ));
     state.deploy.rollout_timeout = std::time::Duration::from_secs(20);
     let api = ferry_api::testing::start_state(&state, identity()).await;
-    register(&api, "eve").await;
-    let cli = Cli::new(&api);
-    cli.login("eve", &format!("{PASSWORD}\n")).await.ok();
-    cli.run(&["orgs", "create", "Eve"]).await.ok();
-    cli.run(&["projects", "create", "live"]).await.ok();
+    let cli = tenant(&api, "eve", "Eve", "live").await;
     cli.run(&[
         "services",
         "create",
