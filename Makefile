@@ -67,3 +67,11 @@ e2e:
 ## Proves the chart checks can fail: breaks one thing at a time and expects make chart-check's steps to catch it (not in CI)
 chart-mutants:
 	bash deploy/scripts/chart-mutants.sh
+
+.PHONY: cli
+## Build the `ferry` command-line tool (release) and say how to install it
+cli:
+	$(CARGO) build --release -p ferry-cli
+	@echo "built $${CARGO_TARGET_DIR:-target}/release/ferry"
+	@echo "install: cargo install --path crates/cli   (or copy the binary onto your PATH)"
+	@echo "completions: ferry completion bash|zsh|fish; man page: ferry man > ferry.1"

@@ -19,6 +19,9 @@ pub mod auth;
 pub mod authz;
 pub mod workloads;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,13 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_api::ApiState;
 use ferry_api::auth::{IdentityConfig, ThrottlePolicy};
-use ferry_api::feed::{FeedAuth, FeedHub, FeedToken};
-use ferry_common::{GrpcServer, Shutdown, SystemInfo};
 use ferry_db::entities::enums::OrgRole;
 use ferry_db::entities::organization_members;
 use ferry_db::sea_orm::prelude::Uuid;
@@ -21,30 +17,13 @@ use pb::auth_service_client::AuthServiceClient;
 use pb::grant_service_client::GrantServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
 use pb::organization_service_client::OrganizationServiceClient;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 pub const PASSWORD: &str = "correct horse battery";
 
 /// The api's gRPC server on a loopback port.
-pub struct Api {
-    pub addr: SocketAddr,
-    shutdown: Shutdown,
-    server: JoinHandle<ferry_common::Result<()>>,
-}
-
-impl Api {
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
-}
+pub use ferry_api::testing::TestApi as Api;
 
 /// An identity config whose login throttle frees `account` failures per
 /// account and `ip` failures per address (registrations are not limited:
@@ -77,34 +56,12 @@ pub async fn start_with_feed(
     config: IdentityConfig,
     feed_token: Option<&str>,
 ) -> Api {
-    let token: Option<FeedToken> = feed_token.map(|t| t.parse().unwrap());
-    let state = ApiState {
-        db: conn.clone(),
-        keyring: Arc::new(ferry_tests::test_keyring()),
-        feed: FeedHub::new(),
-        feed_auth: FeedAuth::new(token.as_ref()),
-        cluster: None,
-        deploy: ferry_api::workloads::DeployConfig::default(),
-    };
-    start_state(&state, config).await
+    start_state(&ferry_api::testing::state(conn, feed_token), config).await
 }
 
 /// Starts the api's gRPC server for `state`.
 pub async fn start_state(state: &ApiState, config: IdentityConfig) -> Api {
-    let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        GrpcServer::new(SystemInfo::new("ferry-api", "test"))
-            .services(ferry_api::services_with(state, &config))
-            .grace(Duration::from_secs(5))
-            .serve(listener, std::future::ready(()), shutdown.clone()),
-    );
-    Api {
-        addr,
-        shutdown,
-        server,
-    }
+    ferry_api::testing::start_state(state, config).await
 }
 
 /// A channel to the api at `addr`, sending `user_agent` if given.

@@ -1,0 +1,7 @@
+//! The subcommands.
+
+pub mod auth;
+pub mod deploy;
+pub mod logs;
+pub mod org;
+pub mod project;

@@ -1,0 +1,121 @@
+//! How each API message prints: its proto name, table columns and id.
+
+use ferry_proto::ferry::v1 as pb;
+
+use crate::output::{age, enum_word, or_dash};
+use crate::resource;
+
+/// `ORGANIZATION_ROLE_ADMIN` → `admin`.
+pub fn role_word(role: i32) -> String {
+    pb::OrganizationRole::try_from(role).map_or_else(
+        |_| role.to_string(),
+        |r| enum_word(r.as_str_name(), "ORGANIZATION_ROLE_"),
+    )
+}
+
+/// `DEPLOYMENT_STATUS_RUNNING` → `running`.
+pub fn status_word(status: i32) -> String {
+    pb::DeploymentStatus::try_from(status).map_or_else(
+        |_| status.to_string(),
+        |s| enum_word(s.as_str_name(), "DEPLOYMENT_STATUS_"),
+    )
+}
+
+fn trigger_word(trigger: i32) -> String {
+    pb::DeploymentTrigger::try_from(trigger).map_or_else(
+        |_| trigger.to_string(),
+        |t| enum_word(t.as_str_name(), "DEPLOYMENT_TRIGGER_"),
+    )
+}
+
+fn ports(ports: &[pb::Port]) -> String {
+    let list: Vec<String> = ports.iter().map(|p| p.container_port.to_string()).collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+resource!(pb::Organization, "Organization", |o| o.id, [
+    "ID" => o.id, "NAME" => o.name, "SLUG" => o.slug, "ROLE" => role_word(o.role),
+    "CREATED" => age(o.created_at.as_ref()),
+]);
+resource!(pb::Project, "Project", |p| p.id, [
+    "ID" => p.id, "NAME" => p.name, "SLUG" => p.slug, "NAMESPACE" => p.namespace,
+    "CREATED" => age(p.created_at.as_ref()),
+]);
+resource!(pb::Service, "Service", |s| s.id, [
+    "ID" => s.id, "NAME" => s.name, "STATUS" => or_dash(&s.status),
+    "IMAGE" => or_dash(&s.image), "REPLICAS" => s.replicas, "PORTS" => ports(&s.ports),
+    "CREATED" => age(s.created_at.as_ref()),
+]);
+resource!(pb::EnvVar, "EnvVar", |e| e.key, [
+    "KEY" => e.key, "VALUE" => if e.secret { "(secret)" } else { e.value.as_str() },
+    "UPDATED" => age(e.updated_at.as_ref()),
+]);
+resource!(pb::Volume, "Volume", |v| v.id, [
+    "ID" => v.id, "NAME" => v.name, "SIZE" => format!("{} GB", v.size_gb),
+    "CLASS" => or_dash(&v.storage_class), "CREATED" => age(v.created_at.as_ref()),
+]);
+resource!(pb::VariableGroup, "VariableGroup", |g| g.id, [
+    "ID" => g.id, "NAME" => g.name, "VARIABLES" => g.variables.len(),
+    "DESCRIPTION" => or_dash(&g.description),
+]);
+resource!(pb::Route, "Route", |r| r.id, [
+    "ID" => r.id, "HOST" => r.hostname, "PATH" => or_dash(&r.path_prefix), "TLS" => r.tls_enabled,
+    "TARGETS" => r.targets.iter().map(|t| format!("{}:{}", short(&t.service_id), t.port))
+        .collect::<Vec<_>>().join(","),
+]);
+resource!(pb::Registry, "Registry", |r| r.id, [
+    "ID" => r.id, "NAME" => r.name, "URL" => r.url, "USERNAME" => r.username,
+]);
+resource!(pb::ApiToken, "ApiToken", |t| t.id, [
+    "ID" => t.id, "NAME" => t.name, "PREFIX" => t.prefix, "ROLE" => role_word(t.role),
+    "LAST USED" => age(t.last_used_at.as_ref()),
+    "REVOKED" => if t.revoked_at.is_some() { "yes" } else { "no" },
+]);
+resource!(pb::Member, "Member", |m| m.user_id, [
+    "USER ID" => m.user_id, "USERNAME" => m.username, "EMAIL" => m.email,
+    "ROLE" => role_word(m.role), "JOINED" => age(m.joined_at.as_ref()),
+]);
+resource!(pb::Invitation, "Invitation", |i| i.id, [
+    "ID" => i.id, "EMAIL" => i.email, "ROLE" => role_word(i.role),
+    "EXPIRES" => i.expires_at.as_ref().map_or_else(|| "-".into(), chrono_time),
+]);
+resource!(pb::AuditEntry, "AuditEntry", |a| a.id, [
+    "AGE" => age(a.created_at.as_ref()), "ACTION" => a.action,
+    "RESOURCE" => format!("{} {}", a.resource_type, a.resource_id.as_deref().map_or("", short)),
+    "ACTOR" => a.actor_id.as_deref().map_or("-", short),
+]);
+resource!(pb::Deployment, "Deployment", |d| d.id, [
+    "ID" => d.id, "STATUS" => status_word(d.status), "TRIGGER" => trigger_word(d.trigger),
+    "IMAGE" => or_dash(&d.image), "CREATED" => age(d.created_at.as_ref()),
+    "MESSAGE" => or_dash(&d.message),
+]);
+resource!(pb::Stack, "Stack", |s| s.id, [
+    "ID" => s.id, "NAME" => s.name, "STATUS" => or_dash(&s.status),
+    "SERVICES" => s.service_ids.len(),
+]);
+resource!(pb::ServiceEvent, "ServiceEvent", |e| e.object, [
+    "LAST SEEN" => age(e.last_seen.as_ref()), "TYPE" => e.r#type, "OBJECT" => e.object,
+    "SUMMARY" => if e.summary.is_empty() { format!("{}: {}", e.reason, e.message) } else { e.summary.clone() },
+]);
+resource!(pb::User, "User", |u| u.id, [
+    "ID" => u.id, "USERNAME" => u.username, "EMAIL" => u.email, "2FA" => u.totp_enabled,
+]);
+resource!(pb::LogLine, "LogLine", |l| l.pod, [
+    "POD" => l.pod, "LINE" => l.line,
+]);
+
+/// A timestamp as RFC 3339 UTC.
+pub fn chrono_time(ts: &prost_types::Timestamp) -> String {
+    chrono::DateTime::from_timestamp(ts.seconds, 0).map_or_else(
+        || "-".into(),
+        |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+    )
+}
