@@ -704,5 +704,48 @@ async fn deploy_follows_the_rollout_and_a_failure_exits_6() {
         .ok()
         .json();
     assert_eq!(history[0]["status"], "DEPLOYMENT_STATUS_FAILED");
+
+    // `ferry logs`: the service's pods, each line prefixed by its pod.
+    let service = cli
+        .run(&["services", "get", "web", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let projects = cli
+        .run(&["projects", "list", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let (id, ns) = (
+        service["id"].as_str().unwrap_or_default().to_owned(),
+        projects[0]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    for pod in ["web-a", "web-b"] {
+        fake.insert(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod,
+                "namespace": ns,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "ferry",
+                    "ferry.dev/service-id": id,
+                },
+            },
+            "spec": { "containers": [{ "name": "app", "image": "nginx:1" }] },
+            "status": { "phase": "Running" },
+        }));
+        fake.append_log(&ns, pod, "app", &format!("hello from {pod}"));
+    }
+    let run = cli.run(&["logs", "web", "--tail", "10"]).await.ok();
+    for pod in ["web-a", "web-b"] {
+        assert!(
+            run.stdout.contains(&format!("{pod} | hello from {pod}")),
+            "{run:#?}"
+        );
+    }
     api.stop().await;
 }
