@@ -723,6 +723,8 @@ async fn deploy_follows_the_rollout_and_a_failure_exits_6() {
             .unwrap_or_default()
             .to_owned(),
     );
+    let run = cli.run(&["logs", "web", "--tail", "10"]).await.ok();
+    assert!(run.stderr.contains("no log lines"), "{run:#?}");
     for pod in ["web-a", "web-b"] {
         fake.insert(serde_json::json!({
             "apiVersion": "v1",

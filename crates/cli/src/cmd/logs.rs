@@ -92,6 +92,17 @@ pub async fn logs(s: &mut Session, args: LogsArgs) -> Result<()> {
         let prefix = s.out.paint(colour, &line.pod);
         crate::output::write_out(&format!("{prefix} | {}\n", line.line))?;
     }
+    if colours.is_empty() && !s.out.structured() {
+        // Silence would look like a hang or a bug: say why nothing came.
+        eprintln!(
+            "no log lines: the service has no pod with a started container{}",
+            if args.follow {
+                ""
+            } else {
+                " (add -f to wait for one)"
+            }
+        );
+    }
     Ok(())
 }
 
