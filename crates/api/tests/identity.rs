@@ -1007,6 +1007,14 @@ const EXPECTATIONS: &[(&str, Unauth)] = &[
         Unauth::Rejected,
     ),
     (
+        "/ferry.v1.OrganizationService/GetOrganizationLimits",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/SetOrganizationLimits",
+        Unauth::Rejected,
+    ),
+    (
         "/ferry.v1.InvitationService/CreateInvitation",
         Unauth::Rejected,
     ),
@@ -1230,6 +1238,30 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                 pb::TransferOwnershipRequest {
                     organization_id: org,
                     new_owner_user_id: Uuid::now_v7().to_string(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/GetOrganizationLimits" => c
+            .orgs
+            .get_organization_limits(authed(
+                pb::GetOrganizationLimitsRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/SetOrganizationLimits" => c
+            .orgs
+            .set_organization_limits(authed(
+                pb::SetOrganizationLimitsRequest {
+                    organization_id: org,
+                    limits: Some(pb::ResourceLimits {
+                        pods: Some(1),
+                        ..Default::default()
+                    }),
                 },
                 outsider,
             ))
