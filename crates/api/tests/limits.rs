@@ -76,9 +76,7 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
         let mut c = clients(api.addr).await;
         let mut tokens = std::collections::HashMap::new();
         let mut ids = std::collections::HashMap::new();
-        for name in [
-            "owner", "admin", "member", "viewer", "outsider", "root",
-        ] {
+        for name in ["owner", "admin", "member", "viewer", "outsider", "root"] {
             ids.insert(name, register(&mut c, name).await.id);
             tokens.insert(name, login(&mut c, name).await);
         }
@@ -231,7 +229,11 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
             .unwrap()
             .into_inner();
         assert_eq!(got.overrides, Some(raised()), "{b}");
-        assert_eq!(got.effective.unwrap().memory.as_deref(), Some("48Gi"), "{b}");
+        assert_eq!(
+            got.effective.unwrap().memory.as_deref(),
+            Some("48Gi"),
+            "{b}"
+        );
 
         // What Set accepted renders into the project's ResourceQuota.
         let project = ProjectServiceClient::new(c.channel.clone())

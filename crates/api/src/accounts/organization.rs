@@ -415,8 +415,7 @@ impl OrganizationService for OrganizationApi {
     ) -> Result<Response<pb::OrganizationLimits>, Status> {
         let caller = Caller::of(&self.identity, &request).await?;
         let default = &self.workloads.deployer.config.policy.quota;
-        let limits =
-            limits::set(&caller, &self.identity.db, default, request.into_inner()).await?;
+        let limits = limits::set(&caller, &self.identity.db, default, request.into_inner()).await?;
         Ok(Response::new(limits))
     }
 }
