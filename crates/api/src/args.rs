@@ -102,6 +102,17 @@ pub struct Args {
     )]
     pub tenant_egress_deny: Vec<String>,
 
+    /// Comma-separated CIDRs of proxies in front of the api (ferry-proxy, a
+    /// load balancer) whose `X-Forwarded-For` names the client address,
+    /// e.g. `10.0.0.0/8`. Empty: the TCP peer is the client (trust nobody).
+    #[arg(
+        long,
+        env = "FERRY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<crate::request::Cidr>,
+
     /// Default total CPU of a project namespace (ResourceQuota); an
     /// organization's `limits` setting overrides it.
     #[arg(
@@ -157,6 +168,7 @@ impl Args {
                 i64::try_from(self.session_ttl_hours).unwrap_or(87_600),
             ),
             public_url: self.public_url.trim_end_matches('/').to_owned(),
+            trusted_proxies: crate::request::TrustedProxies(self.trusted_proxies.clone()),
             ..crate::auth::IdentityConfig::default()
         }
     }
