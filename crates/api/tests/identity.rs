@@ -1743,10 +1743,9 @@ async fn register_via_proxy(
         username: name.into(),
         password: PASSWORD.into(),
     });
-    request.metadata_mut().insert(
-        "x-forwarded-for",
-        format!("{client}, 127.0.0.1").parse().unwrap(),
-    );
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
     c.register(request).await.map(drop).map_err(|e| e.code())
 }
 
