@@ -241,3 +241,22 @@ pub enum MigrateAction {
     /// Drop every table and re-apply all migrations (destroys all data).
     Fresh,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_validated_at_start_up() {
+        let args = Args::try_parse_from(["ferry-api", "--trusted-proxies", "10.0.0.0/8,fd00::/8"])
+            .unwrap();
+        assert_eq!(args.identity_config().trusted_proxies.0.len(), 2);
+        let err = Args::try_parse_from(["ferry-api", "--trusted-proxies", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`10.0.0.0/33` is not a CIDR"), "{err}");
+    }
+}
