@@ -102,6 +102,17 @@ pub struct Args {
     )]
     pub tenant_egress_deny: Vec<String>,
 
+    /// Comma-separated CIDRs of proxies in front of the api (ferry-proxy, a
+    /// load balancer) whose `X-Forwarded-For` names the client address,
+    /// e.g. `10.0.0.0/8`. Empty: the TCP peer is the client (trust nobody).
+    #[arg(
+        long,
+        env = "FERRY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<crate::request::Cidr>,
+
     /// Default total CPU of a project namespace (ResourceQuota); an
     /// organization's `limits` setting overrides it.
     #[arg(
@@ -157,6 +168,7 @@ impl Args {
                 i64::try_from(self.session_ttl_hours).unwrap_or(87_600),
             ),
             public_url: self.public_url.trim_end_matches('/').to_owned(),
+            trusted_proxies: crate::request::TrustedProxies(self.trusted_proxies.clone()),
             ..crate::auth::IdentityConfig::default()
         }
     }
@@ -228,4 +240,23 @@ pub enum MigrateAction {
     Status,
     /// Drop every table and re-apply all migrations (destroys all data).
     Fresh,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_validated_at_start_up() {
+        let args = Args::try_parse_from(["ferry-api", "--trusted-proxies", "10.0.0.0/8,fd00::/8"])
+            .unwrap();
+        assert_eq!(args.identity_config().trusted_proxies.0.len(), 2);
+        let err = Args::try_parse_from(["ferry-api", "--trusted-proxies", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`10.0.0.0/33` is not a CIDR"), "{err}");
+    }
 }

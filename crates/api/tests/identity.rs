@@ -1007,6 +1007,14 @@ const EXPECTATIONS: &[(&str, Unauth)] = &[
         Unauth::Rejected,
     ),
     (
+        "/ferry.v1.OrganizationService/GetOrganizationLimits",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/SetOrganizationLimits",
+        Unauth::Rejected,
+    ),
+    (
         "/ferry.v1.InvitationService/CreateInvitation",
         Unauth::Rejected,
     ),
@@ -1230,6 +1238,30 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                 pb::TransferOwnershipRequest {
                     organization_id: org,
                     new_owner_user_id: Uuid::now_v7().to_string(),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/GetOrganizationLimits" => c
+            .orgs
+            .get_organization_limits(authed(
+                pb::GetOrganizationLimitsRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/SetOrganizationLimits" => c
+            .orgs
+            .set_organization_limits(authed(
+                pb::SetOrganizationLimitsRequest {
+                    organization_id: org,
+                    limits: Some(pb::ResourceLimits {
+                        pods: Some(1),
+                        ..Default::default()
+                    }),
                 },
                 outsider,
             ))
@@ -1697,6 +1729,63 @@ async fn an_address_that_keeps_failing_stays_throttled() {
             assert_eq!(err.code(), Code::Unauthenticated, "{b}");
         }
         api.stop().await;
+    }
+}
+
+/// Registers `name` as sent by a proxy forwarding for `client`.
+async fn register_via_proxy(
+    c: &mut pb::auth_service_client::AuthServiceClient<Channel>,
+    name: &str,
+    client: &str,
+) -> Result<(), Code> {
+    let mut request = tonic::Request::new(pb::RegisterRequest {
+        email: format!("{name}@example.com"),
+        username: name.into(),
+        password: PASSWORD.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    c.register(request).await.map(drop).map_err(|e| e.code())
+}
+
+#[tokio::test]
+async fn forwarded_client_addresses_count_only_behind_trusted_proxies() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        for (trusted, second_client) in [(true, Ok(())), (false, Err(Code::ResourceExhausted))] {
+            let config = IdentityConfig {
+                throttle: ThrottlePolicy {
+                    register_free: 1,
+                    base_delay: chrono::Duration::seconds(60),
+                    ..ThrottlePolicy::default()
+                },
+                trusted_proxies: ferry_api::request::TrustedProxies(if trusted {
+                    vec!["127.0.0.0/8".parse().unwrap()]
+                } else {
+                    vec![]
+                }),
+                ..IdentityConfig::default()
+            };
+            let api = start(&db.conn, config).await;
+            let mut c = clients(api.addr).await.auth;
+            let tag = if trusted { "t" } else { "u" };
+            register_via_proxy(&mut c, &format!("{tag}one"), "203.0.113.1")
+                .await
+                .unwrap();
+            assert_eq!(
+                register_via_proxy(&mut c, &format!("{tag}two"), "203.0.113.1").await,
+                Err(Code::ResourceExhausted),
+                "{b}: trusted={trusted}"
+            );
+            // Behind a trusted proxy another client has its own allowance;
+            // otherwise the header is ignored and everyone shares the peer's.
+            assert_eq!(
+                register_via_proxy(&mut c, &format!("{tag}three"), "203.0.113.2").await,
+                second_client,
+                "{b}: trusted={trusted}"
+            );
+        }
     }
 }
 

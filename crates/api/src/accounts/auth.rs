@@ -718,7 +718,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let meta = RequestMeta::of(&request);
+        let meta = RequestMeta::of(&request, &self.identity.config.trusted_proxies);
         let user = AuthApi::register(self, meta, request.into_inner()).await?;
         Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
     }
@@ -727,7 +727,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let meta = RequestMeta::of(&request);
+        let meta = RequestMeta::of(&request, &self.identity.config.trusted_proxies);
         Ok(Response::new(
             AuthApi::login(self, meta, request.into_inner()).await?,
         ))
@@ -954,7 +954,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::CompleteSecondFactorRequest>,
     ) -> Result<Response<pb::CompleteSecondFactorResponse>, Status> {
-        let meta = RequestMeta::of(&request);
+        let meta = RequestMeta::of(&request, &self.identity.config.trusted_proxies);
         Ok(Response::new(
             AuthApi::complete_second_factor(self, meta, request.into_inner()).await?,
         ))

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod limits;
 pub mod organization;
 // Tenancy: members, invitations, API tokens, grants.
 pub mod grants;

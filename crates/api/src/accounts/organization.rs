@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::members;
+use super::{limits, members};
 use crate::audit::{Auditor, Entry};
 use crate::auth::{Credential, Identity};
 use crate::authz::{Action, Caller, Resource};
@@ -397,6 +397,26 @@ impl OrganizationService for OrganizationApi {
     ) -> Result<Response<pb::TransferOwnershipResponse>, Status> {
         members::transfer_ownership(&self.identity, request).await?;
         Ok(Response::new(pb::TransferOwnershipResponse {}))
+    }
+
+    async fn get_organization_limits(
+        &self,
+        request: Request<pb::GetOrganizationLimitsRequest>,
+    ) -> Result<Response<pb::OrganizationLimits>, Status> {
+        let caller = Caller::of(&self.identity, &request).await?;
+        let default = &self.workloads.deployer.config.policy.quota;
+        let limits = limits::get(&caller, &self.identity.db, default, request.get_ref()).await?;
+        Ok(Response::new(limits))
+    }
+
+    async fn set_organization_limits(
+        &self,
+        request: Request<pb::SetOrganizationLimitsRequest>,
+    ) -> Result<Response<pb::OrganizationLimits>, Status> {
+        let caller = Caller::of(&self.identity, &request).await?;
+        let default = &self.workloads.deployer.config.policy.quota;
+        let limits = limits::set(&caller, &self.identity.db, default, request.into_inner()).await?;
+        Ok(Response::new(limits))
     }
 }
 

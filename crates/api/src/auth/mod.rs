@@ -58,6 +58,8 @@ pub struct IdentityConfig {
     pub trusted_device_ttl: Duration,
     /// Base of invitation accept links (the public URL of Ferry's front end).
     pub public_url: String,
+    /// Proxies whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: crate::request::TrustedProxies,
 }
 
 impl Default for IdentityConfig {
@@ -68,6 +70,7 @@ impl Default for IdentityConfig {
             challenge_ttl: Duration::minutes(5),
             trusted_device_ttl: Duration::days(30),
             public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            trusted_proxies: crate::request::TrustedProxies::default(),
         }
     }
 }
@@ -159,7 +162,7 @@ impl Identity {
     /// an [`Actor`], or `Unauthenticated`. A token that authenticated in
     /// the last seconds is answered from memory ([`cache`]).
     pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor> {
-        let meta = RequestMeta::of(request);
+        let meta = RequestMeta::of(request, &self.config.trusted_proxies);
         let token = bearer_token(request.metadata())
             .ok_or_else(|| Error::Unauthenticated(INVALID_TOKEN.into()))?;
         let now = Utc::now();

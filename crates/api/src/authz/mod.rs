@@ -109,6 +109,9 @@ actions! {
     OrganizationRead = "organization.read" => Rule::Role(OrgRole::Viewer),
     OrganizationUpdate = "organization.update" => Rule::Role(OrgRole::Admin),
     OrganizationDelete = "organization.delete" => Rule::Role(OrgRole::Owner),
+    OrganizationReadLimits = "organization.read_limits" => Rule::Role(OrgRole::Viewer),
+    // Tenants never raise their own quota.
+    OrganizationSetLimits = "organization.set_limits" => Rule::SuperAdmin,
     AuditRead = "audit.read" => Rule::Role(OrgRole::Admin),
     AuditVerify = "audit.verify" => Rule::Role(OrgRole::Admin),
     AuditReadGlobal = "audit.read_global" => Rule::SuperAdmin,
@@ -277,6 +280,10 @@ async fn decide<C: ConnectionTrait>(
     }
     let denied = || Err(Error::PermissionDenied(format!("{action}: not permitted")));
     match rule {
+        // Outsiders learn nothing about the organization.
+        Rule::SuperAdmin if role.is_none() && resource.organization_id().is_some() => {
+            Err(not_found(resource))
+        }
         Rule::SuperAdmin => denied(),
         Rule::SessionUser => match actor.credential {
             Credential::Session { .. } => Ok(role),

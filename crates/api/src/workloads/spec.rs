@@ -298,21 +298,36 @@ pub async fn project_policy<C: ConnectionTrait>(
     organization_id: Uuid,
 ) -> Result<k8s::ProjectPolicy> {
     let mut policy = default.clone();
-    let limits = organizations::Entity::find_by_id(organization_id)
+    let settings = organizations::Entity::find_by_id(organization_id)
         .one(db)
         .await?
-        .and_then(|o| o.settings.get("limits").cloned());
-    if let Some(serde_json::Value::Object(overrides)) = limits {
-        let mut quota =
-            serde_json::to_value(&policy.quota).map_err(|e| Error::Internal(e.to_string()))?;
-        if let serde_json::Value::Object(base) = &mut quota {
-            base.extend(overrides);
-        }
-        policy.quota = serde_json::from_value(quota).map_err(|e| {
-            Error::FailedPrecondition(format!("the organization's limits are malformed: {e}"))
-        })?;
+        .map(|o| o.settings);
+    if let Some(settings) = settings {
+        policy.quota = merge_quota(&default.quota, &quota_overrides(&settings))?;
     }
     Ok(policy)
+}
+
+/// An organization's quota overrides: `settings.limits` (empty if none).
+pub fn quota_overrides(settings: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match settings.get("limits") {
+        Some(serde_json::Value::Object(overrides)) => overrides.clone(),
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `default` with `overrides` (keyed by [`k8s::ProjectQuota`]'s field names).
+pub fn merge_quota(
+    default: &k8s::ProjectQuota,
+    overrides: &serde_json::Map<String, serde_json::Value>,
+) -> Result<k8s::ProjectQuota> {
+    let mut quota = serde_json::to_value(default).map_err(|e| Error::Internal(e.to_string()))?;
+    if let serde_json::Value::Object(base) = &mut quota {
+        base.extend(overrides.clone());
+    }
+    serde_json::from_value(quota).map_err(|e| {
+        Error::FailedPrecondition(format!("the organization's limits are malformed: {e}"))
+    })
 }
 
 pub(crate) async fn registry_auth<C: ConnectionTrait>(
