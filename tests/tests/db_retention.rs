@@ -4,8 +4,8 @@
 
 use ferry_db::entities::enums::{AuditResourceType, LogLevel};
 use ferry_db::entities::{
-    audit_logs, container_metrics, containers, deployment_logs, deployments, organizations,
-    projects, services,
+    audit_logs, auth_throttle, container_metrics, containers, deployment_logs, deployments,
+    organizations, projects, services,
 };
 use ferry_db::retention::{RetentionPolicy, RetentionReport, cleanup};
 use ferry_tests::TestDb;
@@ -203,7 +203,8 @@ async fn default_policy_deletes_exactly_the_rows_past_each_cutoff() {
             RetentionReport {
                 deployment_logs: 3,
                 container_metrics: 2,
-                audit_logs: 1
+                audit_logs: 1,
+                auth_throttle: 0,
             },
             "{b}"
         );
@@ -248,12 +249,62 @@ async fn the_policy_is_configurable_and_zero_keeps_forever() {
             RetentionReport {
                 deployment_logs: 0,
                 container_metrics: 0,
-                audit_logs: 1
+                audit_logs: 1,
+                auth_throttle: 0,
             },
             "{b}"
         );
         assert_eq!(messages(&db).await, ["old"], "{b}");
         assert_eq!(cpus(&db).await, [1.0], "{b}");
         assert_eq!(actions(&db).await, ["b.recent"], "{b}");
+    }
+}
+
+/// A throttle row (`key`) last touched at `updated`, locked until `locked`.
+async fn throttle(db: &TestDb, key: &str, updated: DateTime<Utc>, locked: Option<DateTime<Utc>>) {
+    auth_throttle::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        key: Set(key.into()),
+        failures: Set(3),
+        window_start: Set(updated),
+        locked_until: Set(locked),
+        updated_at: Set(updated),
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dead_throttle_rows_are_swept_live_ones_and_locks_kept() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let now = test_now();
+        let horizon = now - ferry_db::retention::THROTTLE_HORIZON;
+        let ms = Duration::milliseconds(1);
+        throttle(&db, "ip:d.old", horizon - ms, None).await;
+        throttle(&db, "ip:d.old-lock-ended", horizon - ms, Some(now - ms)).await;
+        throttle(&db, "account:k.recent", horizon + ms, None).await;
+        throttle(
+            &db,
+            "account:k.still-locked",
+            horizon - ms,
+            Some(now + Duration::minutes(5)),
+        )
+        .await;
+
+        let report = cleanup(&db.conn, &RetentionPolicy::default(), now)
+            .await
+            .unwrap();
+        assert_eq!(report.auth_throttle, 2, "{b}");
+        let mut left: Vec<String> = auth_throttle::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["account:k.recent", "account:k.still-locked"], "{b}");
     }
 }

@@ -1,6 +1,7 @@
 //! Retention cleanup, called periodically by the scheduler: deletes
 //! deployment logs, container metrics and audit logs older than the policy
-//! allows, in one transaction.
+//! allows, and login-throttle rows that can no longer matter, in one
+//! transaction.
 //!
 //! On SQLite timestamps are RFC 3339 text in UTC (as sqlx writes them, and as
 //! the column defaults write them), which sorts chronologically, so the
@@ -10,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 
 use crate::Result;
-use crate::entities::{audit_logs, container_metrics, deployment_logs};
+use crate::entities::{audit_logs, auth_throttle, container_metrics, deployment_logs};
 
 /// How long each kind of time-series data is kept, in days. `0` keeps it forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,16 @@ pub struct RetentionReport {
     pub deployment_logs: u64,
     pub container_metrics: u64,
     pub audit_logs: u64,
+    /// Login/second-factor throttle rows past [`THROTTLE_HORIZON`].
+    pub auth_throttle: u64,
 }
+
+/// An `auth_throttle` row untouched this long, and not locked, is dead: the
+/// api forgets a key one hour after its last lock ends (and locks last at
+/// most an hour), and TOTP replay and challenge counters matter for
+/// minutes. Without the sweep, every address and username ever tried
+/// (anyone can try) would stay a row forever.
+pub const THROTTLE_HORIZON: Duration = Duration::days(1);
 
 fn cutoff(now: DateTime<Utc>, days: u32) -> Option<DateTime<Utc>> {
     (days > 0).then(|| now - Duration::days(i64::from(days)))
@@ -73,11 +83,23 @@ pub async fn cleanup(
             .await?
             .rows_affected;
     }
+    let stale = now - THROTTLE_HORIZON;
+    report.auth_throttle = auth_throttle::Entity::delete_many()
+        .filter(auth_throttle::Column::UpdatedAt.lt(stale))
+        .filter(
+            sea_orm::Condition::any()
+                .add(auth_throttle::Column::LockedUntil.is_null())
+                .add(auth_throttle::Column::LockedUntil.lt(now)),
+        )
+        .exec(&txn)
+        .await?
+        .rows_affected;
     txn.commit().await?;
     tracing::info!(
         deployment_logs = report.deployment_logs,
         container_metrics = report.container_metrics,
         audit_logs = report.audit_logs,
+        auth_throttle = report.auth_throttle,
         "retention cleanup"
     );
     Ok(report)
