@@ -100,11 +100,6 @@ impl Caller {
         Self(actor)
     }
 
-    /// The authenticated actor.
-    pub fn actor(&self) -> &Actor {
-        &self.0
-    }
-
     /// Whether the caller may perform `action` on `resource`, whose
     /// organization the caller already knows (an id from a scoped row, or
     /// an organization id from the request). Returns the effective role.
