@@ -21,7 +21,10 @@ mod m0009_project_namespaces;
 mod m0010_deployment_leases;
 mod m0011_route_feed_triggers;
 mod m0012_credential_triggers;
+mod m0013_builds;
 mod notify;
+
+pub use m0013_builds::ACTIVE_BUILD;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -46,25 +49,58 @@ const AREAS: &[(&str, Tables)] = &[
 /// Lists the changes of one migration to tables created earlier.
 type Alters = fn() -> Vec<Alter>;
 
-/// Migrations after the first release: changes to existing tables (a
-/// released migration is never edited), applied after [`AREAS`].
-const ALTERATIONS: &[(&str, Alters)] = &[
-    ("m0009_project_namespaces", m0009_project_namespaces::alters),
-    ("m0010_deployment_leases", m0010_deployment_leases::alters),
+/// A migration after the first release (a released migration is never
+/// edited).
+#[derive(Clone, Copy)]
+enum Later {
+    /// Changes to existing tables.
+    Alter(Alters),
+    /// Drops the (empty) tables `replaces`, then creates `tables`: those
+    /// named in `replaces` in their new shape, and new ones.
+    Rebuild {
+        replaces: &'static [&'static str],
+        tables: Tables,
+    },
+}
+
+/// Migrations after the first release, applied after [`AREAS`] in order.
+const ALTERATIONS: &[(&str, Later)] = &[
+    (
+        "m0009_project_namespaces",
+        Later::Alter(m0009_project_namespaces::alters),
+    ),
+    (
+        "m0010_deployment_leases",
+        Later::Alter(m0010_deployment_leases::alters),
+    ),
     (
         "m0011_route_feed_triggers",
-        m0011_route_feed_triggers::alters,
+        Later::Alter(m0011_route_feed_triggers::alters),
     ),
     (
         "m0012_credential_triggers",
-        m0012_credential_triggers::alters,
+        Later::Alter(m0012_credential_triggers::alters),
+    ),
+    (
+        "m0013_builds",
+        Later::Rebuild {
+            replaces: m0013_builds::REPLACES,
+            tables: m0013_builds::tables,
+        },
     ),
 ];
 
 /// Every migration, in the order they apply.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    let alterations = ALTERATIONS.iter().map(|&(name, alters)| {
-        Box::new(AlterMigration { name, alters }) as Box<dyn MigrationTrait>
+    let alterations = ALTERATIONS.iter().map(|&(name, later)| match later {
+        Later::Alter(alters) => {
+            Box::new(AlterMigration { name, alters }) as Box<dyn MigrationTrait>
+        }
+        Later::Rebuild { replaces, tables } => Box::new(RebuildMigration {
+            name,
+            replaces,
+            tables,
+        }),
     });
     AREAS
         .iter()
@@ -91,12 +127,53 @@ pub fn all_tables() -> Vec<(&'static str, Table)> {
         .iter()
         .flat_map(|&(name, tables)| tables().into_iter().map(move |t| (name, t)))
         .collect();
-    for alter in ALTERATIONS.iter().flat_map(|(_, alters)| alters()) {
-        if let Some((_, table)) = tables.iter_mut().find(|(_, t)| t.name == alter.table) {
-            alter.apply_to(table);
+    for &(name, later) in ALTERATIONS {
+        match later {
+            Later::Alter(alters) => {
+                for alter in alters() {
+                    if let Some((_, table)) = tables.iter_mut().find(|(_, t)| t.name == alter.table)
+                    {
+                        alter.apply_to(table);
+                    }
+                }
+            }
+            Later::Rebuild { tables: new, .. } => {
+                for table in new() {
+                    match tables.iter_mut().find(|(_, t)| t.name == table.name) {
+                        Some(slot) => *slot = (name, table),
+                        None => tables.push((name, table)),
+                    }
+                }
+            }
         }
     }
     tables
+}
+
+/// The description a table had when `migration` ran, before any later
+/// change (what `down()` of a rebuild restores).
+fn table_before(migration: &str, name: &str) -> Option<Table> {
+    let mut found = AREAS
+        .iter()
+        .flat_map(|&(_, tables)| tables())
+        .find(|t| t.name == name)?;
+    for &(later_name, later) in ALTERATIONS {
+        if later_name == migration {
+            break;
+        }
+        match later {
+            Later::Alter(alters) => alters()
+                .iter()
+                .filter(|a| a.table == name)
+                .for_each(|a| a.apply_to(&mut found)),
+            Later::Rebuild { tables, .. } => {
+                if let Some(t) = tables().into_iter().find(|t| t.name == name) {
+                    found = t;
+                }
+            }
+        }
+    }
+    Some(found)
 }
 
 /// The Ferry migrator.
@@ -197,6 +274,83 @@ impl MigrationTrait for AlterMigration {
         let db = manager.get_connection();
         for alter in (self.alters)().iter().rev() {
             for sql in alter.down_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// A migration that recreates tables nothing has written yet in a new shape
+/// (SQLite cannot change a CHECK in place), and creates new ones.
+struct RebuildMigration {
+    name: &'static str,
+    replaces: &'static [&'static str],
+    tables: Tables,
+}
+
+impl MigrationName for RebuildMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+impl RebuildMigration {
+    fn old_tables(&self) -> Result<Vec<Table>, DbErr> {
+        self.replaces
+            .iter()
+            .map(|name| {
+                table_before(self.name, name).ok_or_else(|| {
+                    DbErr::Migration(format!("{}: no earlier table {name}", self.name))
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RebuildMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for name in self.replaces {
+            let rows = db
+                .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
+                    manager.get_database_backend(),
+                    format!("SELECT 1 AS one FROM \"{name}\" LIMIT 1"),
+                ))
+                .await?;
+            if rows.is_some() {
+                return Err(DbErr::Migration(format!(
+                    "{}: table {name} holds rows written outside Ferry; \
+                     move them aside (they cannot be converted) and migrate again",
+                    self.name
+                )));
+            }
+        }
+        for old in self.old_tables()?.iter().rev() {
+            db.execute_unprepared(&old.drop_sql()).await?;
+        }
+        for table in (self.tables)() {
+            for sql in table.create_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for table in (self.tables)().iter().rev() {
+            db.execute_unprepared(&table.drop_sql()).await?;
+        }
+        for old in self.old_tables()? {
+            for sql in old.create_sql(dialect) {
                 db.execute_unprepared(&sql).await?;
             }
         }

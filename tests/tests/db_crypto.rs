@@ -38,6 +38,8 @@ fn git(org: Uuid, name: &str) -> git_integrations::ActiveModel {
         name: Set(name.to_owned()),
         provider: Set(GitProvider::Github),
         auth_type: Set(GitAuthType::Token),
+        // Required; the tests that read it write a real value.
+        webhook_secret: Set(Encrypted("v2:unset:AAAA".to_owned())),
         ..Default::default()
     }
 }
@@ -87,10 +89,9 @@ async fn stored_value_is_ciphertext_bound_to_its_column() {
             keys.encrypt("git_integrations", "access_token", id, token)
                 .unwrap(),
         ));
-        row.client_secret = Set(Some(
-            keys.encrypt("git_integrations", "client_secret", id, "cs-123")
-                .unwrap(),
-        ));
+        row.webhook_secret = Set(keys
+            .encrypt("git_integrations", "webhook_secret", id, "cs-123")
+            .unwrap());
         let row = row.insert(conn).await.unwrap();
 
         let stored = raw_values(conn, "git_integrations", "access_token").await;
@@ -118,7 +119,7 @@ async fn stored_value_is_ciphertext_bound_to_its_column() {
         );
 
         // Moving the ciphertext to another column (same table, then another table) breaks it.
-        conn.execute_unprepared("UPDATE git_integrations SET client_secret = access_token")
+        conn.execute_unprepared("UPDATE git_integrations SET webhook_secret = access_token")
             .await
             .unwrap();
         let moved = git_integrations::Entity::find_by_id(row.id)
@@ -126,16 +127,16 @@ async fn stored_value_is_ciphertext_bound_to_its_column() {
             .await
             .unwrap()
             .unwrap();
-        let moved = moved.client_secret.unwrap();
+        let moved = moved.webhook_secret;
         assert_eq!(moved, access, "{b}: the copy is byte-identical");
         let err = keys
-            .decrypt("git_integrations", "client_secret", id, &moved)
+            .decrypt("git_integrations", "webhook_secret", id, &moved)
             .unwrap_err();
         match &err {
             Error::Decrypt { table, column, .. } => {
                 assert_eq!(
                     (table.as_str(), column.as_str()),
-                    ("git_integrations", "client_secret")
+                    ("git_integrations", "webhook_secret")
                 );
             }
             other => panic!("{b}: expected a decrypt error, got {other}"),
@@ -218,12 +219,12 @@ async fn rotation_reencrypts_every_column_and_old_values_read_until_then() {
         );
         assert_eq!(report.updated("git_integrations", "access_token"), 2, "{b}");
         assert_eq!(
-            report.updated("git_integrations", "client_secret"),
+            report.updated("git_integrations", "webhook_secret"),
             2,
             "{b}"
         );
         assert_eq!(
-            report.updated("git_integrations", "webhook_secret"),
+            report.updated("git_integrations", "ssh_private_key"),
             1,
             "{b}"
         );
@@ -264,7 +265,7 @@ async fn rotation_reencrypts_every_column_and_old_values_read_until_then() {
         let nulls = conn
             .query_one_raw(Statement::from_string(
                 conn.get_database_backend(),
-                "SELECT COUNT(*) FROM git_integrations WHERE webhook_secret IS NULL",
+                "SELECT COUNT(*) FROM git_integrations WHERE ssh_private_key IS NULL",
             ))
             .await
             .unwrap()
@@ -320,22 +321,20 @@ async fn write_under_key_a(db: &TestDb, key_a: &Keyring) -> (Expected, Ids) {
                 .encrypt("git_integrations", "access_token", id, &token)
                 .unwrap(),
         ));
-        row.client_secret = Set(Some(
-            key_a
-                .encrypt("git_integrations", "client_secret", id, &secret)
-                .unwrap(),
-        ));
+        row.webhook_secret = Set(key_a
+            .encrypt("git_integrations", "webhook_secret", id, &secret)
+            .unwrap());
         expected.insert(("git_integrations", "access_token", i), token);
-        expected.insert(("git_integrations", "client_secret", i), secret);
+        expected.insert(("git_integrations", "webhook_secret", i), secret);
         if i == 0 {
-            row.webhook_secret = Set(Some(
+            row.ssh_private_key = Set(Some(
                 key_a
-                    .encrypt("git_integrations", "webhook_secret", id, "hook-0")
+                    .encrypt("git_integrations", "ssh_private_key", id, "ssh-key-0")
                     .unwrap(),
             ));
             expected.insert(
-                ("git_integrations", "webhook_secret", 0),
-                "hook-0".to_owned(),
+                ("git_integrations", "ssh_private_key", 0),
+                "ssh-key-0".to_owned(),
             );
         }
         ids.git.push(row.insert(conn).await.unwrap().id);
@@ -378,13 +377,13 @@ async fn read_all(
         ));
         out.push((
             "git_integrations",
-            "client_secret",
+            "webhook_secret",
             i,
             row.id,
-            row.client_secret.unwrap(),
+            row.webhook_secret,
         ));
-        if let Some(w) = row.webhook_secret {
-            out.push(("git_integrations", "webhook_secret", i, row.id, w));
+        if let Some(w) = row.ssh_private_key {
+            out.push(("git_integrations", "ssh_private_key", i, row.id, w));
         }
     }
     for (i, id) in ids.registries.iter().enumerate() {
@@ -439,12 +438,12 @@ async fn write_legacy(
     let mut out = Vec::new();
     let mut row = git(org, &format!("git-{tag}"));
     let id = row.id.clone().unwrap();
-    for (column, plain) in [("access_token", "tok"), ("client_secret", "cs")] {
+    for (column, plain) in [("access_token", "tok"), ("webhook_secret", "cs")] {
         let plain = format!("{plain}-{tag}");
-        let value = Some(v1("git_integrations", column, &plain));
+        let value = v1("git_integrations", column, &plain);
         match column {
-            "access_token" => row.access_token = Set(value),
-            _ => row.client_secret = Set(value),
+            "access_token" => row.access_token = Set(Some(value)),
+            _ => row.webhook_secret = Set(value),
         }
         out.push(Written {
             table: "git_integrations",
@@ -546,11 +545,12 @@ async fn legacy_values_are_bound_to_their_rows_once() {
         let lost = ferry_tests::legacy_v1(
             &Keyring::generate_key_hex(),
             "git_integrations",
-            "webhook_secret",
+            "ssh_private_key",
             "lost",
         );
         let mut stray = git(org, "stray");
-        stray.webhook_secret = Set(Some(lost.clone()));
+        stray.access_token = Set(Some(Encrypted("v2:unset:AAAA".to_owned())));
+        stray.ssh_private_key = Set(Some(lost.clone()));
         let stray = stray.insert(conn).await.unwrap();
 
         for w in &legacy {
@@ -599,7 +599,7 @@ async fn legacy_values_are_bound_to_their_rows_once() {
             "{b}: a v2 value is not rewritten"
         );
         assert_eq!(
-            stored(conn, "git_integrations", "webhook_secret", stray.id).await,
+            stored(conn, "git_integrations", "ssh_private_key", stray.id).await,
             lost.0,
             "{b}: an unreadable value is left as it was"
         );
@@ -627,7 +627,7 @@ async fn legacy_values_are_bound_to_their_rows_once() {
 
         // Rotation upgrades legacy values too (it walks every value not v2 under the current key).
         let rotated_keys = Keyring::new(test_key_b(), &[test_key()]).unwrap();
-        conn.execute_unprepared("DELETE FROM git_integrations WHERE webhook_secret IS NOT NULL")
+        conn.execute_unprepared("DELETE FROM git_integrations WHERE ssh_private_key IS NOT NULL")
             .await
             .unwrap();
         let (_, last) = write_legacy(conn, "c", 1).await;

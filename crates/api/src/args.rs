@@ -28,6 +28,16 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
 
+    /// HTTP listen address: push webhooks (`POST /hooks/git/{id}`) and
+    /// `GET /healthz`. Expose it through ferry-proxy on the public host.
+    #[arg(
+        long,
+        env = "FERRY_API_HTTP_LISTEN",
+        default_value = "0.0.0.0:8081",
+        global = true
+    )]
+    pub http_listen: SocketAddr,
+
     /// Shared secret the proxies present on the internal route feed
     /// (`authorization: Bearer <token>`), at least 16 characters; e.g.
     /// `openssl rand -hex 32`. Unset: the feed refuses every proxy.

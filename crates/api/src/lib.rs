@@ -5,9 +5,11 @@
 //! command line.
 
 pub mod args;
+pub mod builds;
 pub mod db;
 pub mod error;
 pub mod feed;
+pub mod http;
 pub mod mail;
 pub mod paging;
 pub mod request;
@@ -156,6 +158,14 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
     }
     let _resumer = deployer(&state).spawn_resumer();
     let listener = bind(args.listen).await?;
+    let http_listener = bind(args.http_listen).await?;
+    tracing::info!(addr = %args.http_listen, "HTTP (webhooks) listening");
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        builds::webhook::Webhooks::new(state.db.clone(), state.keyring.clone()),
+        shutdown.clone(),
+        args.common.shutdown_grace(),
+    ));
     let served = GrpcServer::new(system)
         .services(services_with(&state, &args.identity_config()))
         .grace(args.common.shutdown_grace())
@@ -170,6 +180,9 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         .await
     {
         tracing::warn!("rollouts still running at exit: their leases expire on their own");
+    }
+    if let Err(err) = http.await {
+        tracing::warn!(error = %err, "HTTP listener failed");
     }
     // The reloader ends with the shutdown latch (and closes the feed streams).
     state.feed.close();
@@ -211,6 +224,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
     let services = accounts::add_identity_services(services, &workloads);
     let services =
         accounts::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
+    let services = builds::add_git_service(services, &workloads);
     workloads::add_workload_services(services, &workloads)
 }
 

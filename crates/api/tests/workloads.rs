@@ -19,6 +19,7 @@ use ferry_k8s::cluster::Cluster;
 use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
+use pb::git_service_client::GitServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
 use pb::route_service_client::RouteServiceClient;
@@ -45,6 +46,7 @@ struct W {
     deploys: DeploymentServiceClient<Channel>,
     routes: RouteServiceClient<Channel>,
     registries: RegistryServiceClient<Channel>,
+    git: GitServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -58,6 +60,7 @@ fn w(channel: &Channel) -> W {
         deploys: DeploymentServiceClient::new(channel.clone()),
         routes: RouteServiceClient::new(channel.clone()),
         registries: RegistryServiceClient::new(channel.clone()),
+        git: GitServiceClient::new(channel.clone()),
     }
 }
 
@@ -1646,11 +1649,54 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner()
                 .id;
+        let integration =
+            v.w.git
+                .create_git_integration(authed(
+                    pb::CreateGitIntegrationRequest {
+                        organization_id: v.org.clone(),
+                        provider: pb::GitProvider::Github.into(),
+                        name: "gh".into(),
+                        token: "github_pat_x".into(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+        v.w.git
+            .set_build_config(authed(
+                pb::SetBuildConfigRequest {
+                    service_id: svc.id.clone(),
+                    git_integration_id: integration.clone(),
+                    repository: "acme/web".into(),
+                    ..Default::default()
+                },
+                &vt,
+            ))
+            .await
+            .unwrap();
+        let build =
+            v.w.git
+                .trigger_build(authed(
+                    pb::TriggerBuildRequest {
+                        service_id: svc.id.clone(),
+                        commit_sha: String::new(),
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
         for (service, method, field) in workload_methods() {
             let id = match (field.as_str(), service.as_str()) {
+                ("id", "GitService") if method.contains("Build") => build.clone(),
+                ("id", "GitService") => integration.clone(),
                 ("organization_id", _) => v.org.clone(),
                 ("project_id", _) | ("id", "ProjectService") => v.project.id.clone(),
                 ("service_id", _) | ("id", "ServiceService") => svc.id.clone(),
@@ -1712,6 +1758,22 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner();
         assert_eq!(env.env_vars.len(), 2, "{b}");
+        let still =
+            v.w.git
+                .get_build(authed(pb::GetBuildRequest { id: build.clone() }, &vt))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(still.status(), pb::BuildStatus::Queued, "{b}");
+        v.w.git
+            .get_git_integration(authed(
+                pb::GetGitIntegrationRequest {
+                    id: integration.clone(),
+                },
+                &vt,
+            ))
+            .await
+            .unwrap();
         api.stop().await;
     }
 }

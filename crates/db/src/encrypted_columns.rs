@@ -29,12 +29,11 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     // registry credentials
     col("registry_integrations", "password"),
     // git tokens and app credentials
-    col("git_integrations", "client_secret"),
     col("git_integrations", "private_key"),
     col("git_integrations", "access_token"),
-    col("git_integrations", "refresh_token"),
     col("git_integrations", "webhook_secret"),
-    col("build_configs", "webhook_secret"),
+    // secret build args
+    col("build_configs", "secret_build_args"),
     // notification webhooks and SMTP passwords
     col("notification_channels", "webhook_url"),
     col("notification_channels", "signing_secret"),

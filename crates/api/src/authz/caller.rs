@@ -174,6 +174,36 @@ impl Caller {
         Ok((found.row, role))
     }
 
+    /// A row that belongs straight to an organization (an integration),
+    /// authorised for `action` on that organization, with the scope to
+    /// audit as.
+    pub async fn org_row<E, C>(
+        &self,
+        db: &C,
+        action: Action,
+        select: Select<E>,
+        organization_column: E::Column,
+        organization_of: impl Fn(&E::Model) -> Uuid,
+        missing: &str,
+    ) -> Result<(Scope, E::Model)>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult + Send + Sync,
+        C: ConnectionTrait,
+    {
+        let (row, _) = self
+            .load(
+                db,
+                action,
+                select,
+                organization_column,
+                |r| Resource::Organization(organization_of(r)),
+                missing,
+            )
+            .await?;
+        Ok((self.scope(organization_of(&row)), row))
+    }
+
     /// A project the caller may perform `action` on.
     pub async fn project<C: ConnectionTrait>(
         &self,

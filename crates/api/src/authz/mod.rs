@@ -141,6 +141,9 @@ actions! {
     TemplateRead = "template.read" => Rule::Role(OrgRole::Viewer),
     RegistryRead = "registry.read" => Rule::Role(OrgRole::Member),
     RegistryManage = "registry.manage" => Rule::Role(OrgRole::Admin),
+    // Members pick an integration for their services; admins connect them.
+    GitRead = "git.read" => Rule::Role(OrgRole::Member),
+    GitManage = "git.manage" => Rule::Role(OrgRole::Admin),
     TemplateManage = "template.manage" => Rule::Role(OrgRole::Admin),
     ServiceManage = "service.manage" => MANAGE,
 }

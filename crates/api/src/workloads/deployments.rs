@@ -39,14 +39,14 @@ pub struct DeploymentApi(pub Workloads);
 pub(crate) fn status_to_pb(s: DeploymentStatus) -> pb::DeploymentStatus {
     match s {
         DeploymentStatus::Pending => pb::DeploymentStatus::Pending,
-        DeploymentStatus::Cloning | DeploymentStatus::Building | DeploymentStatus::Deploying => {
-            pb::DeploymentStatus::Deploying
-        }
+        DeploymentStatus::Cloning | DeploymentStatus::Building => pb::DeploymentStatus::Building,
+        DeploymentStatus::Deploying => pb::DeploymentStatus::Deploying,
         DeploymentStatus::Running => pb::DeploymentStatus::Running,
         DeploymentStatus::Success | DeploymentStatus::RolledBack => {
             pb::DeploymentStatus::Superseded
         }
-        DeploymentStatus::Failed | DeploymentStatus::Cancelled => pb::DeploymentStatus::Failed,
+        DeploymentStatus::Failed => pb::DeploymentStatus::Failed,
+        DeploymentStatus::Cancelled => pb::DeploymentStatus::Cancelled,
         DeploymentStatus::Planned => pb::DeploymentStatus::Planned,
     }
 }

@@ -208,4 +208,5 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "DeploymentService",
     "RouteService",
     "RegistryService",
+    "GitService",
 ];

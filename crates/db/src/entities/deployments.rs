@@ -69,6 +69,8 @@ pub enum Relation {
     DeploymentLogs,
     #[sea_orm(has_many = "super::containers::Entity")]
     Containers,
+    #[sea_orm(has_one = "super::builds::Entity")]
+    Builds,
 }
 
 impl Related<super::services::Entity> for Entity {
@@ -98,6 +100,12 @@ impl Related<super::deployment_logs::Entity> for Entity {
 impl Related<super::containers::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Containers.def()
+    }
+}
+
+impl Related<super::builds::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Builds.def()
     }
 }
 

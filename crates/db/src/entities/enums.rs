@@ -80,13 +80,38 @@ pub enum BackupType {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
-pub enum BuilderType {
+pub enum BuildStatus {
+    #[sea_orm(string_value = "queued")]
+    Queued,
+    #[sea_orm(string_value = "cloning")]
+    Cloning,
+    #[sea_orm(string_value = "building")]
+    Building,
+    #[sea_orm(string_value = "succeeded")]
+    Succeeded,
+    #[sea_orm(string_value = "failed")]
+    Failed,
+    #[sea_orm(string_value = "cancelled")]
+    Cancelled,
+    #[sea_orm(string_value = "timed_out")]
+    TimedOut,
+    #[sea_orm(string_value = "skipped")]
+    Skipped,
+    #[sea_orm(string_value = "planned")]
+    Planned,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum BuildType {
+    #[sea_orm(string_value = "auto")]
+    Auto,
     #[sea_orm(string_value = "dockerfile")]
     Dockerfile,
+    #[sea_orm(string_value = "railpack")]
+    Railpack,
     #[sea_orm(string_value = "buildpacks")]
     Buildpacks,
-    #[sea_orm(string_value = "nixpacks")]
-    Nixpacks,
     #[sea_orm(string_value = "static")]
     Static,
 }
@@ -158,12 +183,10 @@ pub enum DeploymentStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum GitAuthType {
-    #[sea_orm(string_value = "github_app")]
-    GithubApp,
-    #[sea_orm(string_value = "oauth")]
-    Oauth,
     #[sea_orm(string_value = "token")]
     Token,
+    #[sea_orm(string_value = "github_app")]
+    GithubApp,
     #[sea_orm(string_value = "ssh_key")]
     SshKey,
 }
@@ -177,10 +200,12 @@ pub enum GitProvider {
     Gitlab,
     #[sea_orm(string_value = "gitea")]
     Gitea,
+    #[sea_orm(string_value = "forgejo")]
+    Forgejo,
     #[sea_orm(string_value = "bitbucket")]
     Bitbucket,
-    #[sea_orm(string_value = "ssh")]
-    Ssh,
+    #[sea_orm(string_value = "generic")]
+    Generic,
 }
 
 /// Ordered by privilege (`rank`, `Ord`) in `ferry_db::roles`, not by
@@ -473,4 +498,17 @@ pub enum VolumeType {
     Nfs,
     #[sea_orm(string_value = "s3")]
     S3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum WebhookDeliveryStatus {
+    #[sea_orm(string_value = "received")]
+    Received,
+    #[sea_orm(string_value = "ignored")]
+    Ignored,
+    #[sea_orm(string_value = "queued")]
+    Queued,
+    #[sea_orm(string_value = "failed")]
+    Failed,
 }

@@ -53,6 +53,10 @@ pub enum Relation {
     ResourcePermissions,
     #[sea_orm(has_many = "super::audit_logs::Entity")]
     AuditLogs,
+    #[sea_orm(has_many = "super::builds::Entity")]
+    Builds,
+    #[sea_orm(has_many = "super::webhook_deliveries::Entity")]
+    WebhookDeliveries,
 }
 
 impl Related<super::organization_members::Entity> for Entity {
@@ -154,6 +158,18 @@ impl Related<super::resource_permissions::Entity> for Entity {
 impl Related<super::audit_logs::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::AuditLogs.def()
+    }
+}
+
+impl Related<super::builds::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Builds.def()
+    }
+}
+
+impl Related<super::webhook_deliveries::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::WebhookDeliveries.def()
     }
 }
 

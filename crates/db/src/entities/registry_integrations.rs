@@ -32,8 +32,6 @@ pub enum Relation {
     Organization,
     #[sea_orm(has_many = "super::services::Entity")]
     Services,
-    #[sea_orm(has_many = "super::build_configs::Entity")]
-    BuildConfigs,
 }
 
 impl Related<super::organizations::Entity> for Entity {
@@ -45,12 +43,6 @@ impl Related<super::organizations::Entity> for Entity {
 impl Related<super::services::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Services.def()
-    }
-}
-
-impl Related<super::build_configs::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::BuildConfigs.def()
     }
 }
 

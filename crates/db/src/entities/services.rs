@@ -89,6 +89,10 @@ pub enum Relation {
     BackupConfigs,
     #[sea_orm(has_many = "super::resource_permissions::Entity")]
     ResourcePermissions,
+    #[sea_orm(has_many = "super::builds::Entity")]
+    Builds,
+    #[sea_orm(has_many = "super::webhook_deliveries::Entity")]
+    WebhookDeliveries,
 }
 
 impl Related<super::projects::Entity> for Entity {
@@ -178,6 +182,18 @@ impl Related<super::backup_configs::Entity> for Entity {
 impl Related<super::resource_permissions::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::ResourcePermissions.def()
+    }
+}
+
+impl Related<super::builds::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Builds.def()
+    }
+}
+
+impl Related<super::webhook_deliveries::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::WebhookDeliveries.def()
     }
 }
 

@@ -59,6 +59,8 @@ pub enum Relation {
     Templates,
     #[sea_orm(has_many = "super::audit_logs::Entity")]
     AuditLogs,
+    #[sea_orm(has_many = "super::builds::Entity")]
+    Builds,
 }
 
 impl Related<super::sessions::Entity> for Entity {
@@ -154,6 +156,12 @@ impl Related<super::templates::Entity> for Entity {
 impl Related<super::audit_logs::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::AuditLogs.def()
+    }
+}
+
+impl Related<super::builds::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Builds.def()
     }
 }
 
