@@ -275,7 +275,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn api<K>(&self, namespace: &str) -> Api<K>
+    pub(crate) fn api<K>(&self, namespace: &str) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
@@ -283,7 +283,7 @@ impl Cluster {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    async fn apply_one<K>(&self, api: Api<K>, obj: &K) -> Result<K>
+    pub(crate) async fn apply_one<K>(&self, api: Api<K>, obj: &K) -> Result<K>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     {
@@ -296,7 +296,7 @@ impl Cluster {
 
     /// Refuses with [`Error::NotOwned`] when `name` exists without the
     /// `wanted` labels; an absent object is fine (Ferry creates it).
-    async fn ensure_owned<K>(
+    pub(crate) async fn ensure_owned<K>(
         &self,
         api: &Api<K>,
         name: &str,
@@ -647,11 +647,12 @@ impl Owner {
 fn ownership(
     labels: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Vec<(&'static str, String)> {
-    const KEYS: [&str; 4] = [
+    const KEYS: [&str; 5] = [
         labels::MANAGED_BY,
         labels::PROJECT_ID,
         labels::SERVICE_ID,
         labels::VOLUME,
+        labels::BUILD_ID,
     ];
     let mut out: Vec<(&'static str, String)> = KEYS
         .iter()
@@ -665,7 +666,11 @@ fn ownership(
     out
 }
 
-fn check_owned(kind: &str, existing: &ObjectMeta, wanted: &[(&'static str, String)]) -> Result<()> {
+pub(crate) fn check_owned(
+    kind: &str,
+    existing: &ObjectMeta,
+    wanted: &[(&'static str, String)],
+) -> Result<()> {
     let have = existing.labels.as_ref();
     for (key, value) in wanted {
         let found = have.and_then(|l| l.get(*key));
