@@ -26,7 +26,7 @@ use crate::build::{
     BuildCredentials, BuildOutcome, BuildSpec, BuildStep, BuildsNamespace, FailureReason,
     build_selector, builds_selector, job_name, owned_by_job, render_build, render_build_secret,
 };
-use crate::cluster::{Cluster, check_owned};
+use crate::cluster::{Cluster, check_owned, deleted};
 use crate::error::{Error, Result};
 use crate::logs::{LogQuery, PodLogLine, pod_lines};
 use crate::render::labels;
@@ -118,7 +118,7 @@ impl Cluster {
                 pods.entry(id).or_default().push(pod);
             }
         }
-        let mut out: Vec<(Option<_>, BuildStatus)> = jobs
+        let mut out: Vec<_> = jobs
             .iter()
             .filter_map(|job| {
                 let id = job.labels().get(labels::BUILD_ID)?;
@@ -129,13 +129,11 @@ impl Cluster {
                     job_name: job.name_any(),
                     outcome: BuildOutcome::from_job(job, pods),
                 };
-                Some((job.metadata.creation_timestamp.clone(), status))
+                let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                Some(((created, status.job_name.clone()), status))
             })
             .collect();
-        out.sort_by(|a, b| {
-            (a.0.as_ref().map(|t| t.0), &a.1.job_name)
-                .cmp(&(b.0.as_ref().map(|t| t.0), &b.1.job_name))
-        });
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out.into_iter().map(|(_, s)| s).collect())
     }
 
@@ -191,7 +189,7 @@ impl Cluster {
             (labels::BUILD_ID, build_id.to_string()),
         ];
         let jobs = self.api::<Job>(namespace);
-        let deleted = match jobs.get_metadata_opt(&name).await? {
+        let job_deleted = match jobs.get_metadata_opt(&name).await? {
             None => false,
             Some(job) => {
                 check_owned("Job", &job.metadata, &wanted)?;
@@ -202,27 +200,19 @@ impl Cluster {
                     }),
                     ..DeleteParams::background()
                 };
-                match jobs.delete(&name, &params).await {
-                    Ok(_) => true,
-                    Err(kube::Error::Api(status)) if status.is_not_found() => false,
-                    Err(e) => return Err(e.into()),
-                }
+                deleted(jobs.delete(&name, &params).await)?
             }
         };
         // Its owner reference takes the Secret along; deleting it here as
         // well means no credential waits for the garbage collector.
         let secrets = self.api::<Secret>(namespace);
         if self.ensure_owned(&secrets, &name, &wanted).await? {
-            match secrets.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
+            deleted(secrets.delete(&name, &DeleteParams::background()).await)?;
         }
-        if deleted {
+        if job_deleted {
             tracing::info!(namespace, job = %name, %build_id, "build cancelled");
         }
-        Ok(deleted)
+        Ok(job_deleted)
     }
 
     /// Sends a build's log lines (each through `wrap`) to `tx`, container

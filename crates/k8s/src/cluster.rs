@@ -554,10 +554,8 @@ impl Cluster {
             if keep.iter().flatten().any(|k| *k == name) {
                 continue;
             }
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(format!("{kind}/{name}")),
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+            if self::deleted(api.delete(&name, &DeleteParams::background()).await)? {
+                deleted.push(format!("{kind}/{name}"));
             }
         }
         Ok(())
@@ -572,11 +570,8 @@ impl Cluster {
         if !self.ensure_owned(&api, namespace, &owner.labels()).await? {
             return Ok(());
         }
-        match api.delete(namespace, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        deleted(api.delete(namespace, &DeleteParams::background()).await)?;
+        Ok(())
     }
 
     /// The live workload object, `None` when it does not exist.
@@ -599,6 +594,15 @@ impl Cluster {
                 .map(serde_json::to_value),
         };
         Ok(value.transpose()?)
+    }
+}
+
+/// A delete's result: `Ok(true)` deleted, `Ok(false)` already gone.
+pub(crate) fn deleted<T>(result: Result<T, kube::Error>) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -20,7 +20,7 @@
 //! after every write, according to the [`Behavior`] of the workload's name
 //! (or the default, [`Behavior::Ready`]).
 //!
-//! Jobs get a simulated Job controller and kubelet ([`jobs`]): creating a
+//! Jobs get a simulated Job controller and kubelet ([`FakeContainerState`]): creating a
 //! Job creates its pod, tests drive its containers, and the Job's status
 //! follows. Deleting an object deletes its dependents (by owner reference)
 //! unless the propagation policy is `Orphan`, which is a Job's default when

@@ -683,27 +683,13 @@ fn network_policy(spec: &WorkloadSpec, metadata: ObjectMeta) -> NetworkPolicy {
         }),
         ..NetworkPolicyPeer::default()
     };
-    let dns = ["UDP", "TCP"]
-        .into_iter()
-        .map(|protocol| NetworkPolicyPort {
-            protocol: Some(protocol.into()),
-            port: Some(IntOrString::Int(53)),
-            ..NetworkPolicyPort::default()
-        })
-        .collect();
+    let dns = dns_ports();
     let (v6, v4): (Vec<String>, Vec<String>) = spec
         .policy
         .egress_deny_cidrs
         .iter()
         .cloned()
         .partition(|c| validate::cidr_is_v6(c) == Some(true));
-    let block = |cidr: &str, except: Vec<String>| NetworkPolicyPeer {
-        ip_block: Some(IPBlock {
-            cidr: cidr.to_owned(),
-            except: non_empty(&except),
-        }),
-        ..NetworkPolicyPeer::default()
-    };
     NetworkPolicy {
         metadata,
         spec: Some(NetworkPolicySpec {
@@ -724,10 +710,33 @@ fn network_policy(spec: &WorkloadSpec, metadata: ObjectMeta) -> NetworkPolicy {
                 },
                 NetworkPolicyEgressRule {
                     ports: None,
-                    to: Some(vec![block("0.0.0.0/0", v4), block("::/0", v6)]),
+                    to: Some(vec![ip_block("0.0.0.0/0", &v4), ip_block("::/0", &v6)]),
                 },
             ]),
         }),
+    }
+}
+
+/// DNS, UDP and TCP port 53.
+pub(crate) fn dns_ports() -> Vec<NetworkPolicyPort> {
+    ["UDP", "TCP"]
+        .into_iter()
+        .map(|protocol| NetworkPolicyPort {
+            protocol: Some(protocol.into()),
+            port: Some(IntOrString::Int(53)),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+/// A NetworkPolicy peer: `cidr` minus `except`.
+pub(crate) fn ip_block(cidr: &str, except: &[String]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_owned(),
+            except: non_empty(except),
+        }),
+        ..NetworkPolicyPeer::default()
     }
 }
 

@@ -5,15 +5,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::render::{check_label, labels, non_empty, to_value};
+use crate::render::{check_label, dns_ports, ip_block, labels, to_value};
 use crate::validate;
 
 /// Name of the builds namespace's default-deny ingress NetworkPolicy.
@@ -130,21 +128,6 @@ pub fn builds_namespace(name: &str, egress: &EgressPolicy) -> Result<BuildsNames
         pod_selector: Some(match_labels("k8s-app", "kube-dns")),
         ip_block: None,
     };
-    let dns_ports = ["UDP", "TCP"]
-        .into_iter()
-        .map(|protocol| NetworkPolicyPort {
-            protocol: Some(protocol.into()),
-            port: Some(IntOrString::Int(53)),
-            end_port: None,
-        })
-        .collect();
-    let block = |cidr: &str, except: &[String]| NetworkPolicyPeer {
-        ip_block: Some(IPBlock {
-            cidr: cidr.to_owned(),
-            except: non_empty(except),
-        }),
-        ..NetworkPolicyPeer::default()
-    };
     let egress = NetworkPolicy {
         metadata: meta(EGRESS_POLICY),
         spec: Some(NetworkPolicySpec {
@@ -154,10 +137,10 @@ pub fn builds_namespace(name: &str, egress: &EgressPolicy) -> Result<BuildsNames
             egress: Some(vec![
                 NetworkPolicyEgressRule {
                     to: Some(vec![kube_dns]),
-                    ports: Some(dns_ports),
+                    ports: Some(dns_ports()),
                 },
                 NetworkPolicyEgressRule {
-                    to: Some(vec![block("0.0.0.0/0", &v4), block("::/0", &v6)]),
+                    to: Some(vec![ip_block("0.0.0.0/0", &v4), ip_block("::/0", &v6)]),
                     ports: None,
                 },
             ]),
