@@ -6,6 +6,8 @@
 #      variants) into target/chart/
 #   3. kubernetes-validate -k 1.33.0 --strict on every rendered manifest; a kind
 #      without a schema fails unless it is a listed CRD
+#   3b. the same on what ferry-k8s renders for image builds (build Jobs, their
+#      Secrets, the builds namespace): `cargo run --example render_build`
 #   4. checkov --framework kubernetes --skip-download, skips from
 #      deploy/helm/checkov-skips.txt (each with its reason)
 #   5. pytest deploy/helm/tests (rendered-output tests)
@@ -52,24 +54,45 @@ helm template ferry $CHART --namespace ferry-system \
     >"$OUT/variants.yaml"
 echo "$OUT/variants.yaml: $(grep -c '^kind:' "$OUT/variants.yaml") objects"
 
-step "kubernetes-validate -k $K8S_VERSION --strict"
+# validate FILE...: kubernetes-validate --strict on each; sets failed=1 on an
+# error or a kind without a schema that is not a listed CRD.
 failed=0
-for f in "$OUT"/*.yaml; do
-    log="$(kubernetes-validate -k "$K8S_VERSION" --strict "$f" 2>&1)" || { echo "$log"; failed=1; continue; }
-    # A missing schema is only a warning there: fail unless it is a listed CRD.
-    while IFS= read -r line; do
-        kind="$(sed -E 's/.*for kind ([^ ]+) with api version ([^ ]+) .*/\2\/\1/' <<<"$line")"
-        if [[ " $ALLOWED_CRDS " == *" $kind "* ]]; then
-            echo "allowed CRD without a schema: $kind ($(basename "$f"))"
-        else
-            echo "FAIL: no schema for $kind in $f (not a listed CRD)"
-            failed=1
-        fi
-    done < <(grep "Couldn't find schema" <<<"$log" || true)
-    grep -E '^(ERROR|WARN)' <<<"$log" | grep -v "Couldn't find schema" && failed=1
-    echo "$(basename "$f"): $(grep -c ' passed for resource ' <<<"$log") resources valid"
-done
+validate() {
+    local f log line kind
+    for f in "$@"; do
+        log="$(kubernetes-validate -k "$K8S_VERSION" --strict "$f" 2>&1)" || { echo "$log"; failed=1; continue; }
+        # A missing schema is only a warning there: fail unless it is a listed CRD.
+        while IFS= read -r line; do
+            kind="$(sed -E 's/.*for kind ([^ ]+) with api version ([^ ]+) .*/\2\/\1/' <<<"$line")"
+            if [[ " $ALLOWED_CRDS " == *" $kind "* ]]; then
+                echo "allowed CRD without a schema: $kind ($(basename "$f"))"
+            else
+                echo "FAIL: no schema for $kind in $f (not a listed CRD)"
+                failed=1
+            fi
+        done < <(grep "Couldn't find schema" <<<"$log" || true)
+        grep -E '^(ERROR|WARN)' <<<"$log" | grep -v "Couldn't find schema" && failed=1
+        echo "$(basename "$f"): $(grep -c ' passed for resource ' <<<"$log") resources valid"
+    done
+}
+
+step "kubernetes-validate -k $K8S_VERSION --strict"
+validate "$OUT"/*.yaml
 [[ $failed == 0 ]] || { echo "kubernetes-validate failed"; exit 1; }
+
+# Build objects go to their own directory: checkov and the chart's pytest
+# read $OUT, and a build Job's rootless BuildKit container is unconfined on
+# purpose (see crates/k8s/src/build.rs).
+BUILDS_OUT="$OUT-builds"
+step "kubernetes-validate -k $K8S_VERSION --strict: ferry-k8s build objects"
+rm -rf "$BUILDS_OUT" && mkdir -p "$BUILDS_OUT"
+cargo run -q -p ferry-k8s --example render_build -- "$BUILDS_OUT" >/dev/null
+shopt -s nullglob
+build_files=("$BUILDS_OUT"/*.yaml)
+shopt -u nullglob
+[[ ${#build_files[@]} -gt 0 ]] || { echo "FAIL: render_build wrote nothing into $BUILDS_OUT"; exit 1; }
+validate "${build_files[@]}"
+[[ $failed == 0 ]] || { echo "kubernetes-validate failed on the build objects"; exit 1; }
 
 step "checkov"
 skips=()

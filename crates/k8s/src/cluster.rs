@@ -275,7 +275,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn api<K>(&self, namespace: &str) -> Api<K>
+    pub(crate) fn api<K>(&self, namespace: &str) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
@@ -283,7 +283,7 @@ impl Cluster {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    async fn apply_one<K>(&self, api: Api<K>, obj: &K) -> Result<K>
+    pub(crate) async fn apply_one<K>(&self, api: Api<K>, obj: &K) -> Result<K>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     {
@@ -296,7 +296,7 @@ impl Cluster {
 
     /// Refuses with [`Error::NotOwned`] when `name` exists without the
     /// `wanted` labels; an absent object is fine (Ferry creates it).
-    async fn ensure_owned<K>(
+    pub(crate) async fn ensure_owned<K>(
         &self,
         api: &Api<K>,
         name: &str,
@@ -554,10 +554,8 @@ impl Cluster {
             if keep.iter().flatten().any(|k| *k == name) {
                 continue;
             }
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(format!("{kind}/{name}")),
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+            if self::deleted(api.delete(&name, &DeleteParams::background()).await)? {
+                deleted.push(format!("{kind}/{name}"));
             }
         }
         Ok(())
@@ -572,11 +570,8 @@ impl Cluster {
         if !self.ensure_owned(&api, namespace, &owner.labels()).await? {
             return Ok(());
         }
-        match api.delete(namespace, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        deleted(api.delete(namespace, &DeleteParams::background()).await)?;
+        Ok(())
     }
 
     /// The live workload object, `None` when it does not exist.
@@ -599,6 +594,15 @@ impl Cluster {
                 .map(serde_json::to_value),
         };
         Ok(value.transpose()?)
+    }
+}
+
+/// A delete's result: `Ok(true)` deleted, `Ok(false)` already gone.
+pub(crate) fn deleted<T>(result: Result<T, kube::Error>) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -647,11 +651,12 @@ impl Owner {
 fn ownership(
     labels: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Vec<(&'static str, String)> {
-    const KEYS: [&str; 4] = [
+    const KEYS: [&str; 5] = [
         labels::MANAGED_BY,
         labels::PROJECT_ID,
         labels::SERVICE_ID,
         labels::VOLUME,
+        labels::BUILD_ID,
     ];
     let mut out: Vec<(&'static str, String)> = KEYS
         .iter()
@@ -665,7 +670,11 @@ fn ownership(
     out
 }
 
-fn check_owned(kind: &str, existing: &ObjectMeta, wanted: &[(&'static str, String)]) -> Result<()> {
+pub(crate) fn check_owned(
+    kind: &str,
+    existing: &ObjectMeta,
+    wanted: &[(&'static str, String)],
+) -> Result<()> {
     let have = existing.labels.as_ref();
     for (key, value) in wanted {
         let found = have.and_then(|l| l.get(*key));

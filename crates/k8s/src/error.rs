@@ -28,6 +28,16 @@ pub enum Error {
         object: String,
         reason: String,
     },
+    /// The object an operation needs does not exist (or is not Ferry's, so
+    /// a selector on Ferry's labels does not see it).
+    #[error(
+        "{kind} {object} does not exist; it may have finished and been cleaned up, or never been created"
+    )]
+    NotFound {
+        kind: String,
+        /// `namespace/name`.
+        object: String,
+    },
     /// Encoding or decoding a rendered object.
     #[error("encoding: {0}")]
     Encoding(String),
@@ -41,9 +51,11 @@ impl Error {
         }
     }
 
-    /// True when the API answered 404 Not Found.
+    /// True when the API answered 404 Not Found (or the object was not
+    /// found among Ferry's).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Kube(kube::Error::Api(status)) if status.is_not_found())
+        matches!(self, Error::NotFound { .. })
+            || matches!(self, Error::Kube(kube::Error::Api(status)) if status.is_not_found())
     }
 }
 

@@ -20,6 +20,13 @@
 //! after every write, according to the [`Behavior`] of the workload's name
 //! (or the default, [`Behavior::Ready`]).
 //!
+//! Jobs get a simulated Job controller and kubelet ([`FakeContainerState`]): creating a
+//! Job creates its pod, tests drive its containers, and the Job's status
+//! follows. Deleting an object deletes its dependents (by owner reference)
+//! unless the propagation policy is `Orphan`, which is a Job's default when
+//! the request names none (as the real API does for batch/v1 Jobs).
+//! Delete preconditions (`uid`) are checked.
+//!
 //! Pod logs (`GET .../pods/{name}/log` with `container`, `follow`,
 //! `tailLines`, `sinceSeconds`, `timestamps`, `previous`) are served from
 //! lines a test appends with [`FakeCluster::append_log`]; a following
@@ -45,6 +52,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::render::labels;
+
+mod jobs;
+
+pub use jobs::{CONTROLLER_UID_LABELS, FakeContainerState, JOB_NAME_LABELS};
 
 /// Response body of the fake: a whole JSON document, or a watch stream.
 pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -131,6 +142,9 @@ struct ContainerLog {
     lines: Vec<LogEntry>,
     previous: Vec<LogEntry>,
     followers: Vec<Follower>,
+    /// The container exited and will not restart (a Job's pod): its lines
+    /// stay readable, and following them ends at once.
+    finished: bool,
 }
 
 /// A `follow=true` log request.
@@ -322,6 +336,7 @@ fn kind_of(resource: &str) -> String {
         "networkpolicies" => "NetworkPolicy",
         "resourcequotas" => "ResourceQuota",
         "limitranges" => "LimitRange",
+        "jobs" => "Job",
         other => other,
     }
     .to_owned()
@@ -530,6 +545,13 @@ impl FakeCluster {
         }
     }
 
+    /// The container exited for good (`restartPolicy: Never`): following
+    /// requests end, its lines stay the current ones (unlike
+    /// [`FakeCluster::end_log`], which models a restart).
+    pub fn finish_log(&self, namespace: &str, pod: &str, container: &str) {
+        self.lock().finish_log(namespace, pod, container);
+    }
+
     /// Pod log requests still following (their client has not gone away).
     pub fn open_log_streams(&self) -> usize {
         let mut state = self.lock();
@@ -624,7 +646,9 @@ impl FakeCluster {
                     ),
                 }
             }
-            (Method::DELETE, Some(name)) => state.delete_one(&target, name),
+            (Method::DELETE, Some(name)) => {
+                state.delete_one(&target, name, body_value.as_ref(), &query)
+            }
             (Method::DELETE, None) => state.delete_collection(&target, &query),
             _ => status_body(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -730,7 +754,10 @@ impl State {
             obj["metadata"]["labels"][labels::NAMESPACE_NAME] = json!(key.2);
             obj["status"] = json!({ "phase": "Active" });
         }
-        let pods = self.simulate(&key, &mut obj);
+        let mut pods = self.simulate(&key, &mut obj);
+        if key.0 == "batch/v1/jobs" && old.is_none() {
+            pods.push(State::start_job(&key, &mut obj));
+        }
         self.objects.insert(key.clone(), obj.clone());
         let type_ = if old.is_some() && type_ == "ADDED" {
             "MODIFIED"
@@ -748,11 +775,50 @@ impl State {
         obj
     }
 
+    fn finish_log(&mut self, namespace: &str, pod: &str, container: &str) {
+        let log = self
+            .logs
+            .entry((namespace.into(), pod.into(), container.into()))
+            .or_default();
+        log.followers.clear();
+        log.finished = true;
+    }
+
     fn remove(&mut self, key: &Key) -> Option<Value> {
+        self.remove_with(key, true)
+    }
+
+    /// Removes an object; `cascade` deletes its dependents (objects with an
+    /// owner reference to its uid), otherwise they are orphaned (their
+    /// owner reference dropped), as the garbage collector does.
+    fn remove_with(&mut self, key: &Key, cascade: bool) -> Option<Value> {
         let mut obj = self.objects.remove(key)?;
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.notify(rv, key, "DELETED", &obj);
+        if let Some(uid) = obj["metadata"]["uid"].as_str() {
+            let owned_by = |o: &Value| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            };
+            let dependents: Vec<Key> = self
+                .objects
+                .iter()
+                .filter(|(_, o)| owned_by(o))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for dependent in dependents {
+                if cascade {
+                    self.remove(&dependent);
+                } else if let Some(mut o) = self.objects.get(&dependent).cloned() {
+                    if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"] != uid);
+                    }
+                    self.store(dependent, o, "MODIFIED");
+                }
+            }
+        }
         // A deleted pod's log streams end.
         if key.0 == "v1/pods" {
             for ((ns, pod, _), log) in &mut self.logs {
@@ -989,13 +1055,17 @@ impl State {
         let Some(pod) = self.objects.get(&key_of(target, name)) else {
             return not_found(target, name);
         };
-        let containers: Vec<String> = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(str::to_owned))
-            .collect();
+        let names = |list: &str| -> Vec<String> {
+            pod["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let (containers, init) = (names("containers"), names("initContainers"));
         let bad = |message: String| status_body(StatusCode::BAD_REQUEST, "BadRequest", message);
+        // As the API server: the default is the only (non-init) container.
         let container = match (query.get("container"), containers.as_slice()) {
             (Some(c), _) => c.clone(),
             (None, [only]) => only.clone(),
@@ -1005,7 +1075,7 @@ impl State {
                 ));
             }
         };
-        if !containers.contains(&container) {
+        if !containers.contains(&container) && !init.contains(&container) {
             return bad(format!("container {container} is not valid for pod {name}"));
         }
         let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
@@ -1037,7 +1107,7 @@ impl State {
             let _ = tx.send(entry.render(timestamps));
         }
         // Without follow the sender drops here and the body ends.
-        if follow && !previous {
+        if follow && !previous && !log.finished {
             log.followers.push(Follower { tx, timestamps });
         }
         streaming_response(rx, "text/plain")
@@ -1115,7 +1185,7 @@ impl State {
                 for (k, v) in fields {
                     match k.as_str() {
                         "metadata" => {
-                            for field in ["labels", "annotations"] {
+                            for field in ["labels", "annotations", "ownerReferences"] {
                                 match v.get(field) {
                                     Some(value) => obj["metadata"][field] = value.clone(),
                                     None => {
@@ -1192,9 +1262,39 @@ impl State {
         )
     }
 
-    fn delete_one(&mut self, target: &Target, name: &str) -> Response<FakeBody> {
+    fn delete_one(
+        &mut self,
+        target: &Target,
+        name: &str,
+        options: Option<&Value>,
+        query: &BTreeMap<String, String>,
+    ) -> Response<FakeBody> {
         let key = key_of(target, name);
-        let Some(mut obj) = self.remove(&key) else {
+        let options = options.cloned().unwrap_or(Value::Null);
+        if let (Some(want), Some(existing)) = (
+            options["preconditions"]["uid"].as_str(),
+            self.objects.get(&key),
+        ) && existing["metadata"]["uid"] != want
+        {
+            return status_body(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {}",
+                    existing["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
+            );
+        }
+        let propagation = options["propagationPolicy"]
+            .as_str()
+            .or(query.get("propagationPolicy").map(String::as_str));
+        // batch/v1 Jobs orphan their pods unless the request says otherwise.
+        let cascade = match propagation {
+            Some("Orphan") => false,
+            Some(_) => true,
+            None => target.resource != "jobs",
+        };
+        let Some(mut obj) = self.remove_with(&key, cascade) else {
             return not_found(target, name);
         };
         if target.resource == "namespaces" && target.namespace.is_none() {

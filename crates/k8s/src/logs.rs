@@ -244,7 +244,7 @@ fn readable_instance(pod: &Pod, container: &str, previous: bool) -> Option<(Stri
 }
 
 /// One pod's lines as a stream that ends with the pod's log.
-fn pod_lines(
+pub(crate) fn pod_lines(
     api: Api<Pod>,
     pod: String,
     container: String,

@@ -33,9 +33,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::spec::{AccessMode, ProjectPolicy, Protocol, WorkloadKind, WorkloadSpec};
+use crate::spec::{
+    AccessMode, ProjectPolicy, Protocol, RegistryAuth, Resources, WorkloadKind, WorkloadSpec,
+};
 use crate::validate;
 
 /// Label keys ferry sets.
@@ -49,6 +52,8 @@ pub mod labels {
     pub const PROJECT_ID: &str = "ferry.dev/project-id";
     pub const SERVICE_ID: &str = "ferry.dev/service-id";
     pub const DEPLOYMENT_ID: &str = "ferry.dev/deployment-id";
+    /// On an image build's Job, pod and Secret (see [`crate::build`]).
+    pub const BUILD_ID: &str = "ferry.dev/build-id";
     /// On project volume claims (shared by services, never service-labelled).
     pub const VOLUME: &str = "ferry.dev/volume";
     /// Pod-template annotation bumped by [`crate::Cluster::restart`].
@@ -339,7 +344,7 @@ impl Rendered {
     }
 }
 
-fn to_value<T: serde::Serialize>(obj: &T) -> Value {
+pub(crate) fn to_value<T: serde::Serialize>(obj: &T) -> Value {
     // k8s-openapi types always serialise (string keys, no non-finite floats).
     serde_json::to_value(obj).unwrap_or_default()
 }
@@ -446,24 +451,14 @@ pub fn render(spec: &WorkloadSpec) -> Result<Rendered> {
     };
 
     let registry_secret_name = format!("{}-registry", spec.name);
-    let registry_secret = spec.image_pull.as_ref().map(|auth| {
-        let basic = BASE64.encode(format!("{}:{}", auth.username, auth.password.expose()));
-        let config = serde_json::json!({
-            "auths": { auth.server.clone(): {
-                "username": auth.username,
-                "password": auth.password.expose(),
-                "auth": basic,
-            }}
-        });
-        Secret {
-            metadata: meta(registry_secret_name.clone()),
-            type_: Some(DOCKER_CONFIG_JSON.into()),
-            data: Some(BTreeMap::from([(
-                ".dockerconfigjson".to_owned(),
-                ByteString(config.to_string().into_bytes()),
-            )])),
-            ..Secret::default()
-        }
+    let registry_secret = spec.image_pull.as_ref().map(|auth| Secret {
+        metadata: meta(registry_secret_name.clone()),
+        type_: Some(DOCKER_CONFIG_JSON.into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            ByteString(docker_config_json(Some(auth))),
+        )])),
+        ..Secret::default()
     });
 
     let volume_claims: Vec<PersistentVolumeClaim> = spec
@@ -568,7 +563,7 @@ pub fn render(spec: &WorkloadSpec) -> Result<Rendered> {
             }),
             ..EnvFromSource::default()
         }]),
-        resources: resources(spec),
+        resources: resource_requirements(&spec.resources),
         volume_mounts: non_empty(&volume_mounts),
         readiness_probe: probe(spec, 3),
         // More patient than readiness: a slow request is not a dead process.
@@ -688,27 +683,13 @@ fn network_policy(spec: &WorkloadSpec, metadata: ObjectMeta) -> NetworkPolicy {
         }),
         ..NetworkPolicyPeer::default()
     };
-    let dns = ["UDP", "TCP"]
-        .into_iter()
-        .map(|protocol| NetworkPolicyPort {
-            protocol: Some(protocol.into()),
-            port: Some(IntOrString::Int(53)),
-            ..NetworkPolicyPort::default()
-        })
-        .collect();
+    let dns = dns_ports();
     let (v6, v4): (Vec<String>, Vec<String>) = spec
         .policy
         .egress_deny_cidrs
         .iter()
         .cloned()
         .partition(|c| validate::cidr_is_v6(c) == Some(true));
-    let block = |cidr: &str, except: Vec<String>| NetworkPolicyPeer {
-        ip_block: Some(IPBlock {
-            cidr: cidr.to_owned(),
-            except: non_empty(&except),
-        }),
-        ..NetworkPolicyPeer::default()
-    };
     NetworkPolicy {
         metadata,
         spec: Some(NetworkPolicySpec {
@@ -729,10 +710,33 @@ fn network_policy(spec: &WorkloadSpec, metadata: ObjectMeta) -> NetworkPolicy {
                 },
                 NetworkPolicyEgressRule {
                     ports: None,
-                    to: Some(vec![block("0.0.0.0/0", v4), block("::/0", v6)]),
+                    to: Some(vec![ip_block("0.0.0.0/0", &v4), ip_block("::/0", &v6)]),
                 },
             ]),
         }),
+    }
+}
+
+/// DNS, UDP and TCP port 53.
+pub(crate) fn dns_ports() -> Vec<NetworkPolicyPort> {
+    ["UDP", "TCP"]
+        .into_iter()
+        .map(|protocol| NetworkPolicyPort {
+            protocol: Some(protocol.into()),
+            port: Some(IntOrString::Int(53)),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+/// A NetworkPolicy peer: `cidr` minus `except`.
+pub(crate) fn ip_block(cidr: &str, except: &[String]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_owned(),
+            except: non_empty(except),
+        }),
+        ..NetworkPolicyPeer::default()
     }
 }
 
@@ -810,15 +814,42 @@ pub fn claim_name(volume: &str) -> String {
     format!("vol-{volume}")
 }
 
+/// A docker `config.json` with the credentials of one registry (or none):
+/// the image pull Secret's `.dockerconfigjson` and a build's push config.
+pub(crate) fn docker_config_json(auth: Option<&RegistryAuth>) -> Vec<u8> {
+    let auths = match auth {
+        Some(auth) => serde_json::json!({ auth.server.clone(): {
+            "username": auth.username,
+            "password": auth.password.expose(),
+            "auth": BASE64.encode(format!("{}:{}", auth.username, auth.password.expose())),
+        }}),
+        None => serde_json::json!({}),
+    };
+    serde_json::json!({ "auths": auths })
+        .to_string()
+        .into_bytes()
+}
+
 fn project_labels(spec: &WorkloadSpec) -> BTreeMap<String, String> {
+    ownership_labels(spec.organization_id, spec.project_id, &spec.namespace)
+}
+
+/// The labels every project-owned object carries: managed by Ferry, part
+/// of `part_of`, and the organization and project ids the ownership checks
+/// of [`crate::Cluster`] compare.
+pub(crate) fn ownership_labels(
+    organization_id: Uuid,
+    project_id: Uuid,
+    part_of: &str,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::MANAGED_BY.to_owned(), labels::FERRY.to_owned()),
-        (labels::PART_OF.to_owned(), spec.namespace.clone()),
+        (labels::PART_OF.to_owned(), part_of.to_owned()),
         (
             labels::ORGANIZATION_ID.to_owned(),
-            spec.organization_id.to_string(),
+            organization_id.to_string(),
         ),
-        (labels::PROJECT_ID.to_owned(), spec.project_id.to_string()),
+        (labels::PROJECT_ID.to_owned(), project_id.to_string()),
     ])
 }
 
@@ -850,7 +881,7 @@ fn protocol(p: Protocol) -> &'static str {
     }
 }
 
-fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+pub(crate) fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
     (!items.is_empty()).then(|| items.to_vec())
 }
 
@@ -878,8 +909,7 @@ fn claim_spec(
     }
 }
 
-fn resources(spec: &WorkloadSpec) -> Option<ResourceRequirements> {
-    let r = &spec.resources;
+pub(crate) fn resource_requirements(r: &Resources) -> Option<ResourceRequirements> {
     let map = |cpu: &Option<String>, mem: &Option<String>| {
         let m: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", mem)]
             .into_iter()
@@ -920,7 +950,7 @@ fn probe(spec: &WorkloadSpec, failure_threshold: i32) -> Option<Probe> {
     })
 }
 
-fn runtime_default() -> SeccompProfile {
+pub(crate) fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         localhost_profile: None,
@@ -1156,7 +1186,7 @@ fn check_path(field: &str, path: &str) -> Result<()> {
 }
 
 /// RFC 1123 label: at most 63 of `[a-z0-9-]`, alphanumeric at both ends.
-fn check_label(field: &str, value: &str) -> Result<()> {
+pub(crate) fn check_label(field: &str, value: &str) -> Result<()> {
     if validate::is_label(value, 63) {
         Ok(())
     } else {

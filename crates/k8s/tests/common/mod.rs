@@ -4,6 +4,8 @@
 use ferry_k8s::spec::*;
 use uuid::Uuid;
 
+pub mod build;
+
 pub const SECRET_VALUE: &str = "s3cr3t-database-password";
 pub const REGISTRY_PASSWORD: &str = "ghp_registrytoken123";
 
