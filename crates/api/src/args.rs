@@ -38,6 +38,13 @@ pub struct Args {
     )]
     pub http_listen: SocketAddr,
 
+    /// `host:port` at which the proxies reach the HTTP listener (e.g.
+    /// `ferry-api.ferry.svc.cluster.local:8081`). Set: the route feed sends
+    /// `/hooks/` on the public URL's host there, so providers can deliver
+    /// push webhooks through ferry-proxy.
+    #[arg(long, env = "FERRY_API_HOOKS_UPSTREAM")]
+    pub hooks_upstream: Option<String>,
+
     /// Shared secret the proxies present on the internal route feed
     /// (`authorization: Bearer <token>`), at least 16 characters; e.g.
     /// `openssl rand -hex 32`. Unset: the feed refuses every proxy.
@@ -171,6 +178,25 @@ pub struct Args {
 }
 
 impl Args {
+    /// The route feed, with the installation route when the proxies should
+    /// forward push webhooks to this api.
+    pub fn feed_hub(&self) -> crate::feed::FeedHub {
+        let host = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, rest)| rest)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match &self.hooks_upstream {
+            Some(upstream) if !host.is_empty() => {
+                crate::feed::FeedHub::with_installation_route(&host, upstream)
+            }
+            _ => crate::feed::FeedHub::new(),
+        }
+    }
+
     /// Identity settings from the flags.
     pub fn identity_config(&self) -> crate::auth::IdentityConfig {
         crate::auth::IdentityConfig {

@@ -127,7 +127,7 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         tracing::warn!("{NO_CLUSTER_WARNING}");
     }
 
-    let feed = feed::FeedHub::new();
+    let feed = args.feed_hub();
     if let Err(err) = feed.reload(&db, &keyring).await {
         tracing::warn!(error = %err, "loading the route feed failed; retrying in the background");
     }

@@ -60,6 +60,9 @@ struct Inner {
     closed: watch::Sender<bool>,
     /// True once this replica `LISTEN`s for the others' changes.
     listening: watch::Sender<bool>,
+    /// The installation's own route (push webhooks on the public host to
+    /// the api's HTTP listener); it replaces any tenant route of that host.
+    installation: Option<pb::Route>,
 }
 
 /// The api's routing state for the proxies. Cheap to clone (shared).
@@ -110,8 +113,34 @@ impl FeedHub {
                 pending_since: Mutex::new(None),
                 closed: watch::channel(false).0,
                 listening: watch::channel(false).0,
+                installation: None,
             }),
         }
+    }
+
+    /// A hub whose state always carries the installation route: `/hooks/`
+    /// on `public_host` to `hooks_upstream` (`host:port` of the api's HTTP
+    /// listener as the proxies reach it). Tenants cannot claim that host:
+    /// their routes on it are dropped from the feed.
+    pub fn with_installation_route(public_host: &str, hooks_upstream: &str) -> Self {
+        let mut hub = Self::new();
+        let route = pb::Route {
+            id: format!("ferry-installation:{public_host}"),
+            hosts: vec![public_host.to_owned()],
+            targets: vec![pb::Target {
+                path_prefix: "/hooks/".into(),
+                strip_prefix: false,
+                upstreams: vec![hooks_upstream.to_owned()],
+                balance: pb::Balance::RoundRobin.into(),
+                weights: Vec::new(),
+                protocol: pb::UpstreamProtocol::Http1.into(),
+            }],
+            redirect_https: false,
+        };
+        if let Some(inner) = Arc::get_mut(&mut hub.inner) {
+            inner.installation = Some(route);
+        }
+        hub
     }
 
     fn lock(&self) -> MutexGuard<'_, Current> {
@@ -183,6 +212,17 @@ impl FeedHub {
                 return Err(err);
             }
         };
+        let mut db_state = db_state;
+        if let Some(route) = &self.inner.installation {
+            let host = route.hosts.first().cloned().unwrap_or_default();
+            if db_state
+                .routes
+                .insert(host.clone(), route.clone())
+                .is_some()
+            {
+                tracing::warn!(%host, "a tenant route names the installation's public host: ignored");
+            }
+        }
         let mut current = self.lock();
         let mut next = current.state.clone();
         next.db = db_state;
