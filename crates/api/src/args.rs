@@ -38,6 +38,24 @@ pub struct Args {
     )]
     pub http_listen: SocketAddr,
 
+    /// ferry-builder's gRPC address (e.g. `http://ferry-builder:50052`).
+    /// Unset: queued builds fail, saying no builder is configured.
+    #[arg(long, env = "FERRY_BUILDER_URL")]
+    pub builder_url: Option<String>,
+
+    /// The builder's service credential (its `FERRY_BUILDER_TOKEN`).
+    #[arg(long, env = "FERRY_BUILDER_TOKEN", hide_env_values = true)]
+    pub builder_token: Option<String>,
+
+    /// Builds of one organization that run at once; the rest wait queued.
+    #[arg(
+        long,
+        env = "FERRY_BUILDS_PER_ORG",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=100)
+    )]
+    pub builds_per_org: u16,
+
     /// `host:port` at which the proxies reach the HTTP listener (e.g.
     /// `ferry-api.ferry.svc.cluster.local:8081`). Set: the route feed sends
     /// `/hooks/` on the public URL's host there, so providers can deliver
@@ -178,6 +196,16 @@ pub struct Args {
 }
 
 impl Args {
+    /// How builds reach ferry-builder.
+    pub fn runner_config(&self) -> crate::builds::runner::RunnerConfig {
+        crate::builds::runner::RunnerConfig {
+            builder_url: self.builder_url.clone(),
+            builder_token: self.builder_token.clone(),
+            per_org_limit: usize::from(self.builds_per_org),
+            ..Default::default()
+        }
+    }
+
     /// The route feed, with the installation route when the proxies should
     /// forward push webhooks to this api.
     pub fn feed_hub(&self) -> crate::feed::FeedHub {

@@ -57,6 +57,8 @@ pub struct ApiState {
     pub cluster: Option<Arc<ferry_k8s::cluster::Cluster>>,
     /// Rollout timeout and the proxy's namespace.
     pub deploy: workloads::DeployConfig,
+    /// Wakes this replica's build runner when a build is queued.
+    pub builds: builds::runner::BuildQueue,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -148,6 +150,7 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         feed_auth,
         cluster,
         deploy: args.deploy_config(shutdown.clone()),
+        builds: builds::runner::BuildQueue::default(),
     };
     // Rollouts a previous run left unfinished: resumed or marked failed;
     // then, with several replicas, those whose replica died.
@@ -157,12 +160,22 @@ async fn serve(args: Args, shutdown: Shutdown) -> Result<()> {
         Err(err) => tracing::error!(error = %err, "resuming unfinished deployments failed"),
     }
     let _resumer = deployer(&state).spawn_resumer();
+    let _builds = builds::runner::BuildRunner::new(
+        state.db.clone(),
+        state.keyring.clone(),
+        deployer(&state),
+        args.runner_config(),
+        state.builds.clone(),
+        shutdown.clone(),
+    )?
+    .spawn();
     let listener = bind(args.listen).await?;
     let http_listener = bind(args.http_listen).await?;
     tracing::info!(addr = %args.http_listen, "HTTP (webhooks) listening");
     let http = tokio::spawn(http::serve(
         http_listener,
-        builds::webhook::Webhooks::new(state.db.clone(), state.keyring.clone()),
+        builds::webhook::Webhooks::new(state.db.clone(), state.keyring.clone())
+            .with_queue(state.builds.clone()),
         shutdown.clone(),
         args.common.shutdown_grace(),
     ));
@@ -220,6 +233,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
         identity,
         deployer: deployer(state),
         feed: state.feed.clone(),
+        builds: state.builds.clone(),
     };
     let services = accounts::add_identity_services(services, &workloads);
     let services =

@@ -52,6 +52,7 @@ pub fn state(conn: &DatabaseConnection, feed_token: Option<&str>) -> ApiState {
         feed_auth: FeedAuth::new(token.as_ref()),
         cluster: None,
         deploy: crate::workloads::DeployConfig::default(),
+        builds: crate::builds::runner::BuildQueue::default(),
     }
 }
 

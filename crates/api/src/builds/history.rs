@@ -186,6 +186,7 @@ impl GitApi {
             )
             .await?;
         txn.commit().await?;
+        self.0.builds.kick();
         Ok(build_to_pb(&build))
     }
 
@@ -242,6 +243,8 @@ impl GitApi {
             )
             .await?;
         txn.commit().await?;
+        // The runner driving it sees the cancel and deletes the Job.
+        self.0.builds.kick();
         let build = builds::Entity::find_by_id(id)
             .one(db)
             .await?

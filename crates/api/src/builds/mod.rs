@@ -15,6 +15,7 @@ pub mod history;
 pub mod integrations;
 pub mod push;
 pub mod queue;
+pub mod runner;
 pub mod signature;
 pub mod webhook;
 

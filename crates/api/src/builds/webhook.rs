@@ -59,6 +59,7 @@ impl Answer {
 pub struct Webhooks {
     db: DatabaseConnection,
     keyring: Arc<Keyring>,
+    queue: super::runner::BuildQueue,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -86,7 +87,17 @@ fn decide(config: &configs::Model, push: &Push) -> Result<(), String> {
 
 impl Webhooks {
     pub fn new(db: DatabaseConnection, keyring: Arc<Keyring>) -> Self {
-        Self { db, keyring }
+        Self {
+            db,
+            keyring,
+            queue: super::runner::BuildQueue::default(),
+        }
+    }
+
+    /// Wakes `queue`'s runner when a delivery queues builds.
+    pub fn with_queue(mut self, queue: super::runner::BuildQueue) -> Self {
+        self.queue = queue;
+        self
     }
 
     /// Handles one delivery for the integration named in the path.
@@ -268,6 +279,9 @@ impl Webhooks {
                 .await?;
         }
         txn.commit().await?;
+        if !answer.queued.is_empty() {
+            self.queue.kick();
+        }
         answer.message = format!(
             "{} build(s) queued for {} service(s)",
             answer.queued.len(),

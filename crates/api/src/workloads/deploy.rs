@@ -333,6 +333,111 @@ impl Deployer {
         Ok(row)
     }
 
+    /// Deploys the image a build pushed, as the build's own deployment
+    /// (`building` until now), exactly as a manual deploy of the service
+    /// with that image. `Ok(false)`: another deployment of the service is
+    /// in progress; try again once it ends.
+    pub async fn deploy_built(&self, deployment_id: Uuid, image: &str) -> Result<bool> {
+        let txn = crate::db::begin_write(&self.db).await?;
+        let d = deployments::Entity::find_by_id(deployment_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound("the build's deployment is gone".into()))?;
+        if d.status != DeploymentStatus::Building {
+            return Err(Error::FailedPrecondition(format!(
+                "the build's deployment is {:?}, not building",
+                d.status
+            )));
+        }
+        let service = match d.service_id {
+            Some(id) => services::Entity::find_by_id(id).one(&txn).await?,
+            None => None,
+        }
+        .ok_or_else(|| Error::FailedPrecondition("the build's service is gone".into()))?;
+        let project = projects::Entity::find_by_id(service.project_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition("the build's project is gone".into()))?;
+        let busy = deployments::Entity::find()
+            .filter(deployments::Column::ServiceId.eq(service.id))
+            .filter(
+                deployments::Column::Status
+                    .is_in([DeploymentStatus::Pending, DeploymentStatus::Deploying]),
+            )
+            .one(&txn)
+            .await?;
+        if busy.is_some() {
+            return Ok(false);
+        }
+        let mut spec = self
+            .current_spec(&txn, &service, &project, deployment_id)
+            .await?;
+        spec.image = image.to_owned();
+        let rendered = render_checked(&spec)?;
+        let yaml = rendered
+            .to_yaml(Redact::Secrets)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let env_json =
+            serde_json::to_string(&spec.env).map_err(|e| Error::Internal(e.to_string()))?;
+        let now = Utc::now();
+        let planned = self.cluster.is_none();
+        let mut row = d.clone().into_active_model();
+        row.status = Set(if planned {
+            DeploymentStatus::Planned
+        } else {
+            DeploymentStatus::Pending
+        });
+        row.image = Set(Some(spec.image.clone()));
+        row.error_message = Set(planned.then(|| PLANNED_MESSAGE.to_owned()));
+        row.k8s_artifacts = Set(artifacts(&spec, &yaml)?);
+        row.env_snapshot = Set(Some(self.keyring.encrypt(
+            "deployments",
+            "env_snapshot",
+            deployment_id,
+            &env_json,
+        )?));
+        row.finished_at = Set(planned.then_some(now));
+        row.lease_owner = Set((!planned).then(|| self.config.replica_id.clone()));
+        row.lease_expires_at = Set((!planned).then(|| self.lease_until()));
+        let row = row.update(&txn).await.map_err(|e| {
+            if crate::db::is_unique_violation(&e) {
+                Error::FailedPrecondition("another deployment of this service won".into())
+            } else {
+                e.into()
+            }
+        })?;
+        let meta = crate::request::RequestMeta::default();
+        crate::audit::Auditor::system(&meta, Some(project.organization_id))
+            .record(
+                &txn,
+                Entry::new(
+                    "deployment.create",
+                    AuditResourceType::Deployment,
+                    deployment_id,
+                )
+                .details(json!({
+                    "serviceId": service.id.to_string(),
+                    "image": spec.image,
+                    "trigger": format!("{:?}", row.trigger_type).to_lowercase(),
+                    "build": true,
+                    "planned": planned,
+                })),
+            )
+            .await?;
+        log(
+            &txn,
+            deployment_id,
+            LogLevel::Info,
+            &format!("deploying the built image {}", spec.image),
+        )
+        .await?;
+        txn.commit().await?;
+        if let Some(cluster) = &self.cluster {
+            self.spawn(cluster.clone(), deployment_id, rendered);
+        }
+        Ok(true)
+    }
+
     /// A recorded deployment's spec with its environment, re-targeted at
     /// deployment `id` and at what must be current whatever was recorded:
     /// the project's namespace and policy, and the service's registry

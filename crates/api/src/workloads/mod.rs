@@ -40,6 +40,8 @@ pub struct Workloads {
     pub deployer: Deployer,
     /// Deleting projects and services removes routes: the proxies hear it.
     pub feed: crate::feed::FeedHub,
+    /// Queued builds wake the build runner.
+    pub builds: crate::builds::runner::BuildQueue,
 }
 
 /// Adds the workload services to `services`.

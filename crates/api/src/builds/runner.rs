@@ -1,0 +1,749 @@
+//! Drives queued builds through ferry-builder and records what happens.
+//!
+//! Every replica runs one [`BuildRunner`]. A build is driven by the replica
+//! holding its lease (a conditional UPDATE on `builds`, renewed while the
+//! build streams; a crashed replica's lease expires and another takes the
+//! build over). Driving a build is calling `BuilderService.RunBuild`, which
+//! re-attaches to the build's Job when it already runs, so a takeover never
+//! starts a second Job. At most `per_org_limit` builds of an organization
+//! run at once; the rest wait `queued`.
+//!
+//! The builder's events become rows: status and commit on `builds`, log
+//! lines on the deployment (what `WatchDeployment` shows), and on success
+//! the pushed image is deployed like a manual deploy
+//! ([`crate::workloads::Deployer::deploy_built`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_common::Shutdown;
+use ferry_db::crypto::Keyring;
+use ferry_db::entities::enums::{
+    BuildStatus, DeploymentStatus, GitProvider, LogLevel, WebhookDeliveryStatus,
+};
+use ferry_db::entities::{
+    build_configs as configs, builds, deployment_logs, deployments, git_integrations, projects,
+    services, webhook_deliveries,
+};
+use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
+use ferry_db::sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _,
+};
+use ferry_proto::ferry::internal::v1 as ipb;
+use ipb::builder_service_client::BuilderServiceClient;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_stream::StreamExt as _;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use super::queue::ACTIVE;
+use crate::workloads::Deployer;
+use crate::{Error, Result};
+
+/// Where the builder is and how builds share it.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// `http://ferry-builder:50052`; `None`: builds fail with a message
+    /// saying no builder is configured.
+    pub builder_url: Option<String>,
+    /// The builder's service credential.
+    pub builder_token: Option<String>,
+    /// Builds of one organization running at once.
+    pub per_org_limit: usize,
+    /// This replica's lease owner id.
+    pub replica_id: String,
+    pub lease_ttl: Duration,
+    /// How often the queue is looked at without a kick (other replicas'
+    /// enqueues, expired leases).
+    pub poll: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            builder_url: None,
+            builder_token: None,
+            per_org_limit: 2,
+            replica_id: Uuid::now_v7().to_string(),
+            lease_ttl: Duration::from_secs(30),
+            poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Wakes the runner when a build is queued in this process.
+#[derive(Debug, Clone, Default)]
+pub struct BuildQueue(Arc<Notify>);
+
+impl BuildQueue {
+    /// Call after a transaction that queued or cancelled builds committed.
+    pub fn kick(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Adds the service credential and the trace context to builder calls.
+#[derive(Clone)]
+pub struct BuilderAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BuilderAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        ferry_common::telemetry::inject_context(request.metadata_mut());
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = BuilderServiceClient<InterceptedService<Channel, BuilderAuth>>;
+
+/// The build runner of this replica.
+#[derive(Clone)]
+pub struct BuildRunner {
+    db: DatabaseConnection,
+    keyring: Arc<Keyring>,
+    deployer: Deployer,
+    client: Option<Client>,
+    config: RunnerConfig,
+    queue: BuildQueue,
+    stop: Shutdown,
+    /// Builds this replica drives now.
+    running: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+impl std::fmt::Debug for BuildRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRunner")
+            .field("builder", &self.config.builder_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The clone URL of `repository` on the integration's server.
+pub fn clone_url(integration: &git_integrations::Model, repository: &str) -> String {
+    let base = |default: &str| {
+        integration
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    match integration.provider {
+        GitProvider::Generic => repository.to_owned(),
+        GitProvider::Github => format!("https://github.com/{repository}.git"),
+        GitProvider::Bitbucket => format!("https://bitbucket.org/{repository}.git"),
+        GitProvider::Gitlab => format!("{}/{repository}.git", base("https://gitlab.com")),
+        GitProvider::Gitea | GitProvider::Forgejo => {
+            format!("{}/{repository}.git", base(""))
+        }
+    }
+}
+
+/// The HTTPS user name each provider expects with a token (as
+/// `ferry_git::Auth::token_for`).
+fn token_username(provider: GitProvider) -> &'static str {
+    match provider {
+        GitProvider::Github => "x-access-token",
+        GitProvider::Gitlab => "oauth2",
+        GitProvider::Bitbucket => "x-token-auth",
+        GitProvider::Gitea | GitProvider::Forgejo | GitProvider::Generic => "git",
+    }
+}
+
+/// Why driving a build stopped before a verdict.
+enum Interrupted {
+    /// Retry later (the builder is unreachable, the stream broke).
+    Retry(String),
+}
+
+impl BuildRunner {
+    /// A runner; `connect` is lazy, so a builder that is down at start-up
+    /// only delays builds.
+    pub fn new(
+        db: DatabaseConnection,
+        keyring: Arc<Keyring>,
+        deployer: Deployer,
+        config: RunnerConfig,
+        queue: BuildQueue,
+        stop: Shutdown,
+    ) -> Result<Self> {
+        let client = match &config.builder_url {
+            None => None,
+            Some(url) => {
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| Error::InvalidArgument(format!("builderUrl: {e}")))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true);
+                let token = config
+                    .builder_token
+                    .as_ref()
+                    .map(|t| format!("Bearer {t}").parse())
+                    .transpose()
+                    .map_err(|_| {
+                        Error::InvalidArgument("builderToken: not a valid header value".into())
+                    })?;
+                Some(BuilderServiceClient::with_interceptor(
+                    endpoint.connect_lazy(),
+                    BuilderAuth(token),
+                ))
+            }
+        };
+        Ok(Self {
+            db,
+            keyring,
+            deployer,
+            client,
+            config,
+            queue,
+            stop,
+            running: Arc::default(),
+        })
+    }
+
+    /// Runs the queue until shutdown.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let stop = self.stop.wait();
+            tokio::pin!(stop);
+            loop {
+                if let Err(err) = self.tick().await {
+                    tracing::warn!(error = %err, "looking at the build queue failed");
+                }
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = self.queue.0.notified() => {}
+                    () = tokio::time::sleep(self.config.poll) => {}
+                }
+            }
+        })
+    }
+
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.config.lease_ttl)
+                .unwrap_or_else(|_| chrono::Duration::seconds(30))
+    }
+
+    fn is_running(&self, id: Uuid) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
+    }
+
+    /// Claims the builds it may start and starts them.
+    pub async fn tick(&self) -> Result<()> {
+        let now = Utc::now();
+        let active = builds::Entity::find()
+            .filter(builds::Column::Status.is_in(ACTIVE))
+            .order_by_asc(builds::Column::CreatedAt)
+            .limit(500)
+            .all(&self.db)
+            .await?;
+        // Builds holding a live lease count against their organization.
+        let mut busy: HashMap<Uuid, usize> = HashMap::new();
+        for b in &active {
+            if b.lease_expires_at.is_some_and(|t| t > now) {
+                *busy.entry(b.organization_id).or_default() += 1;
+            }
+        }
+        for b in active {
+            if self.is_running(b.id) {
+                continue;
+            }
+            let leased = b.lease_expires_at.is_some_and(|t| t > now);
+            if !leased && busy.get(&b.organization_id).copied().unwrap_or(0) >= self.config.per_org_limit {
+                continue;
+            }
+            if !self.claim(b.id).await? {
+                continue;
+            }
+            if !leased {
+                *busy.entry(b.organization_id).or_default() += 1;
+            }
+            self.running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(b.id);
+            let this = self.clone();
+            let span = tracing::info_span!("build", build = %b.id, service = %b.service_id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let id = b.id;
+                    this.run(b).await;
+                    this.running
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    // A slot freed: another queued build may start.
+                    this.queue.kick();
+                },
+                span,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes or renews the lease of active build `id`; one conditional
+    /// UPDATE, so of racing replicas exactly one wins.
+    async fn claim(&self, id: Uuid) -> Result<bool> {
+        let me = self.config.replica_id.clone();
+        let result = builds::Entity::update_many()
+            .col_expr(builds::Column::LeaseOwner, Expr::value(me.clone()))
+            .col_expr(builds::Column::LeaseExpiresAt, Expr::value(self.lease_until()))
+            .filter(builds::Column::Id.eq(id))
+            .filter(builds::Column::Status.is_in(ACTIVE))
+            .filter(
+                Expr::col(builds::Column::LeaseExpiresAt)
+                    .is_null()
+                    .or(Expr::col(builds::Column::LeaseExpiresAt).lt(Utc::now()))
+                    .or(Expr::col(builds::Column::LeaseOwner).eq(me)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    async fn release(&self, id: Uuid) {
+        let result = builds::Entity::update_many()
+            .col_expr(builds::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .col_expr(
+                builds::Column::LeaseExpiresAt,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(builds::Column::Id.eq(id))
+            .filter(builds::Column::LeaseOwner.eq(self.config.replica_id.clone()))
+            .exec(&self.db)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "releasing a build's lease failed");
+        }
+    }
+
+    /// Renews the lease until it is lost or the build stops being active
+    /// (cancelled: the builder deletes its Job).
+    async fn keep_lease(&self, id: Uuid) {
+        let mut tick = tokio::time::interval(self.config.lease_ttl / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.claim(id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let status = builds::Entity::find_by_id(id)
+                        .one(&self.db)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|b| b.status);
+                    if status == Some(BuildStatus::Cancelled) {
+                        self.cancel_job(id).await;
+                    } else {
+                        tracing::warn!("lost the build's lease: another replica drives it now");
+                    }
+                    return;
+                }
+                Err(err) => tracing::warn!(error = %err, "renewing the build's lease failed"),
+            }
+        }
+    }
+
+    async fn cancel_job(&self, id: Uuid) {
+        let Some(mut client) = self.client.clone() else {
+            return;
+        };
+        match client
+            .cancel_build(ipb::CancelBuildRequest {
+                build_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(r) => tracing::info!(found = r.get_ref().found, "cancelled the build's Job"),
+            Err(err) => tracing::warn!(error = %err, "deleting a cancelled build's Job failed"),
+        }
+    }
+
+    async fn run(&self, build: builds::Model) {
+        let id = build.id;
+        let stop = self.stop.wait();
+        let outcome = tokio::select! {
+            r = self.drive(&build) => r,
+            () = self.keep_lease(id) => return,
+            () = stop => {
+                self.release(id).await;
+                return;
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(Interrupted::Retry(why)) => {
+                tracing::warn!(reason = %why, "build interrupted; it is retried");
+                self.release(id).await;
+            }
+        }
+    }
+
+    /// Streams the build from the builder and records it; `Ok` once the
+    /// build has a verdict recorded.
+    async fn drive(&self, build: &builds::Model) -> Result<(), Interrupted> {
+        let request = match self.request(build).await {
+            Ok(r) => r,
+            Err(Error::FailedPrecondition(why) | Error::InvalidArgument(why)) => {
+                self.fail(build, "", &why, false).await;
+                return Ok(());
+            }
+            Err(err) => return Err(Interrupted::Retry(err.to_string())),
+        };
+        let Some(mut client) = self.client.clone() else {
+            self.fail(
+                build,
+                "",
+                "no ferry-builder is configured (--builder-url): the build cannot run",
+                false,
+            )
+            .await;
+            return Ok(());
+        };
+        let mut stream = match client.run_build(request).await {
+            Ok(s) => s.into_inner(),
+            Err(status) => return self.refused(build, &status).await,
+        };
+        loop {
+            let event = match stream.next().await {
+                None => return Err(Interrupted::Retry("the build stream ended early".into())),
+                Some(Err(status)) => return self.refused(build, &status).await,
+                Some(Ok(e)) => e,
+            };
+            let Some(event) = event.event else { continue };
+            let terminal = self
+                .record(build, event)
+                .await
+                .map_err(|e| Interrupted::Retry(e.to_string()))?;
+            if terminal {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A gRPC error from the builder: permanent ones fail the build.
+    async fn refused(&self, build: &builds::Model, status: &tonic::Status) -> Result<(), Interrupted> {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated | Code::PermissionDenied => {
+                self.fail(build, "", &format!("the builder refused the build: {}", status.message()), false)
+                    .await;
+                Ok(())
+            }
+            _ => Err(Interrupted::Retry(format!("builder: {}", status.message()))),
+        }
+    }
+
+    /// What the builder needs for `build`, credentials decrypted.
+    async fn request(&self, build: &builds::Model) -> Result<ipb::RunBuildRequest> {
+        let gone = |what: &str| Error::FailedPrecondition(format!("{what} was deleted"));
+        let config = configs::Entity::find()
+            .filter(configs::Column::ServiceId.eq(build.service_id))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| gone("the service's build config"))?;
+        let integration_id = config
+            .git_integration_id
+            .ok_or_else(|| gone("the build config's git integration"))?;
+        let integration = git_integrations::Entity::find_by_id(integration_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| gone("the build config's git integration"))?;
+        let service = services::Entity::find_by_id(build.service_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| gone("the service"))?;
+        let project = projects::Entity::find_by_id(service.project_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| gone("the project"))?;
+        let decrypt = |column: &str, value: &ferry_db::crypto::Encrypted| {
+            self.keyring
+                .decrypt("git_integrations", column, integration.id, value)
+                .map(|v| v.expose().to_owned())
+        };
+        let credential = if let Some(key) = &integration.ssh_private_key {
+            Some(ipb::git_credential::Kind::SshPrivateKey(decrypt(
+                "ssh_private_key",
+                key,
+            )?))
+        } else if let Some(token) = &integration.access_token {
+            Some(ipb::git_credential::Kind::Token(ipb::TokenCredential {
+                username: token_username(integration.provider).to_owned(),
+                token: decrypt("access_token", token)?,
+            }))
+        } else {
+            None
+        };
+        let plain: BTreeMap<String, String> =
+            serde_json::from_value(config.build_args.clone()).unwrap_or_default();
+        let secret = super::config::stored_secrets(&self.keyring, &config)?;
+        Ok(ipb::RunBuildRequest {
+            build_id: build.id.to_string(),
+            organization_id: build.organization_id.to_string(),
+            project_id: project.id.to_string(),
+            project_name: project.slug.clone(),
+            service_id: service.id.to_string(),
+            service_name: service.name.clone(),
+            repository_url: clone_url(&integration, &config.repository),
+            credential: credential.map(|kind| ipb::GitCredential { kind: Some(kind) }),
+            branch: build.branch.clone(),
+            commit_sha: build.commit_sha.clone().unwrap_or_default(),
+            before_sha: build.before_sha.clone().unwrap_or_default(),
+            watch_paths: serde_json::from_value(config.watch_paths.clone()).unwrap_or_default(),
+            root_dir: config.root_dir.clone(),
+            build_type: format!("{:?}", config.build_type).to_lowercase(),
+            dockerfile_path: config.dockerfile_path.clone(),
+            dockerfile_target: config.dockerfile_target.clone().unwrap_or_default(),
+            build_args: plain.into_iter().collect(),
+            secret_build_args: secret.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    /// Records one event; true when it was the verdict.
+    async fn record(&self, build: &builds::Model, event: ipb::build_event::Event) -> Result<bool> {
+        use ipb::build_event::Event;
+        let now = Utc::now();
+        match event {
+            Event::Resolved(r) => {
+                builds::Entity::update_many()
+                    .filter(builds::Column::Id.eq(build.id))
+                    .filter(builds::Column::Status.is_in(ACTIVE))
+                    .col_expr(builds::Column::Status, BuildStatus::Cloning.into())
+                    .col_expr(builds::Column::CommitSha, Some(r.commit_sha.clone()).into())
+                    .col_expr(builds::Column::JobName, Some(r.job_name.clone()).into())
+                    .col_expr(builds::Column::Detection, json!(r.detection).into())
+                    .col_expr(
+                        builds::Column::StartedAt,
+                        Some(build.started_at.unwrap_or(now)).into(),
+                    )
+                    .exec(&self.db)
+                    .await?;
+                deployments::Entity::update_many()
+                    .filter(deployments::Column::Id.eq(build.deployment_id))
+                    .col_expr(deployments::Column::CommitSha, Some(r.commit_sha.clone()).into())
+                    .col_expr(deployments::Column::StartedAt, Some(now).into())
+                    .exec(&self.db)
+                    .await?;
+                let mut message = format!("building commit {} ({})", r.commit_sha, r.build_type);
+                for line in &r.detection {
+                    message.push_str("\n  ");
+                    message.push_str(line);
+                }
+                self.log(build, LogLevel::Info, "ferry", &message).await?;
+                Ok(false)
+            }
+            Event::Progress(p) => {
+                if matches!(p.step.as_str(), "prepare" | "build") {
+                    builds::Entity::update_many()
+                        .filter(builds::Column::Id.eq(build.id))
+                        .filter(builds::Column::Status.is_in(ACTIVE))
+                        .col_expr(builds::Column::Status, BuildStatus::Building.into())
+                        .exec(&self.db)
+                        .await?;
+                }
+                let text = if p.message.is_empty() {
+                    format!("step {}", p.step)
+                } else {
+                    format!("step {}: {}", p.step, p.message)
+                };
+                self.log(build, LogLevel::Info, "ferry", &text).await?;
+                Ok(false)
+            }
+            Event::Logs(lines) => {
+                let rows: Vec<deployment_logs::ActiveModel> = lines
+                    .lines
+                    .into_iter()
+                    .take(1000)
+                    .map(|l| deployment_logs::ActiveModel {
+                        id: Set(Uuid::now_v7()),
+                        deployment_id: Set(build.deployment_id),
+                        timestamp: Set(l
+                            .timestamp
+                            .as_ref()
+                            .and_then(crate::wire::from_ts)
+                            .unwrap_or(now)),
+                        level: Set(LogLevel::Info),
+                        source: Set(Some(format!("build/{}", l.step))),
+                        message: Set(l.line.chars().take(65_536).collect()),
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    deployment_logs::Entity::insert_many(rows).exec(&self.db).await?;
+                }
+                Ok(false)
+            }
+            Event::Finished(f) => {
+                let done = builds::Entity::update_many()
+                    .filter(builds::Column::Id.eq(build.id))
+                    .filter(builds::Column::Status.is_in(ACTIVE))
+                    .col_expr(builds::Column::Status, BuildStatus::Succeeded.into())
+                    .col_expr(builds::Column::Image, Some(f.image.clone()).into())
+                    .col_expr(builds::Column::FinishedAt, Some(now).into())
+                    .exec(&self.db)
+                    .await?;
+                if done.rows_affected == 0 {
+                    return Ok(true); // cancelled meanwhile: nothing to deploy
+                }
+                self.log(build, LogLevel::Info, "ferry", &format!("pushed {}", f.image))
+                    .await?;
+                self.deploy(build, &f.image).await?;
+                Ok(true)
+            }
+            Event::Failed(f) => {
+                let mut reason = f.reason.clone();
+                if !f.last_lines.is_empty() {
+                    reason.push_str("\nlast log lines:\n");
+                    reason.push_str(&f.last_lines.join("\n"));
+                }
+                self.fail(build, &f.step, &reason, f.timed_out).await;
+                Ok(true)
+            }
+            Event::Skipped(s) => {
+                self.finish(build, BuildStatus::Skipped, DeploymentStatus::Cancelled, &s.reason)
+                    .await?;
+                webhook_deliveries::Entity::update_many()
+                    .filter(webhook_deliveries::Column::BuildId.eq(build.id))
+                    .col_expr(
+                        webhook_deliveries::Column::Status,
+                        WebhookDeliveryStatus::Ignored.into(),
+                    )
+                    .col_expr(webhook_deliveries::Column::Reason, Some(s.reason.clone()).into())
+                    .exec(&self.db)
+                    .await?;
+                Ok(true)
+            }
+            Event::Planned(p) => {
+                self.finish(build, BuildStatus::Planned, DeploymentStatus::Planned, &p.reason)
+                    .await?;
+                deployments::Entity::update_many()
+                    .filter(deployments::Column::Id.eq(build.deployment_id))
+                    .col_expr(
+                        deployments::Column::K8sArtifacts,
+                        json!({ "yaml": p.job_yaml }).into(),
+                    )
+                    .exec(&self.db)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn log(&self, build: &builds::Model, level: LogLevel, source: &str, message: &str) -> Result<()> {
+        deployment_logs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            deployment_id: Set(build.deployment_id),
+            timestamp: Set(Utc::now()),
+            level: Set(level),
+            source: Set(Some(source.to_owned())),
+            message: Set(message.to_owned()),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends an active build and its deployment.
+    async fn finish(
+        &self,
+        build: &builds::Model,
+        status: BuildStatus,
+        deployment: DeploymentStatus,
+        message: &str,
+    ) -> Result<()> {
+        let now = Utc::now();
+        let txn = crate::db::begin_write(&self.db).await?;
+        let ended = builds::Entity::update_many()
+            .filter(builds::Column::Id.eq(build.id))
+            .filter(builds::Column::Status.is_in(ACTIVE))
+            .col_expr(builds::Column::Status, status.into())
+            .col_expr(builds::Column::ErrorMessage, Some(message.to_owned()).into())
+            .col_expr(builds::Column::FinishedAt, Some(now).into())
+            .exec(&txn)
+            .await?;
+        if ended.rows_affected == 1 {
+            deployments::Entity::update_many()
+                .filter(deployments::Column::Id.eq(build.deployment_id))
+                .filter(deployments::Column::Status.eq(DeploymentStatus::Building))
+                .col_expr(deployments::Column::Status, deployment.into())
+                .col_expr(deployments::Column::ErrorMessage, Some(message.to_owned()).into())
+                .col_expr(deployments::Column::FinishedAt, Some(now).into())
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failure (logged when even that fails).
+    async fn fail(&self, build: &builds::Model, step: &str, reason: &str, timed_out: bool) {
+        let reason: String = reason.chars().take(8192).collect();
+        let message = if step.is_empty() {
+            format!("build failed: {reason}")
+        } else {
+            format!("build failed at step {step}: {reason}")
+        };
+        let status = if timed_out {
+            BuildStatus::TimedOut
+        } else {
+            BuildStatus::Failed
+        };
+        let result = async {
+            builds::Entity::update_many()
+                .filter(builds::Column::Id.eq(build.id))
+                .filter(builds::Column::Status.is_in(ACTIVE))
+                .col_expr(
+                    builds::Column::FailedStep,
+                    (!step.is_empty()).then(|| step.to_owned()).into(),
+                )
+                .exec(&self.db)
+                .await?;
+            self.finish(build, status, DeploymentStatus::Failed, &message).await?;
+            self.log(build, LogLevel::Error, "ferry", &message).await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::error!(error = %err, "recording a build failure failed");
+        }
+    }
+
+    /// Deploys the pushed image; waits while another deployment of the
+    /// service is in progress.
+    async fn deploy(&self, build: &builds::Model, image: &str) -> Result<()> {
+        for _ in 0..300 {
+            match self.deployer.deploy_built(build.deployment_id, image).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => tokio::time::sleep(Duration::from_secs(2)).await,
+                Err(Error::FailedPrecondition(why)) => {
+                    tracing::warn!(reason = %why, "the built image is not deployed");
+                    return Ok(());
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        deployments::Entity::update_many()
+            .filter(deployments::Column::Id.eq(build.deployment_id))
+            .filter(deployments::Column::Status.eq(DeploymentStatus::Building))
+            .col_expr(deployments::Column::Status, DeploymentStatus::Failed.into())
+            .col_expr(
+                deployments::Column::ErrorMessage,
+                Some(format!(
+                    "built {image}, but another deployment of the service stayed in progress for 10 minutes: deploy it again"
+                ))
+                .into(),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
