@@ -109,6 +109,7 @@ async fn main() {
         feed_auth: FeedAuth::new(Some(&token)),
         cluster: None,
         deploy: ferry_api::workloads::DeployConfig::default(),
+        builds: Default::default(),
     };
     let shutdown = Shutdown::new();
     hub.spawn_reloader(

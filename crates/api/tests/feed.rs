@@ -52,6 +52,7 @@ async fn start(conn: &DatabaseConnection, token: Option<&str>) -> Api {
         feed_auth: FeedAuth::new(token.as_ref()),
         cluster: None,
         deploy: ferry_api::workloads::DeployConfig::default(),
+        builds: Default::default(),
     };
     let shutdown = Shutdown::new();
     state.feed.spawn_reloader(
@@ -445,6 +446,7 @@ async fn feed_is_not_served_before_the_first_load() {
         feed_auth: FeedAuth::new(Some(&token)),
         cluster: None,
         deploy: ferry_api::workloads::DeployConfig::default(),
+        builds: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -73,6 +73,7 @@ async fn start_counted(conn: &DatabaseConnection) -> (Api, Selects) {
         feed_auth: FeedAuth::new(None),
         cluster: None,
         deploy: DeployConfig::default(),
+        builds: Default::default(),
     };
     (start_state(&state, relaxed()).await, selects)
 }
@@ -985,6 +986,7 @@ async fn verify_audit_chain_reads_in_batches_and_finds_a_break_in_the_second() {
             feed_auth: FeedAuth::new(None),
             cluster: None,
             deploy: DeployConfig::default(),
+            builds: Default::default(),
         };
         let counted = start_state(&state, relaxed()).await;
         let mut c = clients(counted.addr).await;

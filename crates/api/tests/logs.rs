@@ -32,6 +32,7 @@ async fn start_api(conn: &DatabaseConnection, cluster: Option<&FakeCluster>) -> 
         feed_auth: FeedAuth::new(None),
         cluster: cluster.map(|f| Arc::new(Cluster::new(f.client()))),
         deploy: DeployConfig::default(),
+        builds: Default::default(),
     };
     start_state(&state, relaxed()).await
 }

@@ -82,6 +82,7 @@ async fn start_api(
             rollout_timeout: timeout,
             ..DeployConfig::default()
         },
+        builds: Default::default(),
     };
     (start_state(&state, relaxed()).await, state)
 }

@@ -29,8 +29,8 @@ use ferry_db::entities::{
 };
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use ferry_proto::ferry::internal::v1 as ipb;
 use ipb::builder_service_client::BuilderServiceClient;
@@ -92,10 +92,15 @@ impl BuildQueue {
 pub struct BuilderAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for BuilderAuth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         ferry_common::telemetry::inject_context(request.metadata_mut());
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     }
@@ -257,7 +262,9 @@ impl BuildRunner {
                 continue;
             }
             let leased = b.lease_expires_at.is_some_and(|t| t > now);
-            if !leased && busy.get(&b.organization_id).copied().unwrap_or(0) >= self.config.per_org_limit {
+            if !leased
+                && busy.get(&b.organization_id).copied().unwrap_or(0) >= self.config.per_org_limit
+            {
                 continue;
             }
             if !self.claim(b.id).await? {
@@ -295,7 +302,10 @@ impl BuildRunner {
         let me = self.config.replica_id.clone();
         let result = builds::Entity::update_many()
             .col_expr(builds::Column::LeaseOwner, Expr::value(me.clone()))
-            .col_expr(builds::Column::LeaseExpiresAt, Expr::value(self.lease_until()))
+            .col_expr(
+                builds::Column::LeaseExpiresAt,
+                Expr::value(self.lease_until()),
+            )
             .filter(builds::Column::Id.eq(id))
             .filter(builds::Column::Status.is_in(ACTIVE))
             .filter(
@@ -311,7 +321,10 @@ impl BuildRunner {
 
     async fn release(&self, id: Uuid) {
         let result = builds::Entity::update_many()
-            .col_expr(builds::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .col_expr(
+                builds::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
             .col_expr(
                 builds::Column::LeaseExpiresAt,
                 Expr::value(Option::<chrono::DateTime<Utc>>::None),
@@ -431,12 +444,24 @@ impl BuildRunner {
     }
 
     /// A gRPC error from the builder: permanent ones fail the build.
-    async fn refused(&self, build: &builds::Model, status: &tonic::Status) -> Result<(), Interrupted> {
+    async fn refused(
+        &self,
+        build: &builds::Model,
+        status: &tonic::Status,
+    ) -> Result<(), Interrupted> {
         use tonic::Code;
         match status.code() {
-            Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated | Code::PermissionDenied => {
-                self.fail(build, "", &format!("the builder refused the build: {}", status.message()), false)
-                    .await;
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::PermissionDenied => {
+                self.fail(
+                    build,
+                    "",
+                    &format!("the builder refused the build: {}", status.message()),
+                    false,
+                )
+                .await;
                 Ok(())
             }
             _ => Err(Interrupted::Retry(format!("builder: {}", status.message()))),
@@ -531,7 +556,10 @@ impl BuildRunner {
                     .await?;
                 deployments::Entity::update_many()
                     .filter(deployments::Column::Id.eq(build.deployment_id))
-                    .col_expr(deployments::Column::CommitSha, Some(r.commit_sha.clone()).into())
+                    .col_expr(
+                        deployments::Column::CommitSha,
+                        Some(r.commit_sha.clone()).into(),
+                    )
                     .col_expr(deployments::Column::StartedAt, Some(now).into())
                     .exec(&self.db)
                     .await?;
@@ -579,7 +607,9 @@ impl BuildRunner {
                     })
                     .collect();
                 if !rows.is_empty() {
-                    deployment_logs::Entity::insert_many(rows).exec(&self.db).await?;
+                    deployment_logs::Entity::insert_many(rows)
+                        .exec(&self.db)
+                        .await?;
                 }
                 Ok(false)
             }
@@ -595,8 +625,13 @@ impl BuildRunner {
                 if done.rows_affected == 0 {
                     return Ok(true); // cancelled meanwhile: nothing to deploy
                 }
-                self.log(build, LogLevel::Info, "ferry", &format!("pushed {}", f.image))
-                    .await?;
+                self.log(
+                    build,
+                    LogLevel::Info,
+                    "ferry",
+                    &format!("pushed {}", f.image),
+                )
+                .await?;
                 self.deploy(build, &f.image).await?;
                 Ok(true)
             }
@@ -610,22 +645,35 @@ impl BuildRunner {
                 Ok(true)
             }
             Event::Skipped(s) => {
-                self.finish(build, BuildStatus::Skipped, DeploymentStatus::Cancelled, &s.reason)
-                    .await?;
+                self.finish(
+                    build,
+                    BuildStatus::Skipped,
+                    DeploymentStatus::Cancelled,
+                    &s.reason,
+                )
+                .await?;
                 webhook_deliveries::Entity::update_many()
                     .filter(webhook_deliveries::Column::BuildId.eq(build.id))
                     .col_expr(
                         webhook_deliveries::Column::Status,
                         WebhookDeliveryStatus::Ignored.into(),
                     )
-                    .col_expr(webhook_deliveries::Column::Reason, Some(s.reason.clone()).into())
+                    .col_expr(
+                        webhook_deliveries::Column::Reason,
+                        Some(s.reason.clone()).into(),
+                    )
                     .exec(&self.db)
                     .await?;
                 Ok(true)
             }
             Event::Planned(p) => {
-                self.finish(build, BuildStatus::Planned, DeploymentStatus::Planned, &p.reason)
-                    .await?;
+                self.finish(
+                    build,
+                    BuildStatus::Planned,
+                    DeploymentStatus::Planned,
+                    &p.reason,
+                )
+                .await?;
                 deployments::Entity::update_many()
                     .filter(deployments::Column::Id.eq(build.deployment_id))
                     .col_expr(
@@ -639,7 +687,13 @@ impl BuildRunner {
         }
     }
 
-    async fn log(&self, build: &builds::Model, level: LogLevel, source: &str, message: &str) -> Result<()> {
+    async fn log(
+        &self,
+        build: &builds::Model,
+        level: LogLevel,
+        source: &str,
+        message: &str,
+    ) -> Result<()> {
         deployment_logs::ActiveModel {
             id: Set(Uuid::now_v7()),
             deployment_id: Set(build.deployment_id),
@@ -667,7 +721,10 @@ impl BuildRunner {
             .filter(builds::Column::Id.eq(build.id))
             .filter(builds::Column::Status.is_in(ACTIVE))
             .col_expr(builds::Column::Status, status.into())
-            .col_expr(builds::Column::ErrorMessage, Some(message.to_owned()).into())
+            .col_expr(
+                builds::Column::ErrorMessage,
+                Some(message.to_owned()).into(),
+            )
             .col_expr(builds::Column::FinishedAt, Some(now).into())
             .exec(&txn)
             .await?;
@@ -676,7 +733,10 @@ impl BuildRunner {
                 .filter(deployments::Column::Id.eq(build.deployment_id))
                 .filter(deployments::Column::Status.eq(DeploymentStatus::Building))
                 .col_expr(deployments::Column::Status, deployment.into())
-                .col_expr(deployments::Column::ErrorMessage, Some(message.to_owned()).into())
+                .col_expr(
+                    deployments::Column::ErrorMessage,
+                    Some(message.to_owned()).into(),
+                )
                 .col_expr(deployments::Column::FinishedAt, Some(now).into())
                 .exec(&txn)
                 .await?;
@@ -708,7 +768,8 @@ impl BuildRunner {
                 )
                 .exec(&self.db)
                 .await?;
-            self.finish(build, status, DeploymentStatus::Failed, &message).await?;
+            self.finish(build, status, DeploymentStatus::Failed, &message)
+                .await?;
             self.log(build, LogLevel::Error, "ferry", &message).await
         }
         .await;
