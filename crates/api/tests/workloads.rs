@@ -1564,6 +1564,7 @@ fn workload_methods() -> Vec<(String, String, String)> {
                 let message = fds
                     .file
                     .iter()
+                    .filter(|f| f.package() == "ferry.v1")
                     .flat_map(|f| &f.message_type)
                     .find(|m| m.name() == input)
                     .unwrap();
@@ -3126,7 +3127,13 @@ fn nested_id_methods() -> Vec<String> {
     use prost::Message as _;
     use prost_types::DescriptorProto;
     let fds = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let messages: Vec<&DescriptorProto> = fds.file.iter().flat_map(|f| &f.message_type).collect();
+    // Only ferry.v1: ferry.internal.v1 reuses some message names.
+    let messages: Vec<&DescriptorProto> = fds
+        .file
+        .iter()
+        .filter(|f| f.package() == "ferry.v1")
+        .flat_map(|f| &f.message_type)
+        .collect();
     let find = |name: &str| {
         let name = name.trim_start_matches(".ferry.v1.");
         messages.iter().find(|m| m.name() == name).copied()
@@ -3193,6 +3200,22 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                 .into_inner()
                 .id;
         let v_registry = create_registry(&mut v, "victim-Registry-password").await;
+        let v_integration =
+            v.w.git
+                .create_git_integration(authed(
+                    pb::CreateGitIntegrationRequest {
+                        organization_id: v.org.clone(),
+                        provider: pb::GitProvider::Github.into(),
+                        name: "victim-gh".into(),
+                        token: "github_pat_victim".into(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
         let v_template = v
             .w
             .templates
@@ -3429,6 +3452,21 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                         resource_type: pb::GrantResourceType::Service.into(),
                         resource_id: v_svc.id.clone(),
                         level: pb::GrantLevel::Manage.into(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "GitService/SetBuildConfig",
+            a.w.git
+                .set_build_config(authed(
+                    pb::SetBuildConfigRequest {
+                        service_id: a_svc.id.clone(),
+                        git_integration_id: v_integration.clone(),
+                        repository: "victor/app".into(),
+                        ..Default::default()
                     },
                     &at,
                 ))

@@ -614,25 +614,29 @@ impl BuildRunner {
                 Ok(false)
             }
             Event::Finished(f) => {
-                let done = builds::Entity::update_many()
+                // Deploy first, then mark the build succeeded: a crash in
+                // between leaves the build active, the next runner
+                // re-attaches, hears Finished again and finds the
+                // deployment already past `building`.
+                let stored = builds::Entity::update_many()
+                    .filter(builds::Column::Id.eq(build.id))
+                    .filter(builds::Column::Status.is_in(ACTIVE))
+                    .col_expr(builds::Column::Image, Some(f.image.clone()).into())
+                    .exec(&self.db)
+                    .await?;
+                if stored.rows_affected == 0 {
+                    return Ok(true); // cancelled meanwhile: nothing to deploy
+                }
+                self.log(build, LogLevel::Info, "ferry", &format!("pushed {}", f.image))
+                    .await?;
+                self.deploy(build, &f.image).await?;
+                builds::Entity::update_many()
                     .filter(builds::Column::Id.eq(build.id))
                     .filter(builds::Column::Status.is_in(ACTIVE))
                     .col_expr(builds::Column::Status, BuildStatus::Succeeded.into())
-                    .col_expr(builds::Column::Image, Some(f.image.clone()).into())
                     .col_expr(builds::Column::FinishedAt, Some(now).into())
                     .exec(&self.db)
                     .await?;
-                if done.rows_affected == 0 {
-                    return Ok(true); // cancelled meanwhile: nothing to deploy
-                }
-                self.log(
-                    build,
-                    LogLevel::Info,
-                    "ferry",
-                    &format!("pushed {}", f.image),
-                )
-                .await?;
-                self.deploy(build, &f.image).await?;
                 Ok(true)
             }
             Event::Failed(f) => {
