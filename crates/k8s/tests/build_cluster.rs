@@ -502,6 +502,35 @@ fn build_spec_with_id(id: Uuid) -> BuildSpec {
 }
 
 #[tokio::test]
+async fn find_build_returns_the_jobs_annotations_and_outcome() {
+    let fake = FakeCluster::new();
+    let cluster = Cluster::new(fake.client());
+    assert_eq!(cluster.find_build(NS, build_id()).await.unwrap(), None);
+    let mut spec = dockerfile_spec();
+    spec.annotations
+        .insert("ferry.dev/build-type".into(), "dockerfile".into());
+    let b = Build::start_on(fake, spec).await;
+    b.set("clone-init", FakeContainerState::Running);
+    let found = b
+        .cluster
+        .find_build(NS, b.spec.build_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.job_name, job_name(b.spec.build_id));
+    assert_eq!(found.annotations["ferry.dev/build-type"], "dockerfile");
+    assert_eq!(
+        found.outcome,
+        BuildOutcome::Running {
+            step: BuildStep::Clone
+        }
+    );
+    // Another build's id finds nothing.
+    let other = Uuid::from_u128(0x7777_0000_0000_4000_8000_0000_0000_0002);
+    assert_eq!(b.cluster.find_build(NS, other).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_restarted_builder_lists_running_builds_and_resumes_watching() {
     let fake = FakeCluster::new();
     let done = Build::start_on(fake.clone(), dockerfile_spec()).await;
