@@ -342,13 +342,15 @@ pub fn cache_ref(registry: &str, project: &str, service: &str) -> String {
     )
 }
 
-/// The Job's (and Secret's) name: `ferry-build-<first 12 hex digits of the
+/// The Job's (and Secret's) name: `ferry-build-<last 12 hex digits of the
 /// build id>`. Deterministic, so applying a build twice finds the first
-/// Job; a prefix collision is refused by the ownership check, which also
-/// compares the full build id label.
+/// Job. The last digits, because they are random in both v4 and v7 ids
+/// (a v7 id starts with its millisecond: builds queued together would
+/// share a prefix); a collision is still refused by the ownership check,
+/// which also compares the full build id label.
 pub fn job_name(build_id: Uuid) -> String {
     let hex = build_id.simple().to_string();
-    format!("ferry-build-{}", &hex[..12])
+    format!("ferry-build-{}", &hex[hex.len() - 12..])
 }
 
 /// Label selector of one build's Job and pod.
@@ -1637,9 +1639,13 @@ mod tests {
             assert!(check_relative_path("f", bad, true).is_err(), "{bad}");
         }
         assert_eq!(
-            job_name(Uuid::from_u128(0xabcdef0123456789_u128 << 64)),
-            "ferry-build-abcdef012345"
+            job_name(Uuid::from_u128(0xabcdef0123456789_u128)),
+            "ferry-build-ef0123456789"
         );
+        // v7 ids of one millisecond share their first 48 bits, not their names.
+        let same_ms =
+            |random: u128| Uuid::from_u128((0x0190_0000_0000_u128 << 80) | 0x7000 << 64 | random);
+        assert_ne!(job_name(same_ms(1)), job_name(same_ms(2)));
         assert_eq!(join("/w/src", "./apps/web/"), "/w/src/apps/web");
         assert_eq!(join("/w/src", "."), "/w/src");
         assert_eq!(percent_encode("a b@c:d"), "a%20b%40c%3Ad");

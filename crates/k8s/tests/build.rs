@@ -73,7 +73,7 @@ fn dockerfile_job_has_the_required_shape() {
     let spec = dockerfile_spec();
     let job = render_build(&spec).unwrap();
     let meta = &job.metadata;
-    assert_eq!(meta.name.as_deref(), Some("ferry-build-5f0e3c2a9b71"));
+    assert_eq!(meta.name.as_deref(), Some("ferry-build-123456789abc"));
     assert_eq!(meta.namespace.as_deref(), Some("ferry-builds"));
     let labels = meta.labels.clone().unwrap();
     for (k, v) in [
@@ -81,7 +81,7 @@ fn dockerfile_job_has_the_required_shape() {
         ("app.kubernetes.io/name", "web"),
         ("app.kubernetes.io/part-of", "shop"),
         ("app.kubernetes.io/component", "build"),
-        ("app.kubernetes.io/instance", "ferry-build-5f0e3c2a9b71"),
+        ("app.kubernetes.io/instance", "ferry-build-123456789abc"),
         ("ferry.dev/build-id", "5f0e3c2a-9b71-4d8e-a6f4-123456789abc"),
         (
             "ferry.dev/organization-id",
@@ -493,7 +493,7 @@ fn renders_are_deterministic() {
         );
     }
     let name = job_name(build_id());
-    assert_eq!(name, "ferry-build-5f0e3c2a9b71");
+    assert_eq!(name, "ferry-build-123456789abc");
     assert!(name.len() <= 63);
     assert_eq!(job_name(uuid::Uuid::max()), "ferry-build-ffffffffffff");
 }
@@ -794,7 +794,7 @@ const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15
 
 fn job(conditions: Value) -> Job {
     serde_json::from_value(json!({
-        "metadata": { "name": "ferry-build-5f0e3c2a9b71", "uid": "job-uid" },
+        "metadata": { "name": "ferry-build-123456789abc", "uid": "job-uid" },
         "spec": { "template": {} },
         "status": { "conditions": conditions },
     }))
@@ -818,7 +818,7 @@ fn pod(states: &[(&str, Value)]) -> Pod {
     let init_containers = ["clone-init", "clone-fetch", "clone-checkout"].map(container);
     serde_json::from_value(json!({
         "metadata": {
-            "name": "ferry-build-5f0e3c2a9b71-x2b4z",
+            "name": "ferry-build-123456789abc-x2b4z",
             "labels": { "batch.kubernetes.io/controller-uid": "job-uid" },
         },
         "spec": {

@@ -466,8 +466,8 @@ async fn cancel_refuses_a_job_ferry_does_not_own() {
     assert_eq!(fake.job_pods(NS, &name).len(), 1);
     assert!(!fake.requests().iter().any(|r| r.method == "DELETE"));
 
-    // Ferry's, but another build's (a 12-hex-digit prefix collision).
-    let other = Uuid::from_u128(build_id().as_u128() + 1);
+    // Ferry's, but another build's (a 12-hex-digit collision).
+    let other = Uuid::from_u128(build_id().as_u128() + (1 << 100));
     assert_eq!(job_name(other), name);
     let fake = FakeCluster::new();
     let b = Build::start_on(fake, build_spec_with_id(other)).await;
