@@ -1,13 +1,14 @@
 //! `ferry-builder`: turns a commit of a git repository into a container
 //! image, for the api, over `ferry.internal.v1.BuilderService`.
 //!
-//! RunBuild validates the request ([`request`], [`plan::check`]), then
-//! ([`pipeline`]) re-attaches to the build's Job if it already exists, or
+//! RunBuild validates the request (`request`, `plan::check`), then
+//! (`pipeline`) re-attaches to the build's Job if it already exists, or
 //! resolves the branch, checks the push against the watch paths, detects
-//! the build type on a shallow checkout ([`resolve`], [`kind`]) and either
+//! the build type on a shallow checkout (`resolve`, `kind`) and either
 //! renders the Job without running it (no cluster: `Planned`) or starts it
-//! in the builds namespace and follows it ([`follow`]) to one terminal
-//! event. Jobs outlive streams: a client that goes away, or a builder that
+//! in the builds namespace and follows it (`follow`) to one terminal
+//! event. The Job's annotations [`COMMIT_SHA`], [`BUILD_TYPE`] and
+//! [`DETECTION`] carry what was resolved, for a builder that re-attaches. Jobs outlive streams: a client that goes away, or a builder that
 //! stops, leaves the build running for the next RunBuild to re-attach to.
 //!
 //! The builder holds no database credentials; the api records everything.
@@ -17,15 +18,15 @@ pub mod args;
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod events;
-pub mod follow;
-pub mod kind;
-pub mod pipeline;
-pub mod plan;
-pub mod request;
-pub mod resolution;
-pub mod resolve;
-pub mod service;
+mod events;
+mod follow;
+mod kind;
+mod pipeline;
+mod plan;
+mod request;
+mod resolution;
+mod resolve;
+mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -41,6 +42,8 @@ pub use args::Args;
 pub use auth::ServiceToken;
 pub use config::Config;
 pub use error::{Error, Result};
+pub use plan::PLANNED_REASON;
+pub use resolution::{BUILD_TYPE, COMMIT_SHA, DETECTION};
 use service::{Builder, BuilderService};
 
 /// The service name used in logs, traces and `ServerInfo`.

@@ -183,23 +183,11 @@ fn request_field(request: &BuildRequest, field: &str) -> Option<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use ferry_proto::ferry::internal::v1 as pb;
-    use uuid::Uuid;
 
     use super::*;
 
     fn request(mutate: impl FnOnce(&mut pb::RunBuildRequest)) -> BuildRequest {
-        let mut r = pb::RunBuildRequest {
-            build_id: Uuid::from_u128(1).to_string(),
-            organization_id: Uuid::from_u128(2).to_string(),
-            project_id: Uuid::from_u128(3).to_string(),
-            project_name: "shop".into(),
-            service_id: Uuid::from_u128(4).to_string(),
-            service_name: "web".into(),
-            repository_url: "https://github.com/acme/shop.git".into(),
-            branch: "main".into(),
-            build_type: "auto".into(),
-            ..Default::default()
-        };
+        let mut r = crate::request::tests::request();
         mutate(&mut r);
         BuildRequest::parse(r, &Config::default()).unwrap()
     }

@@ -300,12 +300,14 @@ pub fn arg_field(list: &str, name: &str) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-    fn request() -> pb::RunBuildRequest {
+    /// A valid request (`auto`, a public https repository), for the unit
+    /// tests of this crate.
+    pub(crate) fn request() -> pb::RunBuildRequest {
         pb::RunBuildRequest {
             build_id: Uuid::from_u128(1).to_string(),
             organization_id: Uuid::from_u128(2).to_string(),

@@ -17,7 +17,6 @@ use crate::error::Result;
 pub struct Resolver {
     git: Git,
     permits: Arc<Semaphore>,
-    max: usize,
     work_dir: WorkDir,
 }
 
@@ -45,7 +44,6 @@ impl Resolver {
         Ok(Resolver {
             git: Git::new().with_timeout(config.git_timeout),
             permits: Arc::new(Semaphore::new(config.max_concurrent_resolves)),
-            max: config.max_concurrent_resolves,
             work_dir,
         })
     }
@@ -55,11 +53,6 @@ impl Resolver {
             WorkDir::Temp(dir) => dir.path(),
             WorkDir::Given(dir) => dir,
         }
-    }
-
-    /// Git operations running now.
-    pub fn in_flight(&self) -> usize {
-        self.max.saturating_sub(self.permits.available_permits())
     }
 
     /// The commit `branch` is at.
@@ -131,5 +124,59 @@ impl Drop for Scratch {
             Ok(runtime) => drop(runtime.spawn_blocking(move || drop(dir))),
             Err(_) => drop(dir),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_git::testing::GitServer;
+    use ferry_git::{RepoUrl, UrlOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn git_work_waits_for_a_permit_and_leaves_no_checkout() {
+        let server = GitServer::start().await.unwrap();
+        let repo = server.create_repo("app").await.unwrap();
+        let sha = repo
+            .commit("main", &[("index.html", "<h1>hi</h1>")])
+            .await
+            .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_concurrent_resolves: 1,
+            work_dir: Some(work.path().to_owned()),
+            ..Config::default()
+        };
+        let resolver = Resolver::new(&config).unwrap();
+        let url = RepoUrl::parse_with(repo.url(), UrlOptions { allow_http: true }).unwrap();
+        let remote = Remote::public(url);
+
+        // The only permit is taken: the resolve waits, touching nothing.
+        let held = resolver.permits.clone().acquire_owned().await.unwrap();
+        let waiting = resolver.resolve(&remote, "main");
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(server.requests(), 0);
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), sha);
+
+        let detection = resolver.detect(&remote, &sha, "").await.unwrap();
+        assert_eq!(detection.build_type, ferry_git::BuildType::Static);
+        // The checkout is removed (off the async threads, so give it a moment).
+        for _ in 0..100 {
+            if std::fs::read_dir(work.path()).unwrap().next().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the checkout was left in {}", work.path().display());
     }
 }

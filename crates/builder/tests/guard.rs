@@ -14,14 +14,10 @@ use tonic::Code;
 #[tokio::test]
 async fn calls_without_the_service_token_are_refused_and_start_nothing() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
+    let app = App::start(Some(&fake)).await;
+    let (git, builder) = (&app.git, &app.builder);
     let mut client = builder.client();
-    let req = request(repo.url(), build_id(50));
+    let req = app.request(50);
 
     let missing = client.run_build(req.clone()).await.unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
@@ -76,12 +72,8 @@ async fn a_builder_without_a_token_serves_no_builds() {
 #[tokio::test]
 async fn invalid_requests_name_the_field_and_create_nothing() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
+    let app = App::start(Some(&fake)).await;
+    let (git, builder) = (&app.git, &app.builder);
     let mut client = builder.client();
     type Mutation = fn(&mut pb::RunBuildRequest);
     let cases: Vec<(Mutation, &str)> = vec![
@@ -119,7 +111,7 @@ async fn invalid_requests_name_the_field_and_create_nothing() {
         (|r| r.cpu_limit = "two".into(), "cpuLimit: "),
     ];
     for (mutate, prefix) in cases {
-        let mut req = request(repo.url(), build_id(52));
+        let mut req = app.request(52);
         mutate(&mut req);
         let err = client.run_build(builder.request(req)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{prefix}: {err:?}");

@@ -13,15 +13,10 @@ use pb::build_event::Event;
 #[tokio::test]
 async fn a_build_runs_from_queued_to_finished_with_its_digest_and_logs() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    let sha = repo
-        .commit("main", &[("Dockerfile", "FROM scratch\nCOPY . /\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
+    let app = App::start(Some(&fake)).await;
+    let (sha, builder) = (&app.sha, &app.builder);
     let id = build_id(1);
-    let mut stream = run(&builder, request(repo.url(), id)).await;
+    let mut stream = run(builder, app.request(1)).await;
 
     let resolved = resolved(next(&mut stream).await);
     assert_eq!(resolved.commit_sha, sha.as_str());
@@ -88,13 +83,9 @@ async fn a_build_runs_from_queued_to_finished_with_its_digest_and_logs() {
 #[tokio::test]
 async fn a_failed_build_step_reports_its_exit_code_and_last_lines() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
-    let mut stream = run(&builder, request(repo.url(), build_id(2))).await;
+    let app = App::start(Some(&fake)).await;
+    let builder = &app.builder;
+    let mut stream = run(builder, app.request(2)).await;
     let resolved = resolved(next(&mut stream).await);
     let pod = Pod {
         fake: &fake,
@@ -140,15 +131,11 @@ async fn a_failed_build_step_reports_its_exit_code_and_last_lines() {
 #[tokio::test]
 async fn a_build_past_its_deadline_times_out() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
-    let mut req = request(repo.url(), build_id(3));
+    let app = App::start(Some(&fake)).await;
+    let builder = &app.builder;
+    let mut req = app.request(3);
     req.timeout_seconds = 60;
-    let mut stream = run(&builder, req).await;
+    let mut stream = run(builder, req).await;
     let resolved = resolved(next(&mut stream).await);
     let job = fake.get("Job", NS, &resolved.job_name).unwrap();
     assert_eq!(job["spec"]["activeDeadlineSeconds"], 60);
@@ -184,14 +171,10 @@ async fn a_build_past_its_deadline_times_out() {
 #[tokio::test]
 async fn cancel_deletes_the_job_and_the_stream_says_so() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(Some(&fake)).await;
+    let app = App::start(Some(&fake)).await;
+    let builder = &app.builder;
     let id = build_id(4);
-    let mut stream = run(&builder, request(repo.url(), id)).await;
+    let mut stream = run(builder, app.request(4)).await;
     let resolved = resolved(next(&mut stream).await);
     pod_of(&fake, &resolved.job_name).await;
 
@@ -225,15 +208,15 @@ async fn cancel_deletes_the_job_and_the_stream_says_so() {
 #[tokio::test]
 async fn a_restarted_builder_re_attaches_instead_of_starting_a_second_job() {
     let fake = FakeCluster::new();
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    let sha = repo
-        .commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let first = builder(Some(&fake)).await;
-    let id = build_id(5);
-    let mut stream = run(&first, request(repo.url(), id)).await;
+    // The git server lives in `_git` until the end.
+    let App {
+        git: _git,
+        repo,
+        sha,
+        builder: first,
+    } = App::start(Some(&fake)).await;
+    let req = || request(repo.url(), build_id(5));
+    let mut stream = run(&first, req()).await;
     let job = resolved(next(&mut stream).await).job_name;
     let pod = Pod {
         fake: &fake,
@@ -255,7 +238,7 @@ async fn a_restarted_builder_re_attaches_instead_of_starting_a_second_job() {
 
     // A stream still open when the builder stops ends at once, as
     // UNAVAILABLE, and the Job stays.
-    let mut open = run(&first, request(repo.url(), id)).await;
+    let mut open = run(&first, req()).await;
     resolved(next(&mut open).await);
     let stopping = tokio::spawn(first.stop());
     let end = tokio::time::timeout(TIMEOUT, async {
@@ -275,7 +258,7 @@ async fn a_restarted_builder_re_attaches_instead_of_starting_a_second_job() {
 
     // A new builder process, same cluster: RunBuild again re-attaches.
     let second = builder(Some(&fake)).await;
-    let mut stream = run(&second, request(repo.url(), id)).await;
+    let mut stream = run(&second, req()).await;
     let again = resolved(next(&mut stream).await);
     assert_eq!(again.job_name, job);
     assert_eq!(again.commit_sha, sha.as_str());

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use common::*;
-use ferry_builder::plan::PLANNED_REASON;
+use ferry_builder::PLANNED_REASON;
 use ferry_k8s::fake::FakeCluster;
 use ferry_proto::ferry::internal::v1 as pb;
 use pb::build_event::Event;
@@ -255,15 +255,10 @@ async fn private_repositories_resolve_with_the_right_token_only() {
 
 #[tokio::test]
 async fn an_unknown_branch_fails_resolve_in_words() {
-    let git = git().await;
-    let repo = git.create_repo("app").await.unwrap();
-    repo.commit("main", &[("Dockerfile", "FROM scratch\n")])
-        .await
-        .unwrap();
-    let builder = builder(None).await;
-    let mut req = request(repo.url(), build_id(40));
+    let app = App::start(None).await;
+    let mut req = app.request(40);
     req.branch = "release/9".into();
-    let events = rest(&mut run(&builder, req).await).await;
+    let events = rest(&mut run(&app.builder, req).await).await;
     let [Event::Failed(failed)] = events.as_slice() else {
         panic!("{events:?}");
     };

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ferry_builder::testing::{self, TestBuilder, TestConfig};
-use ferry_git::testing::GitServer;
+use ferry_git::CommitSha;
+use ferry_git::testing::{GitServer, TestRepo};
 use ferry_k8s::fake::{FakeCluster, FakeContainerState};
 use ferry_proto::ferry::internal::v1 as pb;
 use pb::build_event::Event;
@@ -21,8 +22,10 @@ pub fn metadata() -> String {
     format!(r#"{{"containerimage.config.digest":"sha256:00","containerimage.digest":"{DIGEST}"}}"#)
 }
 
+/// Build ids as the api makes them (v7: one shared millisecond prefix,
+/// so Job names must come from the random end).
 pub fn build_id(n: u128) -> Uuid {
-    Uuid::from_u128(0x5f0e_3c2a_9b71_4d8e_a6f4_0000_0000_0000 + n)
+    Uuid::from_u128(0x0190_1234_5678_7000_8000_0000_0000_0000 + n)
 }
 
 /// A request for `url` with the usual ids and `auto`.
@@ -52,6 +55,37 @@ pub async fn builder(fake: Option<&FakeCluster>) -> TestBuilder {
 
 pub async fn git() -> GitServer {
     GitServer::start().await.unwrap()
+}
+
+/// A repository `app` with a Dockerfile on `main`, and a builder on
+/// `fake` (or planning only).
+pub struct App {
+    pub git: GitServer,
+    pub repo: TestRepo,
+    pub sha: CommitSha,
+    pub builder: TestBuilder,
+}
+
+impl App {
+    pub async fn start(fake: Option<&FakeCluster>) -> App {
+        let git = git().await;
+        let repo = git.create_repo("app").await.unwrap();
+        let sha = repo
+            .commit("main", &[("Dockerfile", "FROM scratch\n")])
+            .await
+            .unwrap();
+        App {
+            git,
+            repo,
+            sha,
+            builder: builder(fake).await,
+        }
+    }
+
+    /// [`request`] for this repository.
+    pub fn request(&self, id: u128) -> pb::RunBuildRequest {
+        request(self.repo.url(), build_id(id))
+    }
 }
 
 /// Starts a RunBuild stream.
