@@ -8,7 +8,9 @@ mod common;
 use base64::Engine as _;
 use common::*;
 use ferry_builder::PLANNED_REASON;
+use ferry_builder::testing::{self, TestConfig};
 use ferry_k8s::fake::FakeCluster;
+use ferry_k8s::spec::{RegistryAuth, SecretValue};
 use ferry_proto::ferry::internal::v1 as pb;
 use pb::build_event::Event;
 
@@ -59,6 +61,7 @@ async fn auto_detects_a_dockerfile_in_the_root_dir() {
 async fn without_a_cluster_a_node_app_is_detected_and_planned_without_secrets() {
     const GIT_TOKEN: &str = "gitea-token-6b1d2f";
     const NPM_TOKEN: &str = "npm-secret-9c3e71";
+    const PUSH_PASSWORD: &str = "push-password-2e8f40";
     let git = git().await;
     let repo = git.create_private_repo("web", GIT_TOKEN).await.unwrap();
     let sha = repo
@@ -71,7 +74,13 @@ async fn without_a_cluster_a_node_app_is_detected_and_planned_without_secrets() 
         )
         .await
         .unwrap();
-    let builder = builder(None).await;
+    let mut config = TestConfig::new();
+    config.config.registry_auth = Some(RegistryAuth {
+        server: "registry.ferry.test".into(),
+        username: "pusher".into(),
+        password: SecretValue(PUSH_PASSWORD.into()),
+    });
+    let builder = testing::start(config).await.unwrap();
     let mut req = request(repo.url(), build_id(11));
     req.credential = Some(pb::GitCredential {
         kind: Some(pb::git_credential::Kind::Token(pb::TokenCredential {
@@ -109,7 +118,7 @@ async fn without_a_cluster_a_node_app_is_detected_and_planned_without_secrets() 
     );
     assert!(yaml.contains("id=NPM_TOKEN"), "secret args by name only");
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("ferry:{GIT_TOKEN}"));
-    for secret in [GIT_TOKEN, NPM_TOKEN, basic.as_str()] {
+    for secret in [GIT_TOKEN, NPM_TOKEN, PUSH_PASSWORD, basic.as_str()] {
         assert!(!yaml.contains(secret), "{secret} in the plan:\n{yaml}");
     }
 }
