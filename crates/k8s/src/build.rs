@@ -127,6 +127,10 @@ pub const MAX_BUILD_ARG_NAME: usize = 128;
 pub const MAX_BUILD_ARG_VALUE: usize = 4096;
 /// The longest build Ferry lets run.
 pub const MAX_TIMEOUT_SECONDS: i64 = 24 * 60 * 60;
+/// Build Job annotations are Ferry's own: keys start with this.
+pub const ANNOTATION_PREFIX: &str = "ferry.dev/";
+/// Keys and values of a build's annotations together, at most.
+pub const MAX_ANNOTATION_BYTES: usize = 32 * 1024;
 
 /// One image build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,8 +145,13 @@ pub struct BuildSpec {
     pub service_name: String,
     /// The builds namespace (e.g. [`BUILDS_NAMESPACE`]).
     pub namespace: String,
-    /// `https://host/path` or ssh (`ssh://user@host/path`, `user@host:path`).
+    /// `https://host/path` or ssh (`ssh://user@host/path`, `user@host:path`);
+    /// `http://host/path` only with [`BuildSpec::allow_http`].
     pub repository_url: String,
+    /// Accept a plain `http://` repository URL (an in-cluster Gitea, tests):
+    /// code and a token credential then travel unencrypted, so it is off
+    /// unless the builder is started with `--allow-http-git`.
+    pub allow_http: bool,
     /// The exact commit: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
     pub commit_sha: String,
     /// Build context inside the repository, relative; `""` is its root.
@@ -170,6 +179,10 @@ pub struct BuildSpec {
     /// a build that fills more is evicted rather than the node's disk.
     pub scratch_size_limit: Option<String>,
     pub images: BuildImages,
+    /// Annotations of the Job (keys under `ferry.dev/`): what the builder
+    /// resolved (commit, build type, detection), so a restarted builder
+    /// re-attaching to the Job can report it without resolving again.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// How the image is built.
@@ -329,13 +342,15 @@ pub fn cache_ref(registry: &str, project: &str, service: &str) -> String {
     )
 }
 
-/// The Job's (and Secret's) name: `ferry-build-<first 12 hex digits of the
+/// The Job's (and Secret's) name: `ferry-build-<last 12 hex digits of the
 /// build id>`. Deterministic, so applying a build twice finds the first
-/// Job; a prefix collision is refused by the ownership check, which also
-/// compares the full build id label.
+/// Job. The last digits, because they are random in both v4 and v7 ids
+/// (a v7 id starts with its millisecond: builds queued together would
+/// share a prefix); a collision is still refused by the ownership check,
+/// which also compares the full build id label.
 pub fn job_name(build_id: Uuid) -> String {
     let hex = build_id.simple().to_string();
-    format!("ferry-build-{}", &hex[..12])
+    format!("ferry-build-{}", &hex[hex.len() - 12..])
 }
 
 /// Label selector of one build's Job and pod.
@@ -405,8 +420,10 @@ pub fn render_build(spec: &BuildSpec) -> Result<Job> {
     let init: Vec<Container> = init.into_iter().map(with_resources).collect();
     let build = with_resources(build);
 
+    let mut metadata = meta(spec);
+    metadata.annotations = (!spec.annotations.is_empty()).then(|| spec.annotations.clone());
     Ok(Job {
-        metadata: meta(spec),
+        metadata,
         spec: Some(JobSpec {
             // A build is not retried behind the user's back: a failure is
             // reported as it happened, and a retry is a new build.
@@ -455,9 +472,9 @@ pub fn render_build_secret(spec: &BuildSpec, credentials: &BuildCredentials) -> 
     match &credentials.git {
         GitCredential::None => {}
         GitCredential::Token { username, token } => {
-            let host = https_host(&spec.repository_url).unwrap_or_default();
+            let (scheme, host) = http_origin(&spec.repository_url).unwrap_or(("https", ""));
             let line = format!(
-                "https://{}:{}@{host}\n",
+                "{scheme}://{}:{}@{host}\n",
                 percent_encode(username),
                 percent_encode(token.expose())
             );
@@ -614,12 +631,19 @@ fn step(name: &str, image: &str, command: Vec<String>, env: Vec<EnvVar>) -> Cont
 /// git's environment: no prompts, no system config, and only the https and
 /// ssh transports (so no `ext::` or `file://` trick in a URL or a
 /// submodule runs anything).
-fn git_env() -> Vec<EnvVar> {
+fn git_env(spec: &BuildSpec) -> Vec<EnvVar> {
     vec![
         env("HOME", paths::TMP),
         env("GIT_TERMINAL_PROMPT", "0"),
         env("GIT_CONFIG_NOSYSTEM", "1"),
-        env("GIT_ALLOW_PROTOCOL", "https:ssh"),
+        env(
+            "GIT_ALLOW_PROTOCOL",
+            if spec.allow_http {
+                "https:ssh:http"
+            } else {
+                "https:ssh"
+            },
+        ),
     ]
 }
 
@@ -635,11 +659,11 @@ fn clone_containers(spec: &BuildSpec) -> Vec<Container> {
         containers::CLONE_INIT,
         git,
         strings(&["git", "init", "--quiet", paths::SOURCE]),
-        git_env(),
+        git_env(spec),
     );
     init.volume_mounts = Some(mounts());
 
-    let mut fetch_env = git_env();
+    let mut fetch_env = git_env(spec);
     let mut fetch_mounts = mounts();
     // git reads the credential from the mounted file; the env only says
     // where the file is (GIT_CONFIG_* is git's command-line config scope).
@@ -717,7 +741,7 @@ fn clone_containers(spec: &BuildSpec) -> Vec<Container> {
             "--detach".into(),
             "FETCH_HEAD".into(),
         ],
-        git_env(),
+        git_env(spec),
     );
     checkout.volume_mounts = Some(mounts());
     vec![init, fetch, checkout]
@@ -1036,7 +1060,12 @@ fn validate_spec(spec: &BuildSpec) -> Result<()> {
     check_label("projectName", &spec.project_name)?;
     check_label("serviceName", &spec.service_name)?;
     check_label("namespace", &spec.namespace)?;
-    check_repository_url("repositoryUrl", &spec.repository_url, spec.git_auth)?;
+    check_repository_url(
+        "repositoryUrl",
+        &spec.repository_url,
+        spec.git_auth,
+        spec.allow_http,
+    )?;
     check_commit("commitSha", &spec.commit_sha)?;
     check_relative_path("rootDir", &spec.root_dir, true)?;
     match &spec.kind {
@@ -1086,6 +1115,7 @@ fn validate_spec(spec: &BuildSpec) -> Result<()> {
     check_image_ref("images.buildkit", &spec.images.buildkit)?;
     check_image_ref("images.railpackBuilder", &spec.images.railpack_builder)?;
     check_build_args(spec)?;
+    check_annotations(&spec.annotations)?;
     if !(1..=MAX_TIMEOUT_SECONDS).contains(&spec.timeout_seconds) {
         return Err(Error::invalid(
             "timeoutSeconds",
@@ -1125,6 +1155,40 @@ fn check_build_args(spec: &BuildSpec) -> Result<()> {
     }
     for (i, name) in spec.secret_build_args.iter().enumerate() {
         check_build_arg_name(&format!("secretBuildArgs[{i}]"), name, &mut seen)?;
+    }
+    Ok(())
+}
+
+/// Ferry's own annotations only (`ferry.dev/<name>`), small enough to
+/// leave the API server's 256 KiB metadata limit far away.
+fn check_annotations(annotations: &BTreeMap<String, String>) -> Result<()> {
+    let mut total = 0;
+    for (key, value) in annotations {
+        let field = format!("annotations[{key:?}]");
+        let name = key.strip_prefix(ANNOTATION_PREFIX).unwrap_or_default();
+        let valid_name = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            return Err(Error::invalid(
+                field,
+                format!("must be {ANNOTATION_PREFIX}<name> (letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(field, "must not contain a NUL character"));
+        }
+        total += key.len() + value.len();
+    }
+    if total > MAX_ANNOTATION_BYTES {
+        return Err(Error::invalid(
+            "annotations",
+            format!("are {total} bytes; at most {MAX_ANNOTATION_BYTES}"),
+        ));
     }
     Ok(())
 }
@@ -1349,7 +1413,7 @@ fn check_target(field: &str, target: &str) -> Result<()> {
 }
 
 /// A repository URL git may fetch from with the given credential.
-fn check_repository_url(field: &str, url: &str, auth: GitAuth) -> Result<()> {
+fn check_repository_url(field: &str, url: &str, auth: GitAuth, allow_http: bool) -> Result<()> {
     let fail = |reason: String| Err(Error::invalid(field, reason));
     if url.is_empty() || url.len() > 2048 {
         return fail("must be 1 to 2048 characters".into());
@@ -1357,7 +1421,12 @@ fn check_repository_url(field: &str, url: &str, auth: GitAuth) -> Result<()> {
     if url.starts_with('-') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return fail("must not start with '-' or contain spaces or control characters".into());
     }
-    let scheme = if let Some(rest) = url.strip_prefix("https://") {
+    let http = if allow_http {
+        url.strip_prefix("http://")
+    } else {
+        None
+    };
+    let scheme = if let Some(rest) = url.strip_prefix("https://").or(http) {
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
             return fail(
@@ -1402,9 +1471,13 @@ fn is_scp_like(url: &str) -> bool {
     !host.is_empty() && !host.contains('/') && !path.is_empty()
 }
 
-/// The `host[:port]` of an https URL.
-fn https_host(url: &str) -> Option<&str> {
-    url.strip_prefix("https://")?.split('/').next()
+/// The scheme and `host[:port]` of an https (or http) URL.
+fn http_origin(url: &str) -> Option<(&'static str, &str)> {
+    let (scheme, rest) = match url.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", url.strip_prefix("http://")?),
+    };
+    Some((scheme, rest.split('/').next()?))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (for the
@@ -1536,7 +1609,7 @@ mod tests {
 
     #[test]
     fn repository_urls() {
-        let ok = |url, auth| check_repository_url("f", url, auth).is_ok();
+        let ok = |url, auth| check_repository_url("f", url, auth, false).is_ok();
         assert!(ok("https://github.com/acme/web.git", GitAuth::Token));
         assert!(ok("https://github.com/acme/web.git", GitAuth::None));
         assert!(ok("ssh://git@github.com/acme/web.git", GitAuth::SshKey));
@@ -1548,6 +1621,14 @@ mod tests {
         assert!(!ok("--upload-pack=touch", GitAuth::None));
         assert!(!ok("/srv/repo", GitAuth::None));
         assert!(!ok("file:///srv/repo", GitAuth::None));
+        // Plain http only when the spec allows it, and never file:// or git://.
+        let http = |url, auth| check_repository_url("f", url, auth, true).is_ok();
+        assert!(http("http://gitea.ferry:3000/acme/web.git", GitAuth::Token));
+        assert!(http("http://gitea.ferry:3000/acme/web.git", GitAuth::None));
+        assert!(!http("http://user:tok@gitea/acme/web", GitAuth::None));
+        assert!(!http("http://gitea.ferry/acme/web", GitAuth::SshKey));
+        assert!(!http("git://gitea.ferry/acme/web", GitAuth::None));
+        assert!(!http("file:///srv/repo", GitAuth::None));
     }
 
     #[test]
@@ -1558,9 +1639,13 @@ mod tests {
             assert!(check_relative_path("f", bad, true).is_err(), "{bad}");
         }
         assert_eq!(
-            job_name(Uuid::from_u128(0xabcdef0123456789_u128 << 64)),
-            "ferry-build-abcdef012345"
+            job_name(Uuid::from_u128(0xabcdef0123456789_u128)),
+            "ferry-build-ef0123456789"
         );
+        // v7 ids of one millisecond share their first 48 bits, not their names.
+        let same_ms =
+            |random: u128| Uuid::from_u128((0x0190_0000_0000_u128 << 80) | 0x7000 << 64 | random);
+        assert_ne!(job_name(same_ms(1)), job_name(same_ms(2)));
         assert_eq!(join("/w/src", "./apps/web/"), "/w/src/apps/web");
         assert_eq!(join("/w/src", "."), "/w/src");
         assert_eq!(percent_encode("a b@c:d"), "a%20b%40c%3Ad");

@@ -45,6 +45,19 @@ pub struct BuildStatus {
     pub build_id: Uuid,
     pub job_name: String,
     pub outcome: BuildOutcome,
+    /// The Job's annotations (what [`BuildSpec::annotations`] set).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl BuildStatus {
+    fn of(build_id: Uuid, job: &Job, pods: &[Pod]) -> BuildStatus {
+        BuildStatus {
+            build_id,
+            job_name: job.name_any(),
+            outcome: BuildOutcome::from_job(job, pods),
+            annotations: job.annotations().clone(),
+        }
+    }
 }
 
 impl Cluster {
@@ -94,17 +107,29 @@ impl Cluster {
 
     /// Where one build stands now; [`Error::NotFound`] when it has no Job.
     pub async fn build_outcome(&self, namespace: &str, build_id: Uuid) -> Result<BuildOutcome> {
+        self.find_build(namespace, build_id)
+            .await?
+            .map(|status| status.outcome)
+            .ok_or_else(|| not_found(namespace, build_id))
+    }
+
+    /// One build's Job (found by its labels, so only Ferry's), its outcome
+    /// and annotations; `None` when it has no Job. A restarted builder
+    /// re-attaches to a build from this instead of starting it again.
+    pub async fn find_build(&self, namespace: &str, build_id: Uuid) -> Result<Option<BuildStatus>> {
         let params = ListParams::default().labels(&build_selector(build_id));
-        let job = self
+        let Some(job) = self
             .api::<Job>(namespace)
             .list(&params)
             .await?
             .items
             .into_iter()
             .next()
-            .ok_or_else(|| not_found(namespace, build_id))?;
+        else {
+            return Ok(None);
+        };
         let pods = self.api::<Pod>(namespace).list(&params).await?.items;
-        Ok(BuildOutcome::from_job(&job, &pods))
+        Ok(Some(BuildStatus::of(build_id, &job, &pods)))
     }
 
     /// Every Ferry build Job in the namespace with its outcome, oldest
@@ -124,11 +149,7 @@ impl Cluster {
                 let id = job.labels().get(labels::BUILD_ID)?;
                 let build_id = Uuid::parse_str(id).ok()?;
                 let pods = pods.get(id).map(Vec::as_slice).unwrap_or_default();
-                let status = BuildStatus {
-                    build_id,
-                    job_name: job.name_any(),
-                    outcome: BuildOutcome::from_job(job, pods),
-                };
+                let status = BuildStatus::of(build_id, job, pods);
                 let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
                 Some(((created, status.job_name.clone()), status))
             })

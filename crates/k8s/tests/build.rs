@@ -73,7 +73,7 @@ fn dockerfile_job_has_the_required_shape() {
     let spec = dockerfile_spec();
     let job = render_build(&spec).unwrap();
     let meta = &job.metadata;
-    assert_eq!(meta.name.as_deref(), Some("ferry-build-5f0e3c2a9b71"));
+    assert_eq!(meta.name.as_deref(), Some("ferry-build-123456789abc"));
     assert_eq!(meta.namespace.as_deref(), Some("ferry-builds"));
     let labels = meta.labels.clone().unwrap();
     for (k, v) in [
@@ -81,7 +81,7 @@ fn dockerfile_job_has_the_required_shape() {
         ("app.kubernetes.io/name", "web"),
         ("app.kubernetes.io/part-of", "shop"),
         ("app.kubernetes.io/component", "build"),
-        ("app.kubernetes.io/instance", "ferry-build-5f0e3c2a9b71"),
+        ("app.kubernetes.io/instance", "ferry-build-123456789abc"),
         ("ferry.dev/build-id", "5f0e3c2a-9b71-4d8e-a6f4-123456789abc"),
         (
             "ferry.dev/organization-id",
@@ -493,7 +493,7 @@ fn renders_are_deterministic() {
         );
     }
     let name = job_name(build_id());
-    assert_eq!(name, "ferry-build-5f0e3c2a9b71");
+    assert_eq!(name, "ferry-build-123456789abc");
     assert!(name.len() <= 63);
     assert_eq!(job_name(uuid::Uuid::max()), "ferry-build-ffffffffffff");
 }
@@ -592,6 +592,30 @@ fn invalid_specs_name_the_field() {
             "scratchSizeLimit",
         ),
         (|s| s.git_auth = GitAuth::SshKey, "repositoryUrl"),
+        (
+            |s| s.repository_url = "http://git.example.com/acme/shop.git".into(),
+            "repositoryUrl",
+        ),
+        (
+            |s| {
+                s.annotations
+                    .insert("example.com/x".into(), "foreign prefix".into());
+            },
+            "annotations[\"example.com/x\"]",
+        ),
+        (
+            |s| {
+                s.annotations.insert("ferry.dev/".into(), "no name".into());
+            },
+            "annotations[\"ferry.dev/\"]",
+        ),
+        (
+            |s| {
+                s.annotations
+                    .insert("ferry.dev/big".into(), "x".repeat(40 * 1024));
+            },
+            "annotations",
+        ),
     ];
     for (mutate, field) in cases {
         let mut spec = dockerfile_spec();
@@ -606,6 +630,55 @@ fn invalid_specs_name_the_field() {
     assert!(
         err.starts_with("invalid buildArgs[1].name: \"1BAD\""),
         "{err}"
+    );
+}
+
+#[test]
+fn annotations_go_on_the_job_only() {
+    let mut spec = dockerfile_spec();
+    spec.annotations
+        .insert("ferry.dev/commit-sha".into(), COMMIT.into());
+    let job = job_json(&spec);
+    assert_eq!(
+        job["metadata"]["annotations"]["ferry.dev/commit-sha"],
+        COMMIT
+    );
+    assert!(job["spec"]["template"]["metadata"]["annotations"].is_null());
+    let secret = serde_json::to_value(render_build_secret(&spec, &credentials()).unwrap()).unwrap();
+    assert!(secret["metadata"]["annotations"].is_null(), "{secret}");
+    // None: no empty annotations map.
+    assert!(job_json(&dockerfile_spec())["metadata"]["annotations"].is_null());
+}
+
+#[test]
+fn plain_http_repositories_only_when_allowed() {
+    let mut spec = dockerfile_spec();
+    spec.repository_url = "http://gitea.ferry-system:3000/acme/shop.git".into();
+    assert_eq!(invalid_field(render_build(&spec)), "repositoryUrl");
+    spec.allow_http = true;
+    let job = render_build(&spec).unwrap();
+    let fetch = container(&job, "clone-fetch");
+    let protocols = fetch
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "GIT_ALLOW_PROTOCOL")
+        .and_then(|e| e.value);
+    assert_eq!(protocols.as_deref(), Some("https:ssh:http"));
+    // The token is stored for the http origin git asks about.
+    let secret = render_build_secret(&spec, &credentials()).unwrap();
+    let line = secret.data.unwrap()["git-credentials"].0.clone();
+    let line = String::from_utf8(line).unwrap();
+    assert!(
+        line.starts_with("http://x-access-token:") && line.ends_with("@gitea.ferry-system:3000\n"),
+        "{line}"
+    );
+    // https specs keep https only.
+    let job = render_build(&dockerfile_spec()).unwrap();
+    let env = container(&job, "clone-init").env.unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "GIT_ALLOW_PROTOCOL" && e.value.as_deref() == Some("https:ssh"))
     );
 }
 
@@ -721,7 +794,7 @@ const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15
 
 fn job(conditions: Value) -> Job {
     serde_json::from_value(json!({
-        "metadata": { "name": "ferry-build-5f0e3c2a9b71", "uid": "job-uid" },
+        "metadata": { "name": "ferry-build-123456789abc", "uid": "job-uid" },
         "spec": { "template": {} },
         "status": { "conditions": conditions },
     }))
@@ -745,7 +818,7 @@ fn pod(states: &[(&str, Value)]) -> Pod {
     let init_containers = ["clone-init", "clone-fetch", "clone-checkout"].map(container);
     serde_json::from_value(json!({
         "metadata": {
-            "name": "ferry-build-5f0e3c2a9b71-x2b4z",
+            "name": "ferry-build-123456789abc-x2b4z",
             "labels": { "batch.kubernetes.io/controller-uid": "job-uid" },
         },
         "spec": {

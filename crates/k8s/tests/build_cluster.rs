@@ -466,8 +466,8 @@ async fn cancel_refuses_a_job_ferry_does_not_own() {
     assert_eq!(fake.job_pods(NS, &name).len(), 1);
     assert!(!fake.requests().iter().any(|r| r.method == "DELETE"));
 
-    // Ferry's, but another build's (a 12-hex-digit prefix collision).
-    let other = Uuid::from_u128(build_id().as_u128() + 1);
+    // Ferry's, but another build's (a 12-hex-digit collision).
+    let other = Uuid::from_u128(build_id().as_u128() + (1 << 100));
     assert_eq!(job_name(other), name);
     let fake = FakeCluster::new();
     let b = Build::start_on(fake, build_spec_with_id(other)).await;
@@ -499,6 +499,35 @@ fn build_spec_with_id(id: Uuid) -> BuildSpec {
     let mut spec = dockerfile_spec();
     spec.build_id = id;
     spec
+}
+
+#[tokio::test]
+async fn find_build_returns_the_jobs_annotations_and_outcome() {
+    let fake = FakeCluster::new();
+    let cluster = Cluster::new(fake.client());
+    assert_eq!(cluster.find_build(NS, build_id()).await.unwrap(), None);
+    let mut spec = dockerfile_spec();
+    spec.annotations
+        .insert("ferry.dev/build-type".into(), "dockerfile".into());
+    let b = Build::start_on(fake, spec).await;
+    b.set("clone-init", FakeContainerState::Running);
+    let found = b
+        .cluster
+        .find_build(NS, b.spec.build_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.job_name, job_name(b.spec.build_id));
+    assert_eq!(found.annotations["ferry.dev/build-type"], "dockerfile");
+    assert_eq!(
+        found.outcome,
+        BuildOutcome::Running {
+            step: BuildStep::Clone
+        }
+    );
+    // Another build's id finds nothing.
+    let other = Uuid::from_u128(0x7777_0000_0000_4000_8000_0000_0000_0002);
+    assert_eq!(b.cluster.find_build(NS, other).await.unwrap(), None);
 }
 
 #[tokio::test]

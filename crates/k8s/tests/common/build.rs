@@ -37,6 +37,7 @@ pub fn build_spec(kind: BuildKind) -> BuildSpec {
         service_name: "web".into(),
         namespace: "ferry-builds".into(),
         repository_url: "https://git.example.com/acme/shop.git".into(),
+        allow_http: false,
         commit_sha: COMMIT.into(),
         root_dir: "apps/web".into(),
         kind,
@@ -58,6 +59,7 @@ pub fn build_spec(kind: BuildKind) -> BuildSpec {
         },
         scratch_size_limit: Some("20Gi".into()),
         images: BuildImages::default(),
+        annotations: Default::default(),
     }
 }
 
