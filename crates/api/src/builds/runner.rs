@@ -512,6 +512,7 @@ impl BuildRunner {
         let plain: BTreeMap<String, String> =
             serde_json::from_value(config.build_args.clone()).unwrap_or_default();
         let secret = super::config::stored_secrets(&self.keyring, &config)?;
+        let dockerfile = config.build_type == ferry_db::entities::enums::BuildType::Dockerfile;
         Ok(ipb::RunBuildRequest {
             build_id: build.id.to_string(),
             organization_id: build.organization_id.to_string(),
@@ -520,15 +521,29 @@ impl BuildRunner {
             service_id: service.id.to_string(),
             service_name: service.name.clone(),
             repository_url: clone_url(&integration, &config.repository),
-            credential: credential.map(|kind| ipb::GitCredential { kind: Some(kind) }),
+            credential: credential.map(|kind| ipb::GitCredential {
+                kind: Some(kind),
+                // Known hosts for SSH are not stored yet: the builder refuses SSH builds without them.
+                ..Default::default()
+            }),
             branch: build.branch.clone(),
             commit_sha: build.commit_sha.clone().unwrap_or_default(),
             before_sha: build.before_sha.clone().unwrap_or_default(),
             watch_paths: serde_json::from_value(config.watch_paths.clone()).unwrap_or_default(),
             root_dir: config.root_dir.clone(),
             build_type: format!("{:?}", config.build_type).to_lowercase(),
-            dockerfile_path: config.dockerfile_path.clone(),
-            dockerfile_target: config.dockerfile_target.clone().unwrap_or_default(),
+            // Only Dockerfile builds take a path and target (`auto` builds
+            // the Dockerfile it finds); the builder refuses them otherwise.
+            dockerfile_path: if dockerfile {
+                config.dockerfile_path.clone()
+            } else {
+                String::new()
+            },
+            dockerfile_target: if dockerfile {
+                config.dockerfile_target.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             build_args: plain.into_iter().collect(),
             secret_build_args: secret.into_iter().collect(),
             ..Default::default()
@@ -627,8 +642,13 @@ impl BuildRunner {
                 if stored.rows_affected == 0 {
                     return Ok(true); // cancelled meanwhile: nothing to deploy
                 }
-                self.log(build, LogLevel::Info, "ferry", &format!("pushed {}", f.image))
-                    .await?;
+                self.log(
+                    build,
+                    LogLevel::Info,
+                    "ferry",
+                    &format!("pushed {}", f.image),
+                )
+                .await?;
                 self.deploy(build, &f.image).await?;
                 builds::Entity::update_many()
                     .filter(builds::Column::Id.eq(build.id))

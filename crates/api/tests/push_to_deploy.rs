@@ -1,0 +1,366 @@
+//! From a git push to a running app, end to end, on SQLite and PostgreSQL:
+//! a real git server (`git http-backend`) holding a private repository, a
+//! signed Gitea push webhook over real HTTP, the api's build runner, the
+//! real ferry-builder over gRPC, and the in-memory Kubernetes API running
+//! the build Job and then the app's rollout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_api::ApiState;
+use ferry_api::builds::runner::{BuildRunner, RunnerConfig};
+use ferry_api::builds::signature::sign_hex;
+use ferry_api::builds::webhook::Webhooks;
+use ferry_api::feed::{FeedAuth, FeedHub};
+use ferry_api::workloads::DeployConfig;
+use ferry_builder::testing::{TestConfig, start as start_builder};
+use ferry_common::Shutdown;
+use ferry_git::testing::GitServer;
+use ferry_k8s::Cluster;
+use ferry_k8s::fake::{Behavior, FakeCluster, FakeContainerState};
+use ferry_proto::ferry::v1 as pb;
+use pb::deployment_service_client::DeploymentServiceClient;
+use pb::git_service_client::GitServiceClient;
+use pb::project_service_client::ProjectServiceClient;
+use pb::service_service_client::ServiceServiceClient;
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+const BUILDS_NS: &str = "ferry-builds";
+const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const REPO_TOKEN: &str = "gitea-token-0123456789";
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: hooks.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_signed_push_builds_in_the_cluster_and_the_image_rolls_out() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        // A private repository with a Dockerfile, and a second commit.
+        let git = GitServer::start().await.unwrap();
+        let repo = git
+            .create_private_repo("acme/web", REPO_TOKEN)
+            .await
+            .unwrap();
+        let first = repo
+            .commit("main", &[("Dockerfile", "FROM scratch\n")])
+            .await
+            .unwrap();
+        let second = repo
+            .commit("main", &[("index.html", "<h1>hi</h1>\n")])
+            .await
+            .unwrap();
+
+        let fake = FakeCluster::new();
+        fake.set_default_behavior(Behavior::Ready);
+        let builder = start_builder(TestConfig::new().with_cluster(fake.client()))
+            .await
+            .unwrap();
+        let state = ApiState {
+            db: db.conn.clone(),
+            keyring: Arc::new(ferry_tests::test_keyring()),
+            feed: FeedHub::new(),
+            feed_auth: FeedAuth::new(None),
+            cluster: Some(Arc::new(
+                Cluster::new(fake.client()).with_pod_check_interval(Duration::from_millis(20)),
+            )),
+            deploy: DeployConfig {
+                rollout_timeout: Duration::from_secs(10),
+                ..DeployConfig::default()
+            },
+            builds: Default::default(),
+        };
+        let api = start_state(&state, relaxed()).await;
+        let stop = Shutdown::new();
+        let runner = BuildRunner::new(
+            db.conn.clone(),
+            state.keyring.clone(),
+            ferry_api::deployer(&state),
+            RunnerConfig {
+                builder_url: Some(builder.url()),
+                builder_token: Some(builder.token.expose().to_owned()),
+                ..RunnerConfig::default()
+            },
+            state.builds.clone(),
+            stop.clone(),
+        )
+        .unwrap()
+        .spawn();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let hooks = tokio::spawn(ferry_api::http::serve(
+            http_listener,
+            Webhooks::new(db.conn.clone(), state.keyring.clone()).with_queue(state.builds.clone()),
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
+
+        // A tenant connects the Gitea server and points a service at it.
+        let mut c = clients(api.addr).await;
+        register(&mut c, "pusher").await;
+        let token = login(&mut c, "pusher").await;
+        let org = create_org(&mut c, &token, "Push Org").await.id;
+        let project = ProjectServiceClient::new(c.channel.clone())
+            .create_project(authed(
+                pb::CreateProjectRequest {
+                    organization_id: org.clone(),
+                    name: "Shop".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut git_api = GitServiceClient::new(c.channel.clone());
+        let base = git.url("x").trim_end_matches("/x.git").to_owned();
+        let integration = git_api
+            .create_git_integration(authed(
+                pb::CreateGitIntegrationRequest {
+                    organization_id: org.clone(),
+                    provider: pb::GitProvider::Gitea.into(),
+                    name: "gitea".into(),
+                    base_url: base,
+                    token: REPO_TOKEN.into(),
+                    webhook_secret: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let service = ServiceServiceClient::new(c.channel.clone())
+            .create_service(authed(
+                pb::CreateServiceRequest {
+                    project_id: project.id.clone(),
+                    name: "web".into(),
+                    spec: Some(pb::create_service_request::Spec::Application(
+                        pb::ApplicationSpec {
+                            image: "ghcr.io/acme/placeholder:1".into(),
+                            ..Default::default()
+                        },
+                    )),
+                    ports: vec![pb::Port {
+                        container_port: 8080,
+                        ..Default::default()
+                    }],
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        git_api
+            .set_build_config(authed(
+                pb::SetBuildConfigRequest {
+                    service_id: service.id.clone(),
+                    git_integration_id: integration.id.clone(),
+                    repository: "acme/web".into(),
+                    branch: "main".into(),
+                    build_type: pb::BuildType::Auto.into(),
+                    auto_deploy: true,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap();
+
+        // The push, signed as Gitea signs.
+        let body = json!({
+            "ref": "refs/heads/main",
+            "before": first.as_str(),
+            "after": second.as_str(),
+            "repository": {"full_name": "acme/web", "clone_url": repo.url()},
+            "head_commit": {"message": "index page", "author": {"name": "Ada"}}
+        })
+        .to_string();
+        let sig = sign_hex(integration.webhook_secret.as_bytes(), body.as_bytes());
+        let path = format!("/hooks/git/{}", integration.id);
+        let headers = [
+            ("X-Gitea-Event", "push".to_owned()),
+            ("X-Gitea-Delivery", "delivery-1".to_owned()),
+            ("X-Gitea-Signature", sig),
+        ];
+        let sent = Instant::now();
+        assert_eq!(
+            post(http, &path, &headers, body.as_bytes()).await,
+            202,
+            "{b}"
+        );
+        let answered = sent.elapsed();
+
+        // The build Job appears in the builds namespace.
+        let pod = eventually("the build Job's pod", async || {
+            let job = fake.objects("Job").into_iter().next()?;
+            let name = job["metadata"]["name"].as_str()?.to_owned();
+            fake.job_pod_name(BUILDS_NS, &name)
+        })
+        .await;
+        let job_created = sent.elapsed();
+        eprintln!(
+            "{b}: webhook answered in {answered:?}, build Job created {job_created:?} after the push"
+        );
+
+        let run = |container: &str, lines: &[&str], message: String| {
+            fake.set_container_state(BUILDS_NS, &pod, container, FakeContainerState::Running);
+            for line in lines {
+                fake.append_log(BUILDS_NS, &pod, container, line);
+            }
+            fake.set_container_state(
+                BUILDS_NS,
+                &pod,
+                container,
+                FakeContainerState::succeeded(message),
+            );
+        };
+        run(
+            "clone-init",
+            &["Initialized empty Git repository"],
+            String::new(),
+        );
+        run("clone-fetch", &["fetching the commit"], String::new());
+        run("clone-checkout", &[], String::new());
+        run(
+            "build",
+            &[
+                "#1 [internal] load build definition from Dockerfile",
+                "#5 exporting to image",
+            ],
+            format!(r#"{{"containerimage.digest":"{DIGEST}"}}"#),
+        );
+
+        // The build succeeds and its image rolls out.
+        let image = format!("registry.ferry.test/ferry/{}/web@{DIGEST}", project.slug);
+        let build = eventually("the build succeeds", async || {
+            let builds = git_api
+                .list_builds(authed(
+                    pb::ListBuildsRequest {
+                        service_id: service.id.clone(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .builds;
+            builds
+                .into_iter()
+                .find(|x| x.status() == pb::BuildStatus::Succeeded)
+        })
+        .await;
+        assert_eq!(build.commit_sha, second.as_str(), "{b}");
+        assert_eq!(build.image, image, "{b}");
+        assert!(
+            build.detection.iter().any(|d| d.contains("Dockerfile")),
+            "{b}: {:?}",
+            build.detection
+        );
+        let mut deploys = DeploymentServiceClient::new(c.channel.clone());
+        let deployment = eventually("the rollout finishes", async || {
+            let d = deploys
+                .get_deployment(authed(
+                    pb::GetDeploymentRequest {
+                        id: build.deployment_id.clone(),
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            (d.status() == pb::DeploymentStatus::Running).then_some(d)
+        })
+        .await;
+        assert_eq!(deployment.image, image, "{b}");
+        assert_eq!(deployment.trigger(), pb::DeploymentTrigger::Webhook, "{b}");
+        let applied = fake
+            .objects("Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["namespace"] == project.namespace.as_str())
+            .expect("the app's Deployment");
+        assert_eq!(
+            applied["spec"]["template"]["spec"]["containers"][0]["image"], image,
+            "{b}"
+        );
+        // The build's log lines are the deployment's.
+        let mut watch = deploys
+            .watch_deployment(authed(
+                pb::WatchDeploymentRequest {
+                    id: build.deployment_id.clone(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(Ok(event)) = watch.message().await.transpose() {
+            lines.extend(event.logs.into_iter().map(|l| l.message));
+        }
+        let text = lines.join("\n");
+        assert!(text.contains("fetching the commit"), "{b}: {text}");
+        assert!(text.contains("#5 exporting to image"), "{b}: {text}");
+        assert!(!text.contains(REPO_TOKEN), "{b}: the token reached the log");
+        // The delivery says what it queued.
+        let deliveries = git_api
+            .list_webhook_deliveries(authed(
+                pb::ListWebhookDeliveriesRequest {
+                    service_id: service.id.clone(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(deliveries[0].build_id, build.id, "{b}");
+
+        stop.trigger();
+        runner.await.unwrap();
+        hooks.await.unwrap();
+        builder.stop().await.unwrap();
+        api.stop().await;
+    }
+}
