@@ -44,6 +44,11 @@ bench-proxy-cpu:
 bench-api:
 	bash crates/api/bench/run.sh
 
+.PHONY: bench-builds
+## Push webhook -> build Job created (p50/p99 over 40 pushes, real git server, real builder, in-memory cluster), SQLite and PostgreSQL
+bench-builds:
+	bash tests/scripts/with-postgres.sh $(CARGO) nextest run -p ferry-api --run-ignored only --no-capture -E 'test(bench_webhook_to_job_latency)'
+
 .PHONY: chart-check
 ## Offline checks of the Helm chart (deploy/helm/ferry): helm lint, kubernetes-validate, checkov, rendered-output tests. Installs its tools into .tools/ once.
 chart-check:

@@ -38,6 +38,7 @@ export FERRY_PROXY_LISTEN="${FERRY_PROXY_LISTEN:-127.0.0.1:50054}"
 export FERRY_PROXY_HTTP_LISTEN="${FERRY_PROXY_HTTP_LISTEN:-127.0.0.1:8080}"
 export FERRY_PROXY_HTTPS_LISTEN="${FERRY_PROXY_HTTPS_LISTEN:-127.0.0.1:8443}"
 export FERRY_PROXY_ADMIN_LISTEN="${FERRY_PROXY_ADMIN_LISTEN:-127.0.0.1:9090}"
+export FERRY_API_HTTP_LISTEN="${FERRY_API_HTTP_LISTEN:-127.0.0.1:8081}"
 
 # The proxy follows the api's route feed with a shared service credential.
 if [[ -z "${FERRY_PROXY_FEED_TOKEN:-}" ]]; then
@@ -53,6 +54,25 @@ api_host="${FERRY_API_LISTEN%:*}"
 [[ "$api_host" == "0.0.0.0" ]] && api_host=127.0.0.1
 export FERRY_PROXY_API_URL="${FERRY_PROXY_API_URL:-http://$api_host:${FERRY_API_LISTEN##*:}}"
 export FERRY_PROXY_STATE_DIR="${FERRY_PROXY_STATE_DIR:-$DATA_DIR/proxy}"
+
+# The api hands builds to the builder with another shared credential; push
+# webhooks reach the api through the proxy (`/hooks/` on the public host).
+if [[ -z "${FERRY_BUILDER_TOKEN:-}" ]]; then
+    BUILDER_TOKEN_FILE="$DATA_DIR/builder.token"
+    if [[ ! -s "$BUILDER_TOKEN_FILE" ]]; then
+        (umask 077 && "$BIN_DIR/ferry-api" generate-key >"$BUILDER_TOKEN_FILE")
+    fi
+    chmod 600 "$BUILDER_TOKEN_FILE"
+    FERRY_BUILDER_TOKEN="$(<"$BUILDER_TOKEN_FILE")"
+fi
+export FERRY_BUILDER_TOKEN
+builder_host="${FERRY_BUILDER_LISTEN%:*}"
+[[ "$builder_host" == "0.0.0.0" ]] && builder_host=127.0.0.1
+export FERRY_BUILDER_URL="${FERRY_BUILDER_URL:-http://$builder_host:${FERRY_BUILDER_LISTEN##*:}}"
+# Without a registry the builder answers FAILED_PRECONDITION; this one is a
+# placeholder for planned builds (no cluster): set your own to push.
+export FERRY_BUILDER_REGISTRY="${FERRY_BUILDER_REGISTRY:-localhost:5000/ferry}"
+export FERRY_API_HOOKS_UPSTREAM="${FERRY_API_HOOKS_UPSTREAM:-$FERRY_API_HTTP_LISTEN}"
 
 PIDS=()
 NAMES=()
@@ -116,7 +136,7 @@ wait_port ferry-proxy "$FERRY_PROXY_ADMIN_LISTEN"
 cat <<BANNER
 
   Ferry is running (data in $DATA_DIR)
-    api        grpc://$FERRY_API_LISTEN
+    api        grpc://$FERRY_API_LISTEN  webhooks http://$FERRY_API_HTTP_LISTEN/hooks/git/<integration>
     builder    grpc://$FERRY_BUILDER_LISTEN
     scheduler  grpc://$FERRY_SCHEDULER_LISTEN
     proxy      http://$FERRY_PROXY_HTTP_LISTEN  https://$FERRY_PROXY_HTTPS_LISTEN

@@ -43,6 +43,9 @@ pub(crate) fn tables() -> Vec<Table> {
             // Generic: a generated ed25519 deploy key.
             .null("ssh_private_key", Encrypted)
             .null("ssh_public_key", Text)
+            // known_hosts lines of the server: build Jobs check the host
+            // key strictly.
+            .null("ssh_known_hosts", Text)
             // Never empty: HMAC key (or GitLab's shared token) for push hooks.
             .col("webhook_secret", Encrypted)
             .fk_null("created_by", "users", SetNull)

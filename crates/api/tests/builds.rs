@@ -455,6 +455,55 @@ async fn a_build_streams_into_its_deployment_and_deploys_the_pushed_image() {
         );
         assert!(text.contains("deploying the built image"), "{b}: {text}");
         assert!(!text.contains("SECRET"), "{b}: a secret reached the log");
+
+        // A generic server: the generated deploy key and the known hosts
+        // given at creation go to the builder.
+        let known = "git.example.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let generic = e
+            .git
+            .create_git_integration(authed(
+                pb::CreateGitIntegrationRequest {
+                    organization_id: e.org.clone(),
+                    provider: pb::GitProvider::Generic.into(),
+                    name: "generic".into(),
+                    ssh_known_hosts: known.into(),
+                    ..Default::default()
+                },
+                &e.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(generic.ssh_public_key.starts_with("ssh-ed25519 "), "{b}");
+        assert!(!generic.has_token, "{b}");
+        e.git
+            .set_build_config(authed(
+                pb::SetBuildConfigRequest {
+                    service_id: web.clone(),
+                    git_integration_id: generic.id.clone(),
+                    repository: "git@git.example.test:team/web.git".into(),
+                    auto_deploy: true,
+                    ..Default::default()
+                },
+                &e.token,
+            ))
+            .await
+            .unwrap();
+        let build = e.trigger(&web).await;
+        e.wait_for(&build.id, pb::BuildStatus::Succeeded).await;
+        let (_, req) = e.fake.requests.lock().unwrap().last().unwrap().clone();
+        assert_eq!(
+            req.repository_url, "git@git.example.test:team/web.git",
+            "{b}"
+        );
+        let credential = req.credential.unwrap();
+        assert_eq!(credential.ssh_known_hosts, known, "{b}");
+        match credential.kind.unwrap() {
+            ipb::git_credential::Kind::SshPrivateKey(k) => {
+                assert!(k.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{b}");
+            }
+            other => panic!("{b}: {other:?}"),
+        }
         e.stop().await;
     }
 }

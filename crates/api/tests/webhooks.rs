@@ -235,6 +235,7 @@ async fn connect(
                     "tok_0123456789".into()
                 },
                 webhook_secret: String::new(),
+                ssh_known_hosts: String::new(),
             },
             &o.token,
         ))

@@ -66,6 +66,7 @@ pub(crate) fn integration_to_pb(i: &integrations::Model, public_url: &str) -> pb
         ssh_public_key: i.ssh_public_key.clone().unwrap_or_default(),
         has_token: i.access_token.is_some(),
         created_at: Some(ts(i.created_at)),
+        ssh_known_hosts: i.ssh_known_hosts.clone().unwrap_or_default(),
     }
 }
 
@@ -100,6 +101,35 @@ fn token(value: &str) -> Result<&str> {
     } else {
         Err(Error::InvalidArgument(
             "token: 1 to 4096 printable characters without spaces".into(),
+        ))
+    }
+}
+
+/// known_hosts lines: `host keytype base64-key`, at most 50 lines of 8 KiB.
+fn known_hosts(value: &str) -> Result<Option<String>> {
+    let lines: Vec<&str> = value
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let ok = lines.len() <= 50
+        && lines.iter().all(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            l.len() <= 8192
+                && fields.len() >= 3
+                && (fields[1].starts_with("ssh-") || fields[1].starts_with("ecdsa-"))
+                && fields[2]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        });
+    if ok {
+        Ok(Some(lines.join("\n")))
+    } else {
+        Err(Error::InvalidArgument(
+            "sshKnownHosts: known_hosts lines such as `git.example.com ssh-ed25519 AAAA...` (ssh-keyscan output), at most 50".into(),
         ))
     }
 }
@@ -185,6 +215,12 @@ impl GitApi {
             (_, t) => Some(token(t)?),
         };
         let secret = webhook_secret(&req.webhook_secret)?;
+        let known = known_hosts(&req.ssh_known_hosts)?;
+        if known.is_some() && provider != GitProvider::Generic {
+            return Err(Error::InvalidArgument(
+                "sshKnownHosts: only generic integrations read over SSH".into(),
+            ));
+        }
         let keyring = self.0.identity.keyring()?;
         let id = Uuid::now_v7();
         let key = if provider == GitProvider::Generic {
@@ -214,6 +250,7 @@ impl GitApi {
                 .map(|k| encrypt("ssh_private_key", &k.private))
                 .transpose()?),
             ssh_public_key: Set(key.as_ref().map(|k| k.public.clone())),
+            ssh_known_hosts: Set(known),
             webhook_secret: Set(encrypt("webhook_secret", &secret)?),
             created_by: Set(Some(caller.user_id)),
             created_at: Set(now),
@@ -327,6 +364,22 @@ mod tests {
             webhook_secret("0123456789abcdef").unwrap(),
             "0123456789abcdef"
         );
+    }
+
+    #[test]
+    fn known_hosts_are_keyscan_lines() {
+        let line = "git.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        assert_eq!(
+            known_hosts(&format!("# scanned\n{line}\n\n"))
+                .unwrap()
+                .as_deref(),
+            Some(line)
+        );
+        assert_eq!(known_hosts("").unwrap(), None);
+        for bad in ["git.example.com", "h ssh-ed25519 not;base64", "h rsa AAAA"] {
+            let err = known_hosts(bad).unwrap_err().to_string();
+            assert!(err.starts_with("sshKnownHosts: "), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -522,9 +522,13 @@ impl BuildRunner {
             service_name: service.name.clone(),
             repository_url: clone_url(&integration, &config.repository),
             credential: credential.map(|kind| ipb::GitCredential {
+                ssh_known_hosts: match kind {
+                    ipb::git_credential::Kind::SshPrivateKey(_) => {
+                        integration.ssh_known_hosts.clone().unwrap_or_default()
+                    }
+                    ipb::git_credential::Kind::Token(_) => String::new(),
+                },
                 kind: Some(kind),
-                // Known hosts for SSH are not stored yet: the builder refuses SSH builds without them.
-                ..Default::default()
             }),
             branch: build.branch.clone(),
             commit_sha: build.commit_sha.clone().unwrap_or_default(),

@@ -22,6 +22,7 @@ pub struct Model {
     pub private_key: Option<Encrypted>,
     pub ssh_private_key: Option<Encrypted>,
     pub ssh_public_key: Option<String>,
+    pub ssh_known_hosts: Option<String>,
     pub webhook_secret: Encrypted,
     pub created_by: Option<Uuid>,
     pub created_at: DateTimeUtc,
