@@ -33,8 +33,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
-        // Carries a decrypted private key: `lib.rs` writes a redacted Debug.
-        .skip_debug([".ferry.internal.v1.Certificate"])
+        // These carry secrets (a decrypted private key, git credentials,
+        // secret build args, a provider token): `lib.rs` writes redacted
+        // Debug impls.
+        .skip_debug([
+            ".ferry.internal.v1.Certificate",
+            ".ferry.internal.v1.RunBuildRequest",
+            ".ferry.internal.v1.GitCredential",
+            ".ferry.internal.v1.TokenCredential",
+            ".ferry.v1.CreateGitIntegrationRequest",
+        ])
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -18,6 +18,18 @@ pub mod ferry {
         )]
         #![allow(missing_docs)]
         tonic::include_proto!("ferry.v1");
+
+        /// Never prints the token or the webhook secret.
+        impl std::fmt::Debug for CreateGitIntegrationRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("CreateGitIntegrationRequest")
+                    .field("organization_id", &self.organization_id)
+                    .field("provider", &self.provider)
+                    .field("name", &self.name)
+                    .field("base_url", &self.base_url)
+                    .finish_non_exhaustive()
+            }
+        }
     }
 
     /// Internal service-to-service contracts (`ferry.internal.*`).
@@ -33,6 +45,47 @@ pub mod ferry {
             )]
             #![allow(missing_docs)]
             tonic::include_proto!("ferry.internal.v1");
+
+            /// Never prints the credential or secret build-arg values.
+            impl std::fmt::Debug for RunBuildRequest {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.debug_struct("RunBuildRequest")
+                        .field("build_id", &self.build_id)
+                        .field("repository_url", &self.repository_url)
+                        .field("branch", &self.branch)
+                        .field("commit_sha", &self.commit_sha)
+                        .field("build_type", &self.build_type)
+                        .field("credential", &self.credential)
+                        .field(
+                            "secret_build_args",
+                            &self.secret_build_args.keys().collect::<Vec<_>>(),
+                        )
+                        .finish_non_exhaustive()
+                }
+            }
+
+            /// Only which kind of credential it is.
+            impl std::fmt::Debug for GitCredential {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    let kind = match &self.kind {
+                        None => "none",
+                        Some(git_credential::Kind::Token(_)) => "token",
+                        Some(git_credential::Kind::SshPrivateKey(_)) => "ssh key",
+                    };
+                    f.debug_struct("GitCredential")
+                        .field("kind", &kind)
+                        .finish_non_exhaustive()
+                }
+            }
+
+            /// The user name, never the token.
+            impl std::fmt::Debug for TokenCredential {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.debug_struct("TokenCredential")
+                        .field("username", &self.username)
+                        .finish_non_exhaustive()
+                }
+            }
 
             /// Never prints the private key (nor the chain, for brevity).
             impl std::fmt::Debug for Certificate {
@@ -56,6 +109,48 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use prost::Message as _;
+
+    #[test]
+    fn build_requests_and_git_integrations_hide_their_secrets() {
+        use super::ferry::internal::v1 as ipb;
+        let request = ipb::RunBuildRequest {
+            build_id: "b1".into(),
+            credential: Some(ipb::GitCredential {
+                kind: Some(ipb::git_credential::Kind::Token(ipb::TokenCredential {
+                    username: "x-access-token".into(),
+                    token: "TOKEN-VALUE".into(),
+                })),
+                ssh_known_hosts: String::new(),
+            }),
+            secret_build_args: [("NPM_TOKEN".to_owned(), "ARG-VALUE".to_owned())].into(),
+            ..Default::default()
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("b1") && shown.contains("NPM_TOKEN"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("TOKEN-VALUE") && !shown.contains("ARG-VALUE"),
+            "{shown}"
+        );
+        let token = ipb::TokenCredential {
+            username: "u".into(),
+            token: "TOKEN-VALUE".into(),
+        };
+        assert!(!format!("{token:?}").contains("TOKEN-VALUE"));
+        let create = super::ferry::v1::CreateGitIntegrationRequest {
+            name: "gh".into(),
+            token: "TOKEN-VALUE".into(),
+            webhook_secret: "HOOK-SECRET".into(),
+            ..Default::default()
+        };
+        let shown = format!("{create:?}");
+        assert!(
+            !shown.contains("TOKEN-VALUE") && !shown.contains("HOOK-SECRET"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn feed_certificate_debug_hides_the_key() {
