@@ -403,7 +403,7 @@ async fn a_build_streams_into_its_deployment_and_deploys_the_pushed_image() {
                     ("x-access-token", "github_pat_SECRET_TOKEN")
                 );
             }
-            other => panic!("{b}: {other:?}"),
+            _ => panic!("{b}: another credential kind"),
         }
         assert_eq!(req.build_args["MODE"], "prod", "{b}");
         assert_eq!(
@@ -502,7 +502,7 @@ async fn a_build_streams_into_its_deployment_and_deploys_the_pushed_image() {
             ipb::git_credential::Kind::SshPrivateKey(k) => {
                 assert!(k.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{b}");
             }
-            other => panic!("{b}: {other:?}"),
+            _ => panic!("{b}: another credential kind"),
         }
         e.stop().await;
     }
