@@ -116,6 +116,8 @@ checkov --framework kubernetes --skip-download --quiet --compact \
     --skip-check "$(IFS=,; echo "${skips[*]}")" -d "$OUT"
 
 step "pytest deploy/helm/tests"
+# The builds namespace ferry-k8s rendered above: the chart's must carry its labels.
+export FERRY_BUILDS_RENDER="$BUILDS_OUT"
 (cd deploy/helm/tests && pytest -q -p no:cacheprovider)
 
 printf '\nchart-check passed in %ss\n' "$((SECONDS - start))"

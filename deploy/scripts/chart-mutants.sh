@@ -2,7 +2,7 @@
 # `make chart-mutants`: proves that the chart checks can fail. Each case
 # breaks one thing in a template, values.yaml or the schema, runs the check
 # that must catch it, expects a failure, and restores the file. Exits 1 if a
-# mutant survives. Not in CI (about 3 minutes); run it after changing tests.
+# mutant survives. Not in CI (about 6 minutes); run it after changing tests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -71,6 +71,50 @@ mutant "checkov finding (privileged)" $T/_helpers.tpl "privileged: false" "privi
 mutant "checkov skip without a reason" deploy/helm/checkov-skips.txt "CKV_K8S_15  Image pull policy" "CKV_K8S_15
 CKV_K8S_99  Image pull policy" "CHART_OUT=/tmp/chart-mutant-out bash deploy/scripts/chart-check.sh" "FAIL: checkov skip CKV_K8S_15 has no reason"
 mutant "README values table stale" deploy/helm/ferry/values.yaml "# -- Database name." "# -- The database name." "$PY -k readme"
+
+# Builds and push webhooks (deploy/helm/tests/test_builds.py).
+mutant "api's builder token from another key" $T/api.yaml '{{- include "ferry.builderTokenEnv" . | nindent 12 }}' '- name: FERRY_BUILDER_TOKEN
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "ferry.secretsName" . }}
+                  key: proxy-feed-token' "$PY -k shared_by_api_and_builder"
+mutant "builder token regenerated on every upgrade" $T/secrets.yaml 'builder-token: {{ index $data "builder-token" | default (randAlphaNum 64 | b64enc) }}' 'builder-token: {{ randAlphaNum 64 | b64enc }}' "$PY -k reads_the_existing"
+mutant "hooks upstream on the gRPC port" $T/api.yaml '(.Values.clusterDomain | trimSuffix ".") $c.service.hooksPort | quote' '(.Values.clusterDomain | trimSuffix ".") $c.service.port | quote' "$PY -k hooks_upstream"
+mutant "hooks port published with a LoadBalancer api" $T/api.yaml '    {{- if eq $c.service.type "ClusterIP" }}
+    {{- include "ferry.apiHooksPort" . | nindent 4 }}
+    {{- end }}' '    {{- include "ferry.apiHooksPort" . | nindent 4 }}' "$PY -k published"
+mutant "builder URL on the api's port" $T/api.yaml 'printf "http://%s:50052"' 'printf "http://%s:50051"' "$PY -k builder_service"
+mutant "builds per org not from values" $T/api.yaml 'value: {{ .Values.builds.perOrg | quote }}' 'value: "2"' "$PY -k per_org"
+mutant "cluster CIDRs not passed to the builder" $T/builder.yaml '- name: FERRY_BUILDER_CLUSTER_CIDRS' '- name: FERRY_BUILDER_CLUSTER_CIDR' "$PY -k builder_defaults"
+mutant "registry credential mounted writable" $T/builder.yaml '              mountPath: /etc/ferry/registry
+              readOnly: true' '              mountPath: /etc/ferry/registry' "$PY -k builder_env_from_values"
+mutant "builder work dir not a volume" $T/builder.yaml '            - name: work
+              mountPath: /var/lib/ferry/builder/work' '' "$PY -k work_dir"
+mutant "builder pod seccomp Unconfined" $T/builder.yaml '          securityContext:
+            {{- include "ferry.containerSecurityContext" . | nindent 12 }}' '          securityContext:
+            {{- include "ferry.containerSecurityContext" . | replace "RuntimeDefault" "Unconfined" | nindent 12 }}' "$PY -k unconfined_nowhere"
+mutant "builds settings not validated" $T/builder.yaml '{{- include "ferry.validateBuilds" . -}}' '' "$PY -k builds_settings_are_validated"
+mutant "builder Role verb missing (RBAC-builds.md)" $T/rbac.yaml '    resources: [jobs]
+    verbs: [get, list, watch, create, patch, delete]' '    resources: [jobs]
+    verbs: [get, list, watch, create, patch]' "$PY -k rbac_builds"
+mutant "builder may patch every namespace" $T/rbac.yaml '    resourceNames: [{{ .Values.builds.namespace | quote }}]
+' '' "$PY -k rbac_builds"
+mutant "builds namespace Pod Security baseline" $T/builds-namespace.yaml '"pod-security.kubernetes.io/enforce" "privileged"' '"pod-security.kubernetes.io/enforce" "baseline"' "$PY -k builds_namespace_is_labelled"
+mutant "builds namespace managed by Helm (builder refuses it)" $T/builds-namespace.yaml '{{- $_ := set $labels "app.kubernetes.io/managed-by" "ferry" }}' '' "$PY -k builds_namespace_is_labelled"
+mutant "http-hooks open to every pod" $T/networkpolicies.yaml '        - port: http-hooks
+          protocol: TCP
+      from:
+        {{- include "ferry.peer" (list . "proxy") | nindent 8 }}
+        {{- include "ferry.peer" (list . "test") | nindent 8 }}' '        - port: http-hooks
+          protocol: TCP' "$PY -k http_listener"
+mutant "builder reachable from the proxy" $T/networkpolicies.yaml '      from:
+        {{- include "ferry.peer" (list . "api") | nindent 8 }}
+---
+# scheduler' '      from:
+        {{- include "ferry.peer" (list . "api") | nindent 8 }}
+        {{- include "ferry.peer" (list . "proxy") | nindent 8 }}
+---
+# scheduler' "$PY -k only_the_api_reaches_the_builder"
 
 rm -rf /tmp/m /tmp/chart-mutant-out "$backup"
 exit $survived

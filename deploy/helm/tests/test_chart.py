@@ -13,7 +13,9 @@ from conftest import (CHART, ROOT, VALUE_SETS, decoded_secret_values, pod_labels
 FERRY_COMPONENTS = {"api", "proxy", "builder", "scheduler"}
 # Environment variables that carry secrets: only ever from a Secret.
 SECRET_ENV = {"DATABASE_URL", "ENCRYPTION_KEY", "ENCRYPTION_KEY_PREVIOUS",
-              "FERRY_PROXY_FEED_TOKEN", "POSTGRES_PASSWORD"}
+              "FERRY_PROXY_FEED_TOKEN", "FERRY_BUILDER_TOKEN", "POSTGRES_PASSWORD"}
+# Components that call the Kubernetes API (crates/k8s/RBAC.md, RBAC-builds.md).
+API_CALLERS = {"api", "builder"}
 
 
 def component(obj):
@@ -41,8 +43,9 @@ def test_every_pod_is_hardened(rendered):
         assert spec.get("enableServiceLinks") is False, where
         assert spec.get("hostNetwork") in (None, False), where
         assert spec.get("hostPID") in (None, False) and spec.get("hostIPC") in (None, False), where
-        # Only the api calls the Kubernetes API, so only its pods get a token.
-        if component(obj) == "api":
+        # Only the api and the builder call the Kubernetes API, so only
+        # their pods get a token.
+        if component(obj) in API_CALLERS:
             assert spec.get("automountServiceAccountToken") is True, where
         else:
             assert spec.get("automountServiceAccountToken") is False, where
@@ -74,7 +77,8 @@ def test_long_running_pods_have_health_probes(rendered):
             comp = component(obj)
             if comp in ("api", "builder", "scheduler"):
                 # grpc.health.v1 on the service's own gRPC port.
-                port = int(next(e["value"] for e in c["env"] if e["name"].endswith("_LISTEN"))
+                listen = f"FERRY_{comp.upper()}_LISTEN"
+                port = int(next(e["value"] for e in c["env"] if e["name"] == listen)
                            .rsplit(":", 1)[1])
                 for probe in ("readinessProbe", "livenessProbe"):
                     assert c[probe].get("grpc", {}).get("port") == port, where
@@ -165,9 +169,9 @@ def test_network_policies_opt_out():
 
 # -------------------------------------------------------------------- RBAC
 
-def rbac_md():
-    """(rules from the YAML block, rules from the table) of crates/k8s/RBAC.md."""
-    text = (ROOT / "crates" / "k8s" / "RBAC.md").read_text()
+def rbac_md(name="RBAC.md"):
+    """(rules from the YAML block, rules from the table) of crates/k8s/<name>."""
+    text = (ROOT / "crates" / "k8s" / name).read_text()
     block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
     doc = yaml.safe_load(block)
     table = []
@@ -193,17 +197,24 @@ def test_rbac_is_exactly_what_rbac_md_documents():
     assert sorted(table) == documented
     objects = render()
     roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
-    # ... and the chart grants exactly that, to the api alone.
-    assert [r["metadata"]["name"] for r in roles] == ["ferry-api"]
-    assert normalize(roles[0]["rules"]) == documented
-    for r in roles[0]["rules"]:
+    # ... and the chart grants exactly that, to the api alone (the builder's
+    # roles are test_builds.py's).
+    api_roles = [r for r in roles if component(r) == "api"]
+    assert [(r["kind"], r["metadata"]["name"]) for r in api_roles] == [("ClusterRole", "ferry-api")]
+    assert {component(r) for r in roles} == {"api", "builder"}
+    assert normalize(api_roles[0]["rules"]) == documented
+    for r in api_roles[0]["rules"]:
         assert all(len(r[k]) == 1 or k != "apiGroups" for k in r)
         assert "*" not in r["verbs"] and "*" not in r["resources"]
     bindings = [o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")]
-    assert len(bindings) == 1
-    assert bindings[0]["roleRef"]["name"] == "ferry-api"
-    assert bindings[0]["subjects"] == [
+    to_api = [b for b in bindings if b["roleRef"]["name"] == "ferry-api"]
+    assert len(to_api) == 1 and to_api[0]["kind"] == "ClusterRoleBinding"
+    assert to_api[0]["subjects"] == [
         {"kind": "ServiceAccount", "name": "ferry-api", "namespace": "ferry-system"}]
+    # No other binding names the api's ServiceAccount.
+    for b in bindings:
+        if b is not to_api[0]:
+            assert all(s["name"] != "ferry-api" for s in b["subjects"]), b["metadata"]["name"]
     api = next(o for o in objects if o["kind"] == "Deployment" and component(o) == "api")
     assert pod_spec(api)["serviceAccountName"] == "ferry-api"
 
@@ -261,6 +272,7 @@ def test_generated_keys_are_kept_on_uninstall_and_not_generated_when_provided():
     key = base64.b64decode(sec["data"]["encryption-key"])
     assert len(base64.b64decode(key)) == 32  # base64 of 32 random bytes
     assert len(base64.b64decode(sec["data"]["proxy-feed-token"])) >= 16
+    assert len(base64.b64decode(sec["data"]["builder-token"])) >= 16
     objects = render(*VALUE_SETS["external-db"])
     assert not [o for o in objects if o["metadata"]["name"] == "ferry-secrets"]
     api = next(o for o in objects if o["kind"] == "Deployment" and component(o) == "api")
@@ -305,7 +317,8 @@ def test_migration_hook_runs_after_its_secret_and_service_account():
     url = next(e for e in c["env"] if e["name"] == "DATABASE_URL")
     assert url["valueFrom"]["secretKeyRef"]["name"] == "ferry-migrations"
     # Nothing the hook needs is a regular (not yet created) resource.
-    assert not ({"ENCRYPTION_KEY", "FERRY_PROXY_FEED_TOKEN"} & {e["name"] for e in c["env"]})
+    assert not ({"ENCRYPTION_KEY", "FERRY_PROXY_FEED_TOKEN", "FERRY_BUILDER_TOKEN"}
+                & {e["name"] for e in c["env"]})
 
 
 def test_migration_hook_with_bundled_postgresql_runs_post_install():
@@ -475,4 +488,5 @@ def test_helm_test_pod_checks_api_grpc_health_and_proxy_readyz():
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = {c["name"]: " ".join(c.get("args", [])) for c in pod["spec"]["containers"]}
     assert "-addr=ferry-api:50051" in args["api-grpc-health"]
+    assert "http://ferry-api:8081/healthz" in args["api-http-healthz"]
     assert "http://ferry-proxy-admin:9090/readyz" in args["proxy-readyz"]

@@ -120,6 +120,60 @@ seccompProfile:
 {{- if .Values.proxyFeedToken.existingSecret -}}{{ .Values.proxyFeedToken.existingSecretKey }}{{- else -}}proxy-feed-token{{- end -}}
 {{- end -}}
 
+{{- define "ferry.builderTokenSecretName" -}}
+{{- .Values.builderToken.existingSecret | default (include "ferry.secretsName" .) -}}
+{{- end -}}
+
+{{- define "ferry.builderTokenSecretKey" -}}
+{{- if .Values.builderToken.existingSecret -}}{{ .Values.builderToken.existingSecretKey }}{{- else -}}builder-token{{- end -}}
+{{- end -}}
+
+{{/* FERRY_BUILDER_TOKEN, the service credential the api presents to the
+     builder: the same Secret key on both sides. */}}
+{{- define "ferry.builderTokenEnv" -}}
+- name: FERRY_BUILDER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ferry.builderTokenSecretName" . }}
+      key: {{ include "ferry.builderTokenSecretKey" . }}
+{{- end -}}
+
+{{/* In-cluster DNS name of a component's Service; call with (list $ "api"). */}}
+{{- define "ferry.serviceHost" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s.%s.svc.%s" (include "ferry.componentName" .) $root.Release.Namespace ($root.Values.clusterDomain | trimSuffix ".") -}}
+{{- end -}}
+
+{{/* The Service that carries the api's HTTP listener (push webhooks,
+     /healthz): the api Service itself when it is a ClusterIP Service,
+     else an internal one beside it, so the listener is never published. */}}
+{{- define "ferry.apiHooksServiceName" -}}
+{{- if eq .Values.api.service.type "ClusterIP" -}}
+{{- include "ferry.componentName" (list . "api") -}}
+{{- else -}}
+{{- include "ferry.componentName" (list . "api-hooks") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ferry.apiHooksPort" -}}
+- name: http-hooks
+  port: {{ .Values.api.service.hooksPort }}
+  targetPort: http-hooks
+  protocol: TCP
+  appProtocol: http
+{{- end -}}
+
+{{/* Fails the render on build settings the builder would refuse, or that
+     would weaken the release namespace. */}}
+{{- define "ferry.validateBuilds" -}}
+{{- if eq .Values.builds.namespace .Release.Namespace -}}
+{{- fail (printf "builds.namespace must not be the release namespace %q: build pods run unconfined (Pod Security privileged) there, and the builder may manage its Secrets" .Release.Namespace) -}}
+{{- end -}}
+{{- if and .Values.builds.registryAuthSecret (not .Values.builds.registry) -}}
+{{- fail "builds.registryAuthSecret is set without builds.registry: the builder refuses a registry credential without a registry to push to" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret and key holding DATABASE_URL. */}}
 {{- define "ferry.databaseSecretName" -}}
 {{- if .Values.postgresql.enabled -}}
