@@ -59,7 +59,7 @@ chart-check:
 image:
 	bash deploy/scripts/image-build.sh
 
-## After `make image`: same inputs -> same digest, <= 30 MiB each, non-root without a shell, and a podman smoke test of the api (--version, migrate an SQLite volume)
+## After `make image`: same inputs -> same digest, <= 30 MiB each, non-root, no shell (except the builder's /bin/sh for git's GIT_SSH_COMMAND), and a podman smoke test of the api (--version, migrate an SQLite volume)
 image-check:
 	bash deploy/scripts/image-check.sh
 
