@@ -110,6 +110,12 @@ pub enum Command {
     Stop(ServiceArg),
     /// Deployment history of a service.
     Deployments(ServiceArg),
+    /// Image builds from git of a service (push-to-deploy).
+    #[command(subcommand)]
+    Builds(BuildsCmd),
+    /// Git providers of the organization (push webhooks, repository access).
+    #[command(subcommand)]
+    Git(GitCmd),
     /// Create or update a stack from a Compose file and deploy it.
     Up(UpArgs),
     /// Delete a stack created by `ferry up`.
@@ -435,6 +441,90 @@ pub enum RoutesCmd {
 }
 
 /// `ferry registries ...`.
+#[derive(Debug, Subcommand)]
+pub enum BuildsCmd {
+    /// Build a service from a repository of a git integration.
+    Config {
+        /// Service name or id.
+        service: String,
+        /// The git integration (name or id).
+        #[arg(long)]
+        git: String,
+        /// owner/name (a clone URL for generic integrations).
+        #[arg(long)]
+        repo: String,
+        /// The branch whose pushes build.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// auto, dockerfile, railpack, buildpacks or static.
+        #[arg(long = "type", default_value = "auto")]
+        build_type: String,
+        /// The build context inside the repository.
+        #[arg(long, default_value = "")]
+        root_dir: String,
+        /// Dockerfile builds: the Dockerfile, relative to the root dir.
+        #[arg(long)]
+        dockerfile: Option<String>,
+        /// Build only pushes that change a matching file (repeatable glob).
+        #[arg(long = "watch")]
+        watch_paths: Vec<String>,
+        /// Do not build on pushes (only `ferry builds trigger`).
+        #[arg(long)]
+        no_auto_deploy: bool,
+    },
+    /// Builds of a service, newest first.
+    List {
+        /// Service name or id (default: the linked service).
+        service: Option<String>,
+    },
+    /// Build the head of the service's branch (or one commit) and deploy it.
+    Trigger {
+        /// Service name or id (default: the linked service).
+        service: Option<String>,
+        /// A full commit id instead of the branch's head.
+        #[arg(long)]
+        commit: Option<String>,
+    },
+    /// Cancel a queued or running build.
+    Cancel {
+        /// The build's id.
+        build: String,
+    },
+    /// Push webhooks received for a service and what Ferry did with each.
+    Deliveries {
+        /// Service name or id (default: the linked service).
+        service: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitCmd {
+    /// List git integrations.
+    List,
+    /// Connect a git provider; prints the webhook URL and secret (once).
+    Connect {
+        /// Name.
+        name: String,
+        /// github, gitlab, gitea, forgejo, bitbucket or generic.
+        #[arg(long)]
+        provider: String,
+        /// Self-hosted server (https://...): GitLab, Gitea, Forgejo.
+        #[arg(long, default_value = "")]
+        base_url: String,
+        /// Read the access token from stdin (otherwise prompted; none for generic).
+        #[arg(long)]
+        token_stdin: bool,
+        /// Generic: a known_hosts file for the server (`ssh-keyscan host`).
+        #[arg(long)]
+        known_hosts: Option<std::path::PathBuf>,
+    },
+    /// Delete a git integration.
+    Rm {
+        /// Name or id.
+        integration: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RegistriesCmd {
     /// List registries.

@@ -74,6 +74,32 @@ resource!(pb::Route, "Route", |r| r.id, [
 resource!(pb::Registry, "Registry", |r| r.id, [
     "ID" => r.id, "NAME" => r.name, "URL" => r.url, "USERNAME" => r.username,
 ]);
+resource!(pb::GitIntegration, "GitIntegration", |g| g.id, [
+    "ID" => g.id, "NAME" => g.name,
+    "PROVIDER" => enum_word(g.provider().as_str_name(), "GIT_PROVIDER_"),
+    "BASE URL" => or_dash(&g.base_url), "WEBHOOK URL" => g.webhook_url,
+    "CREATED" => age(g.created_at.as_ref()),
+]);
+resource!(pb::BuildConfig, "BuildConfig", |c| c.service_id, [
+    "REPOSITORY" => c.repository, "BRANCH" => c.branch,
+    "TYPE" => enum_word(c.build_type().as_str_name(), "BUILD_TYPE_"),
+    "ROOT" => or_dash(&c.root_dir), "WATCH" => or_dash(&c.watch_paths.join(",")),
+    "AUTO DEPLOY" => c.auto_deploy,
+]);
+resource!(pb::Build, "Build", |b| b.id, [
+    "ID" => b.id, "STATUS" => enum_word(b.status().as_str_name(), "BUILD_STATUS_"),
+    "TRIGGER" => enum_word(b.trigger().as_str_name(), "DEPLOYMENT_TRIGGER_"),
+    "COMMIT" => or_dash(b.commit_sha.get(..12).unwrap_or(&b.commit_sha)),
+    "IMAGE" => or_dash(&b.image),
+    "MESSAGE" => or_dash(b.message.lines().next().unwrap_or_default()),
+    "CREATED" => age(b.created_at.as_ref()),
+]);
+resource!(pb::WebhookDelivery, "WebhookDelivery", |d| d.id, [
+    "DELIVERY" => d.delivery_id, "EVENT" => d.event, "BRANCH" => or_dash(&d.branch),
+    "AFTER" => or_dash(d.after_sha.get(..12).unwrap_or(&d.after_sha)),
+    "STATUS" => enum_word(d.status().as_str_name(), "WEBHOOK_DELIVERY_STATUS_"),
+    "REASON" => or_dash(&d.reason), "RECEIVED" => age(d.received_at.as_ref()),
+]);
 resource!(pb::ApiToken, "ApiToken", |t| t.id, [
     "ID" => t.id, "NAME" => t.name, "PREFIX" => t.prefix, "ROLE" => role_word(t.role),
     "LAST USED" => age(t.last_used_at.as_ref()),

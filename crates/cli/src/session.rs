@@ -63,6 +63,7 @@ use pb::api_token_service_client::ApiTokenServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::auth_service_client::AuthServiceClient;
 use pb::deployment_service_client::DeploymentServiceClient;
+use pb::git_service_client::GitServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
 use pb::organization_service_client::OrganizationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
@@ -100,6 +101,7 @@ typed_clients! {
     deployments => DeploymentServiceClient,
     routes => RouteServiceClient,
     registries => RegistryServiceClient,
+    git => GitServiceClient,
 }
 
 impl Api {

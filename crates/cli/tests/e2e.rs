@@ -751,3 +751,73 @@ async fn deploy_follows_the_rollout_and_a_failure_exits_6() {
     }
     api.stop().await;
 }
+
+on_every_db!(builds_are_triggered_listed_and_cancelled, |api| {
+    let cli = tenant(&api, "boris", "Boris", "shop").await;
+    cli.run(&["services", "create", "web", "--image", "nginx:1.27"])
+        .await
+        .ok();
+    // Connect GitHub (token on stdin): the webhook URL and secret are shown once.
+    let run = cli
+        .run_in(
+            &cli.work,
+            &[
+                "git",
+                "connect",
+                "gh",
+                "--provider",
+                "github",
+                "--token-stdin",
+            ],
+            "github_pat_secret_value\n",
+        )
+        .await
+        .ok();
+    assert!(run.stdout.contains("/hooks/git/"), "{run:#?}");
+    assert!(
+        run.stderr.contains("shown once") || run.stdout.contains("shown once"),
+        "{run:#?}"
+    );
+    assert!(!run.stdout.contains("github_pat_secret_value"), "{run:#?}");
+    let list = cli.run(&["git", "list", "-o", "json"]).await.ok().json();
+    assert_eq!(list[0]["name"], "gh", "{list}");
+    // The secret is never listed again.
+    assert!(
+        list[0]["webhookSecret"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{list}"
+    );
+    let run = cli
+        .run(&[
+            "builds", "config", "web", "--git", "gh", "--repo", "acme/web", "--watch", "src/**",
+        ])
+        .await
+        .ok();
+    assert!(run.stdout.contains("acme/web"), "{run:#?}");
+    let run = cli
+        .run(&[
+            "builds", "config", "web", "--git", "gh", "--repo", "acme/web", "--branch", "a..b",
+        ])
+        .await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("branch"), "{run:#?}");
+
+    let run = cli.run(&["builds", "trigger", "web"]).await.ok();
+    assert!(run.stdout.contains("queued"), "{run:#?}");
+    let list = cli
+        .run(&["builds", "list", "web", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["status"], "BUILD_STATUS_QUEUED", "{list}");
+    let run = cli.run(&["builds", "cancel", &id]).await.ok();
+    assert!(run.stdout.contains("cancelled"), "{run:#?}");
+    let run = cli.run(&["builds", "cancel", &id]).await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("already finished"), "{run:#?}");
+    let run = cli.run(&["builds", "deliveries", "web"]).await.ok();
+    assert!(run.stdout.contains("DELIVERY"), "{run:#?}");
+});

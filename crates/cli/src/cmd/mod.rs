@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod auth;
+pub mod builds;
 pub mod deploy;
 pub mod logs;
 pub mod org;
