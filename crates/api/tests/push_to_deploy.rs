@@ -28,8 +28,7 @@ use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use serde_json::json;
 use support::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const BUILDS_NS: &str = "ferry-builds";
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -41,24 +40,7 @@ async fn post(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: hooks.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out)
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    http_post(addr, "hooks.test", path, headers, body).await.0
 }
 
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {

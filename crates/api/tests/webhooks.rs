@@ -25,8 +25,7 @@ use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use serde_json::json;
 use support::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 const FEED_TOKEN: &str = "webhook-test-feed-token";
@@ -136,42 +135,14 @@ impl Stack {
     }
 }
 
-/// One HTTP/1.1 POST with `Host: PUBLIC_HOST`; (status, body).
+/// One POST with `Host: PUBLIC_HOST`; (status, body).
 async fn post(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, String)],
     body: &[u8],
 ) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    // A server may answer (413) before reading a large body.
-    let _ = stream.write_all(body).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_post(addr, PUBLIC_HOST, path, headers, body).await
 }
 
 struct Owner {

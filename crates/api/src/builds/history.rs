@@ -16,6 +16,7 @@ use crate::audit::Entry;
 use crate::authz::{Action, Caller, Scope};
 use crate::paging::{Key, Keyset, Kind, desc};
 use crate::wire::{parse_id, ts};
+use crate::workloads::deployments::trigger_to_pb;
 use crate::{Error, Result};
 
 /// Newest first (ids are UUIDv7, so time-ordered).
@@ -39,15 +40,6 @@ fn build_status_to_pb(s: BuildStatus) -> pb::BuildStatus {
         BuildStatus::TimedOut => pb::BuildStatus::TimedOut,
         BuildStatus::Skipped => pb::BuildStatus::Skipped,
         BuildStatus::Planned => pb::BuildStatus::Planned,
-    }
-}
-
-fn trigger_to_pb(t: TriggerType) -> pb::DeploymentTrigger {
-    match t {
-        TriggerType::Manual => pb::DeploymentTrigger::Manual,
-        TriggerType::Webhook => pb::DeploymentTrigger::Webhook,
-        TriggerType::Rollback => pb::DeploymentTrigger::Rollback,
-        TriggerType::Api => pb::DeploymentTrigger::Api,
     }
 }
 

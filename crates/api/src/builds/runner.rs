@@ -29,8 +29,8 @@ use ferry_db::entities::{
 };
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
-    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _,
 };
 use ferry_proto::ferry::internal::v1 as ipb;
 use ipb::builder_service_client::BuilderServiceClient;
@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 use super::queue::ACTIVE;
 use crate::workloads::Deployer;
+use crate::workloads::deploy::log as deploy_log;
 use crate::{Error, Result};
 
 /// Where the builder is and how builds share it.
@@ -587,7 +588,7 @@ impl BuildRunner {
                     message.push_str("\n  ");
                     message.push_str(line);
                 }
-                self.log(build, LogLevel::Info, "ferry", &message).await?;
+                deploy_log(&self.db, build.deployment_id, LogLevel::Info, &message).await?;
                 Ok(false)
             }
             Event::Progress(p) => {
@@ -604,7 +605,7 @@ impl BuildRunner {
                 } else {
                     format!("step {}: {}", p.step, p.message)
                 };
-                self.log(build, LogLevel::Info, "ferry", &text).await?;
+                deploy_log(&self.db, build.deployment_id, LogLevel::Info, &text).await?;
                 Ok(false)
             }
             Event::Logs(lines) => {
@@ -646,10 +647,10 @@ impl BuildRunner {
                 if stored.rows_affected == 0 {
                     return Ok(true); // cancelled meanwhile: nothing to deploy
                 }
-                self.log(
-                    build,
+                deploy_log(
+                    &self.db,
+                    build.deployment_id,
                     LogLevel::Info,
-                    "ferry",
                     &format!("pushed {}", f.image),
                 )
                 .await?;
@@ -715,26 +716,6 @@ impl BuildRunner {
         }
     }
 
-    async fn log(
-        &self,
-        build: &builds::Model,
-        level: LogLevel,
-        source: &str,
-        message: &str,
-    ) -> Result<()> {
-        deployment_logs::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            deployment_id: Set(build.deployment_id),
-            timestamp: Set(Utc::now()),
-            level: Set(level),
-            source: Set(Some(source.to_owned())),
-            message: Set(message.to_owned()),
-        }
-        .insert(&self.db)
-        .await?;
-        Ok(())
-    }
-
     /// Ends an active build and its deployment.
     async fn finish(
         &self,
@@ -798,7 +779,7 @@ impl BuildRunner {
                 .await?;
             self.finish(build, status, DeploymentStatus::Failed, &message)
                 .await?;
-            self.log(build, LogLevel::Error, "ferry", &message).await
+            deploy_log(&self.db, build.deployment_id, LogLevel::Error, &message).await
         }
         .await;
         if let Err(err) = result {

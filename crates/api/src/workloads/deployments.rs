@@ -61,18 +61,21 @@ fn finished(s: DeploymentStatus) -> bool {
     )
 }
 
+pub(crate) fn trigger_to_pb(t: TriggerType) -> pb::DeploymentTrigger {
+    match t {
+        TriggerType::Manual => pb::DeploymentTrigger::Manual,
+        TriggerType::Webhook => pb::DeploymentTrigger::Webhook,
+        TriggerType::Rollback => pb::DeploymentTrigger::Rollback,
+        TriggerType::Api => pb::DeploymentTrigger::Api,
+    }
+}
+
 pub(crate) fn deployment_to_pb(d: &deployments::Model) -> pb::Deployment {
     pb::Deployment {
         id: d.id.to_string(),
         service_id: d.service_id.map(|i| i.to_string()).unwrap_or_default(),
         status: status_to_pb(d.status).into(),
-        trigger: match d.trigger_type {
-            TriggerType::Manual => pb::DeploymentTrigger::Manual,
-            TriggerType::Webhook => pb::DeploymentTrigger::Webhook,
-            TriggerType::Rollback => pb::DeploymentTrigger::Rollback,
-            TriggerType::Api => pb::DeploymentTrigger::Api,
-        }
-        .into(),
+        trigger: trigger_to_pb(d.trigger_type).into(),
         image: d.image.clone().unwrap_or_default(),
         message: d.error_message.clone().unwrap_or_default(),
         rollback_of_id: d.rollback_of_id.map(|i| i.to_string()).unwrap_or_default(),
