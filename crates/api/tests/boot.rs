@@ -47,6 +47,8 @@ async fn api_migrates_on_start_serves_and_stops_on_each_backend() {
             &[],
             &[
                 ("FERRY_API_LISTEN", listen.as_str()),
+                // Parallel tests must not share the default webhook port.
+                ("FERRY_API_HTTP_LISTEN", "127.0.0.1:0"),
                 ("DATABASE_URL", db.url.as_str()),
                 ("ENCRYPTION_KEY", test_key()),
                 ("FERRY_SHUTDOWN_GRACE_SECS", "5"),
@@ -79,6 +81,8 @@ async fn api_refuses_to_start_without_a_valid_key() {
     let listen = free_addr().to_string();
     let base = [
         ("FERRY_API_LISTEN", listen.as_str()),
+        // Parallel tests must not share the default webhook port.
+        ("FERRY_API_HTTP_LISTEN", "127.0.0.1:0"),
         ("DATABASE_URL", db.url.as_str()),
     ];
 

@@ -403,6 +403,8 @@ async fn the_api_binds_legacy_values_to_their_rows_on_start_and_on_migrate_up() 
         let listen = addr.to_string();
         let mut serve_env = env.to_vec();
         serve_env.push(("FERRY_API_LISTEN", listen.as_str()));
+        // Parallel tests must not share the default webhook port.
+        serve_env.push(("FERRY_API_HTTP_LISTEN", "127.0.0.1:0"));
         let (process, _) = boot(BIN, &[], &serve_env, addr, "ferry-api").await;
         assert_bound(conn, second, "pw-second", b).await;
         let output = stop_cleanly(process, std::time::Duration::from_secs(8)).await;

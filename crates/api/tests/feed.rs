@@ -475,6 +475,8 @@ async fn api_binary_serves_the_feed_with_its_token() {
         &[],
         &[
             ("FERRY_API_LISTEN", listen.as_str()),
+            // Parallel tests must not share the default webhook port.
+            ("FERRY_API_HTTP_LISTEN", "127.0.0.1:0"),
             ("DATABASE_URL", db.url.as_str()),
             ("ENCRYPTION_KEY", ferry_tests::test_key()),
             ("FERRY_PROXY_FEED_TOKEN", TOKEN),
