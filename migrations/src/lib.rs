@@ -22,9 +22,11 @@ mod m0010_deployment_leases;
 mod m0011_route_feed_triggers;
 mod m0012_credential_triggers;
 mod m0013_builds;
+mod m0014_jobs;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
+pub use m0014_jobs::ACTIVE_RUN;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -86,6 +88,13 @@ const ALTERATIONS: &[(&str, Later)] = &[
         Later::Rebuild {
             replaces: m0013_builds::REPLACES,
             tables: m0013_builds::tables,
+        },
+    ),
+    (
+        "m0014_jobs",
+        Later::Rebuild {
+            replaces: m0014_jobs::REPLACES,
+            tables: m0014_jobs::tables,
         },
     ),
 ];
@@ -300,6 +309,63 @@ impl MigrationName for RebuildMigration {
 }
 
 impl RebuildMigration {
+    /// Foreign keys of other tables that reference a replaced table. SQLite
+    /// binds them by name to the new table; PostgreSQL drops them with the
+    /// old table (`CASCADE`), so they are added back afterwards.
+    fn dependents(&self) -> Vec<(&'static str, schema::ForeignKey)> {
+        let own: Vec<&str> = (self.tables)().iter().map(|t| t.name).collect();
+        all_tables()
+            .into_iter()
+            // Tables that exist before this migration and that it leaves
+            // alone (migration names sort in order).
+            .filter(|(created, t)| *created < self.name && !own.contains(&t.name))
+            .flat_map(|(_, t)| {
+                t.foreign_keys
+                    .into_iter()
+                    .filter(|fk| self.replaces.contains(&fk.references))
+                    .map(move |fk| (t.name, fk))
+            })
+            .collect()
+    }
+
+    /// Drops `tables` (children first), then recreates `new` (parents
+    /// first) and the references to them from other tables.
+    async fn swap(
+        &self,
+        manager: &SchemaManager<'_>,
+        tables: &[Table],
+        new: &[Table],
+    ) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        let dependents = self.dependents();
+        let cascade = dialect == Dialect::Postgres && !dependents.is_empty();
+        for table in tables.iter().rev() {
+            let sql = table.drop_sql();
+            db.execute_unprepared(&if cascade {
+                format!("{sql} CASCADE")
+            } else {
+                sql
+            })
+            .await?;
+        }
+        for table in new {
+            for sql in table.create_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        if cascade {
+            for (table, fk) in dependents {
+                db.execute_unprepared(&format!(
+                    "ALTER TABLE \"{table}\" ADD {}",
+                    fk.constraint_sql(table)
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     fn old_tables(&self) -> Result<Vec<Table>, DbErr> {
         self.replaces
             .iter()
@@ -315,7 +381,6 @@ impl RebuildMigration {
 #[async_trait::async_trait]
 impl MigrationTrait for RebuildMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let dialect = dialect(manager)?;
         let db = manager.get_connection();
         for name in self.replaces {
             let rows = db
@@ -332,29 +397,13 @@ impl MigrationTrait for RebuildMigration {
                 )));
             }
         }
-        for old in self.old_tables()?.iter().rev() {
-            db.execute_unprepared(&old.drop_sql()).await?;
-        }
-        for table in (self.tables)() {
-            for sql in table.create_sql(dialect) {
-                db.execute_unprepared(&sql).await?;
-            }
-        }
-        Ok(())
+        self.swap(manager, &self.old_tables()?, &(self.tables)())
+            .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let dialect = dialect(manager)?;
-        let db = manager.get_connection();
-        for table in (self.tables)().iter().rev() {
-            db.execute_unprepared(&table.drop_sql()).await?;
-        }
-        for old in self.old_tables()? {
-            for sql in old.create_sql(dialect) {
-                db.execute_unprepared(&sql).await?;
-            }
-        }
-        Ok(())
+        self.swap(manager, &(self.tables)(), &self.old_tables()?)
+            .await
     }
 
     fn use_transaction(&self) -> Option<bool> {

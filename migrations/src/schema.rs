@@ -214,6 +214,22 @@ pub struct ForeignKey {
     pub on_delete: OnDelete,
 }
 
+impl ForeignKey {
+    /// The constraint as a table element of `table` (named `fk_<table>_<column>`).
+    pub fn constraint_sql(&self, table: &str) -> String {
+        let action = match self.on_delete {
+            OnDelete::Cascade => "CASCADE",
+            OnDelete::SetNull => "SET NULL",
+            OnDelete::Restrict => "NO ACTION",
+        };
+        format!(
+            "CONSTRAINT fk_{table}_{c} FOREIGN KEY (\"{c}\") REFERENCES \"{r}\" (id) ON DELETE {action}",
+            c = self.column,
+            r = self.references,
+        )
+    }
+}
+
 /// A named CHECK constraint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -442,19 +458,11 @@ impl Table {
             .iter()
             .map(|c| column_sql(c, dialect))
             .collect();
-        for fk in &self.foreign_keys {
-            let action = match fk.on_delete {
-                OnDelete::Cascade => "CASCADE",
-                OnDelete::SetNull => "SET NULL",
-                OnDelete::Restrict => "NO ACTION",
-            };
-            parts.push(format!(
-                "CONSTRAINT fk_{t}_{c} FOREIGN KEY (\"{c}\") REFERENCES \"{r}\" (id) ON DELETE {action}",
-                t = self.name,
-                c = fk.column,
-                r = fk.references,
-            ));
-        }
+        parts.extend(
+            self.foreign_keys
+                .iter()
+                .map(|fk| fk.constraint_sql(self.name)),
+        );
         for ck in &self.checks {
             parts.push(format!(
                 "CONSTRAINT {} CHECK ({})",

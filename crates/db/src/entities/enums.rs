@@ -236,6 +236,12 @@ pub enum JobRunStatus {
     Cancelled,
     #[sea_orm(string_value = "timed_out")]
     TimedOut,
+    #[sea_orm(string_value = "skipped")]
+    Skipped,
+    #[sea_orm(string_value = "missed")]
+    Missed,
+    #[sea_orm(string_value = "planned")]
+    Planned,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]

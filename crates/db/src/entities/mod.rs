@@ -24,6 +24,7 @@ pub mod domains;
 pub mod git_integrations;
 pub mod job_runs;
 pub mod jobs;
+pub mod leases;
 pub mod node_provisioning_tokens;
 pub mod node_registration_tokens;
 pub mod nodes;

@@ -20,6 +20,7 @@ pub use super::enums::*;
 pub use super::git_integrations::Entity as GitIntegrations;
 pub use super::job_runs::Entity as JobRuns;
 pub use super::jobs::Entity as Jobs;
+pub use super::leases::Entity as Leases;
 pub use super::node_provisioning_tokens::Entity as NodeProvisioningTokens;
 pub use super::node_registration_tokens::Entity as NodeRegistrationTokens;
 pub use super::nodes::Entity as Nodes;

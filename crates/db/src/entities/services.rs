@@ -85,6 +85,8 @@ pub enum Relation {
     Deployments,
     #[sea_orm(has_many = "super::containers::Entity")]
     Containers,
+    #[sea_orm(has_many = "super::jobs::Entity")]
+    Jobs,
     #[sea_orm(has_many = "super::backup_configs::Entity")]
     BackupConfigs,
     #[sea_orm(has_many = "super::resource_permissions::Entity")]
@@ -170,6 +172,12 @@ impl Related<super::deployments::Entity> for Entity {
 impl Related<super::containers::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Containers.def()
+    }
+}
+
+impl Related<super::jobs::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Jobs.def()
     }
 }
 
