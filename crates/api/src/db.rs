@@ -1,9 +1,7 @@
 //! Database helpers every layer shares (no dependency on the rest of the
 //! crate, so auth, audit and the RPC modules can all use them).
 
-use ferry_db::sea_orm::{
-    DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
+use ferry_db::sea_orm::{DbErr, SqlErr, TransactionTrait};
 
 use crate::Result;
 
@@ -11,12 +9,7 @@ use crate::Result;
 /// writers queue on the busy timeout instead of failing when a read turns
 /// into a write; a plain `BEGIN` on PostgreSQL.
 pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction> {
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        })
-        .await?)
+    Ok(ferry_db::begin_write(db).await?)
 }
 
 /// Whether a database error is a unique-constraint violation.

@@ -18,3 +18,18 @@ pub mod token;
 
 pub use error::{Error, Result};
 pub use sea_orm;
+
+use sea_orm::{DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+
+/// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite, so concurrent
+/// writers queue on the busy timeout instead of failing when a read turns
+/// into a write; a plain `BEGIN` on PostgreSQL.
+pub async fn begin_write<C: TransactionTrait>(
+    db: &C,
+) -> std::result::Result<C::Transaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+}

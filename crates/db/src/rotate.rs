@@ -12,10 +12,7 @@
 //! static [`ENCRYPTED_COLUMNS`] list.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use crate::crypto::{Encrypted, Keyring, LEGACY_VERSION};
@@ -167,12 +164,7 @@ async fn rewrite_column(
     loop {
         // IMMEDIATE on SQLite: a concurrent writer (the api serving while
         // `rotate-key` runs) queues on the busy timeout instead of failing.
-        let txn = db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            })
-            .await?;
+        let txn = crate::begin_write(db).await?;
         let mut select = Query::select()
             .column(id.clone())
             .column(value.clone())

@@ -2,7 +2,8 @@
 //! k8s-openapi objects ([`render()`]), apply them with server-side apply
 //! (field manager `ferry`), watch rollouts, scale, restart and delete by
 //! label ([`Cluster`]); render image builds as Jobs ([`build`]) and run,
-//! watch, list and cancel them ([`builds`]).
+//! watch, list and cancel them ([`builds`]); run users' scheduled jobs as
+//! Jobs ([`jobrun`]).
 //!
 //! With the `testing` feature, [`fake::FakeCluster`] is an in-memory API
 //! server (with a simulated workload controller) for end-to-end tests.
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod jobrun;
 pub mod logs;
 pub mod render;
 pub mod spec;
@@ -25,4 +27,5 @@ pub use build::{
 pub use builds::{BuildStatus, StartedBuild};
 pub use cluster::{Applied, Cluster, Owner, RolloutEvent, RolloutOutcome};
 pub use error::{Error, Result};
+pub use jobrun::{JobRunSpec, RunOutcome, RunStatus, kubernetes_job_name, render_job_run};
 pub use render::{Redact, Rendered, Workload, WorkloadKindRef, diff, render};

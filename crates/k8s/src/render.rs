@@ -957,7 +957,7 @@ pub(crate) fn runtime_default() -> SeccompProfile {
     }
 }
 
-fn container_security_context(is_database: bool) -> SecurityContext {
+pub(crate) fn container_security_context(is_database: bool) -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),

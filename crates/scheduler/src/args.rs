@@ -47,6 +47,26 @@ pub struct Args {
     #[arg(long, env = "FERRY_SCHEDULER_SCHEMA_WAIT_SECS", default_value_t = 60)]
     pub schema_wait_secs: u64,
 
+    /// Milliseconds between job ticks (fire due schedules, start pending
+    /// runs, record finished ones).
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_JOBS_INTERVAL_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(100..=60_000)
+    )]
+    pub jobs_interval_ms: u64,
+
+    /// Seconds a replica's lease on a loop lasts without renewal: how long
+    /// another replica waits to take over after a crash.
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_LEASE_TTL_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(2..=600)
+    )]
+    pub lease_ttl_secs: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -55,6 +75,16 @@ impl Args {
     /// Time between retention runs.
     pub fn retention_interval(&self) -> Duration {
         Duration::from_secs(self.retention_interval_secs)
+    }
+
+    /// Time between job ticks.
+    pub fn jobs_interval(&self) -> Duration {
+        Duration::from_millis(self.jobs_interval_ms)
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
     }
 
     /// How long to wait for the schema.

@@ -16,6 +16,10 @@ pub enum Error {
     SchemaCheck(String),
     #[error(transparent)]
     Common(#[from] ferry_common::Error),
+    #[error("database: {0}")]
+    Sql(#[from] ferry_db::sea_orm::DbErr),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] ferry_k8s::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -26,13 +30,14 @@ impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         tracing::error!(error = %err, "scheduler request failed");
         match err {
-            Error::Db(ferry_db::Error::Db(_)) | Error::SchemaCheck(_) => {
+            Error::Db(ferry_db::Error::Db(_)) | Error::Sql(_) | Error::SchemaCheck(_) => {
                 tonic::Status::unavailable("database unavailable")
             }
             Error::SchemaMissing { .. } => {
                 tonic::Status::failed_precondition("database schema is not migrated")
             }
             Error::Key(_) => tonic::Status::failed_precondition("scheduler is misconfigured"),
+            Error::Kube(_) => tonic::Status::unavailable("cluster unavailable"),
             Error::Db(_) | Error::Common(_) => tonic::Status::internal("internal error"),
         }
     }

@@ -1,4 +1,6 @@
-//! `ferry-scheduler`: Ferry's periodic jobs. Today: retention cleanup of
+//! `ferry-scheduler`: Ferry's clock. It runs users' scheduled jobs
+//! ([`jobs`]: cron schedules fired under a lease, one Kubernetes Job per
+//! run, or planned runs without a cluster) and retention cleanup of
 //! deployment logs, container metrics and audit logs. It needs the database
 //! and the encryption key (backups will read encrypted storage credentials),
 //! but never migrates: `ferry-api` owns the schema, so the scheduler waits
@@ -6,6 +8,8 @@
 
 pub mod args;
 pub mod error;
+pub mod jobs;
+pub mod lease;
 
 use std::time::Duration;
 
@@ -61,7 +65,18 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                 return Ok(());
             }
             let _ = ready_tx.send(());
-            retention_loop(&db, &policy, args.retention_interval(), &shutdown).await;
+            let cluster = ferry_k8s::Cluster::from_env().await?;
+            if cluster.is_none() {
+                tracing::info!(
+                    "no Kubernetes cluster configured: job runs are recorded as planned"
+                );
+            }
+            let lease = lease::Lease::new(jobs::LEASE, lease::replica_id(), args.lease_ttl());
+            let engine = jobs::Engine::new(db.clone(), cluster, lease);
+            tokio::join!(
+                retention_loop(&db, &policy, args.retention_interval(), &shutdown),
+                engine.run(args.jobs_interval(), &shutdown),
+            );
             Ok(())
         }
         .await;

@@ -1,0 +1,106 @@
+//! Leases in the `leases` table: which scheduler replica runs a loop, and
+//! until when. One row per loop name; taking it is one conditional UPDATE
+//! (free, expired, or already ours), so of racing replicas exactly one
+//! wins, on PostgreSQL and SQLite alike. The holder renews it every tick;
+//! when the holder dies another replica takes over once it expires.
+//!
+//! A database row rather than a Kubernetes Lease: the scheduler needs the
+//! database anyway, it works without a cluster (`make run`, plan-only
+//! installs), and the work it guards is recorded in the same database.
+//! Every action under it is idempotent as well (unique run slots,
+//! conditional updates, server-side apply), so a lease lost mid-tick costs
+//! at most a repeated no-op.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_db::entities::leases;
+use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
+use ferry_db::sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+};
+use uuid::Uuid;
+
+use crate::Result;
+
+/// One named lease as seen by one replica.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    name: &'static str,
+    holder: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(name: &'static str, holder: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            name,
+            holder: holder.into(),
+            ttl,
+        }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Takes or renews the lease at `now`; `true` when this replica holds
+    /// it until `now + ttl`.
+    pub async fn acquire(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<bool> {
+        let until = now
+            + chrono::Duration::from_std(self.ttl)
+                .unwrap_or_else(|_| chrono::Duration::seconds(15));
+        // The row exists from the first attempt on; losing this insert to
+        // another replica is fine.
+        leases::Entity::insert(leases::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set(self.name.to_owned()),
+            holder: Set(String::new()),
+            expires_at: Set(DateTime::<Utc>::UNIX_EPOCH),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict_do_nothing_on([leases::Column::Name])
+        .exec(db)
+        .await?;
+        let taken = leases::Entity::update_many()
+            .col_expr(leases::Column::Holder, Expr::value(self.holder.clone()))
+            .col_expr(leases::Column::ExpiresAt, Expr::value(until))
+            .col_expr(leases::Column::UpdatedAt, Expr::value(now))
+            .filter(leases::Column::Name.eq(self.name))
+            .filter(
+                Expr::col(leases::Column::Holder)
+                    .eq(self.holder.clone())
+                    .or(Expr::col(leases::Column::ExpiresAt).lt(now)),
+            )
+            .exec(db)
+            .await?;
+        Ok(taken.rows_affected == 1)
+    }
+
+    /// Gives the lease up (shutdown), so another replica need not wait for
+    /// it to expire.
+    pub async fn release(&self, db: &DatabaseConnection) -> Result<()> {
+        leases::Entity::update_many()
+            .col_expr(leases::Column::Holder, Expr::value(String::new()))
+            .col_expr(
+                leases::Column::ExpiresAt,
+                Expr::value(DateTime::<Utc>::UNIX_EPOCH),
+            )
+            .filter(leases::Column::Name.eq(self.name))
+            .filter(leases::Column::Holder.eq(self.holder.clone()))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A replica id: host name, process id and a random part.
+pub fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    )
+}
