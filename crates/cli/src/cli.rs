@@ -484,6 +484,18 @@ pub enum BuildsCmd {
         /// A full commit id instead of the branch's head.
         #[arg(long)]
         commit: Option<String>,
+        /// Then follow the build's log until it finishes (as `builds logs -f`).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// A build's log lines so far (`-f`: and new ones until it finishes).
+    Logs {
+        /// The build's id.
+        build: String,
+        /// Keep streaming until the build finishes; exit 7 if it fails, times
+        /// out or is cancelled.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Cancel a queued or running build.
     Cancel {
