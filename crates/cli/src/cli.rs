@@ -526,7 +526,8 @@ pub enum GitCmd {
         /// Read the access token from stdin (otherwise prompted; none for generic).
         #[arg(long)]
         token_stdin: bool,
-        /// Generic: a known_hosts file for the server (`ssh-keyscan host`).
+        /// Generic: a known_hosts file for the server (`ssh-keyscan host`);
+        /// builds over ssh need it (host keys are checked strictly).
         #[arg(long)]
         known_hosts: Option<std::path::PathBuf>,
     },
