@@ -152,7 +152,7 @@ cp "$work/bundle.orig" "$bundle"
 
 # As ferry-git builds it (crates/git/src/run.rs ssh_command): run by /bin/sh.
 extra_env=("GIT_SSH_VARIANT=ssh"
-    "GIT_SSH_COMMAND=ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile='/tmp/home/known_hosts' -o ConnectTimeout=5")
+    "GIT_SSH_COMMAND=ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/tmp/home/known_hosts' -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=5")
 out="$(run "${G[@]}" ls-remote "ssh://git@127.0.0.1:$closed_port/repo.git" 2>&1)" || true
 [[ "$out" == *"port $closed_port: Connection refused"* ]] \
     && ok "ssh:// through GIT_SSH_COMMAND (/bin/sh -> ssh): connection refused, as expected" \

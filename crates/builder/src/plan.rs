@@ -77,7 +77,7 @@ pub fn credentials(request: &BuildRequest, config: &Config) -> BuildCredentials 
                 private_key_openssh,
             } => GitCredential::SshKey {
                 private_key: SecretValue(private_key_openssh.clone()),
-                known_hosts: request.known_hosts.clone(),
+                known_hosts: request.remote.known_hosts.clone().unwrap_or_default(),
             },
         },
         registry: config.registry_auth.clone(),

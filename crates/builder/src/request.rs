@@ -27,9 +27,10 @@ pub struct BuildRequest {
     pub project_name: String,
     pub service_id: Uuid,
     pub service_name: String,
+    /// With the credential's `known_hosts` lines, which both the
+    /// builder's own git work (resolve, watch-path diff, detect) and the
+    /// Job check ssh host keys strictly against.
     pub remote: Remote,
-    /// `known_hosts` lines for an SSH remote (the Job checks strictly).
-    pub known_hosts: String,
     /// Empty only when `commit` is set.
     pub branch: String,
     pub commit: Option<CommitSha>,
@@ -79,7 +80,7 @@ impl BuildRequest {
         };
         let url = RepoUrl::parse_with(&request.repository_url, options).map_err(from_git)?;
         let (auth, known_hosts) = credential(request.credential, &url)?;
-        let remote = Remote::new(url, auth);
+        let remote = Remote::new(url, auth).with_known_hosts(known_hosts);
         remote.validate().map_err(from_git)?;
 
         let commit = parse_commit("commitSha", &request.commit_sha)?;
@@ -149,7 +150,6 @@ impl BuildRequest {
             service_id,
             service_name: request.service_name,
             remote,
-            known_hosts,
             branch: request.branch,
             commit,
             before,
@@ -268,6 +268,7 @@ fn from_git(err: ferry_git::Error) -> Error {
                 "auth.username" => "credential.token.username",
                 "auth.token" => "credential.token.token",
                 "auth.sshKey" => "credential.sshPrivateKey",
+                "knownHosts" => "credential.sshKnownHosts",
                 other => other,
             };
             Error::invalid(field, reason)
@@ -435,6 +436,31 @@ pub(crate) mod tests {
         r.commit_sha = SHA.to_uppercase();
         let parsed = BuildRequest::parse(r, &Config::default()).unwrap();
         assert_eq!(parsed.commit.unwrap().as_str(), SHA);
+    }
+
+    #[test]
+    fn known_hosts_reach_the_remote() {
+        const HOSTS: &str = "git.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let ssh = |known_hosts: &str| {
+            let mut r = request();
+            r.repository_url = "git@git.example.com:team/app.git".into();
+            r.credential = Some(pb::GitCredential {
+                kind: Some(Kind::SshPrivateKey(
+                    "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+                        .into(),
+                )),
+                ssh_known_hosts: known_hosts.into(),
+            });
+            BuildRequest::parse(r, &Config::default())
+        };
+        // ferry-git checks the builder's own ls-remote and fetches against them.
+        let parsed = ssh(HOSTS).unwrap();
+        assert_eq!(parsed.remote.known_hosts.as_deref(), Some(HOSTS));
+        // None given: ferry-git alone would accept the key shown, but the
+        // Job refuses to render without them (plan::check, before any git).
+        assert_eq!(ssh("").unwrap().remote.known_hosts, None);
+        let err = ssh(&format!("{HOSTS}\0")).unwrap_err().to_string();
+        assert!(err.starts_with("credential.sshKnownHosts: "), "{err}");
     }
 
     #[test]

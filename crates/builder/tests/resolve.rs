@@ -262,6 +262,54 @@ async fn private_repositories_resolve_with_the_right_token_only() {
     );
 }
 
+/// Over ssh ([`SshServer`], where the machine can run sshd): the builder's
+/// own resolve checks the host key against the integration's known_hosts
+/// lines, as the Job does.
+#[tokio::test]
+async fn ssh_builds_check_the_host_key_before_any_job() {
+    use ferry_git::testing::SshServer;
+    if let Some(why) = SshServer::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sshd = SshServer::start().await.unwrap();
+    let git = git().await;
+    let repo = git.create_repo("app").await.unwrap();
+    let sha = repo
+        .commit("main", &[("Dockerfile", "FROM scratch\n")])
+        .await
+        .unwrap();
+    let builder = builder(None).await;
+    let with = |id, known_hosts: String| {
+        let mut req = request(&sshd.url(&repo).unwrap(), build_id(id));
+        req.credential = Some(pb::GitCredential {
+            kind: Some(pb::git_credential::Kind::SshPrivateKey(
+                sshd.client_key().to_owned(),
+            )),
+            ssh_known_hosts: known_hosts,
+        });
+        req
+    };
+    let mut stream = run(&builder, with(35, sshd.known_hosts())).await;
+    let first = next(&mut stream).await;
+    let log = sshd.log();
+    assert!(matches!(first, Event::Resolved(_)), "{first:?}\n{log}");
+    assert_eq!(resolved(first).commit_sha, sha.as_str());
+    let events = rest(&mut stream).await;
+    assert_eq!(planned(&events).reason, PLANNED_REASON);
+
+    let events = rest(&mut run(&builder, with(36, sshd.wrong_known_hosts())).await).await;
+    let [Event::Failed(failed)] = events.as_slice() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(failed.step, "resolve");
+    assert!(
+        failed.reason.contains("Host key verification failed"),
+        "{}",
+        failed.reason
+    );
+}
+
 #[tokio::test]
 async fn an_unknown_branch_fails_resolve_in_words() {
     let app = App::start(None).await;

@@ -484,6 +484,18 @@ pub enum BuildsCmd {
         /// A full commit id instead of the branch's head.
         #[arg(long)]
         commit: Option<String>,
+        /// Then follow the build's log until it finishes (as `builds logs -f`).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// A build's log lines so far (`-f`: and new ones until it finishes).
+    Logs {
+        /// The build's id.
+        build: String,
+        /// Keep streaming until the build finishes; exit 7 if it fails, times
+        /// out or is cancelled.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Cancel a queued or running build.
     Cancel {
@@ -514,7 +526,8 @@ pub enum GitCmd {
         /// Read the access token from stdin (otherwise prompted; none for generic).
         #[arg(long)]
         token_stdin: bool,
-        /// Generic: a known_hosts file for the server (`ssh-keyscan host`).
+        /// Generic: a known_hosts file for the server (`ssh-keyscan host`);
+        /// builds over ssh need it (host keys are checked strictly).
         #[arg(long)]
         known_hosts: Option<std::path::PathBuf>,
     },

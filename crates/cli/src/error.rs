@@ -19,6 +19,8 @@ pub mod exit {
     pub const INVALID_ARGUMENT: i32 = 5;
     /// A deployment (rollout) failed.
     pub const ROLLOUT_FAILED: i32 = 6;
+    /// A followed build failed, timed out or was cancelled.
+    pub const BUILD_FAILED: i32 = 7;
 }
 
 /// The exit-code table shown at the end of `ferry --help`.
@@ -30,7 +32,8 @@ Exit codes:
   3  unauthenticated (run `ferry login`)
   4  not found or permission denied
   5  invalid argument (the server names the field)
-  6  deployment failed";
+  6  deployment failed
+  7  build failed, timed out or was cancelled (`--follow`)";
 
 /// A user-facing error.
 #[derive(Debug)]

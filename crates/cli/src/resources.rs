@@ -137,6 +137,9 @@ resource!(pb::User, "User", |u| u.id, [
 resource!(pb::LogLine, "LogLine", |l| l.pod, [
     "POD" => l.pod, "LINE" => l.line,
 ]);
+resource!(pb::DeploymentLogLine, "DeploymentLogLine", |l| l.message, [
+    "LEVEL" => l.level, "MESSAGE" => l.message,
+]);
 
 /// A timestamp as RFC 3339 UTC.
 pub fn chrono_time(ts: &prost_types::Timestamp) -> String {

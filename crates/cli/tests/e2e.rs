@@ -613,7 +613,9 @@ async fn completions_man_page_and_version_need_no_server() {
     let help = run(&["--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(
-        help.contains("Exit codes:") && help.contains("6  deployment failed"),
+        help.contains("Exit codes:")
+            && help.contains("6  deployment failed")
+            && help.contains("7  build failed"),
         "{help}"
     );
     assert!(!dir.path().join("config.toml").exists());
@@ -821,3 +823,338 @@ on_every_db!(builds_are_triggered_listed_and_cancelled, |api| {
     let run = cli.run(&["builds", "deliveries", "web"]).await.ok();
     assert!(run.stdout.contains("DELIVERY"), "{run:#?}");
 });
+
+/// A scripted ferry-builder for `builds logs`: each RunBuild plays the next
+/// script; a [`Step::Hold`] waits for [`ScriptedBuilder::release`].
+mod scripted {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use ferry_proto::ferry::internal::v1 as ipb;
+    use ipb::build_event::Event;
+    use ipb::builder_service_server::{BuilderService, BuilderServiceServer};
+    use tokio::sync::{Notify, mpsc};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status};
+
+    pub const IMAGE: &str = "registry.example.test/shop/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    pub enum Step {
+        Send(Event),
+        Hold,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct ScriptedBuilder {
+        pub scripts: Arc<Mutex<VecDeque<Vec<Step>>>>,
+        pub release: Arc<Notify>,
+    }
+
+    impl ScriptedBuilder {
+        pub fn push(&self, script: Vec<Step>) {
+            self.scripts.lock().unwrap().push_back(script);
+        }
+    }
+
+    pub fn resolved(commit: &str) -> Step {
+        Step::Send(Event::Resolved(ipb::Resolved {
+            commit_sha: commit.into(),
+            build_type: "dockerfile".into(),
+            detection: vec!["Dockerfile found at Dockerfile".into()],
+            job_name: "ferry-build-0123456789ab".into(),
+        }))
+    }
+
+    pub fn step(name: &str) -> Step {
+        Step::Send(Event::Progress(ipb::Progress {
+            step: name.into(),
+            message: String::new(),
+        }))
+    }
+
+    pub fn logs(step: &str, lines: &[&str]) -> Step {
+        Step::Send(Event::Logs(ipb::BuildLogLines {
+            lines: lines
+                .iter()
+                .map(|l| ipb::BuildLogLine {
+                    timestamp: None,
+                    step: step.into(),
+                    line: (*l).into(),
+                })
+                .collect(),
+        }))
+    }
+
+    pub fn finished() -> Step {
+        Step::Send(Event::Finished(ipb::Finished {
+            image: IMAGE.into(),
+            digest: IMAGE.rsplit('@').next().unwrap().into(),
+        }))
+    }
+
+    pub fn failed(step: &str, reason: &str, timed_out: bool) -> Step {
+        Step::Send(Event::Failed(ipb::Failed {
+            step: step.into(),
+            reason: reason.into(),
+            last_lines: vec!["(last lines)".into()],
+            timed_out,
+        }))
+    }
+
+    #[tonic::async_trait]
+    impl BuilderService for ScriptedBuilder {
+        type RunBuildStream = ReceiverStream<Result<ipb::BuildEvent, Status>>;
+
+        async fn run_build(
+            &self,
+            _request: Request<ipb::RunBuildRequest>,
+        ) -> Result<Response<Self::RunBuildStream>, Status> {
+            let script = self
+                .scripts
+                .lock()
+                .unwrap()
+                .pop_front()
+                .ok_or_else(|| Status::failed_precondition("no script left"))?;
+            let (tx, rx) = mpsc::channel(64);
+            let release = self.release.clone();
+            tokio::spawn(async move {
+                for step in script {
+                    match step {
+                        Step::Hold => release.notified().await,
+                        Step::Send(event) => {
+                            let event = ipb::BuildEvent {
+                                at: None,
+                                event: Some(event),
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn cancel_build(
+            &self,
+            _request: Request<ipb::CancelBuildRequest>,
+        ) -> Result<Response<ipb::CancelBuildResponse>, Status> {
+            Ok(Response::new(ipb::CancelBuildResponse { found: true }))
+        }
+    }
+
+    /// Serves `builder` on a loopback port; returns its `http://` URL.
+    pub async fn serve(builder: ScriptedBuilder, stop: ferry_common::Shutdown) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(BuilderServiceServer::new(builder))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.wait(),
+                ),
+        );
+        format!("http://{addr}")
+    }
+}
+
+/// `ferry builds logs` against a real api whose build runner drives a
+/// scripted builder: stored lines without `-f`; with `-f` the lines that
+/// arrive while it follows, then exit 0 on success and 7 with the reason on
+/// failure, time-out and cancel; `builds trigger --follow` the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_logs_follow_a_build_to_its_end() {
+    use scripted::*;
+    use std::time::Duration;
+    for db in ferry_tests::migrated_dbs().await {
+        let state = ferry_api::testing::state(&db.conn, None);
+        let api = ferry_api::testing::start_state(&state, identity()).await;
+        let builder = ScriptedBuilder::default();
+        let stop = ferry_common::Shutdown::new();
+        let url = serve(builder.clone(), stop.clone()).await;
+        ferry_api::builds::runner::BuildRunner::new(
+            db.conn.clone(),
+            state.keyring.clone(),
+            ferry_api::deployer(&state),
+            ferry_api::builds::runner::RunnerConfig {
+                builder_url: Some(url),
+                poll: Duration::from_millis(100),
+                lease_ttl: Duration::from_millis(900),
+                ..Default::default()
+            },
+            state.builds.clone(),
+            stop.clone(),
+        )
+        .unwrap()
+        .spawn();
+
+        let cli = tenant(&api, "bea", "Bea", "shop").await;
+        cli.run(&["services", "create", "web", "--image", "nginx:1.27"])
+            .await
+            .ok();
+        let connect = [
+            "git",
+            "connect",
+            "gh",
+            "--provider",
+            "github",
+            "--token-stdin",
+        ];
+        cli.run_in(&cli.work, &connect, "github_pat_x\n").await.ok();
+        cli.run(&[
+            "builds", "config", "web", "--git", "gh", "--repo", "acme/web",
+        ])
+        .await
+        .ok();
+
+        // Held after the clone: `logs` shows what is stored, `logs -f`
+        // also what comes while it follows.
+        let commit = "c".repeat(40);
+        builder.push(vec![
+            resolved(&commit),
+            step("clone"),
+            logs("clone", &["Cloning into '/workspace/src'..."]),
+            Step::Hold,
+            step("build"),
+            logs(
+                "build",
+                &["#1 [internal] load build definition", "#9 DONE 1.2s"],
+            ),
+            finished(),
+        ]);
+        let id = cli
+            .run(&["builds", "trigger", "web", "-q"])
+            .await
+            .ok()
+            .stdout;
+        let id = id.trim().to_owned();
+        let mut so_far = None;
+        for _ in 0..100 {
+            let run = cli.run(&["builds", "logs", &id]).await.ok();
+            if run.stdout.contains("Cloning into") {
+                so_far = Some(run);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let so_far = so_far.expect("the clone lines are stored");
+        assert!(!so_far.stdout.contains("#9 DONE"), "{so_far:#?}");
+        assert!(so_far.stderr.contains("(`-f` follows it)"), "{so_far:#?}");
+
+        let release = async {
+            // Long enough for `ferry` to start following first.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            builder.release.notify_one();
+        };
+        let follow = ["builds", "logs", &id, "--follow"];
+        let (run, ()) = tokio::join!(cli.run(&follow), release);
+        let run = run.ok();
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                &format!("building commit {commit} (dockerfile)"),
+                "  Dockerfile found at Dockerfile",
+                "step clone",
+                "Cloning into '/workspace/src'...",
+                "step build",
+                "#1 [internal] load build definition",
+                "#9 DONE 1.2s",
+                &format!("pushed {IMAGE}"),
+                // The hand-over to the deploy, in the same transaction as
+                // the deployment leaving `building`: the last line.
+                &format!("deploying the built image {IMAGE}"),
+            ],
+            "{run:#?}"
+        );
+        assert!(
+            run.stderr
+                .contains(&format!("build {id} succeeded: {IMAGE}")),
+            "{run:#?}"
+        );
+        // -o json: one object a line.
+        let run = cli.run(&["builds", "logs", &id, "-o", "json"]).await.ok();
+        let first: Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+        assert_eq!(first["level"], "info", "{run:#?}");
+        assert!(
+            first["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("building commit"),
+            "{run:#?}"
+        );
+        assert_eq!(run.stdout.lines().count(), 8, "{run:#?}");
+
+        // `trigger --follow`: a failure exits 7 with the step and reason.
+        builder.push(vec![
+            resolved(&commit),
+            step("build"),
+            logs("build", &["npm ERR! missing script: build"]),
+            failed("build", "exit code 1", false),
+        ]);
+        let run = cli.run(&["builds", "trigger", "web", "--follow"]).await;
+        assert_eq!(run.code, 7, "{run:#?}");
+        assert!(
+            run.stdout.contains("npm ERR! missing script: build"),
+            "{run:#?}"
+        );
+        assert!(
+            run.stderr
+                .contains("failed: build failed at step build: exit code 1"),
+            "{run:#?}"
+        );
+
+        // A time-out, the same under -o json (stdout stays empty).
+        builder.push(vec![
+            resolved(&commit),
+            failed("build", "did not finish within 1800s", true),
+        ]);
+        let run = cli
+            .run(&["builds", "trigger", "web", "--follow", "-o", "json"])
+            .await;
+        assert_eq!(run.code, 7, "{run:#?}");
+        assert!(run.stderr.contains("timed out: "), "{run:#?}");
+        assert_eq!(run.stdout, "", "{run:#?}");
+
+        // Cancelled while followed.
+        builder.push(vec![
+            resolved(&commit),
+            logs("build", &["#1 waiting"]),
+            Step::Hold,
+        ]);
+        let id = cli
+            .run(&["builds", "trigger", "web", "-q"])
+            .await
+            .ok()
+            .stdout;
+        let id = id.trim().to_owned();
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cli.run(&["builds", "cancel", &id]).await.ok();
+        };
+        let follow = ["builds", "logs", &id, "-f"];
+        let (run, ()) = tokio::join!(cli.run(&follow), cancel);
+        assert_eq!(run.code, 7, "{run:#?}");
+        assert!(run.stdout.contains("#1 waiting"), "{run:#?}");
+        assert!(run.stderr.contains("was cancelled: "), "{run:#?}");
+
+        // A success under -o json: the lines on stderr, the build on stdout.
+        builder.push(vec![
+            resolved(&commit),
+            logs("build", &["#9 DONE 0.1s"]),
+            finished(),
+        ]);
+        let run = cli
+            .run(&["builds", "trigger", "web", "--follow", "-o", "json"])
+            .await
+            .ok();
+        assert_eq!(run.json()["status"], "BUILD_STATUS_SUCCEEDED", "{run:#?}");
+        assert!(run.stderr.contains("#9 DONE 0.1s"), "{run:#?}");
+
+        stop.trigger();
+        builder.release.notify_waiters();
+        api.stop().await;
+    }
+}

@@ -15,11 +15,22 @@ use crate::repo_url::{RepoUrl, Transport};
 pub struct Remote {
     pub url: RepoUrl,
     pub auth: Auth,
+    /// `known_hosts` lines (`ssh-keyscan` output) for an ssh remote's host.
+    /// Given, ssh checks the server's host key strictly against these lines
+    /// alone (`StrictHostKeyChecking=yes`). `None` (or only blank and
+    /// comment lines): the key the server shows is trusted
+    /// (`accept-new`; every operation starts from an empty file, so that is
+    /// trust on every use, not only the first). See [`Remote::with_known_hosts`].
+    pub known_hosts: Option<String>,
 }
 
 impl Remote {
     pub fn new(url: RepoUrl, auth: Auth) -> Remote {
-        Remote { url, auth }
+        Remote {
+            url,
+            auth,
+            known_hosts: None,
+        }
     }
 
     /// A public repository.
@@ -27,9 +38,46 @@ impl Remote {
         Remote::new(url, Auth::None)
     }
 
+    /// Pins the ssh host keys to `lines` (known_hosts format; `[host]:port`
+    /// for a port other than 22). Blank `lines` pin nothing.
+    pub fn with_known_hosts(mut self, lines: impl Into<String>) -> Remote {
+        let lines = lines.into();
+        self.known_hosts = (!lines.trim().is_empty()).then_some(lines);
+        self
+    }
+
+    /// The pinned known_hosts lines, when there is at least one entry.
+    pub(crate) fn pinned_hosts(&self) -> Option<&str> {
+        self.known_hosts.as_deref().filter(|text| {
+            text.lines()
+                .map(str::trim)
+                .any(|l| !l.is_empty() && !l.starts_with('#'))
+        })
+    }
+
     /// Checks that the credentials fit the transport (a token needs HTTP,
-    /// a key needs ssh) and are well formed. Every operation calls it.
+    /// a key needs ssh) and are well formed, and that pinned host keys go
+    /// with an ssh remote. Every operation calls it.
     pub fn validate(&self) -> Result<()> {
+        if let Some(lines) = self.pinned_hosts() {
+            if self.url.transport() != Transport::Ssh {
+                return Err(Error::invalid(
+                    "knownHosts",
+                    "applies only to ssh:// and user@host: addresses",
+                ));
+            }
+            // Written to a file ssh reads line by line: no other control
+            // characters (a NUL would cut the file short).
+            if lines
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            {
+                return Err(Error::invalid(
+                    "knownHosts",
+                    "must be known_hosts lines without control characters",
+                ));
+            }
+        }
         match (&self.auth, self.url.transport()) {
             (Auth::None, _) => Ok(()),
             (Auth::Token { username, token }, Transport::Https | Transport::Http) => {
@@ -259,6 +307,42 @@ mod tests {
         assert!(Remote::new(https(), bad_user).validate().is_err());
         let newline = Auth::token_for(Provider::Other, "t\nX-Evil: 1");
         assert!(Remote::new(https(), newline).validate().is_err());
+    }
+
+    const HOSTS: &str = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    #[test]
+    fn known_hosts_go_with_ssh_remotes() {
+        let pinned = Remote::public(ssh()).with_known_hosts(HOSTS);
+        assert_eq!(pinned.pinned_hosts(), Some(HOSTS));
+        assert!(pinned.validate().is_ok());
+        // Blank or comments only: nothing is pinned.
+        assert_eq!(
+            Remote::public(ssh()).with_known_hosts("  \n").known_hosts,
+            None
+        );
+        let comments = Remote {
+            known_hosts: Some("# none yet\n".into()),
+            ..Remote::public(https())
+        };
+        assert_eq!(comments.pinned_hosts(), None);
+        assert!(comments.validate().is_ok());
+
+        let err = Remote::public(https())
+            .with_known_hosts(HOSTS)
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("knownHosts: applies only to ssh://")
+        );
+        let nul = Remote::public(ssh()).with_known_hosts(format!("{HOSTS}\0evil"));
+        assert!(
+            nul.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("knownHosts: ")
+        );
     }
 
     #[test]

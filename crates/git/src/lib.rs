@@ -16,7 +16,9 @@
 //! and are redacted from errors.
 //!
 //! With the `testing` feature, [`testing::GitServer`] is a real smart-HTTP
-//! git server on 127.0.0.1 (`git http-backend` behind hyper) for tests.
+//! git server on 127.0.0.1 (`git http-backend` behind hyper) for tests, and
+//! [`testing::SshServer`] serves its repositories over ssh (OpenSSH's sshd,
+//! where installed).
 
 pub mod auth;
 pub mod client;

@@ -158,15 +158,31 @@ impl Session {
     }
 }
 
-/// `GIT_SSH_COMMAND` (run by a shell, so only our own quoted temp paths go
-/// in it). `StrictHostKeyChecking=accept-new` trusts the host key seen on
-/// first contact: known weakness, there is no pinned key to check against
-/// yet. `-F /dev/null` skips the ssh config of the user Ferry runs as.
+/// `GIT_SSH_COMMAND` (run by a shell, so only our own quoted temp paths and
+/// fixed words go in it; the key and host keys go in files).
+///
+/// With the remote's known_hosts lines (`Remote::known_hosts`), ssh checks
+/// the server's host key strictly against them alone, as the build Job
+/// does. Without, `accept-new` trusts whatever key the server shows: the
+/// file starts empty in every session, so this is no pinning at all, only
+/// encryption. `-F /dev/null` and `GlobalKnownHostsFile=/dev/null` keep the
+/// ssh config and host keys of the machine Ferry runs on out of it.
 fn ssh_command(dir: &Path, remote: &Remote, timeout: Duration) -> Result<String> {
-    let known_hosts = shell_quote(&dir.join("known_hosts"))?;
+    let known_hosts_path = dir.join("known_hosts");
+    let checking = match remote.pinned_hosts() {
+        Some(lines) => {
+            let mut text = lines.trim_end().to_owned();
+            text.push('\n');
+            write_private(&known_hosts_path, &text, "the SSH host keys")?;
+            "yes"
+        }
+        None => "accept-new",
+    };
+    let known_hosts = shell_quote(&known_hosts_path)?;
     let mut command = format!(
-        "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new \
-         -o UserKnownHostsFile={known_hosts} -o ConnectTimeout={}",
+        "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking={checking} \
+         -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null \
+         -o ConnectTimeout={}",
         timeout.as_secs().max(1)
     );
     if let Auth::SshKey {
@@ -174,23 +190,29 @@ fn ssh_command(dir: &Path, remote: &Remote, timeout: Duration) -> Result<String>
     } = &remote.auth
     {
         let path = dir.join("id");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("writing the SSH key to a private temp file", e))?;
         let mut key = private_key_openssh.trim().to_owned();
         // OpenSSH refuses a key without its final newline.
         key.push('\n');
-        file.write_all(key.as_bytes())
-            .map_err(|e| Error::io("writing the SSH key to a private temp file", e))?;
+        write_private(&path, &key, "the SSH key")?;
         command.push_str(&format!(
             " -i {} -o IdentitiesOnly=yes",
             shell_quote(&path)?
         ));
     }
     Ok(command)
+}
+
+/// Writes `text` to a new 0600 file at `path`.
+fn write_private(path: &Path, text: &str, what: &str) -> Result<()> {
+    let context = || format!("writing {what} to a private temp file");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(context(), e))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::io(context(), e))
 }
 
 fn path_string(path: &Path) -> Result<String> {
@@ -439,6 +461,13 @@ fn hint(stderr: &str, auth: AuthKind) -> Option<&'static str> {
             AuthKind::None | AuthKind::Token => "the repository needs an SSH key",
         });
     }
+    // ssh's words for a host key missing from, or differing from, the
+    // pinned known_hosts lines.
+    if has("host key verification failed") {
+        return Some(
+            "the server's SSH host key is not among the integration's known hosts (or it changed); compare it with `ssh-keyscan HOST` and update them",
+        );
+    }
     if has("could not resolve host") {
         return Some("check the host name in the repository URL");
     }
@@ -511,7 +540,11 @@ mod tests {
             command.contains("-o IdentitiesOnly=yes -o") || command.ends_with("IdentitiesOnly=yes")
         );
         assert!(command.contains("BatchMode=yes"));
+        // No known hosts given: whatever key the server shows, from an
+        // empty file, and none of the machine's own.
         assert!(command.contains("StrictHostKeyChecking=accept-new"));
+        assert!(command.contains("-o GlobalKnownHostsFile=/dev/null"));
+        assert!(!s.dir().join("known_hosts").exists());
         assert!(!command.contains("keymaterial"));
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -521,6 +554,97 @@ mod tests {
         let dir = s.dir().to_owned();
         drop(s);
         assert!(!dir.exists(), "the key goes with the session");
+    }
+
+    const HOSTS: &str = "git.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n\
+        [git.example.com]:2222 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg=";
+
+    fn pinned(url: &str) -> Session {
+        let remote = Remote::public(RepoUrl::parse(url).unwrap()).with_known_hosts(HOSTS);
+        Session::new(&remote, Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn known_hosts_are_written_and_checked_strictly() {
+        let s = pinned("ssh://git@git.example.com:2222/team/app.git");
+        let command = env(&s, "GIT_SSH_COMMAND").unwrap();
+        let path = s.dir().join("known_hosts");
+        assert!(
+            command.contains("-o StrictHostKeyChecking=yes "),
+            "{command}"
+        );
+        assert!(!command.contains("accept-new"), "{command}");
+        assert!(
+            command.contains(&format!("-o UserKnownHostsFile='{}'", path.display())),
+            "{command}"
+        );
+        assert!(
+            command.contains("-o GlobalKnownHostsFile=/dev/null"),
+            "{command}"
+        );
+        // The lines go in the file, never in the shell-run command.
+        assert!(!command.contains("AAAA"), "{command}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{HOSTS}\n")
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn known_hosts_are_refused_for_https() {
+        let remote = Remote::public(RepoUrl::parse("https://git.example.com/a/b").unwrap())
+            .with_known_hosts(HOSTS);
+        let err = Session::new(&remote, Duration::from_secs(5))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("knownHosts: "), "{err}");
+    }
+
+    /// The command as the real ssh reads it (`ssh -G` prints the options
+    /// it would connect with, without connecting), through `/bin/sh` as git
+    /// runs it.
+    #[test]
+    fn ssh_itself_reads_the_host_key_options() {
+        if std::process::Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no ssh client on PATH");
+            return;
+        }
+        let effective = |s: &Session| {
+            let command = env(s, "GIT_SSH_COMMAND").unwrap();
+            let output = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("{command} -G -p 2222 git@git.example.com"))
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let strict = pinned("ssh://git@git.example.com:2222/team/app.git");
+        let options = effective(&strict);
+        let known = strict.dir().join("known_hosts");
+        for line in [
+            "stricthostkeychecking true".to_owned(),
+            format!("userknownhostsfile {}", known.display()),
+            "globalknownhostsfile /dev/null".to_owned(),
+            "batchmode yes".to_owned(),
+        ] {
+            assert!(options.lines().any(|l| l == line), "{line}: {options}");
+        }
+        let tofu = session(Auth::None, "git@git.example.com:team/app.git");
+        let options = effective(&tofu);
+        assert!(
+            options
+                .lines()
+                .any(|l| l == "stricthostkeychecking accept-new"),
+            "{options}"
+        );
     }
 
     /// Behind [`RepoUrl`]'s checks, git itself is told to refuse local
@@ -578,6 +702,11 @@ mod tests {
             AuthKind::None,
         );
         assert!(sha.unwrap().contains("not on the server"));
+        let host_key = hint(
+            "Host key verification failed.; fatal: Could not read from remote repository.",
+            AuthKind::SshKey,
+        );
+        assert!(host_key.unwrap().contains("known hosts"));
         assert!(hint("fatal: something else", AuthKind::None).is_none());
     }
 }

@@ -7,6 +7,9 @@
 //! are filled through [`TestRepo::commit`] (fixed author and dates, so
 //! commit ids are stable) and allow fetching any commit by id. The server
 //! counts requests, so tests can assert that a fetch happened.
+//!
+//! [`SshServer`] serves the same repositories over ssh with a real OpenSSH
+//! server, where the machine has one.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -220,6 +223,148 @@ impl TestRepo {
         let sha = git(work, &["rev-parse", "HEAD"]).await?;
         CommitSha::parse(sha.trim()).map_err(io::Error::other)
     }
+}
+
+/// An OpenSSH server (`/usr/sbin/sshd`) on 127.0.0.1 for tests of the ssh
+/// transport and its host key checking: its own ed25519 host key, one
+/// client key allowed, logging in as root and serving any repository by
+/// absolute path (such as a [`TestRepo`]'s bare one). Stops when dropped.
+///
+/// It needs the server binary (Debian: openssh-server) and root;
+/// [`SshServer::unavailable`] says why a machine cannot run it.
+pub struct SshServer {
+    port: u16,
+    host_key: String,
+    other_key: String,
+    client_key: String,
+    log: PathBuf,
+    _child: tokio::process::Child,
+    // Last: removed after the server is killed.
+    _dir: tempfile::TempDir,
+}
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+impl SshServer {
+    /// Why this machine cannot run the server, if it cannot.
+    pub fn unavailable() -> Option<&'static str> {
+        if !Path::new(SSHD).exists() {
+            return Some("no /usr/sbin/sshd (install openssh-server)");
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Some("not root (the server logs clients in as root)");
+        }
+        // sshd's privilege separation directory, which its service unit
+        // creates before starting it.
+        if std::fs::create_dir_all("/run/sshd").is_err() {
+            return Some("cannot create /run/sshd");
+        }
+        None
+    }
+
+    /// Starts a server on a free port and waits until it listens.
+    pub async fn start() -> io::Result<SshServer> {
+        if let Some(why) = SshServer::unavailable() {
+            return Err(io::Error::other(why));
+        }
+        let dir = tempfile::Builder::new().prefix("ferry-sshd-").tempdir()?;
+        let d = utf8(dir.path())?.to_owned();
+        let host_key = keygen(dir.path(), "host").await?;
+        let other_key = keygen(dir.path(), "other").await?;
+        let client_public = keygen(dir.path(), "client").await?;
+        tokio::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("{client_public}\n"),
+        )
+        .await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = format!(
+            "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\nPidFile none\n"
+        );
+        tokio::fs::write(dir.path().join("sshd_config"), config).await?;
+        let log = dir.path().join("sshd.log");
+        let child = tokio::process::Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let client_key = tokio::fs::read_to_string(dir.path().join("client")).await?;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(SshServer {
+                    port,
+                    host_key,
+                    other_key,
+                    client_key,
+                    log,
+                    _child: child,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        Err(io::Error::other(format!("sshd did not listen: {log}")))
+    }
+
+    /// `ssh://root@127.0.0.1:<port>/<repo's bare path>`.
+    pub fn url(&self, repo: &TestRepo) -> io::Result<String> {
+        Ok(format!(
+            "ssh://root@127.0.0.1:{}{}",
+            self.port,
+            utf8(repo.bare_path())?
+        ))
+    }
+
+    /// The server's known_hosts line: `[127.0.0.1]:<port> ssh-ed25519 AAAA...`.
+    pub fn known_hosts(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.host_key)
+    }
+
+    /// A known_hosts line for the server with a key that is not its own.
+    pub fn wrong_known_hosts(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.other_key)
+    }
+
+    /// The private key (OpenSSH format) the server lets in.
+    pub fn client_key(&self) -> &str {
+        &self.client_key
+    }
+
+    /// What the server logged, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A new ed25519 key `dir/name`; returns its public `type base64` part.
+async fn keygen(dir: &Path, name: &str) -> io::Result<String> {
+    let path = dir.join(name);
+    let status = tokio::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .status()
+        .await?;
+    if !status.success() {
+        return Err(io::Error::other(format!("ssh-keygen failed: {status}")));
+    }
+    let public = tokio::fs::read_to_string(path.with_extension("pub")).await?;
+    Ok(public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 fn utf8(path: &Path) -> io::Result<&str> {

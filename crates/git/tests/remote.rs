@@ -402,8 +402,8 @@ async fn a_cancelled_operation_kills_git_with_its_helpers() {
 async fn ssh_transport_runs_ssh_with_our_options_and_key_file() {
     // Not an ssh server: it greets like one and hangs up. That is far
     // enough for ssh to have parsed GIT_SSH_COMMAND's options and found the
-    // key file; key exchange and authentication need a real sshd, which
-    // this machine does not have.
+    // key file; key exchange, host keys and authentication need a real
+    // sshd (tests/ssh_host_keys.rs, where the machine has one).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {

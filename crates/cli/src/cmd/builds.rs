@@ -2,13 +2,18 @@
 //! triggered them (`ferry.v1.GitService`).
 
 use std::io::Read as _;
+use std::time::Duration;
 
 use ferry_proto::ferry::v1 as pb;
+use pb::BuildStatus as Bs;
+use pb::DeploymentStatus as Ds;
+use tokio_stream::StreamExt as _;
 
 use crate::cli::{BuildsCmd, GitCmd};
-use crate::error::{CliError, Result};
+use crate::error::{CliError, Result, exit};
 use crate::list_all;
-use crate::session::{Session, pick};
+use crate::output::{Out, enum_word};
+use crate::session::{Api, Session, pick};
 
 fn provider(name: &str) -> Result<pb::GitProvider> {
     Ok(match name.to_ascii_lowercase().as_str() {
@@ -186,7 +191,11 @@ pub async fn builds(s: &mut Session, cmd: BuildsCmd) -> Result<()> {
             );
             s.out.list(&all)
         }
-        BuildsCmd::Trigger { service, commit } => {
+        BuildsCmd::Trigger {
+            service,
+            commit,
+            follow,
+        } => {
             let service_id = s.service_id(service.as_deref()).await?;
             let build = api
                 .git()
@@ -196,7 +205,41 @@ pub async fn builds(s: &mut Session, cmd: BuildsCmd) -> Result<()> {
                 }))
                 .await?
                 .into_inner();
-            s.out.one(&build)
+            if !follow {
+                return s.out.one(&build);
+            }
+            if !s.out.quiet {
+                eprintln!("build {} queued", build.id);
+            }
+            // Under -o json|yaml and -q stdout is the build object alone, as
+            // `ferry deploy` does with its rollout lines.
+            let sink = if s.out.structured() || s.out.quiet {
+                Sink::Progress
+            } else {
+                Sink::Stdout
+            };
+            let build = stream_logs(&api, s.out, build, true, sink).await?;
+            verdict(s.out, &build)?;
+            if s.out.structured() || s.out.quiet {
+                s.out.one(&build)?;
+            }
+            Ok(())
+        }
+        BuildsCmd::Logs { build, follow } => {
+            let build = api
+                .git()
+                .get_build(api.req(pb::GetBuildRequest { id: build }))
+                .await?
+                .into_inner();
+            let build = stream_logs(&api, s.out, build, follow, Sink::Stdout).await?;
+            if follow {
+                verdict(s.out, &build)
+            } else {
+                if !s.out.quiet {
+                    eprintln!("{}", summary(&build));
+                }
+                Ok(())
+            }
         }
         BuildsCmd::Cancel { build } => {
             let build = api
@@ -221,4 +264,172 @@ pub async fn builds(s: &mut Session, cmd: BuildsCmd) -> Result<()> {
             s.out.list(&all)
         }
     }
+}
+
+/// Where a build's log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// stdout: they are the command's output (one JSON object a line under
+    /// `-o json|yaml`).
+    Stdout,
+    /// Progress lines: stderr under `-o json|yaml`, nothing under `-q`.
+    Progress,
+}
+
+/// True once nothing more happens to the build.
+fn build_finished(status: Bs) -> bool {
+    !matches!(
+        status,
+        Bs::Unspecified | Bs::Queued | Bs::Cloning | Bs::Building
+    )
+}
+
+/// True for a deployment whose WatchDeployment stream ends by itself.
+fn deployment_finished(status: Ds) -> bool {
+    matches!(
+        status,
+        Ds::Running | Ds::Failed | Ds::Planned | Ds::Superseded | Ds::Cancelled
+    )
+}
+
+fn print_line(out: Out, sink: Sink, line: &pb::DeploymentLogLine) -> Result<()> {
+    if sink == Sink::Stdout && out.structured() {
+        let value = crate::output::to_json(line)?;
+        return crate::output::write_out(&format!("{value}\n"));
+    }
+    // Decoration (time, colour) only on a terminal: piped, the lines are
+    // exactly what the build printed.
+    let text = if out.color {
+        let time = line
+            .timestamp
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map_or_else(String::new, |t| t.format("%H:%M:%S ").to_string());
+        let message = match line.level.as_str() {
+            "warn" | "warning" => out.paint("33", &line.message),
+            "error" => out.paint("31", &line.message),
+            _ => line.message.clone(),
+        };
+        format!("{}{message}", out.paint("2", &time))
+    } else {
+        line.message.clone()
+    };
+    match sink {
+        Sink::Stdout => crate::output::write_out(&format!("{text}\n")),
+        Sink::Progress => {
+            out.progress(&text);
+            Ok(())
+        }
+    }
+}
+
+/// Prints `build`'s log lines stored so far and, with `follow`, the new
+/// ones until the build finishes. Returns the build as last read.
+///
+/// The lines are its deployment's (`WatchDeployment`), whose first event
+/// carries every line stored so far. The deployment stays `building` while
+/// the build runs; after that it either ends (failed, cancelled, planned:
+/// its stream closes after the last lines) or rolls the image out, which is
+/// no longer the build's business.
+async fn stream_logs(
+    api: &Api,
+    out: Out,
+    build: pb::Build,
+    follow: bool,
+    sink: Sink,
+) -> Result<pb::Build> {
+    if build.deployment_id.is_empty() {
+        return Ok(build);
+    }
+    let mut stream = api
+        .deployments()
+        .watch_deployment(api.req(pb::WatchDeploymentRequest {
+            id: build.deployment_id.clone(),
+        }))
+        .await?
+        .into_inner();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        for line in &event.logs {
+            print_line(out, sink, line)?;
+        }
+        if !follow {
+            break;
+        }
+        let status = event
+            .deployment
+            .as_ref()
+            .map_or(Ds::Building, pb::Deployment::status);
+        if status != Ds::Building && !deployment_finished(status) {
+            break;
+        }
+    }
+    if follow {
+        wait_finished(api, &build.id).await
+    } else {
+        get_build(api, &build.id).await
+    }
+}
+
+async fn get_build(api: &Api, id: &str) -> Result<pb::Build> {
+    Ok(api
+        .git()
+        .get_build(api.req(pb::GetBuildRequest { id: id.to_owned() }))
+        .await?
+        .into_inner())
+}
+
+/// The build once it is finished. Its deployment leaves `building` a moment
+/// before the build row says so (a success is deployed first), hence the
+/// short wait.
+async fn wait_finished(api: &Api, id: &str) -> Result<pb::Build> {
+    const POLLS: u32 = 80;
+    let mut build = get_build(api, id).await?;
+    for _ in 0..POLLS {
+        if build_finished(build.status()) {
+            return Ok(build);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        build = get_build(api, id).await?;
+    }
+    Err(CliError::msg(format!(
+        "build {id} is still {} but its log stream ended",
+        enum_word(build.status().as_str_name(), "BUILD_STATUS_")
+    ))
+    .hint(format!("`ferry builds logs {id} -f` follows it again")))
+}
+
+/// One line on where `build` stands.
+fn summary(build: &pb::Build) -> String {
+    let reason = build
+        .message
+        .lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("no reason recorded");
+    let id = &build.id;
+    match build.status() {
+        Bs::Succeeded => format!("build {id} succeeded: {}", build.image),
+        Bs::Failed => format!("build {id} failed: {reason}"),
+        Bs::TimedOut => format!("build {id} timed out: {reason}"),
+        Bs::Cancelled => format!("build {id} was cancelled: {reason}"),
+        Bs::Skipped => format!("build {id} was skipped: {reason}"),
+        Bs::Planned => format!("build {id} was planned, not run: {reason}"),
+        other => format!(
+            "build {id} is {} (`-f` follows it)",
+            enum_word(other.as_str_name(), "BUILD_STATUS_")
+        ),
+    }
+}
+
+/// A followed build's outcome: a failure, time-out or cancellation is an
+/// error (exit 7) with the recorded reason.
+fn verdict(out: Out, build: &pb::Build) -> Result<()> {
+    if matches!(build.status(), Bs::Failed | Bs::TimedOut | Bs::Cancelled) {
+        return Err(CliError::new(exit::BUILD_FAILED, summary(build)));
+    }
+    if !out.quiet {
+        eprintln!("{}", summary(build));
+    }
+    Ok(())
 }
