@@ -475,6 +475,42 @@ async fn a_build_streams_into_its_deployment_and_deploys_the_pushed_image() {
             .unwrap()
             .into_inner();
         assert!(generic.ssh_public_key.starts_with("ssh-ed25519 "), "{b}");
+        // Without known hosts an SSH repository is refused up front (every
+        // build would fail on the host key); https needs none.
+        let unpinned = e
+            .git
+            .create_git_integration(authed(
+                pb::CreateGitIntegrationRequest {
+                    organization_id: e.org.clone(),
+                    provider: pb::GitProvider::Generic.into(),
+                    name: "unpinned".into(),
+                    ..Default::default()
+                },
+                &e.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let set = |repository: &str| pb::SetBuildConfigRequest {
+            service_id: web.clone(),
+            git_integration_id: unpinned.id.clone(),
+            repository: repository.into(),
+            ..Default::default()
+        };
+        let err = e
+            .git
+            .set_build_config(authed(set("git@git.example.test:team/web.git"), &e.token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{b}: {err:?}");
+        assert!(err.message().contains("sshKnownHosts"), "{b}: {err:?}");
+        e.git
+            .set_build_config(authed(
+                set("https://git.example.test/team/web.git"),
+                &e.token,
+            ))
+            .await
+            .unwrap();
         assert!(!generic.has_token, "{b}");
         e.git
             .set_build_config(authed(

@@ -315,6 +315,22 @@ impl GitApi {
             return Err(Error::NotFound("git integration not found".into()));
         }
         let repository = repository(integration.provider, &req.repository)?;
+        let over_ssh = !repository.to_ascii_lowercase().starts_with("http");
+        if integration.provider == GitProvider::Generic
+            && over_ssh
+            && integration
+                .ssh_known_hosts
+                .as_deref()
+                .is_none_or(str::is_empty)
+        {
+            // Builds check the server's host key strictly; without known
+            // hosts every build would fail at its first step.
+            return Err(Error::FailedPrecondition(format!(
+                "git integration {} has no SSH known hosts, so builds cannot verify the server: \
+                 connect it again with sshKnownHosts (the output of `ssh-keyscan <host>`)",
+                integration.name
+            )));
+        }
         let branch = branch(
             "branch",
             if req.branch.trim().is_empty() {
