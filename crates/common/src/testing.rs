@@ -99,6 +99,11 @@ impl ServiceProcess {
     }
 
     /// Everything the process wrote to stdout so far.
+    /// The process id (for measurements such as its RSS).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
