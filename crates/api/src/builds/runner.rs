@@ -27,7 +27,6 @@ use ferry_db::entities::{
     build_configs as configs, builds, deployment_logs, deployments, git_integrations, projects,
     services, webhook_deliveries,
 };
-use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
     QueryOrder as _, QuerySelect as _,
@@ -42,6 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use super::queue::ACTIVE;
+use crate::lease::Lease;
 use crate::workloads::Deployer;
 use crate::workloads::deploy::log as deploy_log;
 use crate::{Error, Result};
@@ -229,10 +229,9 @@ impl BuildRunner {
         })
     }
 
-    fn lease_until(&self) -> chrono::DateTime<Utc> {
-        Utc::now()
-            + chrono::Duration::from_std(self.config.lease_ttl)
-                .unwrap_or_else(|_| chrono::Duration::seconds(30))
+    /// This replica's build leases.
+    fn lease(&self) -> Lease<'_> {
+        Lease::new(&self.config.replica_id, self.config.lease_ttl)
     }
 
     fn is_running(&self, id: Uuid) -> bool {
@@ -300,41 +299,11 @@ impl BuildRunner {
     /// Takes or renews the lease of active build `id`; one conditional
     /// UPDATE, so of racing replicas exactly one wins.
     async fn claim(&self, id: Uuid) -> Result<bool> {
-        let me = self.config.replica_id.clone();
-        let result = builds::Entity::update_many()
-            .col_expr(builds::Column::LeaseOwner, Expr::value(me.clone()))
-            .col_expr(
-                builds::Column::LeaseExpiresAt,
-                Expr::value(self.lease_until()),
-            )
-            .filter(builds::Column::Id.eq(id))
-            .filter(builds::Column::Status.is_in(ACTIVE))
-            .filter(
-                Expr::col(builds::Column::LeaseExpiresAt)
-                    .is_null()
-                    .or(Expr::col(builds::Column::LeaseExpiresAt).lt(Utc::now()))
-                    .or(Expr::col(builds::Column::LeaseOwner).eq(me)),
-            )
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        self.lease().claim::<builds::Entity>(&self.db, id).await
     }
 
     async fn release(&self, id: Uuid) {
-        let result = builds::Entity::update_many()
-            .col_expr(
-                builds::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                builds::Column::LeaseExpiresAt,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
-            .filter(builds::Column::Id.eq(id))
-            .filter(builds::Column::LeaseOwner.eq(self.config.replica_id.clone()))
-            .exec(&self.db)
-            .await;
-        if let Err(err) = result {
+        if let Err(err) = self.lease().release::<builds::Entity>(&self.db, id).await {
             tracing::warn!(error = %err, "releasing a build's lease failed");
         }
     }
@@ -342,28 +311,19 @@ impl BuildRunner {
     /// Renews the lease until it is lost or the build stops being active
     /// (cancelled: the builder deletes its Job).
     async fn keep_lease(&self, id: Uuid) {
-        let mut tick = tokio::time::interval(self.config.lease_ttl / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match self.claim(id).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let status = builds::Entity::find_by_id(id)
-                        .one(&self.db)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|b| b.status);
-                    if status == Some(BuildStatus::Cancelled) {
-                        self.cancel_job(id).await;
-                    } else {
-                        tracing::warn!("lost the build's lease: another replica drives it now");
-                    }
-                    return;
-                }
-                Err(err) => tracing::warn!(error = %err, "renewing the build's lease failed"),
-            }
+        self.lease()
+            .keep::<builds::Entity>(&self.db, id, "build")
+            .await;
+        let status = builds::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|b| b.status);
+        if status == Some(BuildStatus::Cancelled) {
+            self.cancel_job(id).await;
+        } else {
+            tracing::warn!("lost the build's lease: another replica drives it now");
         }
     }
 
