@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use ferry_common::{CommonArgs, DatabaseArgs, EncryptionArgs};
 
+use crate::accounts::limits::{Unit, amount};
 use crate::feed::FeedToken;
 
 /// Command-line and environment configuration.
@@ -47,14 +48,35 @@ pub struct Args {
     #[arg(long, env = "FERRY_BUILDER_TOKEN", hide_env_values = true)]
     pub builder_token: Option<String>,
 
-    /// Builds of one organization that run at once; the rest wait queued.
+    /// Builds of one organization that run at once by default; the rest
+    /// wait queued. An organization's `concurrentBuilds` limit overrides it.
     #[arg(
         long,
         env = "FERRY_BUILDS_PER_ORG",
         default_value_t = 2,
-        value_parser = clap::value_parser!(u16).range(1..=100)
+        value_parser = clap::value_parser!(u16).range(1..=50)
     )]
     pub builds_per_org: u16,
+
+    /// Default CPU limit of one build Job (a Kubernetes quantity); it
+    /// requests a quarter. An organization's `buildCpu` limit overrides it.
+    #[arg(
+        long,
+        env = "FERRY_API_BUILD_CPU",
+        default_value = "2",
+        value_parser = build_cpu
+    )]
+    pub build_cpu: String,
+
+    /// Default memory limit of one build Job; it requests a quarter. An
+    /// organization's `buildMemory` limit overrides it.
+    #[arg(
+        long,
+        env = "FERRY_API_BUILD_MEMORY",
+        default_value = "4Gi",
+        value_parser = build_memory
+    )]
+    pub build_memory: String,
 
     /// `host:port` at which the proxies reach the HTTP listener (e.g.
     /// `ferry-api.ferry.svc.cluster.local:8081`). Set: the route feed sends
@@ -201,7 +223,6 @@ impl Args {
         crate::builds::runner::RunnerConfig {
             builder_url: self.builder_url.clone(),
             builder_token: self.builder_token.clone(),
-            per_org_limit: usize::from(self.builds_per_org),
             ..Default::default()
         }
     }
@@ -250,6 +271,9 @@ impl Args {
                     memory: self.project_quota_memory.clone(),
                     storage: self.project_quota_storage.clone(),
                     pods: self.project_quota_pods,
+                    build_cpu: self.build_cpu.clone(),
+                    build_memory: self.build_memory.clone(),
+                    concurrent_builds: i32::from(self.builds_per_org),
                     ..ferry_k8s::spec::ProjectQuota::default()
                 },
                 egress_deny_cidrs: self.tenant_egress_deny.clone(),
@@ -260,6 +284,34 @@ impl Args {
             rollouts: crate::workloads::deploy::Rollouts::default(),
         }
     }
+}
+
+/// `--build-cpu`: a CPU quantity above zero, checked at start-up as
+/// `SetOrganizationLimits` checks `buildCpu`.
+fn build_cpu(value: &str) -> Result<String, String> {
+    positive(value, Unit::Cpu)
+}
+
+/// `--build-memory`: a memory quantity above zero.
+fn build_memory(value: &str) -> Result<String, String> {
+    positive(value, Unit::Bytes)
+}
+
+fn positive(value: &str, unit: Unit) -> Result<String, String> {
+    let v = value.trim();
+    let (ok, example) = match unit {
+        Unit::Cpu => (ferry_k8s::validate::is_cpu(v), "500m or 2"),
+        Unit::Bytes => (ferry_k8s::validate::is_memory(v), "4Gi"),
+    };
+    if !ok {
+        return Err(format!(
+            "`{value}` is not a Kubernetes quantity like {example}"
+        ));
+    }
+    if amount(unit, v).is_none_or(|a| a <= 0.0) {
+        return Err(format!("`{value}` must be more than zero"));
+    }
+    Ok(v.to_owned())
 }
 
 /// `ferry-api` subcommands.
@@ -322,5 +374,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`10.0.0.0/33` is not a CIDR"), "{err}");
+    }
+
+    #[test]
+    fn build_defaults_are_validated_at_start_up_and_feed_the_quota() {
+        let args = Args::try_parse_from([
+            "ferry-api",
+            "--build-cpu",
+            "1500m",
+            "--build-memory",
+            "6Gi",
+            "--builds-per-org",
+            "3",
+        ])
+        .unwrap();
+        let quota = args
+            .deploy_config(ferry_common::Shutdown::new())
+            .policy
+            .quota;
+        assert_eq!(
+            (
+                quota.build_cpu.as_str(),
+                quota.build_memory.as_str(),
+                quota.concurrent_builds
+            ),
+            ("1500m", "6Gi", 3)
+        );
+        let defaults = Args::try_parse_from(["ferry-api"])
+            .unwrap()
+            .deploy_config(ferry_common::Shutdown::new())
+            .policy
+            .quota;
+        assert_eq!(defaults, ferry_k8s::spec::ProjectQuota::default());
+        for (flag, value, says) in [
+            ("--build-cpu", "lots", "not a Kubernetes quantity"),
+            ("--build-cpu", "0m", "more than zero"),
+            ("--build-memory", "4 GB", "not a Kubernetes quantity"),
+            ("--build-memory", "0", "more than zero"),
+            ("--builds-per-org", "0", "not in 1..=50"),
+            ("--builds-per-org", "51", "not in 1..=50"),
+        ] {
+            let err = Args::try_parse_from(["ferry-api", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(flag) && err.contains(says),
+                "{flag} {value}: {err}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod lease;
 pub mod mail;
 pub mod paging;
 pub mod request;

@@ -2,8 +2,10 @@
 //! on SQLite and PostgreSQL: a build's events become rows (status, commit,
 //! log lines on its deployment), success deploys the pushed image, failure
 //! records the step and last lines, a skip marks the delivery ignored,
-//! cancelling deletes the Job through the builder, and an organization's
-//! builds wait for its limit.
+//! cancelling deletes the Job through the builder, an organization's
+//! builds wait for its limit (`concurrentBuilds`, set by a super-admin
+//! with SetOrganizationLimits) without holding back other organizations,
+//! and its `buildCpu`/`buildMemory` reach the builder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -17,6 +19,7 @@ use ferry_api::ApiState;
 use ferry_api::builds::runner::{BuildRunner, RunnerConfig};
 use ferry_common::Shutdown;
 use ferry_db::entities::deployment_logs;
+use ferry_db::entities::enums::OrgRole;
 use ferry_db::sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
 use ferry_proto::ferry::internal::v1 as ipb;
 use ferry_proto::ferry::v1 as pb;
@@ -41,6 +44,20 @@ struct Script {
     events: Vec<Event>,
     /// Keep the stream open after the events until released.
     hold: bool,
+    /// Sent once released (a verdict, say).
+    then: Vec<Event>,
+}
+
+impl Script {
+    /// Resolves `commit`, then waits for a release before finishing.
+    fn held(commit: &str) -> Self {
+        let mut finish = finish_script(commit);
+        Script {
+            events: vec![finish.events.remove(0)],
+            hold: true,
+            then: finish.events,
+        }
+    }
 }
 
 fn finish_script(commit: &str) -> Script {
@@ -66,6 +83,7 @@ fn finish_script(commit: &str) -> Script {
             }),
         ],
         hold: false,
+        then: vec![],
     }
 }
 
@@ -141,6 +159,15 @@ impl BuilderService for FakeBuilder {
             if script.hold {
                 release.notified().await;
             }
+            for event in script.then {
+                let e = ipb::BuildEvent {
+                    at: None,
+                    event: Some(event),
+                };
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -179,6 +206,7 @@ struct Env {
     fake: FakeBuilder,
     stop: Shutdown,
     builder_stop: Shutdown,
+    c: Clients,
     git: GitServiceClient<Channel>,
     services: ServiceServiceClient<Channel>,
     token: String,
@@ -186,8 +214,11 @@ struct Env {
     project: String,
 }
 
-async fn env(db: &DatabaseConnection, per_org_limit: usize, builder: bool) -> Env {
-    let state = ferry_api::testing::state(db, None);
+/// The api and a runner on `db`; `per_org_limit` is the installation's
+/// default of concurrent builds per organization (`--builds-per-org`).
+async fn env(db: &DatabaseConnection, per_org_limit: i32, builder: bool) -> Env {
+    let mut state = ferry_api::testing::state(db, None);
+    state.deploy.policy.quota.concurrent_builds = per_org_limit;
     let api = start_state(&state, relaxed()).await;
     let fake = FakeBuilder::default();
     let (addr, builder_stop) = start_builder(fake.clone()).await;
@@ -199,7 +230,6 @@ async fn env(db: &DatabaseConnection, per_org_limit: usize, builder: bool) -> En
         RunnerConfig {
             builder_url: builder.then(|| format!("http://{addr}")),
             builder_token: Some(BUILDER_TOKEN.into()),
-            per_org_limit,
             lease_ttl: Duration::from_millis(900),
             poll: Duration::from_millis(100),
             ..RunnerConfig::default()
@@ -235,6 +265,7 @@ async fn env(db: &DatabaseConnection, per_org_limit: usize, builder: bool) -> En
         builder_stop,
         git: GitServiceClient::new(c.channel.clone()),
         services: ServiceServiceClient::new(c.channel.clone()),
+        c,
         token,
         org,
         project,
@@ -252,11 +283,75 @@ impl Env {
     /// A service building acme/<name> with a GitHub token and a secret
     /// build arg.
     async fn service(&mut self, name: &str) -> String {
+        let (org, project) = (self.org.clone(), self.project.clone());
+        self.service_in(&org, &project, name).await
+    }
+
+    /// Another organization of the same user, with a project.
+    async fn other_org(&mut self, name: &str) -> (String, String) {
+        let org = create_org(&mut self.c, &self.token, name).await.id;
+        let project = ProjectServiceClient::new(self.c.channel.clone())
+            .create_project(authed(
+                pb::CreateProjectRequest {
+                    organization_id: org.clone(),
+                    name: "Shop".into(),
+                    ..Default::default()
+                },
+                &self.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        (org, project)
+    }
+
+    /// A platform super-admin's session token.
+    async fn super_admin(&mut self, db: &DatabaseConnection, name: &str) -> String {
+        let user = register(&mut self.c, name).await;
+        make_super_admin(db, &user.id).await;
+        login(&mut self.c, name).await
+    }
+
+    /// SetOrganizationLimits on `org` as `token`.
+    async fn set_limits(
+        &mut self,
+        token: &str,
+        org: &str,
+        limits: pb::ResourceLimits,
+    ) -> Result<pb::OrganizationLimits, Status> {
+        self.c
+            .orgs
+            .set_organization_limits(authed(
+                pb::SetOrganizationLimitsRequest {
+                    organization_id: org.into(),
+                    limits: Some(limits),
+                },
+                token,
+            ))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// The RunBuild request the builder got for build `id` (the last one).
+    fn request_for(&self, id: &str) -> Option<ipb::RunBuildRequest> {
+        self.fake
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, r)| r.build_id == id)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// A service of `org`'s `project`, as [`Env::service`].
+    async fn service_in(&mut self, org: &str, project: &str, name: &str) -> String {
         let integration = self
             .git
             .create_git_integration(authed(
                 pb::CreateGitIntegrationRequest {
-                    organization_id: self.org.clone(),
+                    organization_id: org.into(),
                     provider: pb::GitProvider::Github.into(),
                     name: format!("gh-{name}"),
                     token: "github_pat_SECRET_TOKEN".into(),
@@ -272,7 +367,7 @@ impl Env {
             .services
             .create_service(authed(
                 pb::CreateServiceRequest {
-                    project_id: self.project.clone(),
+                    project_id: project.into(),
                     name: name.into(),
                     spec: Some(pb::create_service_request::Spec::Application(
                         pb::ApplicationSpec {
@@ -337,6 +432,22 @@ impl Env {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// Releases held builds until build `id` is in `status` (5 s at most).
+    async fn release_until(&mut self, id: &str, status: pb::BuildStatus) -> pb::Build {
+        for _ in 0..250 {
+            self.fake.release.notify_waiters();
+            let b = self.build(id).await;
+            if b.status() == status {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "build {id} never reached {status:?}: {:?}",
+            self.build(id).await
+        );
     }
 
     /// Waits (5 s at most) until the build is in `status`.
@@ -561,6 +672,7 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
                 }),
             ],
             hold: false,
+            then: vec![],
         });
         let build = e.trigger(&web).await;
         let failed = e.wait_for(&build.id, pb::BuildStatus::Failed).await;
@@ -589,6 +701,7 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
                 }),
             ],
             hold: false,
+            then: vec![],
         });
         let build = e.trigger(&web).await;
         e.wait_for(&build.id, pb::BuildStatus::TimedOut).await;
@@ -598,6 +711,7 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
                 reason: "no watched path changed".into(),
             })],
             hold: false,
+            then: vec![],
         });
         let build = e.trigger(&web).await;
         let skipped = e.wait_for(&build.id, pb::BuildStatus::Skipped).await;
@@ -630,6 +744,7 @@ async fn cancelling_deletes_the_job_and_the_org_limit_queues_the_rest() {
         e.fake.scripts.lock().unwrap().push_back(Script {
             events: vec![resolved(&"1".repeat(40))],
             hold: true,
+            then: vec![],
         });
         let first = e.trigger(&web).await;
         e.wait_for(&first.id, pb::BuildStatus::Cloning).await;
@@ -681,6 +796,223 @@ async fn cancelling_deletes_the_job_and_the_org_limit_queues_the_rest() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{b}");
         let _ = &e.state;
+        e.stop().await;
+    }
+}
+
+/// (cpu request, cpu limit, memory request, memory limit) of a request.
+fn resources(r: &ipb::RunBuildRequest) -> (&str, &str, &str, &str) {
+    (
+        r.cpu_request.as_str(),
+        r.cpu_limit.as_str(),
+        r.memory_request.as_str(),
+        r.memory_limit.as_str(),
+    )
+}
+
+#[tokio::test]
+async fn an_organizations_concurrent_builds_hold_its_builds_not_other_organizations() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        // The installation lets each organization run two builds at once;
+        // a super-admin allows this one a single build.
+        let mut e = env(&db.conn, 2, true).await;
+        let root = e.super_admin(&db.conn, "root").await;
+        let org = e.org.clone();
+        let set = e
+            .set_limits(
+                &root,
+                &org,
+                pb::ResourceLimits {
+                    concurrent_builds: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(set.effective.unwrap().concurrent_builds, Some(1), "{b}");
+        assert_eq!(set.defaults.unwrap().concurrent_builds, Some(2), "{b}");
+        let web = e.service("web").await;
+        let api = e.service("api").await;
+        let (other, other_project) = e.other_org("Other Org").await;
+        let o1 = e.service_in(&other, &other_project, "o1").await;
+        let o2 = e.service_in(&other, &other_project, "o2").await;
+        // The first three builds the builder sees run until released.
+        for commit in ["1", "2", "3"] {
+            e.fake
+                .scripts
+                .lock()
+                .unwrap()
+                .push_back(Script::held(&commit.repeat(40)));
+        }
+        let first = e.trigger(&web).await;
+        e.wait_for(&first.id, pb::BuildStatus::Cloning).await;
+        let second = e.trigger(&api).await;
+        // Several polls later the second build still waits.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            e.build(&second.id).await.status(),
+            pb::BuildStatus::Queued,
+            "{b}: the organization's limit"
+        );
+        // The other organization is not held back: both its builds run
+        // (its limit is the default, two) while the second still waits.
+        let third = e.trigger(&o1).await;
+        let fourth = e.trigger(&o2).await;
+        e.wait_for(&third.id, pb::BuildStatus::Cloning).await;
+        e.wait_for(&fourth.id, pb::BuildStatus::Cloning).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            e.build(&second.id).await.status(),
+            pb::BuildStatus::Queued,
+            "{b}: still the organization's limit"
+        );
+        assert!(e.request_for(&second.id).is_none(), "{b}: not sent");
+        assert_eq!(e.fake.requests.lock().unwrap().len(), 3, "{b}");
+
+        // The first finishes: the second runs.
+        e.release_until(&first.id, pb::BuildStatus::Succeeded).await;
+        e.wait_for(&second.id, pb::BuildStatus::Succeeded).await;
+        for id in [&third.id, &fourth.id] {
+            e.release_until(id, pb::BuildStatus::Succeeded).await;
+        }
+        e.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_organizations_build_cpu_and_memory_reach_the_builder() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let mut e = env(&db.conn, 2, true).await;
+        let root = e.super_admin(&db.conn, "root").await;
+        let web = e.service("web").await;
+
+        // The installation defaults (`--build-cpu 2`, `--build-memory
+        // 4Gi`): limits, and a quarter of each as the request.
+        let build = e.trigger(&web).await;
+        e.wait_for(&build.id, pb::BuildStatus::Succeeded).await;
+        let request = e.request_for(&build.id).unwrap();
+        assert_eq!(resources(&request), ("500m", "2", "1Gi", "4Gi"), "{b}");
+
+        // A super-admin gives the organization bigger builds; the next
+        // build gets them.
+        let org = e.org.clone();
+        e.set_limits(
+            &root,
+            &org,
+            pb::ResourceLimits {
+                build_cpu: Some("3".into()),
+                build_memory: Some("8Gi".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let build = e.trigger(&web).await;
+        e.wait_for(&build.id, pb::BuildStatus::Succeeded).await;
+        let request = e.request_for(&build.id).unwrap();
+        assert_eq!(resources(&request), ("750m", "3", "2Gi", "8Gi"), "{b}");
+
+        // Small limits: the requests stop at their floors (100m, 256Mi).
+        e.set_limits(
+            &root,
+            &org,
+            pb::ResourceLimits {
+                build_cpu: Some("250m".into()),
+                build_memory: Some("512Mi".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let build = e.trigger(&web).await;
+        e.wait_for(&build.id, pb::BuildStatus::Succeeded).await;
+        let request = e.request_for(&build.id).unwrap();
+        assert_eq!(
+            resources(&request),
+            ("100m", "250m", "256Mi", "512Mi"),
+            "{b}"
+        );
+
+        // Another organization keeps the defaults.
+        let (other, project) = e.other_org("Other Org").await;
+        let service = e.service_in(&other, &project, "o").await;
+        let build = e.trigger(&service).await;
+        e.wait_for(&build.id, pb::BuildStatus::Succeeded).await;
+        let request = e.request_for(&build.id).unwrap();
+        assert_eq!(resources(&request), ("500m", "2", "1Gi", "4Gi"), "{b}");
+        e.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn build_limits_are_checked_and_only_super_admins_set_them() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let mut e = env(&db.conn, 2, true).await;
+        let root = e.super_admin(&db.conn, "root").await;
+        let org = e.org.clone();
+        let cpu = |v: &str| pb::ResourceLimits {
+            build_cpu: Some(v.into()),
+            ..Default::default()
+        };
+        let memory = |v: &str| pb::ResourceLimits {
+            build_memory: Some(v.into()),
+            ..Default::default()
+        };
+        let concurrent = |n: i32| pb::ResourceLimits {
+            concurrent_builds: Some(n),
+            ..Default::default()
+        };
+        for (limits, field) in [
+            (cpu("lots"), "limits.buildCpu"),
+            (cpu("0"), "limits.buildCpu"),
+            (cpu(""), "limits.buildCpu"),
+            (memory("4 GB"), "limits.buildMemory"),
+            (memory("0Mi"), "limits.buildMemory"),
+            (concurrent(0), "limits.concurrentBuilds"),
+            (concurrent(51), "limits.concurrentBuilds"),
+            (concurrent(-1), "limits.concurrentBuilds"),
+        ] {
+            let err = e.set_limits(&root, &org, limits.clone()).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{b}: {limits:?}");
+            assert!(
+                err.message().starts_with(&format!("{field}:")),
+                "{b}: {limits:?}: {}",
+                err.message()
+            );
+        }
+
+        // The organization's owner and an admin are tenants: they cannot
+        // give themselves more builds.
+        let admin = register(&mut e.c, "ops").await;
+        add_member(&db.conn, &org, &admin.id, OrgRole::Admin).await;
+        let admin = login(&mut e.c, "ops").await;
+        let owner = e.token.clone();
+        for token in [&owner, &admin] {
+            let err = e.set_limits(token, &org, concurrent(10)).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{b}");
+        }
+        // Nothing of it was stored.
+        let got =
+            e.c.orgs
+                .get_organization_limits(authed(
+                    pb::GetOrganizationLimitsRequest {
+                        organization_id: org.clone(),
+                    },
+                    &owner,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(got.overrides, Some(pb::ResourceLimits::default()), "{b}");
+
+        // The bounds themselves are accepted.
+        for n in [1, 50] {
+            let set = e.set_limits(&root, &org, concurrent(n)).await.unwrap();
+            assert_eq!(set.effective.unwrap().concurrent_builds, Some(n), "{b}");
+        }
         e.stop().await;
     }
 }

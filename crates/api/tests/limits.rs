@@ -1,29 +1,21 @@
 //! Organization resource limits over real gRPC, on SQLite and PostgreSQL:
 //! members read them, only platform super-admins set them, and what Set
-//! accepts renders into the project's ResourceQuota.
+//! accepts renders into the project's ResourceQuota (the build limits
+//! round-trip but stay out of it: builds run in the builds namespace;
+//! tests/builds.rs shows the runner using them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use ferry_db::entities::audit_logs;
 use ferry_db::entities::enums::OrgRole;
-use ferry_db::entities::{audit_logs, users};
-use ferry_db::sea_orm::sea_query::Expr;
-use ferry_db::sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use ferry_db::sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use support::*;
 use tonic::Code;
-
-async fn make_super_admin(db: &DatabaseConnection, user_id: &str) {
-    users::Entity::update_many()
-        .col_expr(users::Column::IsSuperAdmin, Expr::value(true))
-        .filter(users::Column::Id.eq(user_id.parse::<uuid::Uuid>().unwrap()))
-        .exec(db)
-        .await
-        .unwrap();
-}
 
 fn set_request(org: &str, limits: pb::ResourceLimits) -> pb::SetOrganizationLimitsRequest {
     pb::SetOrganizationLimitsRequest {
@@ -37,6 +29,9 @@ fn raised() -> pb::ResourceLimits {
         cpu: Some("12500m".into()),
         memory: Some("48Gi".into()),
         pods: Some(7),
+        build_cpu: Some("3".into()),
+        build_memory: Some("6Gi".into()),
+        concurrent_builds: Some(4),
         ..Default::default()
     }
 }
@@ -106,6 +101,15 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
             .into_inner();
         let defaults = got.defaults.clone().unwrap();
         assert_eq!(defaults.cpu.as_deref(), Some("8"), "{b}");
+        assert_eq!(
+            (
+                defaults.build_cpu.as_deref(),
+                defaults.build_memory.as_deref(),
+                defaults.concurrent_builds
+            ),
+            (Some("2"), Some("4Gi"), Some(2)),
+            "{b}"
+        );
         assert_eq!(got.effective, got.defaults, "{b}");
         assert_eq!(got.overrides, Some(pb::ResourceLimits::default()), "{b}");
 
@@ -205,6 +209,9 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
         assert_eq!(effective.cpu.as_deref(), Some("12500m"), "{b}");
         assert_eq!(effective.pods, Some(7), "{b}");
         assert_eq!(effective.storage, defaults.storage, "{b}");
+        assert_eq!(effective.build_cpu.as_deref(), Some("3"), "{b}");
+        assert_eq!(effective.build_memory.as_deref(), Some("6Gi"), "{b}");
+        assert_eq!(effective.concurrent_builds, Some(4), "{b}");
         assert_eq!(set.overrides, Some(raised()), "{b}");
         let audit = audit_logs::Entity::find()
             .filter(audit_logs::Column::Action.eq("organization.set_limits"))
@@ -215,6 +222,8 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
         assert_eq!(audit[0].details["from"], serde_json::json!({}), "{b}");
         assert_eq!(audit[0].details["to"]["cpu"], "12500m", "{b}");
         assert_eq!(audit[0].details["to"]["pods"], 7, "{b}");
+        assert_eq!(audit[0].details["to"]["build_memory"], "6Gi", "{b}");
+        assert_eq!(audit[0].details["to"]["concurrent_builds"], 4, "{b}");
 
         // A viewer reads the override.
         let got = c
@@ -229,11 +238,9 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
             .unwrap()
             .into_inner();
         assert_eq!(got.overrides, Some(raised()), "{b}");
-        assert_eq!(
-            got.effective.unwrap().memory.as_deref(),
-            Some("48Gi"),
-            "{b}"
-        );
+        let effective = got.effective.unwrap();
+        assert_eq!(effective.memory.as_deref(), Some("48Gi"), "{b}");
+        assert_eq!(effective.concurrent_builds, Some(4), "{b}");
 
         // What Set accepted renders into the project's ResourceQuota.
         let project = ProjectServiceClient::new(c.channel.clone())
@@ -271,6 +278,9 @@ async fn super_admins_set_limits_members_read_them_and_plans_render_them() {
         assert_eq!(quota(&yaml, "limits.cpu"), "12500m", "{b}");
         assert_eq!(quota(&yaml, "requests.memory"), "48Gi", "{b}");
         assert_eq!(quota(&yaml, "pods"), "7", "{b}");
+        // Build limits are not the project's: neither in its quota nor in
+        // its container defaults.
+        assert!(!yaml.contains("6Gi"), "{b}: {yaml}");
 
         // Clearing (every field unset) falls back to the defaults.
         let cleared = c

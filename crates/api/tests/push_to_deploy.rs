@@ -71,7 +71,7 @@ struct Stack {
     integration: pb::GitIntegration,
 }
 
-async fn stack(db: &ferry_db::sea_orm::DatabaseConnection, per_org_limit: usize) -> Stack {
+async fn stack(db: &ferry_db::sea_orm::DatabaseConnection, per_org_limit: i32) -> Stack {
     let git = GitServer::start().await.unwrap();
     let fake = FakeCluster::new();
     fake.set_default_behavior(Behavior::Ready);
@@ -88,6 +88,17 @@ async fn stack(db: &ferry_db::sea_orm::DatabaseConnection, per_org_limit: usize)
         )),
         deploy: DeployConfig {
             rollout_timeout: Duration::from_secs(10),
+            // `--builds-per-org`, `--build-cpu`, `--build-memory`: the
+            // defaults of every organization (not the builder's own).
+            policy: ferry_k8s::spec::ProjectPolicy {
+                quota: ferry_k8s::spec::ProjectQuota {
+                    concurrent_builds: per_org_limit,
+                    build_cpu: "1".into(),
+                    build_memory: "3Gi".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             ..DeployConfig::default()
         },
         builds: Default::default(),
@@ -101,7 +112,6 @@ async fn stack(db: &ferry_db::sea_orm::DatabaseConnection, per_org_limit: usize)
         RunnerConfig {
             builder_url: Some(builder.url()),
             builder_token: Some(builder.token.expose().to_owned()),
-            per_org_limit,
             ..RunnerConfig::default()
         },
         state.builds.clone(),
@@ -300,6 +310,28 @@ async fn a_signed_push_builds_in_the_cluster_and_the_image_rolls_out() {
         eprintln!(
             "{b}: webhook answered in {answered:?}, build Job created {job_created:?} after the push"
         );
+        // Every step of the Job runs with the organization's build
+        // resources: limits as set, requests a quarter of them.
+        let job = fake.objects("Job").into_iter().next().unwrap();
+        let spec = &job["spec"]["template"]["spec"];
+        let containers: Vec<&serde_json::Value> = spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(spec["containers"].as_array().unwrap())
+            .collect();
+        assert!(containers.len() >= 2, "{b}: {spec}");
+        for c in containers {
+            assert_eq!(
+                c["resources"],
+                json!({
+                    "limits": {"cpu": "1", "memory": "3Gi"},
+                    "requests": {"cpu": "250m", "memory": "768Mi"},
+                }),
+                "{b}: {}",
+                c["name"]
+            );
+        }
 
         let run = |container: &str, lines: &[&str], message: String| {
             fake.set_container_state(BUILDS_NS, &pod, container, FakeContainerState::Running);
@@ -432,7 +464,7 @@ async fn bench_webhook_to_job_latency() {
     const N: usize = 40;
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let mut s = stack(&db.conn, N).await;
+        let mut s = stack(&db.conn, i32::try_from(N).unwrap()).await;
         let mut services = Vec::new();
         for i in 0..N {
             services.push(s.service(&format!("svc{i}")).await);

@@ -360,6 +360,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_apis_resources_replace_the_defaults() {
+        // The api sends the organization's build resources; the builder's
+        // flags only fill what a request leaves empty.
+        let mut given = request();
+        given.cpu_request = "750m".into();
+        given.cpu_limit = "3".into();
+        given.memory_request = "2Gi".into();
+        given.memory_limit = "8Gi".into();
+        let r = BuildRequest::parse(given, &Config::default()).unwrap();
+        assert_eq!(
+            r.resources,
+            Resources {
+                cpu_request: Some("750m".into()),
+                cpu_limit: Some("3".into()),
+                memory_request: Some("2Gi".into()),
+                memory_limit: Some("8Gi".into()),
+            }
+        );
+        let mut partial = request();
+        partial.cpu_limit = "1".into();
+        let r = BuildRequest::parse(partial, &Config::default()).unwrap();
+        assert_eq!(r.resources.cpu_limit.as_deref(), Some("1"));
+        assert_eq!(r.resources.cpu_request.as_deref(), Some("500m"));
+    }
+
+    #[test]
     fn refusals_name_the_request_field() {
         type Mutation = fn(&mut pb::RunBuildRequest);
         let cases: Vec<(Mutation, &str)> = vec![

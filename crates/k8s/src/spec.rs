@@ -108,8 +108,11 @@ pub const DEFAULT_EGRESS_DENY: [&str; 8] = [
 ];
 
 /// A project's ResourceQuota (totals) and LimitRange (per-container
-/// defaults, applied to containers that set none). Quantities are
-/// Kubernetes quantities, validated by the api.
+/// defaults, applied to containers that set none), and the resources of
+/// the organization's image builds (not rendered here: builds run in the
+/// builds namespace). Quantities are Kubernetes quantities, validated by
+/// the api. Missing fields read as the defaults (`serde(default)`), so
+/// specs and settings stored before a field existed still parse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProjectQuota {
@@ -128,6 +131,13 @@ pub struct ProjectQuota {
     pub default_memory_request: String,
     pub default_cpu_limit: String,
     pub default_memory_limit: String,
+    /// CPU limit of one image build (a Job in the builds namespace, so
+    /// not part of the project's ResourceQuota or LimitRange).
+    pub build_cpu: String,
+    /// Memory limit of one image build.
+    pub build_memory: String,
+    /// Builds of the organization running at once.
+    pub concurrent_builds: i32,
 }
 
 impl Default for ProjectQuota {
@@ -145,6 +155,9 @@ impl Default for ProjectQuota {
             default_memory_request: "128Mi".into(),
             default_cpu_limit: "1".into(),
             default_memory_limit: "512Mi".into(),
+            build_cpu: "2".into(),
+            build_memory: "4Gi".into(),
+            concurrent_builds: 2,
         }
     }
 }

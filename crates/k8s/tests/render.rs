@@ -623,6 +623,34 @@ fn quota_and_limit_range_bound_the_project() {
 }
 
 #[test]
+fn build_limits_stay_out_of_the_project_namespace() {
+    // Builds run in the builds namespace: their limits change nothing the
+    // project renders, and are not checked here (the api checks them).
+    let plain = render(&app_spec()).unwrap().to_json(Redact::None);
+    let mut spec = app_spec();
+    spec.policy.quota.build_cpu = "not checked here".into();
+    spec.policy.quota.build_memory = "64Gi".into();
+    spec.policy.quota.concurrent_builds = 0;
+    assert_eq!(render(&spec).unwrap().to_json(Redact::None), plain);
+
+    // A spec or setting stored before the build limits existed reads them
+    // as the defaults.
+    let mut stored = serde_json::to_value(&spec.policy.quota).unwrap();
+    for key in ["build_cpu", "build_memory", "concurrent_builds"] {
+        stored.as_object_mut().unwrap().remove(key);
+    }
+    let quota: ferry_k8s::spec::ProjectQuota = serde_json::from_value(stored).unwrap();
+    assert_eq!(
+        (
+            quota.build_cpu.as_str(),
+            quota.build_memory.as_str(),
+            quota.concurrent_builds
+        ),
+        ("2", "4Gi", 2)
+    );
+}
+
+#[test]
 fn bad_policy_is_refused_naming_the_field() {
     let mut spec = app_spec();
     spec.policy.quota.cpu = "lots".into();

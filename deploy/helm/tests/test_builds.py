@@ -109,6 +109,18 @@ def test_builds_per_org_comes_from_values():
     assert "FERRY_BUILDS_PER_ORG" not in env(render(), "builder")
 
 
+def test_build_resources_default_from_values_on_the_api():
+    # The api sends them with every build (organization limits over these
+    # defaults); the builder's own resource flags stay unset.
+    api = env(render(), "api")
+    assert (api["FERRY_API_BUILD_CPU"], api["FERRY_API_BUILD_MEMORY"]) == ("2", "4Gi")
+    api = env(render("--set", "builds.cpu=1500m,builds.memory=6Gi"), "api")
+    assert (api["FERRY_API_BUILD_CPU"], api["FERRY_API_BUILD_MEMORY"]) == ("1500m", "6Gi")
+    assert env(render("--set", "builds.cpu=3"), "api")["FERRY_API_BUILD_CPU"] == "3"
+    builder = env(render(), "builder")
+    assert not any(k.startswith("FERRY_API_BUILD") for k in builder), builder
+
+
 # ------------------------------------------------------------ the token
 
 def test_builder_token_is_one_generated_secret_shared_by_api_and_builder():
@@ -237,7 +249,11 @@ def test_builds_settings_are_validated(bad, message):
     "builds.registry=https://registry.example.com/ferry",
     "builds.namespace=Ferry_Builds",
     "builds.perOrg=0",
-    "builds.perOrg=101",
+    "builds.perOrg=51",
+    "builds.cpu=lots",
+    "builds.cpu=2Gi",
+    "builds.memory=4GB",
+    "builds.memory=lots",
     "builds.clusterCidrs={not-a-cidr}",
     "builds.allowHttpGit=yes",
     "api.service.hooksPort=0",

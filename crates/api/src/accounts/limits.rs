@@ -1,7 +1,9 @@
 //! `GetOrganizationLimits` / `SetOrganizationLimits`: an organization's
-//! overrides of the installation's per-project quota, kept in
-//! `organizations.settings.limits` (keyed by `ProjectQuota`'s field names)
-//! and read by the renderer through [`spec::project_policy`].
+//! overrides of the installation's per-project quota and of its build
+//! resources and concurrency, kept in `organizations.settings.limits`
+//! (keyed by `ProjectQuota`'s field names) and read by the renderer
+//! through [`spec::project_policy`] and by the build runner
+//! ([`crate::builds::runner`]).
 //!
 //! Only platform super-admins set them: tenants never raise their own
 //! quota. Everything Set accepts renders (the same quantity checks as
@@ -29,8 +31,11 @@ use crate::{Error, Result};
 /// Largest object count an override may set.
 pub const MAX_COUNT: i32 = 100_000;
 
+/// Most builds of one organization that may run at once.
+pub const MAX_CONCURRENT_BUILDS: i32 = 50;
+
 #[derive(Clone, Copy)]
-enum Unit {
+pub(crate) enum Unit {
     Cpu,
     Bytes,
 }
@@ -38,7 +43,7 @@ enum Unit {
 /// The quantity fields: proto JSON name, settings key, unit, the field.
 fn quantities(
     l: &mut pb::ResourceLimits,
-) -> [(&'static str, &'static str, Unit, &mut Option<String>); 7] {
+) -> [(&'static str, &'static str, Unit, &mut Option<String>); 9] {
     [
         ("cpu", "cpu", Unit::Cpu, &mut l.cpu),
         ("memory", "memory", Unit::Bytes, &mut l.memory),
@@ -67,23 +72,41 @@ fn quantities(
             Unit::Bytes,
             &mut l.default_memory_limit,
         ),
+        ("buildCpu", "build_cpu", Unit::Cpu, &mut l.build_cpu),
+        (
+            "buildMemory",
+            "build_memory",
+            Unit::Bytes,
+            &mut l.build_memory,
+        ),
     ]
 }
 
-/// The object count fields: proto JSON name, settings key, the field.
-fn counts(l: &mut pb::ResourceLimits) -> [(&'static str, &'static str, &mut Option<i32>); 5] {
+/// The count fields: proto JSON name, settings key, largest value, the
+/// field (the smallest is 1).
+fn counts(l: &mut pb::ResourceLimits) -> [(&'static str, &'static str, i32, &mut Option<i32>); 6] {
     [
-        ("pods", "pods", &mut l.pods),
-        ("services", "services", &mut l.services),
+        ("pods", "pods", MAX_COUNT, &mut l.pods),
+        ("services", "services", MAX_COUNT, &mut l.services),
         (
             "persistentVolumeClaims",
             "persistent_volume_claims",
+            MAX_COUNT,
             &mut l.persistent_volume_claims,
         ),
-        ("secrets", "secrets", &mut l.secrets),
-        ("configMaps", "config_maps", &mut l.config_maps),
+        ("secrets", "secrets", MAX_COUNT, &mut l.secrets),
+        ("configMaps", "config_maps", MAX_COUNT, &mut l.config_maps),
+        (
+            "concurrentBuilds",
+            "concurrent_builds",
+            MAX_CONCURRENT_BUILDS,
+            &mut l.concurrent_builds,
+        ),
     ]
 }
+
+/// The quantities a build cannot run with at all: zero CPU or memory.
+const POSITIVE: [&str; 2] = ["build_cpu", "build_memory"];
 
 /// The overrides `limits` sets, validated (fields named `limits.<json>`).
 fn overrides(mut limits: pb::ResourceLimits) -> Result<Map<String, Value>> {
@@ -99,13 +122,18 @@ fn overrides(mut limits: pb::ResourceLimits) -> Result<Map<String, Value>> {
         let checked = checked.ok_or_else(|| {
             Error::InvalidArgument(format!("{field}: must not be empty (leave it unset)"))
         })?;
+        if POSITIVE.contains(&key) && amount(unit, &checked).is_none_or(|a| a <= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "{field}: must be more than zero"
+            )));
+        }
         out.insert(key.to_owned(), Value::String(checked));
     }
-    for (name, key, value) in counts(&mut limits) {
+    for (name, key, max, value) in counts(&mut limits) {
         let Some(value) = *value else { continue };
-        if !(1..=MAX_COUNT).contains(&value) {
+        if !(1..=max).contains(&value) {
             return Err(Error::InvalidArgument(format!(
-                "limits.{name}: must be between 1 and {MAX_COUNT}"
+                "limits.{name}: must be between 1 and {max}"
             )));
         }
         out.insert(key.to_owned(), Value::from(value));
@@ -114,8 +142,8 @@ fn overrides(mut limits: pb::ResourceLimits) -> Result<Map<String, Value>> {
 }
 
 /// The value of a quantity already checked by `validate` (CPU in cores,
-/// memory in bytes), for comparisons only.
-fn amount(unit: Unit, value: &str) -> Option<f64> {
+/// memory in bytes), for comparisons and the build runner's requests.
+pub(crate) fn amount(unit: Unit, value: &str) -> Option<f64> {
     let (number, scale) = match unit {
         Unit::Cpu => match value.strip_suffix('m') {
             Some(n) => (n, 1e-3),
@@ -189,7 +217,7 @@ fn to_pb(map: &Map<String, Value>) -> pb::ResourceLimits {
     for (_, key, _, value) in quantities(&mut out) {
         *value = map.get(key).and_then(Value::as_str).map(str::to_owned);
     }
-    for (_, key, value) in counts(&mut out) {
+    for (_, key, _, value) in counts(&mut out) {
         *value = map
             .get(key)
             .and_then(Value::as_i64)

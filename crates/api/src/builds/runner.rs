@@ -5,8 +5,11 @@
 //! build streams; a crashed replica's lease expires and another takes the
 //! build over). Driving a build is calling `BuilderService.RunBuild`, which
 //! re-attaches to the build's Job when it already runs, so a takeover never
-//! starts a second Job. At most `per_org_limit` builds of an organization
-//! run at once; the rest wait `queued`.
+//! starts a second Job. At most `concurrent_builds` builds of an
+//! organization run at once (its limits merged over the installation's
+//! defaults, see [`crate::accounts::limits`]); the rest wait `queued`.
+//! The same limits give each build Job its CPU and memory
+//! ([`build_resources`]).
 //!
 //! The builder's events become rows: status and commit on `builds`, log
 //! lines on the deployment (what `WatchDeployment` shows), and on success
@@ -24,10 +27,9 @@ use ferry_db::entities::enums::{
     BuildStatus, DeploymentStatus, GitProvider, LogLevel, WebhookDeliveryStatus,
 };
 use ferry_db::entities::{
-    build_configs as configs, builds, deployment_logs, deployments, git_integrations, projects,
-    services, webhook_deliveries,
+    build_configs as configs, builds, deployment_logs, deployments, git_integrations,
+    organizations, projects, services, webhook_deliveries,
 };
-use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
     QueryOrder as _, QuerySelect as _,
@@ -42,8 +44,11 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use super::queue::ACTIVE;
+use crate::accounts::limits::{Unit, amount};
+use crate::lease::Lease;
 use crate::workloads::Deployer;
 use crate::workloads::deploy::log as deploy_log;
+use crate::workloads::spec as workload_spec;
 use crate::{Error, Result};
 
 /// Where the builder is and how builds share it.
@@ -54,8 +59,6 @@ pub struct RunnerConfig {
     pub builder_url: Option<String>,
     /// The builder's service credential.
     pub builder_token: Option<String>,
-    /// Builds of one organization running at once.
-    pub per_org_limit: usize,
     /// This replica's lease owner id.
     pub replica_id: String,
     pub lease_ttl: Duration,
@@ -69,7 +72,6 @@ impl Default for RunnerConfig {
         Self {
             builder_url: None,
             builder_token: None,
-            per_org_limit: 2,
             replica_id: Uuid::now_v7().to_string(),
             lease_ttl: Duration::from_secs(30),
             poll: Duration::from_secs(2),
@@ -161,6 +163,74 @@ fn token_username(provider: GitProvider) -> &'static str {
     }
 }
 
+/// The resources of one build Job's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildResources {
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+/// Least CPU a build requests (millicores) when its limit allows.
+const MIN_BUILD_CPU_REQUEST_MILLI: f64 = 100.0;
+/// Least memory a build requests (bytes) when its limit allows.
+const MIN_BUILD_MEMORY_REQUEST: f64 = 256.0 * 1024.0 * 1024.0;
+
+/// What a build Job gets from the organization's effective `build_cpu` and
+/// `build_memory` (quantities checked by `SetOrganizationLimits` or at
+/// start-up): those are the limits, and each request is a quarter of its
+/// limit, at least 100m CPU and 256Mi memory (never above the limit).
+///
+/// Why a quarter: it is what ferry-builder's own defaults have always
+/// been (500m / 2 CPU, 1Gi / 4Gi), so the installation defaults schedule
+/// exactly as before; builds are bursty (long I/O-bound fetches, short
+/// compile peaks), and reserving the whole limit on a node for each one
+/// would leave small clusters unable to run two at once. The price is
+/// the usual one of requests below limits: a node that is short of memory
+/// may OOM-kill a build above its request; give builds more memory (or a
+/// dedicated node pool) rather than raising the request.
+pub fn build_resources(build_cpu: &str, build_memory: &str) -> BuildResources {
+    let cpu_request = amount(Unit::Cpu, build_cpu)
+        .map(|cores| (cores * 1000.0).floor())
+        .map(|limit| {
+            (limit / 4.0)
+                .floor()
+                .max(MIN_BUILD_CPU_REQUEST_MILLI.min(limit))
+        })
+        .filter(|m| *m >= 1.0)
+        .map_or_else(|| build_cpu.to_owned(), |m| format!("{m}m"));
+    let memory_request = amount(Unit::Bytes, build_memory)
+        .map(f64::floor)
+        .map(|limit| {
+            (limit / 4.0)
+                .floor()
+                .max(MIN_BUILD_MEMORY_REQUEST.min(limit))
+        })
+        .filter(|b| *b >= 1.0)
+        .map_or_else(|| build_memory.to_owned(), bytes_quantity);
+    BuildResources {
+        cpu_request,
+        cpu_limit: build_cpu.to_owned(),
+        memory_request,
+        memory_limit: build_memory.to_owned(),
+    }
+}
+
+/// `bytes` (a whole number) in the largest binary unit that divides it.
+fn bytes_quantity(bytes: f64) -> String {
+    for (suffix, size) in [
+        ("Gi", 1024f64.powi(3)),
+        ("Mi", 1024f64.powi(2)),
+        ("Ki", 1024f64),
+    ] {
+        if bytes % size == 0.0 {
+            return format!("{}{suffix}", bytes / size);
+        }
+    }
+    format!("{bytes}")
+}
+
 /// Why driving a build stopped before a verdict.
 enum Interrupted {
     /// Retry later (the builder is unreachable, the stream broke).
@@ -229,10 +299,9 @@ impl BuildRunner {
         })
     }
 
-    fn lease_until(&self) -> chrono::DateTime<Utc> {
-        Utc::now()
-            + chrono::Duration::from_std(self.config.lease_ttl)
-                .unwrap_or_else(|_| chrono::Duration::seconds(30))
+    /// This replica's build leases.
+    fn lease(&self) -> Lease<'_> {
+        Lease::new(&self.config.replica_id, self.config.lease_ttl)
     }
 
     fn is_running(&self, id: Uuid) -> bool {
@@ -253,19 +322,23 @@ impl BuildRunner {
             .await?;
         // Builds holding a live lease count against their organization.
         let mut busy: HashMap<Uuid, usize> = HashMap::new();
+        let mut waiting = HashSet::new();
         for b in &active {
             if b.lease_expires_at.is_some_and(|t| t > now) {
                 *busy.entry(b.organization_id).or_default() += 1;
+            } else if !self.is_running(b.id) {
+                waiting.insert(b.organization_id);
             }
         }
+        let allowed = self.concurrency(&waiting).await?;
+        let default = self.default_concurrency();
         for b in active {
             if self.is_running(b.id) {
                 continue;
             }
             let leased = b.lease_expires_at.is_some_and(|t| t > now);
-            if !leased
-                && busy.get(&b.organization_id).copied().unwrap_or(0) >= self.config.per_org_limit
-            {
+            let limit = allowed.get(&b.organization_id).copied().unwrap_or(default);
+            if !leased && busy.get(&b.organization_id).copied().unwrap_or(0) >= limit {
                 continue;
             }
             if !self.claim(b.id).await? {
@@ -297,44 +370,60 @@ impl BuildRunner {
         Ok(())
     }
 
+    /// The installation's default of builds per organization at once.
+    fn default_concurrency(&self) -> usize {
+        usize::try_from(self.deployer.config.policy.quota.concurrent_builds)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// How many builds each of `orgs` may run at once: its
+    /// `concurrent_builds` limit over the installation default, read in
+    /// one query. An organization whose stored limits do not parse gets
+    /// the default (logged; its builds then fail saying why, in
+    /// [`Self::request`]).
+    async fn concurrency(&self, orgs: &HashSet<Uuid>) -> Result<HashMap<Uuid, usize>> {
+        if orgs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(Uuid, serde_json::Value)> = organizations::Entity::find()
+            .select_only()
+            .column(organizations::Column::Id)
+            .column(organizations::Column::Settings)
+            .filter(organizations::Column::Id.is_in(orgs.iter().copied()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let default = &self.deployer.config.policy.quota;
+        Ok(rows
+            .into_iter()
+            .map(|(id, settings)| {
+                let merged =
+                    workload_spec::merge_quota(default, &workload_spec::quota_overrides(&settings));
+                let limit = match merged {
+                    Ok(q) => usize::try_from(q.concurrent_builds).unwrap_or(1).max(1),
+                    Err(err) => {
+                        tracing::warn!(
+                            organization = %id,
+                            error = %err,
+                            "an organization's limits do not parse: its builds run as many at once as the default"
+                        );
+                        self.default_concurrency()
+                    }
+                };
+                (id, limit)
+            })
+            .collect())
+    }
+
     /// Takes or renews the lease of active build `id`; one conditional
     /// UPDATE, so of racing replicas exactly one wins.
     async fn claim(&self, id: Uuid) -> Result<bool> {
-        let me = self.config.replica_id.clone();
-        let result = builds::Entity::update_many()
-            .col_expr(builds::Column::LeaseOwner, Expr::value(me.clone()))
-            .col_expr(
-                builds::Column::LeaseExpiresAt,
-                Expr::value(self.lease_until()),
-            )
-            .filter(builds::Column::Id.eq(id))
-            .filter(builds::Column::Status.is_in(ACTIVE))
-            .filter(
-                Expr::col(builds::Column::LeaseExpiresAt)
-                    .is_null()
-                    .or(Expr::col(builds::Column::LeaseExpiresAt).lt(Utc::now()))
-                    .or(Expr::col(builds::Column::LeaseOwner).eq(me)),
-            )
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        self.lease().claim::<builds::Entity>(&self.db, id).await
     }
 
     async fn release(&self, id: Uuid) {
-        let result = builds::Entity::update_many()
-            .col_expr(
-                builds::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                builds::Column::LeaseExpiresAt,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
-            .filter(builds::Column::Id.eq(id))
-            .filter(builds::Column::LeaseOwner.eq(self.config.replica_id.clone()))
-            .exec(&self.db)
-            .await;
-        if let Err(err) = result {
+        if let Err(err) = self.lease().release::<builds::Entity>(&self.db, id).await {
             tracing::warn!(error = %err, "releasing a build's lease failed");
         }
     }
@@ -342,28 +431,19 @@ impl BuildRunner {
     /// Renews the lease until it is lost or the build stops being active
     /// (cancelled: the builder deletes its Job).
     async fn keep_lease(&self, id: Uuid) {
-        let mut tick = tokio::time::interval(self.config.lease_ttl / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match self.claim(id).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let status = builds::Entity::find_by_id(id)
-                        .one(&self.db)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|b| b.status);
-                    if status == Some(BuildStatus::Cancelled) {
-                        self.cancel_job(id).await;
-                    } else {
-                        tracing::warn!("lost the build's lease: another replica drives it now");
-                    }
-                    return;
-                }
-                Err(err) => tracing::warn!(error = %err, "renewing the build's lease failed"),
-            }
+        self.lease()
+            .keep::<builds::Entity>(&self.db, id, "build")
+            .await;
+        let status = builds::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|b| b.status);
+        if status == Some(BuildStatus::Cancelled) {
+            self.cancel_job(id).await;
+        } else {
+            tracing::warn!("lost the build's lease: another replica drives it now");
         }
     }
 
@@ -492,6 +572,16 @@ impl BuildRunner {
             .one(&self.db)
             .await?
             .ok_or_else(|| gone("the project"))?;
+        // The organization's limits as they are now (a malformed override
+        // fails the build, saying so, as it fails a deployment).
+        let quota = workload_spec::project_policy(
+            &self.db,
+            &self.deployer.config.policy,
+            build.organization_id,
+        )
+        .await?
+        .quota;
+        let resources = build_resources(&quota.build_cpu, &quota.build_memory);
         let decrypt = |column: &str, value: &ferry_db::crypto::Encrypted| {
             self.keyring
                 .decrypt("git_integrations", column, integration.id, value)
@@ -551,6 +641,10 @@ impl BuildRunner {
             },
             build_args: plain.into_iter().collect(),
             secret_build_args: secret.into_iter().collect(),
+            cpu_request: resources.cpu_request,
+            cpu_limit: resources.cpu_limit,
+            memory_request: resources.memory_request,
+            memory_limit: resources.memory_limit,
             ..Default::default()
         })
     }
@@ -815,5 +909,36 @@ impl BuildRunner {
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(cpu: &str, memory: &str) -> (String, String) {
+        let r = build_resources(cpu, memory);
+        assert_eq!(
+            (r.cpu_limit.as_str(), r.memory_limit.as_str()),
+            (cpu, memory)
+        );
+        (r.cpu_request, r.memory_request)
+    }
+
+    #[test]
+    fn builds_request_a_quarter_of_their_limits_within_floors() {
+        // The installation defaults: ferry-builder's own defaults.
+        assert_eq!(requests("2", "4Gi"), ("500m".into(), "1Gi".into()));
+        assert_eq!(requests("1.5", "6G"), ("375m".into(), "1500000000".into()));
+        assert_eq!(requests("8", "10Gi"), ("2000m".into(), "2560Mi".into()));
+        // The floors: 100m and 256Mi, but never above the limit.
+        assert_eq!(requests("300m", "512Mi"), ("100m".into(), "256Mi".into()));
+        assert_eq!(requests("50m", "100Mi"), ("50m".into(), "100Mi".into()));
+        assert_eq!(
+            requests("1001m", "1025Ki"),
+            ("250m".into(), "1025Ki".into())
+        );
+        // Sub-millicore limits: requested as they are.
+        assert_eq!(requests("0.0005", "1"), ("0.0005".into(), "1".into()));
     }
 }

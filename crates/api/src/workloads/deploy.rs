@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use super::Scope;
 use crate::audit::Entry;
+use crate::lease::Lease;
 use crate::{Error, Result};
 
 /// Shown on `planned` deployments.
@@ -483,75 +484,38 @@ impl Deployer {
         Ok(spec)
     }
 
+    /// This replica's rollout leases.
+    fn lease(&self) -> Lease<'_> {
+        Lease::new(&self.config.replica_id, self.config.lease_ttl)
+    }
+
     fn lease_until(&self) -> chrono::DateTime<Utc> {
-        Utc::now()
-            + chrono::Duration::from_std(self.config.lease_ttl)
-                .unwrap_or_else(|_| chrono::Duration::seconds(30))
+        self.lease().until()
     }
 
     /// Takes (or renews) the lease of in-progress deployment `id` when it is
     /// free, expired or already ours; true when this replica now holds it.
-    /// One conditional UPDATE: of replicas racing, exactly one wins.
     async fn claim(&self, id: Uuid) -> Result<bool> {
-        use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
-        let now = Utc::now();
-        let me = self.config.replica_id.clone();
-        let result = deployments::Entity::update_many()
-            .col_expr(deployments::Column::LeaseOwner, Expr::value(me.clone()))
-            .col_expr(
-                deployments::Column::LeaseExpiresAt,
-                Expr::value(self.lease_until()),
-            )
-            .filter(deployments::Column::Id.eq(id))
-            .filter(
-                deployments::Column::Status
-                    .is_in([DeploymentStatus::Pending, DeploymentStatus::Deploying]),
-            )
-            .filter(
-                Expr::col(deployments::Column::LeaseExpiresAt)
-                    .is_null()
-                    .or(Expr::col(deployments::Column::LeaseExpiresAt).lt(now))
-                    .or(Expr::col(deployments::Column::LeaseOwner).eq(me)),
-            )
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        self.lease()
+            .claim::<deployments::Entity>(&self.db, id)
+            .await
     }
 
     /// Gives the lease up (graceful stop): another replica, or the next
     /// start, may resume at once instead of waiting for it to expire.
     async fn release(&self, id: Uuid) -> Result<()> {
-        use ferry_db::sea_orm::sea_query::Expr;
-        deployments::Entity::update_many()
-            .col_expr(
-                deployments::Column::LeaseExpiresAt,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
-            .filter(deployments::Column::Id.eq(id))
-            .filter(deployments::Column::LeaseOwner.eq(self.config.replica_id.clone()))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        self.lease()
+            .release::<deployments::Entity>(&self.db, id)
+            .await
     }
 
     /// Renews the lease every third of its lifetime; returns when it is lost
-    /// (another replica took the rollout over) or cannot be renewed.
+    /// (another replica took the rollout over).
     async fn keep_lease(&self, id: Uuid) {
-        let mut tick = tokio::time::interval(self.config.lease_ttl / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match self.claim(id).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!("lost the rollout's lease: another replica drives it now");
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "renewing the rollout's lease failed");
-                }
-            }
-        }
+        self.lease()
+            .keep::<deployments::Entity>(&self.db, id, "rollout")
+            .await;
+        tracing::warn!("lost the rollout's lease: another replica drives it now");
     }
 
     fn spawn(&self, cluster: Arc<Cluster>, id: Uuid, rendered: Rendered) {

@@ -195,6 +195,19 @@ pub async fn add_member(db: &DatabaseConnection, org: &str, user: &str, role: Or
     .unwrap();
 }
 
+/// Makes `user_id` a platform super-admin (read at login: log in again).
+pub async fn make_super_admin(db: &DatabaseConnection, user_id: &str) {
+    use ferry_db::entities::users;
+    use ferry_db::sea_orm::sea_query::Expr;
+    use ferry_db::sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
+    users::Entity::update_many()
+        .col_expr(users::Column::IsSuperAdmin, Expr::value(true))
+        .filter(users::Column::Id.eq(user_id.parse::<Uuid>().unwrap()))
+        .exec(db)
+        .await
+        .unwrap();
+}
+
 /// The workload services (tests/workloads.rs): every RPC rejects
 /// unauthenticated callers (checked in tests/identity.rs) and is tenant
 /// scoped against real victim resources (`every_workload_rpc_is_tenant_scoped`).
