@@ -2,12 +2,12 @@
 //! every cutoff (SQLite compares timestamps as text, so the edges matter).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ferry_db::entities::enums::{AuditResourceType, LogLevel};
+use ferry_db::entities::enums::{AuditResourceType, InviteRole, JobRunStatus, LogLevel};
 use ferry_db::entities::{
     audit_logs, auth_throttle, container_metrics, containers, deployment_logs, deployments,
-    organizations, projects, services,
+    job_runs, jobs, org_invitations, organizations, projects, services, sessions, users,
 };
-use ferry_db::retention::{RetentionPolicy, RetentionReport, cleanup};
+use ferry_db::retention::{RetentionPolicy, RetentionReport, cleanup, cleanup_in_batches};
 use ferry_tests::TestDb;
 use sea_orm::sea_query::prelude::chrono::{DateTime, Duration, DurationRound, Utc};
 use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
@@ -205,6 +205,7 @@ async fn default_policy_deletes_exactly_the_rows_past_each_cutoff() {
                 container_metrics: 2,
                 audit_logs: 1,
                 auth_throttle: 0,
+                ..RetentionReport::default()
             },
             "{b}"
         );
@@ -242,6 +243,7 @@ async fn the_policy_is_configurable_and_zero_keeps_forever() {
             deployment_logs_days: 0,
             container_metrics_days: 0,
             audit_logs_days: 30,
+            ..RetentionPolicy::default()
         };
         let report = cleanup(&db.conn, &policy, now).await.unwrap();
         assert_eq!(
@@ -251,6 +253,7 @@ async fn the_policy_is_configurable_and_zero_keeps_forever() {
                 container_metrics: 0,
                 audit_logs: 1,
                 auth_throttle: 0,
+                ..RetentionReport::default()
             },
             "{b}"
         );
@@ -306,5 +309,160 @@ async fn dead_throttle_rows_are_swept_live_ones_and_locks_kept() {
             .collect();
         left.sort();
         assert_eq!(left, ["account:k.recent", "account:k.still-locked"], "{b}");
+    }
+}
+
+/// Many rows go in several short transactions (batches smaller than the
+/// backlog); finished job runs, expired sessions and settled invitations
+/// are swept, active runs and live rows are kept.
+#[tokio::test]
+async fn batches_delete_everything_due_and_nothing_else() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let f = fixture(&db).await;
+        let now = test_now();
+        for i in 0..25 {
+            log(&db, &f, Some(now - Duration::days(40)), &format!("d-{i}")).await;
+        }
+        log(&db, &f, Some(now), "k-fresh").await;
+
+        let service = deployments::Entity::find_by_id(f.deployment)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .service_id
+            .unwrap();
+        let project = services::Entity::find_by_id(service)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .project_id;
+        let job = jobs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(project),
+            name: Set("nightly".into()),
+            image: Set(Some("busybox".into())),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let run = |status, finished: Option<DateTime<Utc>>, reason: &str| job_runs::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            job_id: Set(job.id),
+            status: Set(status),
+            finished_at: Set(finished),
+            reason: Set(Some(reason.into())),
+            created_at: Set(now - Duration::days(60)),
+            ..Default::default()
+        };
+        for r in [
+            run(
+                JobRunStatus::Succeeded,
+                Some(now - Duration::days(31)),
+                "d-old",
+            ),
+            run(
+                JobRunStatus::Failed,
+                Some(now - Duration::days(45)),
+                "d-older",
+            ),
+            run(
+                JobRunStatus::Succeeded,
+                Some(now - Duration::days(29)),
+                "k-recent",
+            ),
+            // Started two months ago and still running: never cut.
+            run(JobRunStatus::Running, None, "k-running"),
+        ] {
+            r.insert(&db.conn).await.unwrap();
+        }
+
+        let user = users::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            username: Set("ann".into()),
+            email: Set("ann@example.com".into()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let hash = |c: char| c.to_string().repeat(64);
+        for (token, expired) in [(hash('d'), 31), (hash('e'), 29)] {
+            sessions::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                user_id: Set(user.id),
+                token_hash: Set(token),
+                expires_at: Set(now - Duration::days(expired)),
+                ..Default::default()
+            }
+            .insert(&db.conn)
+            .await
+            .unwrap();
+        }
+        let org = projects::Entity::find_by_id(project)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .organization_id;
+        let invite =
+            |email: &str, expires: i64, accepted: Option<i64>| org_invitations::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                organization_id: Set(org),
+                email: Set(email.into()),
+                role: Set(InviteRole::Member),
+                token_hash: Set(format!(
+                    "{:064x}",
+                    email.len() as u64 * 7919 + expires.unsigned_abs()
+                )),
+                expires_at: Set(now + Duration::days(expires)),
+                accepted_at: Set(accepted.map(|d| now - Duration::days(d))),
+                ..Default::default()
+            };
+        for i in [
+            invite("d-expired@x.test", -31, None),
+            invite("d-accepted@x.test", 7, Some(40)),
+            invite("k-pending@x.test", 7, None),
+            invite("k-accepted-lately@x.test", 7, Some(2)),
+        ] {
+            i.insert(&db.conn).await.unwrap();
+        }
+
+        let report = cleanup_in_batches(&db.conn, &RetentionPolicy::default(), now, 10)
+            .await
+            .unwrap();
+        assert_eq!(report.deployment_logs, 25, "{b}");
+        assert_eq!(report.job_runs, 2, "{b}");
+        assert_eq!(report.sessions, 1, "{b}");
+        assert_eq!(report.invitations, 2, "{b}");
+        assert_eq!(messages(&db).await, ["k-fresh"], "{b}");
+        let mut runs: Vec<String> = job_runs::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.reason)
+            .collect();
+        runs.sort();
+        assert_eq!(runs, ["k-recent", "k-running"], "{b}");
+        let left = sessions::Entity::find().all(&db.conn).await.unwrap();
+        assert_eq!(left.len(), 1, "{b}");
+        assert_eq!(left[0].token_hash, hash('e'));
+        let mut emails: Vec<String> = org_invitations::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.email)
+            .collect();
+        emails.sort();
+        assert_eq!(
+            emails,
+            ["k-accepted-lately@x.test", "k-pending@x.test"],
+            "{b}"
+        );
     }
 }

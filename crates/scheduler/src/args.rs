@@ -42,6 +42,30 @@ pub struct Args {
     )]
     pub audit_retention_days: u32,
 
+    /// Days deployment (and build) logs are kept; 0 keeps them forever.
+    #[arg(
+        long,
+        env = "FERRY_DEPLOYMENT_LOG_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub deployment_log_retention_days: u32,
+
+    /// Days container metric samples are kept; 0 keeps them forever.
+    #[arg(long, env = "FERRY_METRICS_RETENTION_DAYS", default_value_t = 7)]
+    pub metrics_retention_days: u32,
+
+    /// Days finished job runs (and their logs) are kept; 0 keeps them forever.
+    #[arg(long, env = "FERRY_JOB_RUN_RETENTION_DAYS", default_value_t = 30)]
+    pub job_run_retention_days: u32,
+
+    /// Days push webhook deliveries are kept; 0 keeps them forever.
+    #[arg(
+        long,
+        env = "FERRY_WEBHOOK_DELIVERY_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub webhook_delivery_retention_days: u32,
+
     /// Seconds to wait at start-up for ferry-api to migrate the database
     /// before giving up (0: check once).
     #[arg(long, env = "FERRY_SCHEDULER_SCHEMA_WAIT_SECS", default_value_t = 60)]

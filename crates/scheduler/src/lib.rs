@@ -34,8 +34,11 @@ const SCHEMA_POLL: Duration = Duration::from_secs(1);
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     let _keyring = args.encryption.keyring().map_err(Error::Key)?;
     let policy = RetentionPolicy {
+        deployment_logs_days: args.deployment_log_retention_days,
+        container_metrics_days: args.metrics_retention_days,
         audit_logs_days: args.audit_retention_days,
-        ..RetentionPolicy::default()
+        job_runs_days: args.job_run_retention_days,
+        webhook_deliveries_days: args.webhook_delivery_retention_days,
     };
     let db = ferry_db::connect::connect_with(&args.database.connect_config()?).await?;
 
@@ -159,6 +162,10 @@ async fn retention_loop(
                 deployment_logs = report.deployment_logs,
                 container_metrics = report.container_metrics,
                 audit_logs = report.audit_logs,
+                job_runs = report.job_runs,
+                webhook_deliveries = report.webhook_deliveries,
+                sessions = report.sessions,
+                invitations = report.invitations,
                 "retention cleanup finished"
             ),
             Err(err) => tracing::warn!(error = %err, "retention cleanup failed; will retry"),
