@@ -34,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .emit_rerun_if_changed(false)
         // These carry secrets (a decrypted private key, git credentials,
-        // secret build args, a provider token): `lib.rs` writes redacted
+        // secret build args, a provider token) or a tenant's program output
+        // (job logs, which may print anything): `lib.rs` writes redacted
         // Debug impls.
         .skip_debug([
             ".ferry.internal.v1.Certificate",
@@ -42,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ferry.internal.v1.GitCredential",
             ".ferry.internal.v1.TokenCredential",
             ".ferry.v1.CreateGitIntegrationRequest",
+            ".ferry.v1.JobRunLogs",
         ])
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod jobs;
 pub mod lease;
 pub mod mail;
 pub mod paging;
@@ -240,6 +241,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
     let services =
         accounts::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
     let services = builds::add_git_service(services, &workloads);
+    let services = jobs::add_job_service(services, &workloads);
     workloads::add_workload_services(services, &workloads)
 }
 

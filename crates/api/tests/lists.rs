@@ -27,6 +27,7 @@ use ferry_db::sea_orm::{
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::git_service_client::GitServiceClient;
+use pb::job_service_client::JobServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
 use pb::route_service_client::RouteServiceClient;
@@ -90,6 +91,7 @@ struct W {
     routes: RouteServiceClient<Channel>,
     registries: RegistryServiceClient<Channel>,
     git: GitServiceClient<Channel>,
+    jobs: JobServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -104,6 +106,7 @@ fn w(channel: &Channel) -> W {
         routes: RouteServiceClient::new(channel.clone()),
         registries: RegistryServiceClient::new(channel.clone()),
         git: GitServiceClient::new(channel.clone()),
+        jobs: JobServiceClient::new(channel.clone()),
     }
 }
 
@@ -117,6 +120,8 @@ struct Owner {
     org: String,
     project: String,
     service: String,
+    /// A job that runs beside itself (ALLOW), for ListJobRuns.
+    job: String,
     grantee: String,
     /// Items added so far of each kind (names are numbered).
     added: usize,
@@ -174,6 +179,22 @@ async fn owner(api: &Api, db: &DatabaseConnection, name: &str) -> Owner {
         .unwrap()
         .into_inner()
         .id;
+    let job = w
+        .jobs
+        .create_job(authed(
+            pb::CreateJobRequest {
+                project_id: project.clone(),
+                name: "main-job".into(),
+                image: "busybox:1.36".into(),
+                concurrency_policy: pb::ConcurrencyPolicy::Allow.into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     let grantee = register(&mut c, &format!("{name}-grantee")).await.id;
     add_member(db, &org, &grantee, OrgRole::Member).await;
     Owner {
@@ -184,6 +205,7 @@ async fn owner(api: &Api, db: &DatabaseConnection, name: &str) -> Owner {
         org,
         project,
         service,
+        job,
         grantee,
         added: 0,
     }
@@ -415,6 +437,30 @@ async fn add_items(o: &mut Owner, db: &DatabaseConnection, k: usize) {
             ))
             .await
             .unwrap();
+        // Jobs (each with a run: ListJobs shows every job's last run) and
+        // runs of the owner's job.
+        let job =
+            o.w.jobs
+                .create_job(authed(
+                    pb::CreateJobRequest {
+                        project_id: o.project.clone(),
+                        name: format!("job{i}"),
+                        schedule: "@hourly".into(),
+                        image: "busybox:1.36".into(),
+                        ..Default::default()
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+        for id in [job, o.job.clone()] {
+            o.w.jobs
+                .run_job_now(authed(pb::RunJobNowRequest { id }, &tok))
+                .await
+                .unwrap();
+        }
         // Deliveries straight into the table: this test is about paging.
         ferry_db::entities::webhook_deliveries::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -577,6 +623,7 @@ fn scope_id(o: &Owner, rpc: &ListRpc) -> Option<String> {
         "organization_id" => o.org.clone(),
         "project_id" => o.project.clone(),
         "service_id" => o.service.clone(),
+        "job_id" => o.job.clone(),
         other => panic!("{}: no owner resource for {other}: add one", rpc.path),
     })
 }
@@ -644,7 +691,7 @@ async fn every_list_rpc_pages_one_row_at_a_time_without_gaps_or_repeats() {
         let (api, selects) = start_counted(&db.conn).await;
         let mut o = owner(&api, &db.conn, OWNER).await;
         let rpcs = list_rpcs();
-        assert_eq!(rpcs.len(), 21, "{b}: {rpcs:#?}");
+        assert_eq!(rpcs.len(), 23, "{b}: {rpcs:#?}");
 
         // Queries per listing do not depend on how many rows it returns.
         add_items(&mut o, &db.conn, 2).await;

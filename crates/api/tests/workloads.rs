@@ -20,6 +20,7 @@ use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::git_service_client::GitServiceClient;
+use pb::job_service_client::JobServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
 use pb::route_service_client::RouteServiceClient;
@@ -47,6 +48,7 @@ struct W {
     routes: RouteServiceClient<Channel>,
     registries: RegistryServiceClient<Channel>,
     git: GitServiceClient<Channel>,
+    jobs: JobServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -61,6 +63,7 @@ fn w(channel: &Channel) -> W {
         routes: RouteServiceClient::new(channel.clone()),
         registries: RegistryServiceClient::new(channel.clone()),
         git: GitServiceClient::new(channel.clone()),
+        jobs: JobServiceClient::new(channel.clone()),
     }
 }
 
@@ -1692,6 +1695,28 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner()
                 .id;
+        let job =
+            v.w.jobs
+                .create_job(authed(
+                    pb::CreateJobRequest {
+                        project_id: v.project.id.clone(),
+                        name: "nightly".into(),
+                        schedule: "@daily".into(),
+                        service_id: svc.id.clone(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let job_run =
+            v.w.jobs
+                .run_job_now(authed(pb::RunJobNowRequest { id: job.id.clone() }, &vt))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1699,6 +1724,8 @@ async fn every_workload_rpc_is_tenant_scoped() {
             let id = match (field.as_str(), service.as_str()) {
                 ("id", "GitService") if method.contains("Build") => build.clone(),
                 ("id", "GitService") => integration.clone(),
+                ("id", "JobService") if method.contains("JobRun") => job_run.clone(),
+                ("job_id", _) | ("id", "JobService") => job.id.clone(),
                 ("organization_id", _) => v.org.clone(),
                 ("project_id", _) | ("id", "ProjectService") => v.project.id.clone(),
                 ("service_id", _) | ("id", "ServiceService") => svc.id.clone(),
@@ -1767,6 +1794,22 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner();
         assert_eq!(still.status(), pb::BuildStatus::Queued, "{b}");
+        let still =
+            v.w.jobs
+                .get_job(authed(pb::GetJobRequest { id: job.id.clone() }, &vt))
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            (still.schedule.as_str(), still.enabled, still.retries),
+            ("@daily", true, 0),
+            "{b}"
+        );
+        assert_eq!(
+            still.last_run.map(|r| (r.status(), r.id)),
+            Some((pb::JobRunStatus::Pending, job_run.clone())),
+            "{b}: the victim's run is neither cancelled nor joined by another"
+        );
         v.w.git
             .get_git_integration(authed(
                 pb::GetGitIntegrationRequest {
@@ -3473,10 +3516,78 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                 .await
                 .map(drop),
         ));
+        // A job of the attacker's that would run the victim's service, with
+        // its environment.
+        tried.push((
+            "JobService/CreateJob",
+            a.w.jobs
+                .create_job(authed(
+                    pb::CreateJobRequest {
+                        project_id: a.project.id.clone(),
+                        name: "stolen".into(),
+                        service_id: v_svc.id.clone(),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        let a_job =
+            a.w.jobs
+                .create_job(authed(
+                    pb::CreateJobRequest {
+                        project_id: a.project.id.clone(),
+                        name: "mine".into(),
+                        image: "ghcr.io/mallory/x:1".into(),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        tried.push((
+            "JobService/UpdateJob",
+            a.w.jobs
+                .update_job(authed(
+                    pb::UpdateJobRequest {
+                        id: a_job.id.clone(),
+                        image: Some(String::new()),
+                        service_id: Some(v_svc.id.clone()),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
         for (method, result) in &tried {
             let code = result.as_ref().map_or_else(|e| e.code(), |()| Code::Ok);
             assert_eq!(code, Code::NotFound, "{b}: {method}: {result:?}");
         }
+        let jobs =
+            a.w.jobs
+                .list_jobs(authed(
+                    pb::ListJobsRequest {
+                        project_id: a.project.id.clone(),
+                        ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .jobs;
+        let jobs: Vec<(String, String, String)> = jobs
+            .into_iter()
+            .map(|j| (j.id, j.image, j.service_id))
+            .collect();
+        assert_eq!(
+            jobs,
+            [(a_job.id, a_job.image, String::new())],
+            "{b}: no stolen job, the other unchanged"
+        );
         // Every RPC that takes a second id is tried above.
         let covered: Vec<&str> = tried.iter().map(|(m, _)| *m).collect();
         let nested = nested_id_methods();

@@ -116,6 +116,9 @@ pub enum Command {
     /// Git providers of the organization (push webhooks, repository access).
     #[command(subcommand)]
     Git(GitCmd),
+    /// Scheduled jobs of the project (cron, or on demand) and their runs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
     /// Create or update a stack from a Compose file and deploy it.
     Up(UpArgs),
     /// Delete a stack created by `ferry up`.
@@ -507,6 +510,76 @@ pub enum BuildsCmd {
         /// Service name or id (default: the linked service).
         service: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// List the project's jobs.
+    List,
+    /// Show one job: its schedule in words and its next fire times.
+    Get {
+        /// Job name or id.
+        job: String,
+    },
+    /// Create a job: an image (or a service's image) run to completion.
+    Create(CreateJobArgs),
+    /// Run a job now (whatever its schedule; its concurrency policy applies).
+    Run {
+        /// Job name or id.
+        job: String,
+    },
+    /// Runs of a job, newest first.
+    Runs {
+        /// Job name or id.
+        job: String,
+    },
+    /// A run's output (default: the job's newest run).
+    Logs {
+        /// Job name or id.
+        job: String,
+        /// A run's id instead of the newest.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Delete a job and its run history.
+    Rm {
+        /// Job name or id.
+        job: String,
+    },
+}
+
+/// `ferry jobs create`.
+#[derive(Debug, Args)]
+pub struct CreateJobArgs {
+    /// Name (a DNS label: lower-case letters, digits, -).
+    pub name: String,
+    /// Container image to run.
+    #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+    pub image: Option<String>,
+    /// Run this service's current image, with its environment (name or id).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Cron schedule (5 fields, or @hourly, @daily, ...); none: on demand only.
+    #[arg(long, default_value = "")]
+    pub schedule: String,
+    /// IANA time zone the schedule is read in (default UTC).
+    #[arg(long = "tz", default_value = "")]
+    pub timezone: String,
+    /// Give up after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: i32,
+    /// Extra attempts after a failure (0 to 10).
+    #[arg(long, default_value_t = 0)]
+    pub retries: i32,
+    /// allow, forbid or replace: what a run does while another is active.
+    #[arg(long, default_value = "forbid")]
+    pub concurrency: String,
+    /// Create it disabled (its schedule does not fire).
+    #[arg(long)]
+    pub disabled: bool,
+    /// The command to run instead of the image's (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Registries(c) => org::registries(s, c).await,
         Command::Builds(c) => cmd::builds::builds(s, c).await,
         Command::Git(c) => cmd::builds::git(s, c).await,
+        Command::Jobs(c) => cmd::jobs::jobs(s, c).await,
         Command::Audit(c) => org::audit(s, c).await,
         Command::Link(a) => org::link(s, a).await,
         Command::Services(c) => project::services(s, c).await,

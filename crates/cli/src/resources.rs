@@ -28,6 +28,14 @@ fn trigger_word(trigger: i32) -> String {
     )
 }
 
+/// `JOB_RUN_STATUS_SUCCEEDED` → `succeeded`.
+fn run_status_word(status: i32) -> String {
+    pb::JobRunStatus::try_from(status).map_or_else(
+        |_| status.to_string(),
+        |s| enum_word(s.as_str_name(), "JOB_RUN_STATUS_"),
+    )
+}
+
 fn ports(ports: &[pb::Port]) -> String {
     let list: Vec<String> = ports.iter().map(|p| p.container_port.to_string()).collect();
     if list.is_empty() {
@@ -99,6 +107,19 @@ resource!(pb::WebhookDelivery, "WebhookDelivery", |d| d.id, [
     "AFTER" => or_dash(d.after_sha.get(..12).unwrap_or(&d.after_sha)),
     "STATUS" => enum_word(d.status().as_str_name(), "WEBHOOK_DELIVERY_STATUS_"),
     "REASON" => or_dash(&d.reason), "RECEIVED" => age(d.received_at.as_ref()),
+]);
+resource!(pb::Job, "Job", |j| j.id, [
+    "NAME" => j.name, "SCHEDULE" => or_dash(&j.schedule),
+    "NEXT RUN" => j.next_runs.first().map_or_else(|| "-".into(), chrono_time),
+    "LAST RUN" => j.last_run.as_ref().map_or_else(|| "-".into(), |r| run_status_word(r.status)),
+    "RUNS" => if j.image.is_empty() { format!("service {}", short(&j.service_id)) } else { j.image.clone() },
+    "ENABLED" => j.enabled,
+]);
+resource!(pb::JobRun, "JobRun", |r| r.id, [
+    "ID" => r.id, "STATUS" => run_status_word(r.status),
+    "TRIGGER" => enum_word(r.trigger().as_str_name(), "JOB_RUN_TRIGGER_"),
+    "EXIT" => r.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+    "CREATED" => age(r.created_at.as_ref()), "REASON" => or_dash(&r.reason),
 ]);
 resource!(pb::ApiToken, "ApiToken", |t| t.id, [
     "ID" => t.id, "NAME" => t.name, "PREFIX" => t.prefix, "ROLE" => role_word(t.role),

@@ -65,6 +65,7 @@ use pb::auth_service_client::AuthServiceClient;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::git_service_client::GitServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
+use pb::job_service_client::JobServiceClient;
 use pb::organization_service_client::OrganizationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
@@ -102,6 +103,7 @@ typed_clients! {
     routes => RouteServiceClient,
     registries => RegistryServiceClient,
     git => GitServiceClient,
+    jobs => JobServiceClient,
 }
 
 impl Api {

@@ -1158,3 +1158,81 @@ async fn builds_logs_follow_a_build_to_its_end() {
         api.stop().await;
     }
 }
+
+on_every_db!(jobs_are_created_run_and_removed, |api| {
+    let cli = tenant(&api, "jola", "Jola", "shop").await;
+    let run = cli
+        .run(&[
+            "jobs",
+            "create",
+            "report",
+            "--image",
+            "busybox:1.36",
+            "--schedule",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ])
+        .await
+        .ok();
+    assert!(run.stdout.contains("report"), "{run:#?}");
+    assert!(run.stdout.contains("Europe/Berlin"), "{run:#?}");
+    let job = cli
+        .run(&["jobs", "get", "report", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(job["command"], serde_json::json!(["sh", "-c", "echo hi"]));
+    assert_eq!(job["nextRuns"].as_array().unwrap().len(), 5, "{job}");
+    let run = cli.run(&["jobs", "get", "report"]).await.ok();
+    assert!(run.stdout.contains("Next runs: "), "{run:#?}");
+
+    // The api's refusal names the field.
+    let run = cli
+        .run(&[
+            "jobs",
+            "create",
+            "bad",
+            "--image",
+            "busybox:1.36",
+            "--schedule",
+            "61 * * * *",
+        ])
+        .await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("schedule"), "{run:#?}");
+
+    // Run now; under the default policy (forbid) not twice at once.
+    let run = cli.run(&["jobs", "run", "report"]).await.ok();
+    assert!(run.stdout.contains("pending"), "{run:#?}");
+    let run = cli.run(&["jobs", "run", "report"]).await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("still"), "{run:#?}");
+    let runs = cli
+        .run(&["jobs", "runs", "report", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs[0]["status"], "JOB_RUN_STATUS_PENDING", "{runs}");
+    assert_eq!(runs[0]["trigger"], "JOB_RUN_TRIGGER_MANUAL", "{runs}");
+    let run = cli.run(&["jobs", "logs", "report"]).await.ok();
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(run.stderr.contains("still active"), "{run:#?}");
+    let run = cli.run(&["jobs", "list"]).await.ok();
+    assert!(
+        run.stdout.contains("report") && run.stdout.contains("pending"),
+        "{run:#?}"
+    );
+
+    let run = cli.run(&["jobs", "rm", "report"]).await.ok();
+    assert!(run.stdout.contains("Deleted job `report`"), "{run:#?}");
+    let list = cli.run(&["jobs", "list", "-o", "json"]).await.ok().json();
+    assert_eq!(list, serde_json::json!([]));
+    let run = cli.run(&["jobs", "get", "report"]).await;
+    assert_eq!(run.code, 4, "not found: {run:#?}");
+});

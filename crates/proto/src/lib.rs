@@ -30,6 +30,18 @@ pub mod ferry {
                     .finish_non_exhaustive()
             }
         }
+
+        /// How many lines, never what they say: a job's output may print
+        /// its secrets.
+        impl std::fmt::Debug for JobRunLogs {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("JobRunLogs")
+                    .field("run_id", &self.run_id)
+                    .field("lines", &self.lines.len())
+                    .field("partial", &self.partial)
+                    .finish()
+            }
+        }
     }
 
     /// Internal service-to-service contracts (`ferry.internal.*`).
@@ -153,6 +165,18 @@ mod tests {
     }
 
     #[test]
+    fn job_logs_debug_shows_no_output() {
+        let logs = super::ferry::v1::JobRunLogs {
+            run_id: "r1".into(),
+            lines: vec!["DB_PASSWORD=hunter2".into(), "done".into()],
+            partial: true,
+        };
+        let shown = format!("{logs:?}");
+        assert!(shown.contains("r1") && shown.contains('2'), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
     fn feed_certificate_debug_hides_the_key() {
         let cert = super::ferry::internal::v1::Certificate {
             id: "d1".into(),
@@ -177,10 +201,9 @@ mod tests {
             .filter(|f| f.package() == "ferry.v1")
             .flat_map(|f| f.service.iter().map(|s| format!("ferry.v1.{}", s.name())))
             .collect();
-        assert!(
-            services.iter().any(|s| s == "ferry.v1.SystemService"),
-            "{services:?}"
-        );
+        for wanted in ["ferry.v1.SystemService", "ferry.v1.JobService"] {
+            assert!(services.iter().any(|s| s == wanted), "{services:?}");
+        }
         assert!(fds.file.iter().any(|f| {
             f.package() == "ferry.internal.v1" && f.service.iter().any(|s| s.name() == "RouteFeed")
         }));

@@ -16,7 +16,7 @@
 //! membership), plus the grants only when the role alone falls short.
 
 use ferry_db::entities::enums::OrgRole;
-use ferry_db::entities::{organization_members, projects, services, stacks};
+use ferry_db::entities::{jobs, organization_members, projects, services, stacks};
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, IntoCondition as _};
 use ferry_db::sea_orm::{
     ConnectionTrait, EntityTrait, FromQueryResult, JoinType, QuerySelect as _, RelationDef, Select,
@@ -301,6 +301,32 @@ impl Caller {
             .await?;
         let stack = stack.ok_or_else(|| Error::NotFound("stack not found".into()))?;
         Ok((scope, stack, project))
+    }
+
+    /// A scheduled job the caller may perform `action` on, with its
+    /// project.
+    pub async fn job<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        action: Action,
+        id: Uuid,
+    ) -> Result<(Scope, jobs::Model, projects::Model)> {
+        let job = jobs::Entity::find_by_id(id).one(db).await?;
+        let (scope, project) = self
+            .child(
+                db,
+                action,
+                job.as_ref().map(|j| j.project_id),
+                "job",
+                |organization_id, project_id| Resource::Job {
+                    organization_id,
+                    project_id,
+                    id,
+                },
+            )
+            .await?;
+        let job = job.ok_or_else(|| Error::NotFound("job not found".into()))?;
+        Ok((scope, job, project))
     }
 
     /// This caller acting in `organization_id` (after a loader decided).

@@ -104,6 +104,13 @@ const MANAGE: Rule = Rule::RoleOrGrant {
     floor: OrgRole::Member,
     level: ResourceAccess::Manage,
 };
+/// Job definitions and their runs' output: members and above, or a view
+/// grant on the job or its project.
+const JOB_READ: Rule = Rule::RoleOrGrant {
+    role: OrgRole::Member,
+    floor: OrgRole::Viewer,
+    level: ResourceAccess::View,
+};
 actions! {
     OrganizationCreate = "organization.create" => Rule::SessionUser,
     OrganizationRead = "organization.read" => Rule::Role(OrgRole::Viewer),
@@ -146,6 +153,11 @@ actions! {
     GitManage = "git.manage" => Rule::Role(OrgRole::Admin),
     TemplateManage = "template.manage" => Rule::Role(OrgRole::Admin),
     ServiceManage = "service.manage" => MANAGE,
+    // Jobs: members read (their runs' output too), viewers with a grant;
+    // managing a job is managing a workload; running one is a deploy.
+    JobRead = "job.read" => JOB_READ,
+    JobManage = "job.manage" => MANAGE,
+    JobRun = "job.run" => DEPLOY,
 }
 
 impl std::fmt::Display for Action {

@@ -222,6 +222,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "RouteService",
     "RegistryService",
     "GitService",
+    "JobService",
 ];
 
 /// One HTTP/1.1 POST of `body` with `Host: host` over a fresh connection;
