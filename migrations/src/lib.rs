@@ -23,6 +23,7 @@ mod m0011_route_feed_triggers;
 mod m0012_credential_triggers;
 mod m0013_builds;
 mod m0014_jobs;
+mod m0015_audit_checkpoints;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
@@ -95,6 +96,13 @@ const ALTERATIONS: &[(&str, Later)] = &[
         Later::Rebuild {
             replaces: m0014_jobs::REPLACES,
             tables: m0014_jobs::tables,
+        },
+    ),
+    (
+        "m0015_audit_checkpoints",
+        Later::Rebuild {
+            replaces: &[],
+            tables: m0015_audit_checkpoints::tables,
         },
     ),
 ];

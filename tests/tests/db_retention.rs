@@ -197,7 +197,9 @@ async fn default_policy_deletes_exactly_the_rows_past_each_cutoff() {
         audit(&db, audit_cut + ms, "k.newer").await;
         audit(&db, now - Duration::days(31), "k.month").await;
 
-        let report = cleanup(&db.conn, &policy, now).await.unwrap();
+        let report = cleanup(&db.conn, &ferry_tests::test_keyring(), &policy, now)
+            .await
+            .unwrap();
         assert_eq!(
             report,
             RetentionReport {
@@ -223,7 +225,9 @@ async fn default_policy_deletes_exactly_the_rows_past_each_cutoff() {
         assert_eq!(actions(&db).await, ["k.month", "k.newer"], "{b}");
 
         // Nothing left to delete.
-        let again = cleanup(&db.conn, &policy, now).await.unwrap();
+        let again = cleanup(&db.conn, &ferry_tests::test_keyring(), &policy, now)
+            .await
+            .unwrap();
         assert_eq!(again, RetentionReport::default(), "{b}");
     }
 }
@@ -245,7 +249,9 @@ async fn the_policy_is_configurable_and_zero_keeps_forever() {
             audit_logs_days: 30,
             ..RetentionPolicy::default()
         };
-        let report = cleanup(&db.conn, &policy, now).await.unwrap();
+        let report = cleanup(&db.conn, &ferry_tests::test_keyring(), &policy, now)
+            .await
+            .unwrap();
         assert_eq!(
             report,
             RetentionReport {
@@ -296,9 +302,14 @@ async fn dead_throttle_rows_are_swept_live_ones_and_locks_kept() {
         )
         .await;
 
-        let report = cleanup(&db.conn, &RetentionPolicy::default(), now)
-            .await
-            .unwrap();
+        let report = cleanup(
+            &db.conn,
+            &ferry_tests::test_keyring(),
+            &RetentionPolicy::default(),
+            now,
+        )
+        .await
+        .unwrap();
         assert_eq!(report.auth_throttle, 2, "{b}");
         let mut left: Vec<String> = auth_throttle::Entity::find()
             .all(&db.conn)
@@ -431,9 +442,15 @@ async fn batches_delete_everything_due_and_nothing_else() {
             i.insert(&db.conn).await.unwrap();
         }
 
-        let report = cleanup_in_batches(&db.conn, &RetentionPolicy::default(), now, 10)
-            .await
-            .unwrap();
+        let report = cleanup_in_batches(
+            &db.conn,
+            &ferry_tests::test_keyring(),
+            &RetentionPolicy::default(),
+            now,
+            10,
+        )
+        .await
+        .unwrap();
         assert_eq!(report.deployment_logs, 25, "{b}");
         assert_eq!(report.job_runs, 2, "{b}");
         assert_eq!(report.sessions, 1, "{b}");

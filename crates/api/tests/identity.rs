@@ -679,6 +679,129 @@ async fn tenants_are_isolated_and_roles_enforced() {
     }
 }
 
+/// Retention cuts the oldest rows of a chain and leaves a sealed
+/// checkpoint: the chain still verifies from there, and tampering after
+/// the cut (an edited row, a deleted first row, a forged checkpoint) is
+/// still found.
+#[tokio::test]
+async fn audit_retention_keeps_the_chain_verifiable() {
+    use ferry_db::entities::audit_checkpoints;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
+        register(&mut c, "alice").await;
+        let alice = login(&mut c, "alice").await;
+        let org = create_org(&mut c, &alice, "Acme").await;
+        for i in 0..9 {
+            c.orgs
+                .rename_organization(authed(
+                    pb::RenameOrganizationRequest {
+                        id: org.id.clone(),
+                        name: format!("Acme {i}"),
+                    },
+                    &alice,
+                ))
+                .await
+                .unwrap();
+        }
+        let org_id = Uuid::parse_str(&org.id).unwrap();
+        let chain: Vec<audit_logs::Model> = audit_logs::Entity::find()
+            .filter(audit_logs::Column::OrganizationId.eq(org_id))
+            .order_by_asc(audit_logs::Column::CreatedAt)
+            .order_by_asc(audit_logs::Column::Id)
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(chain.len(), 10, "{b}");
+        // The first 4 rows are two years old (their order is kept).
+        for (i, row) in chain.iter().take(4).enumerate() {
+            audit_logs::Entity::update_many()
+                .col_expr(
+                    audit_logs::Column::CreatedAt,
+                    Expr::value(chrono::Utc::now() - chrono::Duration::days(800 - i as i64)),
+                )
+                .filter(audit_logs::Column::Id.eq(row.id))
+                .exec(&db.conn)
+                .await
+                .unwrap();
+        }
+        let verify = || {
+            authed(
+                pb::VerifyAuditChainRequest {
+                    organization_id: org.id.clone(),
+                },
+                &alice,
+            )
+        };
+        let report = ferry_db::retention::cleanup(
+            &db.conn,
+            &ferry_tests::test_keyring(),
+            &ferry_db::retention::RetentionPolicy::default(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert!(report.audit_logs >= 4, "{b}: {report:?}");
+        let after = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(after.ok, "{b}: {after:?}");
+        assert_eq!(after.entries_checked, 6, "{b}");
+        let cp = audit_checkpoints::Entity::find()
+            .filter(audit_checkpoints::Column::Chain.eq(org.id.as_str()))
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.deleted_count, 4, "{b}");
+        assert_eq!(Some(cp.last_hash.clone()), chain[3].hash, "{b}");
+
+        // A forged starting point (skip one more row) breaks the seal.
+        let mut forged: audit_checkpoints::ActiveModel = cp.clone().into();
+        forged.last_hash = Set(chain[4].hash.clone().unwrap());
+        forged.through_id = Set(chain[4].id);
+        forged.through_created_at = Set(chain[4].created_at);
+        forged.update(&db.conn).await.unwrap();
+        let broken = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!broken.ok, "{b}");
+        assert!(broken.reason.contains("seal"), "{b}: {broken:?}");
+        let restored: audit_checkpoints::ActiveModel = cp.clone().into();
+        restored.reset_all().update(&db.conn).await.unwrap();
+        assert!(
+            c.audit
+                .verify_audit_chain(verify())
+                .await
+                .unwrap()
+                .into_inner()
+                .ok,
+            "{b}"
+        );
+
+        // Deleting the first row after the cut is found.
+        audit_logs::Entity::delete_by_id(chain[4].id)
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let broken = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!broken.ok, "{b}");
+        assert_eq!(broken.first_broken_id, Some(chain[5].id.to_string()), "{b}");
+    }
+}
+
 #[tokio::test]
 async fn audit_chain_records_mutations_and_detects_tampering() {
     for db in ferry_tests::migrated_dbs().await {

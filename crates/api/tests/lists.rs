@@ -1100,7 +1100,7 @@ async fn verify_audit_chain_reads_in_batches_and_finds_a_break_in_the_second() {
 
         // Any batch size gives the same answer, breaks at batch edges too.
         for size in [1, 2, 50, 51, ferry_api::audit::VERIFY_BATCH, 100_000] {
-            let report = ferry_api::audit::verify_chain_in_batches(&db.conn, Some(org), size)
+            let report = ferry_api::audit::verify_chain_in_batches(&db.conn, None, Some(org), size)
                 .await
                 .unwrap();
             assert_eq!(

@@ -50,3 +50,28 @@ pub async fn insert<C: ConnectionTrait>(db: &C, entry: NewAuditLog) -> Result<au
     .await?;
     Ok(model)
 }
+
+/// What an audit checkpoint's seal encrypts: every field that says where
+/// its chain now starts. `VerifyAuditChain` decrypts the seal and compares.
+pub fn checkpoint_content(cp: &crate::entities::audit_checkpoints::Model) -> String {
+    format!(
+        "ferry-audit-checkpoint/v1\n{}\n{}\n{}\n{}\n{}",
+        cp.chain,
+        cp.last_hash,
+        cp.through_created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        cp.through_id,
+        cp.deleted_count
+    )
+}
+
+/// The chain an audit row belongs to (`details.chain`, written with every
+/// row; older rows without it: their organization, or `global`).
+pub fn chain_of(row: &audit_logs::Model) -> String {
+    row.details
+        .get("chain")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| row.organization_id.map(|o| o.to_string()))
+        .unwrap_or_else(|| "global".to_owned())
+}

@@ -18,6 +18,8 @@ const fn col(table: &'static str, column: &'static str) -> EncryptedColumn {
 pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     // 2FA
     col("users", "totp_secret"),
+    // audit retention checkpoints (sealed, not secret)
+    col("audit_checkpoints", "seal"),
     // SSH keys
     col("nodes", "ssh_private_key"),
     col("git_integrations", "ssh_private_key"),

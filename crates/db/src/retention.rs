@@ -16,11 +16,18 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, Query, SimpleExpr};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 
+use std::collections::BTreeMap;
+
+use sea_orm::{ActiveModelTrait as _, IntoActiveModel as _, QueryOrder as _, QuerySelect as _};
+use uuid::Uuid;
+
 use crate::Result;
+use crate::audit::{chain_of, checkpoint_content};
+use crate::crypto::{Encrypted, Keyring};
 use crate::entities::enums::JobRunStatus;
 use crate::entities::{
-    audit_logs, auth_throttle, container_metrics, deployment_logs, job_runs, org_invitations,
-    sessions, webhook_deliveries,
+    audit_checkpoints, audit_logs, auth_throttle, container_metrics, deployment_logs, job_runs,
+    org_invitations, sessions, webhook_deliveries,
 };
 
 /// Rows deleted per transaction.
@@ -85,15 +92,17 @@ fn cutoff(now: DateTime<Utc>, days: u32) -> Option<DateTime<Utc>> {
 /// Deletes rows strictly older than `now - days` for each table of the policy.
 pub async fn cleanup(
     db: &DatabaseConnection,
+    keyring: &Keyring,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
 ) -> Result<RetentionReport> {
-    cleanup_in_batches(db, policy, now, BATCH).await
+    cleanup_in_batches(db, keyring, policy, now, BATCH).await
 }
 
 /// [`cleanup`], deleting at most `batch` rows per transaction.
 pub async fn cleanup_in_batches(
     db: &DatabaseConnection,
+    keyring: &Keyring,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
     batch: u64,
@@ -119,13 +128,7 @@ pub async fn cleanup_in_batches(
         .await?;
     }
     if let Some(before) = cutoff(now, policy.audit_logs_days) {
-        report.audit_logs = delete_batched::<audit_logs::Entity, _>(
-            db,
-            audit_logs::Column::Id,
-            audit_logs::Column::CreatedAt.lt(before),
-            batch,
-        )
-        .await?;
+        report.audit_logs = cut_audit_chains(db, keyring, before, now, batch).await?;
     }
     if let Some(before) = cutoff(now, policy.job_runs_days) {
         // Only finished runs: an active run is never cut, however old.
@@ -187,6 +190,83 @@ pub async fn cleanup_in_batches(
         "retention cleanup"
     );
     Ok(report)
+}
+
+/// Deletes audit rows older than `before`, oldest first, `batch` per
+/// transaction; in the same transaction each chain cut gets its checkpoint
+/// (the last deleted row's hash, time and id, and the running count),
+/// sealed with `keyring`, so the chain still verifies from there. Rows
+/// are taken in time order across chains, and a chain's times strictly
+/// increase, so what goes is always the start of each chain.
+async fn cut_audit_chains(
+    db: &DatabaseConnection,
+    keyring: &Keyring,
+    before: DateTime<Utc>,
+    now: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let txn = crate::begin_write(db).await?;
+        let rows = audit_logs::Entity::find()
+            .filter(audit_logs::Column::CreatedAt.lt(before))
+            .order_by_asc(audit_logs::Column::CreatedAt)
+            .order_by_asc(audit_logs::Column::Id)
+            .limit(batch)
+            .all(&txn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(deleted);
+        }
+        // The last row of each chain in this batch, and how many go.
+        let mut cuts: BTreeMap<String, (&audit_logs::Model, i64)> = BTreeMap::new();
+        for row in &rows {
+            let entry = cuts.entry(chain_of(row)).or_insert((row, 0));
+            entry.0 = row;
+            entry.1 += 1;
+        }
+        for (chain, (last, count)) in cuts {
+            let Some(last_hash) = last.hash.clone() else {
+                // A row outside any hash chain (written before chains
+                // existed) needs no checkpoint.
+                continue;
+            };
+            let existing = audit_checkpoints::Entity::find()
+                .filter(audit_checkpoints::Column::Chain.eq(chain.as_str()))
+                .one(&txn)
+                .await?;
+            let id = existing.as_ref().map_or_else(Uuid::now_v7, |c| c.id);
+            let mut cp = audit_checkpoints::Model {
+                id,
+                chain,
+                last_hash,
+                through_created_at: last.created_at,
+                through_id: last.id,
+                deleted_count: existing.as_ref().map_or(0, |c| c.deleted_count) + count,
+                seal: Encrypted(String::new()),
+                created_at: existing.as_ref().map_or(now, |c| c.created_at),
+                updated_at: now,
+            };
+            cp.seal = keyring.encrypt("audit_checkpoints", "seal", id, &checkpoint_content(&cp))?;
+            let active = cp.into_active_model().reset_all();
+            if existing.is_some() {
+                active.update(&txn).await?;
+            } else {
+                active.insert(&txn).await?;
+            }
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let done = audit_logs::Entity::delete_many()
+            .filter(audit_logs::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        deleted += done;
+        if (rows.len() as u64) < batch {
+            return Ok(deleted);
+        }
+    }
 }
 
 /// Deletes the rows of `E` matching `condition`, `batch` at a time

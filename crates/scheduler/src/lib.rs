@@ -32,7 +32,7 @@ const SCHEMA_POLL: Duration = Duration::from_secs(1);
 
 /// Runs the scheduler until `shutdown` fires, then drains.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
-    let _keyring = args.encryption.keyring().map_err(Error::Key)?;
+    let keyring = args.encryption.keyring().map_err(Error::Key)?;
     let policy = RetentionPolicy {
         deployment_logs_days: args.deployment_log_retention_days,
         container_metrics_days: args.metrics_retention_days,
@@ -77,7 +77,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
             let lease = lease::Lease::new(jobs::LEASE, lease::replica_id(), args.lease_ttl());
             let engine = jobs::Engine::new(db.clone(), cluster, lease);
             tokio::join!(
-                retention_loop(&db, &policy, args.retention_interval(), &shutdown),
+                retention_loop(&db, &keyring, &policy, args.retention_interval(), &shutdown),
                 engine.run(args.jobs_interval(), &shutdown),
             );
             Ok(())
@@ -146,6 +146,7 @@ async fn wait_for_schema(
 /// allowed to finish (within the shutdown grace period).
 async fn retention_loop(
     db: &DatabaseConnection,
+    keyring: &ferry_db::crypto::Keyring,
     policy: &RetentionPolicy,
     interval: Duration,
     shutdown: &Shutdown,
@@ -157,7 +158,7 @@ async fn retention_loop(
             () = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
-        match ferry_db::retention::cleanup(db, policy, chrono::Utc::now()).await {
+        match ferry_db::retention::cleanup(db, keyring, policy, chrono::Utc::now()).await {
             Ok(report) => tracing::info!(
                 deployment_logs = report.deployment_logs,
                 container_metrics = report.container_metrics,

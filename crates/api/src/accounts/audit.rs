@@ -140,7 +140,7 @@ impl AuditService for AuditApi {
                 Action::AuditVerify,
             )
             .await?;
-        let report = verify_chain(&self.identity.db, org).await?;
+        let report = verify_chain(&self.identity.db, self.identity.keyring().ok(), org).await?;
         let (first_broken_id, reason) = match report.first_broken {
             Some((id, reason)) => (Some(id.to_string()), reason),
             None => (None, String::new()),

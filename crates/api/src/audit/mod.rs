@@ -17,9 +17,10 @@
 //! that differs from the recorded value).
 
 use chrono::{DateTime, Duration, DurationRound as _, Utc};
-use ferry_db::entities::audit_logs;
+use ferry_db::crypto::Keyring;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::types::IpAddress;
+use ferry_db::entities::{audit_checkpoints, audit_logs};
 use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
 use ferry_db::sea_orm::{
@@ -255,9 +256,14 @@ static CHAIN: Keyset<audit_logs::Column> = Keyset {
     ],
 };
 
-/// Recomputes the chain of `org` (`None`: global) from its first row.
-pub async fn verify_chain<C: ConnectionTrait>(db: &C, org: Option<Uuid>) -> Result<ChainReport> {
-    verify_chain_in_batches(db, org, VERIFY_BATCH).await
+/// Recomputes the chain of `org` (`None`: global) from its first row, or
+/// from its retention checkpoint when retention has cut its oldest rows.
+pub async fn verify_chain<C: ConnectionTrait>(
+    db: &C,
+    keyring: Option<&Keyring>,
+    org: Option<Uuid>,
+) -> Result<ChainReport> {
+    verify_chain_in_batches(db, keyring, org, VERIFY_BATCH).await
 }
 
 /// [`verify_chain`], reading `batch` rows per query (keyset paging, so
@@ -265,12 +271,35 @@ pub async fn verify_chain<C: ConnectionTrait>(db: &C, org: Option<Uuid>) -> Resu
 /// row that does not verify.
 pub async fn verify_chain_in_batches<C: ConnectionTrait>(
     db: &C,
+    keyring: Option<&Keyring>,
     org: Option<Uuid>,
     batch: u64,
 ) -> Result<ChainReport> {
     let batch = std::cmp::max(batch, 1);
     let mut walk = ChainWalk::new(org);
     let mut after: Option<Vec<Key>> = None;
+    let checkpoint = audit_checkpoints::Entity::find()
+        .filter(audit_checkpoints::Column::Chain.eq(chain_key(org)))
+        .one(db)
+        .await?;
+    if let Some(cp) = checkpoint {
+        // Only a checkpoint sealed with the installation's key moves the
+        // start: a forged one (or one edited after the fact) breaks.
+        let sealed = keyring
+            .and_then(|k| k.decrypt("audit_checkpoints", "seal", cp.id, &cp.seal).ok())
+            .is_some_and(|plain| plain.expose() == ferry_db::audit::checkpoint_content(&cp));
+        if !sealed {
+            return Ok(walk.report(Some((
+                cp.id,
+                "the retention checkpoint's seal does not verify".into(),
+            ))));
+        }
+        walk.prev = Some(cp.last_hash.clone());
+        after = Some(vec![
+            Key::Time(cp.through_created_at),
+            Key::Id(cp.through_id),
+        ]);
+    }
     loop {
         let rows = chain_batch(db, org, after.as_deref(), batch).await?;
         let last_batch = (rows.len() as u64) < batch;
