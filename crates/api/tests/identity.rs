@@ -681,8 +681,8 @@ async fn tenants_are_isolated_and_roles_enforced() {
 
 /// Retention cuts the oldest rows of a chain and leaves a sealed
 /// checkpoint: the chain still verifies from there, and tampering after
-/// the cut (an edited row, a deleted first row, a forged checkpoint) is
-/// still found.
+/// the cut (a forged checkpoint, the newest row removed, the first row
+/// after the cut removed) is still found.
 #[tokio::test]
 async fn audit_retention_keeps_the_chain_verifiable() {
     use ferry_db::entities::audit_checkpoints;
@@ -785,6 +785,21 @@ async fn audit_retention_keeps_the_chain_verifiable() {
                 .ok,
             "{b}"
         );
+
+        // Removing the newest entry is found: the head is kept apart.
+        audit_logs::Entity::delete_by_id(chain[9].id)
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        let broken = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!broken.ok, "{b}");
+        assert_eq!(broken.first_broken_id, Some(chain[9].id.to_string()), "{b}");
+        assert!(broken.reason.contains("newest"), "{b}: {broken:?}");
 
         // Deleting the first row after the cut is found.
         audit_logs::Entity::delete_by_id(chain[4].id)

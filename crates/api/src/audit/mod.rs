@@ -20,7 +20,7 @@ use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use ferry_db::crypto::Keyring;
 use ferry_db::entities::enums::AuditResourceType;
 use ferry_db::entities::types::IpAddress;
-use ferry_db::entities::{audit_checkpoints, audit_logs};
+use ferry_db::entities::{audit_chain_heads, audit_checkpoints, audit_logs};
 use ferry_db::sea_orm::ActiveEnum as _;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
 use ferry_db::sea_orm::{
@@ -177,6 +177,12 @@ async fn append<C: ConnectionTrait>(
         .limit(1)
         .one(txn)
         .await?;
+    // The head is the authority on what came last: rows removed from the
+    // end (or all cut by retention) still leave their hash to link to.
+    let head = audit_chain_heads::Entity::find()
+        .filter(audit_chain_heads::Column::Chain.eq(chain.as_str()))
+        .one(txn)
+        .await?;
 
     let mut details = match event.details {
         Value::Object(map) => map,
@@ -196,11 +202,21 @@ async fn append<C: ConnectionTrait>(
     let details = Value::Object(details);
 
     let now = micros(Utc::now());
-    let created_at = match &prev {
-        Some(p) if micros(p.created_at) >= now => micros(p.created_at) + Duration::microseconds(1),
+    let latest = [
+        prev.as_ref().map(|p| micros(p.created_at)),
+        head.as_ref().map(|h| micros(h.last_created_at)),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let created_at = match latest {
+        Some(t) if t >= now => t + Duration::microseconds(1),
         _ => now,
     };
-    let prev_hash = prev.and_then(|p| p.hash);
+    let prev_hash = match &head {
+        Some(h) => Some(h.last_hash.clone()),
+        None => prev.and_then(|p| p.hash),
+    };
     let mut row = audit_logs::Model {
         id: Uuid::now_v7(),
         organization_id: who.organization_id,
@@ -232,6 +248,20 @@ async fn append<C: ConnectionTrait>(
     }
     .insert(txn)
     .await?;
+    let moved = audit_chain_heads::ActiveModel {
+        id: Set(head.as_ref().map_or_else(Uuid::now_v7, |h| h.id)),
+        chain: Set(chain_key(who.organization_id)),
+        last_hash: Set(row.hash.clone().unwrap_or_default()),
+        last_id: Set(row.id),
+        last_created_at: Set(row.created_at),
+        created_at: Set(head.as_ref().map_or(now, |h| h.created_at)),
+        updated_at: Set(now),
+    };
+    if head.is_some() {
+        moved.update(txn).await?;
+    } else {
+        moved.insert(txn).await?;
+    }
     Ok(stored)
 }
 
@@ -312,7 +342,7 @@ pub async fn verify_chain_in_batches<C: ConnectionTrait>(
             }
         }
         if last_batch {
-            return Ok(walk.report(None));
+            return Ok(walk.finish(db).await?);
         }
     }
 }
@@ -358,6 +388,22 @@ impl ChainWalk {
         }
         self.prev = row.hash;
         None
+    }
+
+    /// The end of the walk: the last hash seen must be the chain's head
+    /// (recorded outside the rows), or the newest rows were removed.
+    async fn finish<C: ConnectionTrait>(&self, db: &C) -> Result<ChainReport> {
+        let head = audit_chain_heads::Entity::find()
+            .filter(audit_chain_heads::Column::Chain.eq(self.chain.as_str()))
+            .one(db)
+            .await?;
+        Ok(match head {
+            Some(h) if self.prev.as_deref() != Some(h.last_hash.as_str()) => self.report(Some((
+                h.last_id,
+                "the newest entries of the chain are missing (its recorded head is gone)".into(),
+            ))),
+            _ => self.report(None),
+        })
     }
 
     fn report(&self, first_broken: Option<(Uuid, String)>) -> ChainReport {

@@ -8,6 +8,7 @@ pub mod prelude;
 pub mod types;
 
 pub mod api_tokens;
+pub mod audit_chain_heads;
 pub mod audit_checkpoints;
 pub mod audit_logs;
 pub mod auth_throttle;
