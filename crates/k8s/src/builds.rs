@@ -117,7 +117,23 @@ impl Cluster {
     /// and annotations; `None` when it has no Job. A restarted builder
     /// re-attaches to a build from this instead of starting it again.
     pub async fn find_build(&self, namespace: &str, build_id: Uuid) -> Result<Option<BuildStatus>> {
-        let params = ListParams::default().labels(&build_selector(build_id));
+        let Some((job, pods)) = self
+            .labelled_job(namespace, &build_selector(build_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(BuildStatus::of(build_id, &job, &pods)))
+    }
+
+    /// The Job carrying `selector` in `namespace` (the first, if several)
+    /// and the pods carrying it too; `None` without such a Job.
+    pub(crate) async fn labelled_job(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Option<(Job, Vec<Pod>)>> {
+        let params = ListParams::default().labels(selector);
         let Some(job) = self
             .api::<Job>(namespace)
             .list(&params)
@@ -129,7 +145,7 @@ impl Cluster {
             return Ok(None);
         };
         let pods = self.api::<Pod>(namespace).list(&params).await?.items;
-        Ok(Some(BuildStatus::of(build_id, &job, &pods)))
+        Ok(Some((job, pods)))
     }
 
     /// Every Ferry build Job in the namespace with its outcome, oldest

@@ -328,18 +328,9 @@ impl Cluster {
     /// Where one run stands; `None` when it has no Job (never created, or
     /// collected).
     pub async fn job_run_status(&self, namespace: &str, run_id: Uuid) -> Result<Option<RunStatus>> {
-        let params = ListParams::default().labels(&run_selector(run_id));
-        let Some(job) = self
-            .api::<Job>(namespace)
-            .list(&params)
-            .await?
-            .items
-            .into_iter()
-            .next()
-        else {
+        let Some((job, pods)) = self.labelled_job(namespace, &run_selector(run_id)).await? else {
             return Ok(None);
         };
-        let pods = self.api::<Pod>(namespace).list(&params).await?.items;
         Ok(Some(RunStatus {
             run_id,
             namespace: namespace.to_owned(),

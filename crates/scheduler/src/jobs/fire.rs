@@ -15,8 +15,8 @@ use ferry_db::entities::enums::{ConcurrencyPolicy, JobRunStatus, JobTrigger};
 use ferry_db::entities::{job_runs, jobs};
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ActiveValue::Set, ColumnTrait as _, Condition, ConnectionTrait, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use uuid::Uuid;
 
@@ -167,7 +167,7 @@ async fn fire_one(db: &DatabaseConnection, job: &jobs::Model, now: DateTime<Utc>
     if let Some(slot) = plan.run {
         let active = job_runs::Entity::find()
             .filter(job_runs::Column::JobId.eq(job.id))
-            .filter(job_runs::Column::Status.is_in([JobRunStatus::Pending, JobRunStatus::Running]))
+            .filter(job_runs::Column::Status.is_in(super::ACTIVE))
             .all(&txn)
             .await?;
         let status = match (job.concurrency_policy, active.first()) {
@@ -188,23 +188,14 @@ async fn fire_one(db: &DatabaseConnection, job: &jobs::Model, now: DateTime<Utc>
             }
             (ConcurrencyPolicy::Replace, Some(_)) => {
                 let ids: Vec<Uuid> = active.iter().map(|r| r.id).collect();
-                job_runs::Entity::update_many()
-                    .col_expr(
-                        job_runs::Column::Status,
-                        Expr::value(JobRunStatus::Cancelled),
-                    )
-                    .col_expr(
-                        job_runs::Column::Reason,
-                        Expr::value(format!("replaced by the run for {slot}")),
-                    )
-                    .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
-                    .filter(job_runs::Column::Id.is_in(ids.clone()))
-                    .filter(
-                        job_runs::Column::Status
-                            .is_in([JobRunStatus::Pending, JobRunStatus::Running]),
-                    )
-                    .exec(&txn)
-                    .await?;
+                super::cancel_active(
+                    &txn,
+                    job.id,
+                    Condition::all().add(job_runs::Column::Id.is_in(ids.clone())),
+                    format!("replaced by the run for {slot}"),
+                    now,
+                )
+                .await?;
                 fired.cancelled.extend(ids);
                 Some(JobRunStatus::Pending)
             }

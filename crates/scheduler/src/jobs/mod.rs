@@ -10,11 +10,45 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_common::Shutdown;
-use ferry_db::sea_orm::DatabaseConnection;
+use ferry_db::entities::enums::JobRunStatus;
+use ferry_db::entities::job_runs;
+use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::{
+    ColumnTrait as _, Condition, ConnectionTrait, DatabaseConnection, EntityTrait as _,
+    QueryFilter as _,
+};
 use ferry_k8s::Cluster;
+use uuid::Uuid;
 
 use crate::Result;
 use crate::lease::Lease;
+
+/// Run states that count against a concurrency policy.
+pub const ACTIVE: [JobRunStatus; 2] = [JobRunStatus::Pending, JobRunStatus::Running];
+
+/// Marks the active runs of `job` matching `which` cancelled (the replace
+/// policy); the tracker deletes their Jobs. The number of runs cancelled.
+pub(crate) async fn cancel_active<C: ConnectionTrait>(
+    db: &C,
+    job: Uuid,
+    which: Condition,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    Ok(job_runs::Entity::update_many()
+        .col_expr(
+            job_runs::Column::Status,
+            Expr::value(JobRunStatus::Cancelled),
+        )
+        .col_expr(job_runs::Column::Reason, Expr::value(reason))
+        .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
+        .filter(job_runs::Column::JobId.eq(job))
+        .filter(job_runs::Column::Status.is_in(ACTIVE))
+        .filter(which)
+        .exec(db)
+        .await?
+        .rows_affected)
+}
 
 /// Lease name of the job loop.
 pub const LEASE: &str = "jobs";

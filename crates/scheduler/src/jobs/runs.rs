@@ -17,8 +17,8 @@ use ferry_db::entities::enums::{ConcurrencyPolicy, DeploymentStatus, JobRunStatu
 use ferry_db::entities::{deployments, job_runs, jobs, projects, services};
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
-    ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _,
+    ColumnTrait as _, Condition, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _,
 };
 use ferry_k8s::jobrun::{JobRunSpec, RunOutcome, RunStatus, job_run_yaml, kubernetes_job_name};
 use ferry_k8s::{Cluster, Error as KubeError};
@@ -48,7 +48,7 @@ pub struct Runs {
     cluster: Option<Cluster>,
 }
 
-const ACTIVE: [JobRunStatus; 2] = [JobRunStatus::Pending, JobRunStatus::Running];
+use super::ACTIVE;
 
 impl Runs {
     pub fn new(db: DatabaseConnection, cluster: Option<Cluster>) -> Self {
@@ -100,22 +100,16 @@ impl Runs {
         if job.concurrency_policy == ConcurrencyPolicy::Replace {
             // A manual run of a replace job displaces the older active ones
             // (scheduled runs did so when they fired).
-            job_runs::Entity::update_many()
-                .col_expr(
-                    job_runs::Column::Status,
-                    Expr::value(JobRunStatus::Cancelled),
-                )
-                .col_expr(
-                    job_runs::Column::Reason,
-                    Expr::value(format!("replaced by run {}", run.id)),
-                )
-                .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
-                .filter(job_runs::Column::JobId.eq(job.id))
-                .filter(job_runs::Column::Id.ne(run.id))
-                .filter(job_runs::Column::Status.is_in(ACTIVE))
-                .filter(job_runs::Column::CreatedAt.lte(run.created_at))
-                .exec(&self.db)
-                .await?;
+            super::cancel_active(
+                &self.db,
+                job.id,
+                Condition::all()
+                    .add(job_runs::Column::Id.ne(run.id))
+                    .add(job_runs::Column::CreatedAt.lte(run.created_at)),
+                format!("replaced by run {}", run.id),
+                now,
+            )
+            .await?;
         }
         let Some(cluster) = &self.cluster else {
             let (status, reason, rendered) = match job_run_yaml(&spec) {
