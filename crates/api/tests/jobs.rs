@@ -1487,3 +1487,104 @@ async fn members_read_admins_manage_and_grants_add_rights() {
         e.api.stop().await;
     }
 }
+
+/// While a run runs, its log is read live from its pod; once it ended,
+/// what the scheduler stored is the answer.
+#[tokio::test]
+async fn a_running_run_logs_live_from_its_pod() {
+    use ferry_db::entities::projects;
+    use ferry_k8s::fake::{FakeCluster, FakeContainerState};
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _state) =
+            start_with_cluster(&db.conn, Some(&fake), std::time::Duration::from_secs(5)).await;
+        let mut c = clients(api.addr).await;
+        register(&mut c, "lena").await;
+        let token = login(&mut c, "lena").await;
+        let org = create_org(&mut c, &token, "Live Org").await.id;
+        let mut projects_client = ProjectServiceClient::new(c.channel.clone());
+        let project = new_project(&mut projects_client, &token, &org, "Live").await;
+        let mut jobs_client = JobServiceClient::new(c.channel.clone());
+        let job = jobs_client
+            .create_job(authed(
+                pb::CreateJobRequest {
+                    project_id: project.clone(),
+                    name: "report".into(),
+                    image: IMAGE.into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let project_row = projects::Entity::find_by_id(Uuid::parse_str(&project).unwrap())
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let run_id = Uuid::now_v7();
+        let spec = ferry_k8s::JobRunSpec {
+            organization_id: project_row.organization_id,
+            project_id: project_row.id,
+            namespace: project_row.namespace.clone(),
+            job_id: Uuid::parse_str(&job.id).unwrap(),
+            job_name: "report".into(),
+            run_id,
+            name: ferry_k8s::kubernetes_job_name("report", None, run_id),
+            image: IMAGE.into(),
+            command: vec![],
+            args: vec![],
+            env_secret: None,
+            pull_secret: None,
+            timeout_seconds: None,
+            retries: 0,
+        };
+        let name = ferry_k8s::Cluster::new(fake.client())
+            .start_job_run(&spec)
+            .await
+            .unwrap();
+        let pod = fake.job_pod_name(&spec.namespace, &name).unwrap();
+        fake.set_container_state(&spec.namespace, &pod, "app", FakeContainerState::Running);
+        fake.append_log(&spec.namespace, &pod, "app", "step 1 of 3");
+        fake.append_log(&spec.namespace, &pod, "app", "step 2 of 3");
+        job_runs::ActiveModel {
+            id: Set(run_id),
+            job_id: Set(spec.job_id),
+            status: Set(JobRunStatus::Running),
+            k8s_job_name: Set(Some(name.clone())),
+            logs: Set(Some("stale".into())),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let logs = |id: Uuid| authed(pb::GetJobRunLogsRequest { id: id.to_string() }, &token);
+        let live = jobs_client
+            .get_job_run_logs(logs(run_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(live.partial, "{b}");
+        assert_eq!(live.lines, ["step 1 of 3", "step 2 of 3"], "{b}");
+
+        // Ended: the stored log answers, whatever the pod says.
+        job_runs::Entity::update(job_runs::ActiveModel {
+            id: Set(run_id),
+            status: Set(JobRunStatus::Succeeded),
+            logs: Set(Some("step 1 of 3\nstep 2 of 3\nstep 3 of 3\n".into())),
+            ..Default::default()
+        })
+        .exec(&db.conn)
+        .await
+        .unwrap();
+        let done = jobs_client
+            .get_job_run_logs(logs(run_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!done.partial, "{b}");
+        assert_eq!(done.lines.len(), 3, "{b}: {done:?}");
+    }
+}

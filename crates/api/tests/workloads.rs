@@ -73,21 +73,7 @@ async fn start_api(
     cluster: Option<&FakeCluster>,
     timeout: Duration,
 ) -> (Api, ApiState) {
-    let state = ApiState {
-        db: conn.clone(),
-        keyring: Arc::new(ferry_tests::test_keyring()),
-        feed: FeedHub::new(),
-        feed_auth: FeedAuth::new(None),
-        cluster: cluster.map(|f| {
-            Arc::new(Cluster::new(f.client()).with_pod_check_interval(Duration::from_millis(20)))
-        }),
-        deploy: DeployConfig {
-            rollout_timeout: timeout,
-            ..DeployConfig::default()
-        },
-        builds: Default::default(),
-    };
-    (start_state(&state, relaxed()).await, state)
+    start_with_cluster(conn, cluster, timeout).await
 }
 
 /// A user with an organization and a project.

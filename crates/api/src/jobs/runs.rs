@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, ConcurrencyPolicy, JobRunStatus, JobTrigger};
-use ferry_db::entities::{job_runs, jobs};
+use ferry_db::entities::{job_runs, jobs, projects};
+use ferry_k8s::Cluster;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, Query};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
@@ -287,10 +288,9 @@ impl JobApi {
         Ok(run_to_pb(&run))
     }
 
-    /// The run's stored output. The scheduler stores it when the run ends
-    /// (and may as it goes); reading a running pod's log live from the
-    /// cluster is a later step, so an active run answers what is stored,
-    /// marked `partial`.
+    /// The run's output: what the scheduler stored when it ended, or, while
+    /// it runs, its pod's log read from the cluster (what is stored, if the
+    /// cluster cannot be read), marked `partial`.
     pub(super) async fn run_logs(
         &self,
         request: Request<pb::GetJobRunLogsRequest>,
@@ -298,11 +298,37 @@ impl JobApi {
         let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (_, run) = self.run_row(&caller, Action::JobRead, id).await?;
+        let live = match (&self.0.deployer.cluster, run.status) {
+            (Some(cluster), JobRunStatus::Running) => self.live_logs(cluster, &run).await,
+            _ => None,
+        };
+        let text = live.as_deref().or(run.logs.as_deref()).unwrap_or_default();
         Ok(pb::JobRunLogs {
             run_id: run.id.to_string(),
-            lines: tail_lines(run.logs.as_deref().unwrap_or_default(), MAX_LOG_BYTES),
+            lines: tail_lines(text, MAX_LOG_BYTES),
             partial: is_active(run.status),
         })
+    }
+
+    /// A running run's pod log, from its project's namespace; `None` (and
+    /// a warning) when the cluster cannot say.
+    async fn live_logs(&self, cluster: &Cluster, run: &job_runs::Model) -> Option<String> {
+        let db = &self.0.identity.db;
+        let namespace = jobs::Entity::find_by_id(run.job_id)
+            .find_also_related(projects::Entity)
+            .one(db)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|(_, project)| project)
+            .map(|p| p.namespace)?;
+        match cluster.job_run_logs(&namespace, run.id).await {
+            Ok(text) => Some(text),
+            Err(err) => {
+                tracing::warn!(run = %run.id, error = %err, "reading a running job's log failed; answering what is stored");
+                None
+            }
+        }
     }
 }
 

@@ -60,6 +60,33 @@ pub async fn start_with_feed(
 }
 
 /// Starts the api's gRPC server for `state`.
+/// An api with the test keyring and, when given, the in-memory cluster
+/// (rollouts time out after `timeout`).
+pub async fn start_with_cluster(
+    conn: &DatabaseConnection,
+    cluster: Option<&ferry_k8s::fake::FakeCluster>,
+    timeout: std::time::Duration,
+) -> (Api, ApiState) {
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: std::sync::Arc::new(ferry_tests::test_keyring()),
+        feed: ferry_api::feed::FeedHub::new(),
+        feed_auth: ferry_api::feed::FeedAuth::new(None),
+        cluster: cluster.map(|f| {
+            std::sync::Arc::new(
+                ferry_k8s::cluster::Cluster::new(f.client())
+                    .with_pod_check_interval(std::time::Duration::from_millis(20)),
+            )
+        }),
+        deploy: ferry_api::workloads::DeployConfig {
+            rollout_timeout: timeout,
+            ..ferry_api::workloads::DeployConfig::default()
+        },
+        builds: Default::default(),
+    };
+    (start_state(&state, relaxed()).await, state)
+}
+
 pub async fn start_state(state: &ApiState, config: IdentityConfig) -> Api {
     ferry_api::testing::start_state(state, config).await
 }
