@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use chrono::Utc;
 use ferry_db::entities::enums::{AuditResourceType, ConcurrencyPolicy, JobRunStatus, JobTrigger};
 use ferry_db::entities::{job_runs, jobs, projects};
-use ferry_k8s::Cluster;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _, Query};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
     EntityTrait as _, Iterable as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select,
 };
+use ferry_k8s::Cluster;
 use ferry_proto::ferry::v1 as pb;
 use serde_json::json;
 use tonic::Request;
