@@ -342,7 +342,7 @@ pub async fn verify_chain_in_batches<C: ConnectionTrait>(
             }
         }
         if last_batch {
-            return Ok(walk.finish(db).await?);
+            return walk.finish(db).await;
         }
     }
 }
