@@ -10,12 +10,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ferry_api::ApiState;
-use ferry_api::feed::{FeedAuth, FeedHub};
-use ferry_api::workloads::DeployConfig;
 use ferry_db::entities::enums::{DeploymentStatus, OrgRole};
 use ferry_db::entities::{audit_logs, deployments};
 use ferry_db::sea_orm::{DatabaseConnection, EntityTrait as _};
-use ferry_k8s::cluster::Cluster;
 use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
