@@ -24,6 +24,7 @@ mod m0012_credential_triggers;
 mod m0013_builds;
 mod m0014_jobs;
 mod m0015_audit_checkpoints;
+mod m0016_status_sync;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
@@ -103,6 +104,13 @@ const ALTERATIONS: &[(&str, Later)] = &[
         Later::Rebuild {
             replaces: &[],
             tables: m0015_audit_checkpoints::tables,
+        },
+    ),
+    (
+        "m0016_status_sync",
+        Later::Rebuild {
+            replaces: m0016_status_sync::REPLACES,
+            tables: m0016_status_sync::tables,
         },
     ),
 ];

@@ -130,6 +130,8 @@ struct State {
     default_behavior: Behavior,
     requests: Vec<RecordedRequest>,
     logs: BTreeMap<LogKey, ContainerLog>,
+    /// Whether metrics.k8s.io is served (as with metrics-server).
+    metrics_api: bool,
 }
 
 /// (namespace, pod, container)
@@ -180,6 +182,7 @@ impl Default for State {
             rv: 0,
             history: Vec::new(),
             watches: Vec::new(),
+            metrics_api: false,
             behaviors: HashMap::new(),
             default_behavior: Behavior::Ready,
             requests: Vec::new(),
@@ -484,6 +487,39 @@ impl FakeCluster {
         self.lock().requests.clear();
     }
 
+    /// Replaces the `status` of a stored object as its controller (or
+    /// kubelet) would, without running the simulated controller; watches
+    /// see a MODIFIED event. `false` when there is no such object.
+    pub fn set_status(&self, kind: &str, namespace: &str, name: &str, status: Value) -> bool {
+        let mut state = self.lock();
+        let Some(key) = state
+            .objects
+            .keys()
+            .find(|(r, ns, n)| {
+                r.rsplit('/').next() == Some(plural(kind).as_str()) && ns == namespace && n == name
+            })
+            .cloned()
+        else {
+            return false;
+        };
+        let rv = state.next_rv();
+        let Some(obj) = state.objects.get_mut(&key) else {
+            return false;
+        };
+        obj["status"] = status;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let obj = obj.clone();
+        state.notify(rv, &key, "MODIFIED", &obj);
+        true
+    }
+
+    /// Serves metrics.k8s.io (PodMetrics objects are [`Self::insert`]ed
+    /// with `apiVersion: metrics.k8s.io/v1beta1`); without it, requests
+    /// to that group get 404 as from a cluster without metrics-server.
+    pub fn serve_metrics(&self, on: bool) {
+        self.lock().metrics_api = on;
+    }
+
     /// Stores an object as if created by someone else (`apiVersion`,
     /// `kind`, `metadata.name` and, when namespaced, `metadata.namespace`
     /// must be set). Returns the stored object.
@@ -602,6 +638,13 @@ impl FakeCluster {
                 format!("no route {}", uri.path()),
             );
         };
+        if target.group_version.starts_with("metrics.k8s.io/") && !state.metrics_api {
+            return status_body(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
         match (method.clone(), &target.name) {
             (Method::GET, None)
                 if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
@@ -661,6 +704,7 @@ impl FakeCluster {
 
 fn plural(kind: &str) -> String {
     match kind {
+        "PodMetrics" => "pods".into(),
         "NetworkPolicy" => "networkpolicies".into(),
         other => format!("{}s", other.to_ascii_lowercase()),
     }

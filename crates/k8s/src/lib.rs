@@ -3,7 +3,8 @@
 //! (field manager `ferry`), watch rollouts, scale, restart and delete by
 //! label ([`Cluster`]); render image builds as Jobs ([`build`]) and run,
 //! watch, list and cancel them ([`builds`]); run users' scheduled jobs as
-//! Jobs ([`jobrun`]).
+//! Jobs ([`jobrun`]); follow every service's health through watches
+//! ([`status`]).
 //!
 //! With the `testing` feature, [`fake::FakeCluster`] is an in-memory API
 //! server (with a simulated workload controller) for end-to-end tests.
@@ -16,8 +17,10 @@ pub mod error;
 pub mod fake;
 pub mod jobrun;
 pub mod logs;
+pub mod metrics;
 pub mod render;
 pub mod spec;
+pub mod status;
 pub mod validate;
 
 pub use build::{
@@ -28,4 +31,9 @@ pub use builds::{BuildStatus, StartedBuild};
 pub use cluster::{Applied, Cluster, Owner, RolloutEvent, RolloutOutcome};
 pub use error::{Error, Result};
 pub use jobrun::{JobRunSpec, RunOutcome, RunStatus, kubernetes_job_name, render_job_run};
+pub use metrics::{ContainerUsage, PodMetrics};
 pub use render::{Redact, Rendered, Workload, WorkloadKindRef, diff, render};
+pub use status::{
+    ContainerObservation, ContainerState, HealthState, ServiceObservation, StatusChange,
+    StatusView, StatusWatch,
+};

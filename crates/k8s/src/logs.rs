@@ -420,7 +420,7 @@ fn service_event(e: Event) -> ServiceEvent {
     }
 }
 
-fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
+pub(crate) fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.as_second(), u32::try_from(t.subsec_nanosecond()).ok()?)
 }
 

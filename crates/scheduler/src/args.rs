@@ -91,6 +91,15 @@ pub struct Args {
     )]
     pub lease_ttl_secs: u64,
 
+    /// Seconds between container metrics samples (metrics.k8s.io).
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_METRICS_INTERVAL_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(5..=3600)
+    )]
+    pub metrics_interval_secs: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -104,6 +113,11 @@ impl Args {
     /// Time between job ticks.
     pub fn jobs_interval(&self) -> Duration {
         Duration::from_millis(self.jobs_interval_ms)
+    }
+
+    /// Time between metrics samples.
+    pub fn metrics_interval(&self) -> Duration {
+        Duration::from_secs(self.metrics_interval_secs)
     }
 
     /// How long a lease lasts without renewal.

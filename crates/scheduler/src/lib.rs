@@ -1,7 +1,9 @@
 //! `ferry-scheduler`: Ferry's clock. It runs users' scheduled jobs
 //! ([`jobs`]: cron schedules fired under a lease, one Kubernetes Job per
-//! run, or planned runs without a cluster) and retention cleanup of
-//! deployment logs, container metrics and audit logs. It needs the database
+//! run, or planned runs without a cluster), keeps services' health and
+//! containers true to the cluster ([`sync`]: watches, and metrics.k8s.io
+//! samples), and runs retention cleanup of deployment logs, container
+//! metrics and audit logs. It needs the database
 //! and the encryption key (backups will read encrypted storage credentials),
 //! but never migrates: `ferry-api` owns the schema, so the scheduler waits
 //! for it (health `NOT_SERVING` meanwhile) and fails clearly if it never comes.
@@ -10,6 +12,7 @@ pub mod args;
 pub mod error;
 pub mod jobs;
 pub mod lease;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -74,11 +77,13 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                     "no Kubernetes cluster configured: job runs are recorded as planned"
                 );
             }
-            let lease = lease::Lease::new(jobs::LEASE, lease::replica_id(), args.lease_ttl());
-            let engine = jobs::Engine::new(db.clone(), cluster, lease);
+            let replica = lease::replica_id();
+            let lease = lease::Lease::new(jobs::LEASE, replica.clone(), args.lease_ttl());
+            let engine = jobs::Engine::new(db.clone(), cluster.clone(), lease);
             tokio::join!(
                 retention_loop(&db, &keyring, &policy, args.retention_interval(), &shutdown),
                 engine.run(args.jobs_interval(), &shutdown),
+                cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
             );
             Ok(())
         }
@@ -100,6 +105,30 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     jobs.unwrap_or(Ok(()))?;
     served?;
     Ok(())
+}
+
+/// Status sync and metrics sampling, each under its own lease; nothing
+/// without a cluster.
+async fn cluster_loops(
+    db: &DatabaseConnection,
+    cluster: Option<&ferry_k8s::Cluster>,
+    replica: &str,
+    args: &Args,
+    shutdown: &Shutdown,
+) {
+    let Some(cluster) = cluster else { return };
+    let ttl = args.lease_ttl();
+    let status = sync::StatusSync::new(
+        db.clone(),
+        cluster.clone(),
+        lease::Lease::new(sync::LEASE, replica, ttl),
+        ttl,
+    );
+    let metrics = lease::Lease::new(sync::metrics::LEASE, replica, ttl);
+    tokio::join!(
+        status.run(shutdown),
+        sync::metrics::run(db, cluster, &metrics, args.metrics_interval(), shutdown),
+    );
 }
 
 /// Waits until every known migration is applied. `Ok(false)` when shutdown

@@ -11,6 +11,7 @@
 
 pub mod deploy;
 pub mod deployments;
+pub mod health;
 pub mod logs;
 pub mod projects;
 pub mod registries;

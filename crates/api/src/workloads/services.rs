@@ -71,8 +71,8 @@ pub(crate) async fn service_to_pb<C: ConnectionTrait>(
         .ok_or_else(|| Error::Internal("service message not built".into()))
 }
 
-/// [`service_to_pb`] for many services with four queries in all (ports,
-/// mounts, variable groups, database configs), not four per service.
+/// [`service_to_pb`] for many services with five queries in all (ports,
+/// mounts, variable groups, database configs, health), not five per service.
 pub(crate) async fn services_to_pb<C: ConnectionTrait>(
     db: &C,
     rows: &[services::Model],
@@ -110,6 +110,7 @@ pub(crate) async fn services_to_pb<C: ConnectionTrait>(
     {
         groups.entry(g.service_id).or_default().push(g);
     }
+    let mut health = super::health::health_of(db, &ids).await?;
     let mut databases: HashMap<Uuid, database_configs::Model> = database_configs::Entity::find()
         .filter(database_configs::Column::ServiceId.is_in(ids))
         .all(db)
@@ -119,8 +120,9 @@ pub(crate) async fn services_to_pb<C: ConnectionTrait>(
         .collect();
     Ok(rows
         .iter()
-        .map(|s| {
-            service_message(
+        .map(|s| pb::Service {
+            health: health.remove(&s.id),
+            ..service_message(
                 s,
                 &ports.remove(&s.id).unwrap_or_default(),
                 &mounts.remove(&s.id).unwrap_or_default(),
@@ -206,6 +208,9 @@ fn service_message(
             .unwrap_or_default(),
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
+        health: None,
+        containers: Vec::new(),
+        metrics_unavailable_reason: String::new(),
     }
 }
 
@@ -444,7 +449,9 @@ impl ServiceApi {
         let id = parse_id("id", &request.get_ref().id)?;
         let db = &self.0.identity.db;
         let (_, service, _) = caller.service(db, Action::ServiceRead, id).await?;
-        service_to_pb(db, &service).await
+        let mut out = service_to_pb(db, &service).await?;
+        super::health::fill_live(db, &mut out, service.id).await?;
+        Ok(out)
     }
 
     async fn list(

@@ -130,14 +130,12 @@ pub enum ConcurrencyPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum ContainerStatus {
-    #[sea_orm(string_value = "pending")]
-    Pending,
+    #[sea_orm(string_value = "waiting")]
+    Waiting,
     #[sea_orm(string_value = "running")]
     Running,
-    #[sea_orm(string_value = "succeeded")]
-    Succeeded,
-    #[sea_orm(string_value = "failed")]
-    Failed,
+    #[sea_orm(string_value = "terminated")]
+    Terminated,
     #[sea_orm(string_value = "unknown")]
     Unknown,
 }
@@ -206,6 +204,25 @@ pub enum GitProvider {
     Bitbucket,
     #[sea_orm(string_value = "generic")]
     Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum HealthState {
+    #[sea_orm(string_value = "running")]
+    Running,
+    #[sea_orm(string_value = "degraded")]
+    Degraded,
+    #[sea_orm(string_value = "crash_looping")]
+    CrashLooping,
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    #[sea_orm(string_value = "stopped")]
+    Stopped,
+    #[sea_orm(string_value = "failed")]
+    Failed,
+    #[sea_orm(string_value = "missing")]
+    Missing,
 }
 
 /// Ordered by privilege (`rank`, `Ord`) in `ferry_db::roles`, not by

@@ -95,6 +95,8 @@ pub enum Relation {
     Builds,
     #[sea_orm(has_many = "super::webhook_deliveries::Entity")]
     WebhookDeliveries,
+    #[sea_orm(has_one = "super::service_health::Entity")]
+    ServiceHealth,
 }
 
 impl Related<super::projects::Entity> for Entity {
@@ -202,6 +204,12 @@ impl Related<super::builds::Entity> for Entity {
 impl Related<super::webhook_deliveries::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::WebhookDeliveries.def()
+    }
+}
+
+impl Related<super::service_health::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ServiceHealth.def()
     }
 }
 
