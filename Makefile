@@ -50,9 +50,9 @@ bench-builds:
 	bash tests/scripts/with-postgres.sh $(CARGO) nextest run -p ferry-api --run-ignored only --no-capture -E 'test(bench_webhook_to_job_latency)'
 
 .PHONY: bench-scheduler
-## One job tick with 10,000 enabled jobs (none due / 100 due), SQLite and PostgreSQL, release build; the scheduler's idle RSS
+## One job tick with 10,000 enabled jobs (none due / 100 due), SQLite and PostgreSQL, release build; the scheduler's idle RSS; status sync lag with 1,000 services
 bench-scheduler:
-	bash tests/scripts/with-postgres.sh $(CARGO) test --release -p ferry-scheduler --test bench_tick -- --ignored --nocapture --test-threads 1
+	bash tests/scripts/with-postgres.sh $(CARGO) test --release -p ferry-scheduler --test bench_tick --test bench_sync -- --ignored --nocapture --test-threads 1
 
 .PHONY: chart-check
 ## Offline checks of the Helm chart (deploy/helm/ferry): helm lint, kubernetes-validate, checkov, rendered-output tests. Installs its tools into .tools/ once.
