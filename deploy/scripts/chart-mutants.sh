@@ -44,7 +44,7 @@ mutant "allowPrivilegeEscalation removed" $T/_helpers.tpl "allowPrivilegeEscalat
 privileged: false" "privileged: false" "$PY -k hardened"
 mutant "capabilities not all dropped" $T/_helpers.tpl 'drop: ["ALL"]' 'drop: ["NET_RAW"]' "$PY -k hardened"
 mutant "enableServiceLinks left on (builder)" $T/builder.yaml "enableServiceLinks: false" "enableServiceLinks: true" "$PY -k hardened"
-mutant "token mounted where unused (scheduler)" $T/scheduler.yaml "automountServiceAccountToken: false" "automountServiceAccountToken: true" "$PY -k hardened"
+mutant "token mounted where unused (proxy)" $T/proxy.yaml "automountServiceAccountToken: false" "automountServiceAccountToken: true" "$PY -k hardened"
 mutant "no resource limits (migrations)" deploy/helm/ferry/values.yaml "    limits:
       cpu: 500m
       memory: 256Mi
@@ -115,6 +115,22 @@ mutant "builder reachable from the proxy" $T/networkpolicies.yaml '      from:
         {{- include "ferry.peer" (list . "proxy") | nindent 8 }}
 ---
 # scheduler' "$PY -k only_the_api_reaches_the_builder"
+
+# The scheduler's RBAC (deploy/helm/tests/test_scheduler.py).
+mutant "scheduler token not mounted" $T/scheduler.yaml "automountServiceAccountToken: true" "automountServiceAccountToken: false" "$PY -k mounts_its_token"
+mutant "scheduler may watch Jobs (RBAC-scheduler.md)" $T/rbac.yaml '    resources: [jobs]
+    verbs: [get, list, create, patch, delete]' '    resources: [jobs]
+    verbs: [get, list, watch, create, patch, delete]' "$PY -k rbac_scheduler"
+mutant "scheduler cannot read run logs" $T/rbac.yaml '  # `job_run_logs` reads the newest pod'"'"'s log (the kubelet log endpoint).
+  - apiGroups: [""]
+    resources: [pods/log]
+    verbs: [get]
+' '' "$PY -k rbac_scheduler"
+mutant "scheduler may create namespaces" $T/rbac.yaml '  - apiGroups: [metrics.k8s.io]' '  - apiGroups: [""]
+    resources: [namespaces]
+    verbs: [create]
+  - apiGroups: [metrics.k8s.io]' "$PY -k creates_no_namespace"
+mutant "scheduler role bound to the api's account" $T/rbac.yaml '    name: {{ include "ferry.serviceAccountName" (list . "scheduler") }}' '    name: {{ include "ferry.serviceAccountName" (list . "api") }}' "$PY -k bound_to_its_service_account"
 
 rm -rf /tmp/m /tmp/chart-mutant-out "$backup"
 exit $survived

@@ -14,8 +14,9 @@ FERRY_COMPONENTS = {"api", "proxy", "builder", "scheduler"}
 # Environment variables that carry secrets: only ever from a Secret.
 SECRET_ENV = {"DATABASE_URL", "ENCRYPTION_KEY", "ENCRYPTION_KEY_PREVIOUS",
               "FERRY_PROXY_FEED_TOKEN", "FERRY_BUILDER_TOKEN", "POSTGRES_PASSWORD"}
-# Components that call the Kubernetes API (crates/k8s/RBAC.md, RBAC-builds.md).
-API_CALLERS = {"api", "builder"}
+# Components that call the Kubernetes API (crates/k8s/RBAC.md, RBAC-builds.md,
+# RBAC-scheduler.md).
+API_CALLERS = {"api", "builder", "scheduler"}
 
 
 def component(obj):
@@ -43,8 +44,8 @@ def test_every_pod_is_hardened(rendered):
         assert spec.get("enableServiceLinks") is False, where
         assert spec.get("hostNetwork") in (None, False), where
         assert spec.get("hostPID") in (None, False) and spec.get("hostIPC") in (None, False), where
-        # Only the api and the builder call the Kubernetes API, so only
-        # their pods get a token.
+        # Only the api, the builder and the scheduler call the Kubernetes
+        # API, so only their pods get a token.
         if component(obj) in API_CALLERS:
             assert spec.get("automountServiceAccountToken") is True, where
         else:
@@ -198,10 +199,10 @@ def test_rbac_is_exactly_what_rbac_md_documents():
     objects = render()
     roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
     # ... and the chart grants exactly that, to the api alone (the builder's
-    # roles are test_builds.py's).
+    # roles are test_builds.py's, the scheduler's test_scheduler.py's).
     api_roles = [r for r in roles if component(r) == "api"]
     assert [(r["kind"], r["metadata"]["name"]) for r in api_roles] == [("ClusterRole", "ferry-api")]
-    assert {component(r) for r in roles} == {"api", "builder"}
+    assert {component(r) for r in roles} == {"api", "builder", "scheduler"}
     assert normalize(api_roles[0]["rules"]) == documented
     for r in api_roles[0]["rules"]:
         assert all(len(r[k]) == 1 or k != "apiGroups" for k in r)
