@@ -115,6 +115,81 @@ fn deployment_status(replicas: i32, ready: i32) -> Value {
             "updatedReplicas": replicas, "availableReplicas": ready })
 }
 
+/// A user's service "web" (`replicas`, 256Mi limit) in a new project,
+/// with a deploy started; no status sync has seen it yet.
+async fn deployed(api: &Api, user: &str, replicas: i32) -> (Ctx, String, pb::Deployment) {
+    let mut c = clients(api.addr).await;
+    register(&mut c, user).await;
+    let token = login(&mut c, user).await;
+    let org = create_org(&mut c, &token, &format!("{user} org")).await.id;
+    let project = ProjectServiceClient::new(c.channel.clone())
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                organization_id: org,
+                name: "Shop".into(),
+                slug: String::new(),
+                description: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut services = ServiceServiceClient::new(c.channel.clone());
+    let svc = services
+        .create_service(authed(
+            pb::CreateServiceRequest {
+                project_id: project.id.clone(),
+                name: "web".into(),
+                spec: Some(pb::create_service_request::Spec::Application(
+                    pb::ApplicationSpec {
+                        image: "ghcr.io/acme/web:1.0".into(),
+                        replicas: Some(replicas),
+                        resources: Some(pb::Resources {
+                            memory_limit: "256Mi".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+                ports: vec![],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ctx = Ctx {
+        services,
+        token: token.clone(),
+        id: svc.id.clone(),
+    };
+    // Before any sync: no health.
+    assert!(ctx.get().await.health.is_none());
+    let deploy = DeploymentServiceClient::new(c.channel.clone())
+        .deploy(authed(pb::DeployRequest { service_id: svc.id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    (ctx, project.namespace, deploy)
+}
+
+/// The scheduler's status sync, as ferry-scheduler runs it.
+fn spawn_sync(
+    db: &ferry_db::sea_orm::DatabaseConnection,
+    cluster: &Cluster,
+) -> (Shutdown, tokio::task::JoinHandle<()>) {
+    let shutdown = Shutdown::new();
+    let (db, stop, cluster) = (db.clone(), shutdown.clone(), cluster.clone());
+    let task = tokio::spawn(async move {
+        let ttl = Duration::from_secs(15);
+        StatusSync::new(db, cluster, Lease::new(sync::LEASE, "test", ttl), ttl)
+            .run(&stop)
+            .await;
+    });
+    (shutdown, task)
+}
+
 #[tokio::test]
 async fn get_service_follows_the_cluster_within_two_seconds() {
     for db in ferry_tests::migrated_dbs().await {
@@ -122,66 +197,7 @@ async fn get_service_follows_the_cluster_within_two_seconds() {
         let fake = FakeCluster::new();
         let (api, _state) =
             start_with_cluster(&db.conn, Some(&fake), Duration::from_secs(10)).await;
-        let mut c = clients(api.addr).await;
-        register(&mut c, "alice").await;
-        let token = login(&mut c, "alice").await;
-        let org = create_org(&mut c, &token, "Alice org").await.id;
-        let project = ProjectServiceClient::new(c.channel.clone())
-            .create_project(authed(
-                pb::CreateProjectRequest {
-                    organization_id: org,
-                    name: "Shop".into(),
-                    slug: String::new(),
-                    description: String::new(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let ns = project.namespace.clone();
-        let mut services = ServiceServiceClient::new(c.channel.clone());
-        let svc = services
-            .create_service(authed(
-                pb::CreateServiceRequest {
-                    project_id: project.id.clone(),
-                    name: "web".into(),
-                    spec: Some(pb::create_service_request::Spec::Application(
-                        pb::ApplicationSpec {
-                            image: "ghcr.io/acme/web:1.0".into(),
-                            replicas: Some(2),
-                            resources: Some(pb::Resources {
-                                memory_limit: "256Mi".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    )),
-                    ports: vec![],
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut ctx = Ctx {
-            services,
-            token: token.clone(),
-            id: svc.id.clone(),
-        };
-        // Before any sync: no health.
-        assert!(ctx.get().await.health.is_none(), "{b}");
-
-        let deploy = DeploymentServiceClient::new(c.channel.clone())
-            .deploy(authed(
-                pb::DeployRequest {
-                    service_id: svc.id.clone(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let (mut ctx, ns, deploy) = deployed(&api, "alice", 2).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while ctx.get().await.status != "running" {
             assert!(
@@ -192,18 +208,8 @@ async fn get_service_follows_the_cluster_within_two_seconds() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // The scheduler's sync, as ferry-scheduler runs it.
-        let shutdown = Shutdown::new();
         let cluster = Cluster::new(fake.client());
-        let sync_task = {
-            let (db, shutdown, cluster) = (db.conn.clone(), shutdown.clone(), cluster.clone());
-            tokio::spawn(async move {
-                let ttl = Duration::from_secs(15);
-                StatusSync::new(db, cluster, Lease::new(sync::LEASE, "test", ttl), ttl)
-                    .run(&shutdown)
-                    .await;
-            })
-        };
+        let (shutdown, sync_task) = spawn_sync(&db.conn, &cluster);
 
         // The workload as deployed: 2 of 2 ready (the fake's controller).
         let s = ctx.within("initial sync", |s| state(s) == "running").await;
@@ -338,62 +344,7 @@ async fn get_service_shows_metrics_or_says_why_not() {
         let fake = FakeCluster::new();
         let (api, _state) =
             start_with_cluster(&db.conn, Some(&fake), Duration::from_secs(10)).await;
-        let mut c = clients(api.addr).await;
-        register(&mut c, "bob").await;
-        let token = login(&mut c, "bob").await;
-        let org = create_org(&mut c, &token, "Bob org").await.id;
-        let project = ProjectServiceClient::new(c.channel.clone())
-            .create_project(authed(
-                pb::CreateProjectRequest {
-                    organization_id: org,
-                    name: "Shop".into(),
-                    slug: String::new(),
-                    description: String::new(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let ns = project.namespace.clone();
-        let mut services = ServiceServiceClient::new(c.channel.clone());
-        let svc = services
-            .create_service(authed(
-                pb::CreateServiceRequest {
-                    project_id: project.id.clone(),
-                    name: "web".into(),
-                    spec: Some(pb::create_service_request::Spec::Application(
-                        pb::ApplicationSpec {
-                            image: "ghcr.io/acme/web:1.0".into(),
-                            replicas: Some(1),
-                            resources: Some(pb::Resources {
-                                memory_limit: "256Mi".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    )),
-                    ports: vec![],
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        DeploymentServiceClient::new(c.channel.clone())
-            .deploy(authed(
-                pb::DeployRequest {
-                    service_id: svc.id.clone(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap();
-        let mut ctx = Ctx {
-            services,
-            token,
-            id: svc.id.clone(),
-        };
+        let (mut ctx, ns, _) = deployed(&api, "bob", 1).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while fake.get("Deployment", &ns, "web").is_none() {
             assert!(Instant::now() < deadline, "{b}: never applied");
@@ -404,17 +355,8 @@ async fn get_service_shows_metrics_or_says_why_not() {
                 .clone();
         fake.insert(pod(&ns, "web-a", &labels, "node-1", ready()));
 
-        let shutdown = Shutdown::new();
         let cluster = Cluster::new(fake.client());
-        let sync_task = {
-            let (db, shutdown, cluster) = (db.conn.clone(), shutdown.clone(), cluster.clone());
-            tokio::spawn(async move {
-                let ttl = Duration::from_secs(15);
-                StatusSync::new(db, cluster, Lease::new(sync::LEASE, "test", ttl), ttl)
-                    .run(&shutdown)
-                    .await;
-            })
-        };
+        let (shutdown, sync_task) = spawn_sync(&db.conn, &cluster);
         ctx.within("the pod", |s| s.containers.len() == 1).await;
         let s = ctx.get().await;
         assert!(

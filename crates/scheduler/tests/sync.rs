@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use ferry_common::Shutdown;
-use ferry_db::entities::enums::{HealthState, ServiceKind, ServiceStatus, SourceType};
-use ferry_db::entities::{leases, organizations, projects, service_health, services};
+use ferry_db::entities::enums::{HealthState, ServiceStatus};
+use ferry_db::entities::{leases, service_health, services};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
     EntityTrait as _, QueryFilter as _,
@@ -25,44 +25,9 @@ const NS: &str = "ferry-p-sync";
 const TTL: Duration = Duration::from_secs(2);
 
 async fn service(db: &DatabaseConnection) -> Uuid {
-    let org = organizations::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        name: Set("Acme".into()),
-        slug: Set(format!(
-            "acme-{}",
-            &Uuid::new_v4().simple().to_string()[..6]
-        )),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    let project = projects::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        organization_id: Set(org.id),
-        name: Set("web".into()),
-        slug: Set("web".into()),
-        namespace: Set(NS.into()),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    services::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        project_id: Set(project.id),
-        name: Set("web".into()),
-        kind: Set(ServiceKind::Application),
-        source_type: Set(SourceType::Image),
-        status: Set(ServiceStatus::Running),
-        image: Set(Some("nginx:1.27".into())),
-        replicas: Set(2),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap()
-    .id
+    let org = ferry_tests::fixtures::organization(db, "Acme", "acme").await;
+    let project = ferry_tests::fixtures::project(db, org, "web", NS).await;
+    ferry_tests::fixtures::service(db, project, "web", 8080).await
 }
 
 fn deployment(service: Uuid, replicas: i32) -> serde_json::Value {
