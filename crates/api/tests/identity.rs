@@ -1169,6 +1169,14 @@ const EXPECTATIONS: &[(&str, Unauth)] = &[
         Unauth::Rejected,
     ),
     (
+        "/ferry.v1.OrganizationService/GetRetentionPolicy",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/SetRetentionPolicy",
+        Unauth::Rejected,
+    ),
+    (
         "/ferry.v1.InvitationService/CreateInvitation",
         Unauth::Rejected,
     ),
@@ -1414,6 +1422,30 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                     organization_id: org,
                     limits: Some(pb::ResourceLimits {
                         pods: Some(1),
+                        ..Default::default()
+                    }),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/GetRetentionPolicy" => c
+            .orgs
+            .get_retention_policy(authed(
+                pb::GetRetentionPolicyRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/SetRetentionPolicy" => c
+            .orgs
+            .set_retention_policy(authed(
+                pb::SetRetentionPolicyRequest {
+                    organization_id: org,
+                    policy: Some(pb::RetentionPolicy {
+                        deployment_logs_days: 1,
                         ..Default::default()
                     }),
                 },
