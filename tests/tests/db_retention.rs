@@ -854,3 +854,125 @@ async fn an_override_applies_where_the_installation_keeps_data_forever() {
         assert!(left.iter().all(|ages| *ages == every), "{b}: {left:?}");
     }
 }
+
+/// Scale check, run by hand (`-- --ignored`): 3,000 organizations (a third
+/// keeping logs 90 days, a third 7, a third on the default), 60,000 log
+/// lines. Cleanup runs one statement per window and batch, whatever the
+/// number of organizations; prints how long it took.
+#[tokio::test]
+#[ignore = "scale check, run by hand"]
+async fn many_organizations_cost_one_pass_per_window() {
+    use sea_orm::EntityTrait as _;
+    use serde_json::json;
+    const ORGS: usize = 3_000;
+    const AGES: [i64; 20] = [
+        1, 2, 3, 5, 6, 8, 10, 12, 20, 25, 29, 31, 40, 50, 60, 80, 89, 91, 120, 400,
+    ];
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let now = test_now();
+        let mut orgs = Vec::new();
+        let mut projects_ = Vec::new();
+        let mut services_ = Vec::new();
+        let mut deployments_ = Vec::new();
+        let mut logs = Vec::new();
+        for i in 0..ORGS {
+            let settings = match i % 3 {
+                0 => json!({"retention": {"deployment_logs_days": 90}}),
+                1 => json!({"retention": {"deployment_logs_days": 7}}),
+                _ => json!({}),
+            };
+            let (org, project, service, deployment) = (
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+            );
+            orgs.push(organizations::ActiveModel {
+                id: Set(org),
+                name: Set(format!("o{i}")),
+                slug: Set(format!("o{i}")),
+                settings: Set(settings),
+                ..Default::default()
+            });
+            projects_.push(projects::ActiveModel {
+                id: Set(project),
+                organization_id: Set(org),
+                name: Set("web".into()),
+                slug: Set("web".into()),
+                namespace: Set(format!("ferry-o{i}")),
+                ..Default::default()
+            });
+            services_.push(services::ActiveModel {
+                id: Set(service),
+                project_id: Set(project),
+                name: Set("api".into()),
+                image: Set(Some("nginx".into())),
+                ..Default::default()
+            });
+            deployments_.push(deployments::ActiveModel {
+                id: Set(deployment),
+                service_id: Set(Some(service)),
+                ..Default::default()
+            });
+            for age in AGES {
+                logs.push(deployment_logs::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    deployment_id: Set(deployment),
+                    level: Set(LogLevel::Info),
+                    message: Set(age.to_string()),
+                    timestamp: Set(now - Duration::days(age)),
+                    ..Default::default()
+                });
+            }
+        }
+        async fn insert<A: sea_orm::ActiveModelTrait + Send>(db: &TestDb, rows: Vec<A>) {
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<A> = rows.by_ref().take(500).collect();
+                <A::Entity as sea_orm::EntityTrait>::insert_many(chunk)
+                    .exec(&db.conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        insert(&db, orgs).await;
+        insert(&db, projects_).await;
+        insert(&db, services_).await;
+        insert(&db, deployments_).await;
+        insert(&db, logs).await;
+
+        let started = std::time::Instant::now();
+        let report = cleanup(
+            &db.conn,
+            &ferry_tests::test_keyring(),
+            &RetentionPolicy::default(),
+            now,
+        )
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        let older = |days: i64| AGES.iter().filter(|a| **a > days).count() as u64;
+        let per_third = (ORGS / 3) as u64;
+        assert_eq!(
+            report.deployment_logs,
+            per_third * (older(90) + older(7) + older(30)),
+            "{b}"
+        );
+        let left = deployment_logs::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .len() as u64;
+        assert_eq!(
+            left,
+            (ORGS * AGES.len()) as u64 - report.deployment_logs,
+            "{b}"
+        );
+        println!(
+            "{b}: {ORGS} organizations, {} log lines: {} deleted in {took:?}",
+            ORGS * AGES.len(),
+            report.deployment_logs
+        );
+    }
+}

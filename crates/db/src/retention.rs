@@ -12,10 +12,13 @@
 //! (one `SELECT DISTINCT` over `organizations`), then runs one batched delete
 //! for the default window (every organization but those that keep the data
 //! longer) and one per distinct override window (the organizations that
-//! chose it). The organizations of a window are a subquery over
-//! `organizations` (the override read from the JSON column in SQL, see
-//! [`override_days`]), never a list of ids, so the statements stay the same
-//! size however many organizations there are.
+//! chose it). A row's organization is found by a correlated `EXISTS` that
+//! joins its owner by primary keys up to `organizations` and tests the
+//! override there, read from the JSON column in SQL ([`override_days`]):
+//! never a list of ids, so the statements stay the same size however many
+//! organizations there are, and PostgreSQL plans semi- and anti-joins. With
+//! no organization keeping data longer than the installation, the default
+//! pass is the plain one-table delete.
 //!
 //! Deletes run in bounded batches ([`BATCH`] rows, one short transaction
 //! each), never one huge transaction: a year of logs does not lock a table
@@ -26,7 +29,7 @@
 //! cutoff is compared as a bound `DateTime<Utc>` parameter on both backends.
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait as _, Query, SelectStatement, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait as _, Func, Query, SelectStatement, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait as _, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
     TransactionTrait,
@@ -382,85 +385,109 @@ async fn override_windows(db: &DatabaseConnection, kind: Scoped) -> Result<Vec<u
     Ok(windows)
 }
 
-/// The ids of the organizations whose override of `kind` matches `test`
-/// (an expression over [`override_days`]).
-fn organizations_where(
-    db: &DatabaseConnection,
-    kind: Scoped,
-    test: impl FnOnce(SimpleExpr) -> SimpleExpr,
-) -> SelectStatement {
-    Query::select()
-        .column((organizations::Entity, organizations::Column::Id))
-        .from(organizations::Entity)
-        .and_where(test(override_days(db.get_database_backend(), kind)))
-        .to_owned()
-}
-
-/// `kind`'s rows of the organizations `orgs` selects (their ids): `NOT`
-/// with `negate`, i.e. every other organization's rows. The subqueries
-/// select primary keys (never NULL), so `NOT IN` means what it says; an
-/// audit row whose organization is gone (NULL) counts as no
-/// organization's.
-fn owned_by(kind: Scoped, orgs: SelectStatement, negate: bool) -> SimpleExpr {
-    fn ids<E: EntityTrait>(id: E::Column, condition: SimpleExpr) -> SelectStatement {
+/// `kind`'s rows whose organization passes `test` (an expression over
+/// `organizations`, e.g. on [`override_days`]): `EXISTS` over the row's
+/// owner, correlated on the row's own foreign key and joined by primary
+/// keys up to its organization (deployment → service or stack → project,
+/// container → service → project, job → project); `NOT EXISTS` with
+/// `negate`. PostgreSQL plans these as semi- and anti-joins (never a
+/// `NOT IN` over a list it might have to scan per row), SQLite as a few
+/// primary-key lookups per row; an audit row whose organization is gone
+/// (NULL) is no organization's.
+fn owned_by(kind: Scoped, test: SimpleExpr, negate: bool) -> SimpleExpr {
+    use organizations::Column as O;
+    let org = || {
         Query::select()
-            .column(id)
-            .from(E::default())
-            .and_where(condition)
+            .expr(Expr::val(1))
+            .from(organizations::Entity)
             .to_owned()
-    }
-    fn within<C: ColumnTrait>(column: C, select: SelectStatement, negate: bool) -> SimpleExpr {
-        if negate {
-            column.not_in_subquery(select)
-        } else {
-            column.in_subquery(select)
-        }
-    }
-    let projects = ids::<projects::Entity>(
-        projects::Column::Id,
-        projects::Column::OrganizationId.in_subquery(orgs.clone()),
-    );
-    let services = ids::<services::Entity>(
-        services::Column::Id,
-        services::Column::ProjectId.in_subquery(projects.clone()),
-    );
-    match kind {
-        Scoped::DeploymentLogs => {
-            let stacks = ids::<stacks::Entity>(
-                stacks::Column::Id,
-                stacks::Column::ProjectId.in_subquery(projects),
-            );
+    };
+    let owner = |mut select: SelectStatement, project: SimpleExpr| {
+        select
+            .inner_join(
+                projects::Entity,
+                Expr::col((projects::Entity, projects::Column::Id)).eq(project),
+            )
+            .inner_join(
+                organizations::Entity,
+                Expr::col((organizations::Entity, O::Id))
+                    .equals((projects::Entity, projects::Column::OrganizationId)),
+            )
+            .to_owned()
+    };
+    let mut select = match kind {
+        Scoped::DeploymentLogs => owner(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(deployments::Entity)
+                .left_join(
+                    services::Entity,
+                    Expr::col((services::Entity, services::Column::Id))
+                        .equals((deployments::Entity, deployments::Column::ServiceId)),
+                )
+                .left_join(
+                    stacks::Entity,
+                    Expr::col((stacks::Entity, stacks::Column::Id))
+                        .equals((deployments::Entity, deployments::Column::StackId)),
+                )
+                .and_where(
+                    Expr::col((deployments::Entity, deployments::Column::Id)).equals((
+                        deployment_logs::Entity,
+                        deployment_logs::Column::DeploymentId,
+                    )),
+                )
+                .to_owned(),
             // A deployment belongs to a service or to a stack (CHECK).
-            let deployments = ids::<deployments::Entity>(
-                deployments::Column::Id,
-                deployments::Column::ServiceId
-                    .in_subquery(services)
-                    .or(deployments::Column::StackId.in_subquery(stacks)),
-            );
-            within(deployment_logs::Column::DeploymentId, deployments, negate)
-        }
-        Scoped::ContainerMetrics => {
-            let containers = ids::<containers::Entity>(
-                containers::Column::Id,
-                containers::Column::ServiceId.in_subquery(services),
-            );
-            within(container_metrics::Column::ContainerId, containers, negate)
-        }
-        Scoped::JobRuns => {
-            let jobs = ids::<jobs::Entity>(
-                jobs::Column::Id,
-                jobs::Column::ProjectId.in_subquery(projects),
-            );
-            within(job_runs::Column::JobId, jobs, negate)
-        }
-        Scoped::WebhookDeliveries => {
-            within(webhook_deliveries::Column::OrganizationId, orgs, negate)
-        }
-        Scoped::AuditLogs if negate => audit_logs::Column::OrganizationId
-            .is_null()
-            .or(audit_logs::Column::OrganizationId.not_in_subquery(orgs)),
-        Scoped::AuditLogs => audit_logs::Column::OrganizationId.in_subquery(orgs),
-    }
+            Func::coalesce([
+                Expr::col((services::Entity, services::Column::ProjectId)),
+                Expr::col((stacks::Entity, stacks::Column::ProjectId)),
+            ])
+            .into(),
+        ),
+        Scoped::ContainerMetrics => owner(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(containers::Entity)
+                .inner_join(
+                    services::Entity,
+                    Expr::col((services::Entity, services::Column::Id))
+                        .equals((containers::Entity, containers::Column::ServiceId)),
+                )
+                .and_where(
+                    Expr::col((containers::Entity, containers::Column::Id)).equals((
+                        container_metrics::Entity,
+                        container_metrics::Column::ContainerId,
+                    )),
+                )
+                .to_owned(),
+            Expr::col((services::Entity, services::Column::ProjectId)),
+        ),
+        Scoped::JobRuns => owner(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(jobs::Entity)
+                .and_where(
+                    Expr::col((jobs::Entity, jobs::Column::Id))
+                        .equals((job_runs::Entity, job_runs::Column::JobId)),
+                )
+                .to_owned(),
+            Expr::col((jobs::Entity, jobs::Column::ProjectId)),
+        ),
+        Scoped::WebhookDeliveries => org()
+            .and_where(Expr::col((organizations::Entity, O::Id)).equals((
+                webhook_deliveries::Entity,
+                webhook_deliveries::Column::OrganizationId,
+            )))
+            .to_owned(),
+        Scoped::AuditLogs => org()
+            .and_where(
+                Expr::col((organizations::Entity, O::Id))
+                    .equals((audit_logs::Entity, audit_logs::Column::OrganizationId)),
+            )
+            .to_owned(),
+    };
+    let exists = Expr::exists(select.and_where(test).to_owned());
+    if negate { exists.not() } else { exists }
 }
 
 /// `kind`'s rows that are due once older than `before` (finished job runs
@@ -491,13 +518,12 @@ async fn cleanup_scoped(
     batch: u64,
 ) -> Result<u64> {
     let windows = override_windows(db, kind).await?;
+    let days = || override_days(db.get_database_backend(), kind);
     let mut deleted = 0;
     if let Some(before) = cutoff(now, default_days) {
         let mut condition = due(kind, before);
         if windows.iter().any(|w| *w > default_days) {
-            let longer = organizations_where(db, kind, |days| {
-                days.between(i64::from(default_days) + 1, MAX_DAYS)
-            });
+            let longer = days().between(i64::from(default_days) + 1, MAX_DAYS);
             condition = condition.and(owned_by(kind, longer, true));
         }
         deleted += delete_due(db, keyring, kind, condition, now, batch).await?;
@@ -506,8 +532,7 @@ async fn cleanup_scoped(
         let Some(before) = cutoff(now, window) else {
             continue;
         };
-        let orgs = organizations_where(db, kind, |days| days.eq(window));
-        let condition = due(kind, before).and(owned_by(kind, orgs, false));
+        let condition = due(kind, before).and(owned_by(kind, days().eq(window), false));
         deleted += delete_due(db, keyring, kind, condition, now, batch).await?;
     }
     Ok(deleted)

@@ -1,7 +1,9 @@
 //! `ferry-scheduler`: Ferry's clock. It runs users' scheduled jobs
 //! ([`jobs`]: cron schedules fired under a lease, one Kubernetes Job per
 //! run, or planned runs without a cluster) and retention cleanup of
-//! deployment logs, container metrics and audit logs. It needs the database
+//! deployment logs, container metrics, job runs, push deliveries and audit
+//! logs (its flags are the installation's windows; organizations' own
+//! overrides are read from the database each run). It needs the database
 //! and the encryption key (backups will read encrypted storage credentials),
 //! but never migrates: `ferry-api` owns the schema, so the scheduler waits
 //! for it (health `NOT_SERVING` meanwhile) and fails clearly if it never comes.
