@@ -155,6 +155,7 @@ pub async fn set(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
