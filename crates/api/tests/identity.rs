@@ -817,6 +817,99 @@ async fn audit_retention_keeps_the_chain_verifiable() {
     }
 }
 
+/// An append reads only the chain's head when there is one: its time
+/// bounds the new row's (even ahead of the clock), its hash is the link. A
+/// chain without a head (written before heads existed) links to its newest
+/// row and gets one.
+#[tokio::test]
+async fn audit_appends_link_through_the_head_or_else_the_newest_row() {
+    use ferry_db::entities::audit_chain_heads;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_with_feed(&db.conn, relaxed(), Some(FEED_TOKEN)).await;
+        let mut c = clients_as(api.addr, USER_AGENT).await;
+        register(&mut c, "alice").await;
+        let alice = login(&mut c, "alice").await;
+        let org = create_org(&mut c, &alice, "Acme").await;
+        let rename = |name: &str| {
+            authed(
+                pb::RenameOrganizationRequest {
+                    id: org.id.clone(),
+                    name: name.into(),
+                },
+                &alice,
+            )
+        };
+        let verify = || {
+            authed(
+                pb::VerifyAuditChainRequest {
+                    organization_id: org.id.clone(),
+                },
+                &alice,
+            )
+        };
+        let head = || {
+            let conn = db.conn.clone();
+            let chain = org.id.clone();
+            async move {
+                audit_chain_heads::Entity::find()
+                    .filter(audit_chain_heads::Column::Chain.eq(chain))
+                    .one(&conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        c.orgs.rename_organization(rename("Acme 1")).await.unwrap();
+
+        // The head's time is ahead of the clock (another replica's): the
+        // next row still comes after it.
+        let ahead = chrono::Utc::now() + chrono::Duration::hours(1);
+        let mut moved: audit_chain_heads::ActiveModel = head().await.unwrap().into();
+        moved.last_created_at = Set(ahead);
+        moved.update(&db.conn).await.unwrap();
+        c.orgs.rename_organization(rename("Acme 2")).await.unwrap();
+        let newest = head().await.unwrap();
+        assert!(newest.last_created_at > ahead, "{b}: {newest:?}");
+        let row = audit_logs::Entity::find_by_id(newest.last_id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.created_at > ahead, "{b}");
+        let report = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.ok, "{b}: {report:?}");
+
+        // Without a head, the next row links to the newest row.
+        audit_chain_heads::Entity::delete_by_id(newest.id)
+            .exec(&db.conn)
+            .await
+            .unwrap();
+        c.orgs.rename_organization(rename("Acme 3")).await.unwrap();
+        let report = c
+            .audit
+            .verify_audit_chain(verify())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.ok, "{b}: {report:?}");
+        assert_eq!(report.entries_checked, 4, "{b}");
+        let recreated = head().await.unwrap();
+        let last = audit_logs::Entity::find_by_id(recreated.last_id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.prev_hash, row.hash, "{b}");
+        assert!(last.created_at > row.created_at, "{b}");
+        api.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn audit_chain_records_mutations_and_detects_tampering() {
     for db in ferry_tests::migrated_dbs().await {
@@ -1169,6 +1262,14 @@ const EXPECTATIONS: &[(&str, Unauth)] = &[
         Unauth::Rejected,
     ),
     (
+        "/ferry.v1.OrganizationService/GetRetentionPolicy",
+        Unauth::Rejected,
+    ),
+    (
+        "/ferry.v1.OrganizationService/SetRetentionPolicy",
+        Unauth::Rejected,
+    ),
+    (
         "/ferry.v1.InvitationService/CreateInvitation",
         Unauth::Rejected,
     ),
@@ -1414,6 +1515,30 @@ async fn cross_tenant(c: &mut Clients, method: &str, v: &Victim, outsider: &str)
                     organization_id: org,
                     limits: Some(pb::ResourceLimits {
                         pods: Some(1),
+                        ..Default::default()
+                    }),
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/GetRetentionPolicy" => c
+            .orgs
+            .get_retention_policy(authed(
+                pb::GetRetentionPolicyRequest {
+                    organization_id: org,
+                },
+                outsider,
+            ))
+            .await
+            .map(drop),
+        "/ferry.v1.OrganizationService/SetRetentionPolicy" => c
+            .orgs
+            .set_retention_policy(authed(
+                pb::SetRetentionPolicyRequest {
+                    organization_id: org,
+                    policy: Some(pb::RetentionPolicy {
+                        deployment_logs_days: 1,
                         ..Default::default()
                     }),
                 },

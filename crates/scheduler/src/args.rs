@@ -33,7 +33,9 @@ pub struct Args {
     )]
     pub retention_interval_secs: u64,
 
-    /// Days audit log entries are kept.
+    /// Days audit log entries are kept: the installation default, which an
+    /// organization may override (`SetRetentionPolicy`), as it may the four
+    /// windows below.
     #[arg(
         long,
         env = "FERRY_AUDIT_RETENTION_DAYS",

@@ -3,7 +3,9 @@
 //! run, or planned runs without a cluster), keeps services' health and
 //! containers true to the cluster ([`sync`]: watches, and metrics.k8s.io
 //! samples), and runs retention cleanup of deployment logs, container
-//! metrics and audit logs. It needs the database
+//! metrics, job runs, push deliveries and audit logs (its flags are the
+//! installation's windows; organizations' own overrides are read from the
+//! database each run). It needs the database
 //! and the encryption key (backups will read encrypted storage credentials),
 //! but never migrates: `ferry-api` owns the schema, so the scheduler waits
 //! for it (health `NOT_SERVING` meanwhile) and fails clearly if it never comes.

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod limits;
 pub mod organization;
+pub mod retention;
 // Tenancy: members, invitations, API tokens, grants.
 pub mod grants;
 pub mod invitations;

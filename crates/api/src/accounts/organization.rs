@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{limits, members};
+use super::{limits, members, retention};
 use crate::audit::{Auditor, Entry};
 use crate::auth::{Credential, Identity};
 use crate::authz::{Action, Caller, Resource};
@@ -417,6 +417,24 @@ impl OrganizationService for OrganizationApi {
         let default = &self.workloads.deployer.config.policy.quota;
         let limits = limits::set(&caller, &self.identity.db, default, request.into_inner()).await?;
         Ok(Response::new(limits))
+    }
+
+    async fn get_retention_policy(
+        &self,
+        request: Request<pb::GetRetentionPolicyRequest>,
+    ) -> Result<Response<pb::OrganizationRetention>, Status> {
+        let caller = Caller::of(&self.identity, &request).await?;
+        let policy = retention::get(&caller, &self.identity.db, request.get_ref()).await?;
+        Ok(Response::new(policy))
+    }
+
+    async fn set_retention_policy(
+        &self,
+        request: Request<pb::SetRetentionPolicyRequest>,
+    ) -> Result<Response<pb::OrganizationRetention>, Status> {
+        let caller = Caller::of(&self.identity, &request).await?;
+        let policy = retention::set(&caller, &self.identity.db, request.into_inner()).await?;
+        Ok(Response::new(policy))
     }
 }
 

@@ -170,19 +170,32 @@ async fn append<C: ConnectionTrait>(
         ))
         .await?;
     }
-    let prev = audit_logs::Entity::find()
-        .filter(chain_condition(backend, who.organization_id))
-        .order_by_desc(audit_logs::Column::CreatedAt)
-        .order_by_desc(audit_logs::Column::Id)
-        .limit(1)
-        .one(txn)
-        .await?;
-    // The head is the authority on what came last: rows removed from the
-    // end (or all cut by retention) still leave their hash to link to.
+    // The head is the authority on what came last: every append moves it
+    // in the append's own transaction (under the chain's lock), so it holds
+    // the newest row's hash and time, and rows removed from the end (or all
+    // cut by retention) still leave their hash to link to. One read: only a
+    // chain without a head (a new chain, or one written before heads
+    // existed) looks for its newest row.
     let head = audit_chain_heads::Entity::find()
         .filter(audit_chain_heads::Column::Chain.eq(chain.as_str()))
         .one(txn)
         .await?;
+    let (prev_hash, latest) = match &head {
+        Some(h) => (Some(h.last_hash.clone()), Some(micros(h.last_created_at))),
+        None => {
+            let prev = audit_logs::Entity::find()
+                .filter(chain_condition(backend, who.organization_id))
+                .order_by_desc(audit_logs::Column::CreatedAt)
+                .order_by_desc(audit_logs::Column::Id)
+                .limit(1)
+                .one(txn)
+                .await?;
+            match prev {
+                Some(p) => (p.hash, Some(micros(p.created_at))),
+                None => (None, None),
+            }
+        }
+    };
 
     let mut details = match event.details {
         Value::Object(map) => map,
@@ -202,20 +215,9 @@ async fn append<C: ConnectionTrait>(
     let details = Value::Object(details);
 
     let now = micros(Utc::now());
-    let latest = [
-        prev.as_ref().map(|p| micros(p.created_at)),
-        head.as_ref().map(|h| micros(h.last_created_at)),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
     let created_at = match latest {
         Some(t) if t >= now => t + Duration::microseconds(1),
         _ => now,
-    };
-    let prev_hash = match &head {
-        Some(h) => Some(h.last_hash.clone()),
-        None => prev.and_then(|p| p.hash),
     };
     let mut row = audit_logs::Model {
         id: Uuid::now_v7(),

@@ -119,6 +119,10 @@ actions! {
     OrganizationReadLimits = "organization.read_limits" => Rule::Role(OrgRole::Viewer),
     // Tenants never raise their own quota.
     OrganizationSetLimits = "organization.set_limits" => Rule::SuperAdmin,
+    OrganizationReadRetention = "organization.read_retention" => Rule::Role(OrgRole::Viewer),
+    // Admins run the organization; the audit floor for tenants is checked
+    // by the handler (accounts/retention.rs).
+    OrganizationSetRetention = "organization.set_retention" => Rule::Role(OrgRole::Admin),
     AuditRead = "audit.read" => Rule::Role(OrgRole::Admin),
     AuditVerify = "audit.verify" => Rule::Role(OrgRole::Admin),
     AuditReadGlobal = "audit.read_global" => Rule::SuperAdmin,
