@@ -976,3 +976,51 @@ async fn many_organizations_cost_one_pass_per_window() {
         );
     }
 }
+
+#[tokio::test]
+async fn containers_gone_longer_than_the_metrics_window_are_removed_with_their_samples() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let f = fixture(&db).await;
+        let now = Utc::now();
+        let policy = RetentionPolicy::default(); // metrics: 7 days
+        metric(&db, &f, now - Duration::days(1), 1.0).await;
+        let removed = |at: DateTime<Utc>| containers::ActiveModel {
+            id: Set(f.container),
+            removed_at: Set(Some(at)),
+            ..Default::default()
+        };
+        // Removed 6 days ago: kept (an organization may still read its samples).
+        removed(now - Duration::days(6))
+            .update(&db.conn)
+            .await
+            .unwrap();
+        let report =
+            ferry_db::retention::cleanup(&db.conn, &ferry_tests::test_keyring(), &policy, now)
+                .await
+                .unwrap();
+        assert_eq!(report.removed_containers, 0, "{b}");
+        assert_eq!(cpus(&db).await, vec![1.0], "{b}");
+        // Removed 8 days ago: the row and its samples go.
+        removed(now - Duration::days(8))
+            .update(&db.conn)
+            .await
+            .unwrap();
+        let report =
+            ferry_db::retention::cleanup(&db.conn, &ferry_tests::test_keyring(), &policy, now)
+                .await
+                .unwrap();
+        assert_eq!(report.removed_containers, 1, "{b}");
+        assert!(cpus(&db).await.is_empty(), "{b}");
+        // Never while metrics are kept forever.
+        let forever = RetentionPolicy {
+            container_metrics_days: 0,
+            ..RetentionPolicy::default()
+        };
+        let report =
+            ferry_db::retention::cleanup(&db.conn, &ferry_tests::test_keyring(), &forever, now)
+                .await
+                .unwrap();
+        assert_eq!(report.removed_containers, 0, "{b}");
+    }
+}

@@ -277,6 +277,9 @@ pub struct RetentionReport {
     pub sessions: u64,
     /// Invitations settled more than [`SETTLED_HORIZON`] ago.
     pub invitations: u64,
+    /// Containers whose pod went away longer ago than any organization
+    /// keeps metrics (their samples go with them).
+    pub removed_containers: u64,
 }
 
 /// An `auth_throttle` row untouched this long, and not locked, is dead: the
@@ -340,6 +343,7 @@ pub async fn cleanup_in_batches(
         batch,
     )
     .await?;
+    report.removed_containers = cleanup_removed_containers(db, policy, now, batch).await?;
     let stale = now - THROTTLE_HORIZON;
     report.auth_throttle = delete_batched::<auth_throttle::Entity, _>(
         db,
@@ -360,10 +364,38 @@ pub async fn cleanup_in_batches(
         webhook_deliveries = report.webhook_deliveries,
         sessions = report.sessions,
         invitations = report.invitations,
+        removed_containers = report.removed_containers,
         auth_throttle = report.auth_throttle,
         "retention cleanup"
     );
     Ok(report)
+}
+
+/// Containers the status sync marked removed before the longest metrics
+/// window in use (the installation's or any organization's), so no
+/// organization loses samples it keeps; none while metrics are kept forever.
+async fn cleanup_removed_containers(
+    db: &DatabaseConnection,
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64> {
+    let longest = override_windows(db, Scoped::ContainerMetrics)
+        .await?
+        .into_iter()
+        .chain([policy.container_metrics_days])
+        .max()
+        .unwrap_or(0);
+    let Some(before) = cutoff(now, longest).filter(|_| policy.container_metrics_days > 0) else {
+        return Ok(0);
+    };
+    delete_batched::<containers::Entity, _>(
+        db,
+        containers::Column::Id,
+        containers::Column::RemovedAt.lt(before),
+        batch,
+    )
+    .await
 }
 
 /// The distinct override windows organizations chose for `kind` (one
