@@ -627,6 +627,17 @@ impl Alter {
         self
     }
 
+    /// A plain (non-unique) index.
+    pub fn index(mut self, name: &'static str, columns: &'static str) -> Self {
+        self.add_indexes.push(Index {
+            name,
+            unique: false,
+            columns,
+            predicate: None,
+        });
+        self
+    }
+
     /// A partial unique index (`WHERE predicate`).
     pub fn unique_where(
         mut self,

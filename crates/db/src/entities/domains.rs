@@ -18,6 +18,12 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,
+    pub project_id: Option<Uuid>,
+    pub wildcard: bool,
+    pub verification_method: Option<String>,
+    pub verified_by: Option<Uuid>,
+    pub last_checked_at: Option<DateTimeUtc>,
+    pub last_check_error: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
