@@ -270,12 +270,6 @@ impl ProjectApi {
         // The cluster first: rows are only removed once the namespace is.
         delete_project_namespace(&self.0, &project).await?;
         let txn = crate::db::begin_write(db).await?;
-        // PostgreSQL cascades; SQLite has no constraint on domains.project_id
-        // (m0017 could not add one).
-        ferry_db::entities::domains::Entity::delete_many()
-            .filter(ferry_db::entities::domains::Column::ProjectId.eq(id))
-            .exec(&txn)
-            .await?;
         projects::Entity::delete_by_id(id).exec(&txn).await?;
         scope
             .audit(

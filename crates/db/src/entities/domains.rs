@@ -42,6 +42,13 @@ pub enum Relation {
         on_delete = "SetNull"
     )]
     CreatedBy,
+    #[sea_orm(
+        belongs_to = "super::projects::Entity",
+        from = "Column::ProjectId",
+        to = "super::projects::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Project,
     #[sea_orm(has_many = "super::certificates::Entity")]
     Certificates,
     #[sea_orm(has_many = "super::routes::Entity")]
@@ -57,6 +64,12 @@ impl Related<super::organizations::Entity> for Entity {
 impl Related<super::users::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::CreatedBy.def()
+    }
+}
+
+impl Related<super::projects::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Project.def()
     }
 }
 
