@@ -376,6 +376,17 @@ pub enum MigrateAction {
     Fresh,
 }
 
+/// `--base-domain`: a domain name, without `*.`.
+fn base_domain(value: &str) -> Result<String, String> {
+    match crate::domains::parse_domain("--base-domain", value) {
+        Ok((name, false)) => Ok(name),
+        Ok((name, true)) => Err(format!(
+            "--base-domain: give the domain itself ({name}), not a wildcard"
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -440,16 +451,5 @@ mod tests {
                 "{flag} {value}: {err}"
             );
         }
-    }
-}
-
-/// `--base-domain`: a domain name, without `*.`.
-fn base_domain(value: &str) -> Result<String, String> {
-    match crate::domains::parse_domain("--base-domain", value) {
-        Ok((name, false)) => Ok(name),
-        Ok((name, true)) => Err(format!(
-            "--base-domain: give the domain itself ({name}), not a wildcard"
-        )),
-        Err(err) => Err(err.to_string()),
     }
 }

@@ -508,6 +508,7 @@ impl DomainService for DomainApi {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
