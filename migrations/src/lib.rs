@@ -25,6 +25,7 @@ mod m0013_builds;
 mod m0014_jobs;
 mod m0015_audit_checkpoints;
 mod m0016_status_sync;
+mod m0017_domains;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
@@ -113,6 +114,7 @@ const ALTERATIONS: &[(&str, Later)] = &[
             tables: m0016_status_sync::tables,
         },
     ),
+    ("m0017_domains", Later::Alter(m0017_domains::alters)),
 ];
 
 /// Every migration, in the order they apply.

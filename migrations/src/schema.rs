@@ -552,6 +552,9 @@ pub struct Alter {
     /// Indexes dropped; `down()` recreates them.
     pub drop_indexes: Vec<Index>,
     pub add_indexes: Vec<Index>,
+    /// References of added columns (a constraint in the column's
+    /// definition: both backends accept one in ADD COLUMN).
+    pub add_foreign_keys: Vec<ForeignKey>,
     /// Other statements run last on `up()` and first on `down()`:
     /// `(postgres up, sqlite up, postgres down, sqlite down)`; an empty
     /// string runs nothing on that backend.
@@ -566,6 +569,7 @@ impl Alter {
             backfill: Vec::new(),
             drop_indexes: Vec::new(),
             add_indexes: Vec::new(),
+            add_foreign_keys: Vec::new(),
             statements: Vec::new(),
         }
     }
@@ -627,6 +631,33 @@ impl Alter {
         self
     }
 
+    /// A nullable UUID column referencing `references(id)`.
+    pub fn add_fk_null(
+        mut self,
+        column: &'static str,
+        references: &'static str,
+        on_delete: OnDelete,
+    ) -> Self {
+        self = self.add_null(column, Ty::Uuid);
+        self.add_foreign_keys.push(ForeignKey {
+            column,
+            references,
+            on_delete,
+        });
+        self
+    }
+
+    /// A plain (non-unique) index.
+    pub fn index(mut self, name: &'static str, columns: &'static str) -> Self {
+        self.add_indexes.push(Index {
+            name,
+            unique: false,
+            columns,
+            predicate: None,
+        });
+        self
+    }
+
     /// A partial unique index (`WHERE predicate`).
     pub fn unique_where(
         mut self,
@@ -650,6 +681,9 @@ impl Alter {
             .indexes
             .retain(|ix| !self.drop_indexes.iter().any(|d| d.name == ix.name));
         table.indexes.extend(self.add_indexes.iter().cloned());
+        table
+            .foreign_keys
+            .extend(self.add_foreign_keys.iter().cloned());
     }
 
     pub fn up_sql(&self, dialect: Dialect) -> Vec<String> {
@@ -657,8 +691,24 @@ impl Alter {
             .add_columns
             .iter()
             .map(|c| {
+                let reference = self
+                    .add_foreign_keys
+                    .iter()
+                    .find(|fk| fk.column == c.name)
+                    .map(|fk| {
+                        let action = match fk.on_delete {
+                            OnDelete::Cascade => "CASCADE",
+                            OnDelete::SetNull => "SET NULL",
+                            OnDelete::Restrict => "NO ACTION",
+                        };
+                        format!(
+                            " CONSTRAINT fk_{}_{} REFERENCES \"{}\" (id) ON DELETE {action}",
+                            self.table, fk.column, fk.references
+                        )
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "ALTER TABLE \"{}\" ADD COLUMN {}",
+                    "ALTER TABLE \"{}\" ADD COLUMN {}{reference}",
                     self.table,
                     column_sql(c, dialect)
                 )

@@ -125,6 +125,12 @@ pub async fn domain(conn: &DatabaseConnection, org: Uuid, name: &str, deleted: b
             created_at: now,
             updated_at: now,
             deleted_at: deleted.then_some(now),
+            project_id: None,
+            wildcard: false,
+            verification_method: Some("operator".into()),
+            verified_by: None,
+            last_checked_at: None,
+            last_check_error: None,
         }
         .into_active_model(),
     )

@@ -207,6 +207,19 @@ pub struct Args {
     )]
     pub project_quota_pods: i32,
 
+    /// The installation's base domain (e.g. `apps.example.com`, with a
+    /// wildcard DNS record pointing at ferry-proxy): any host name under it
+    /// may be routed without a verified domain, first project first.
+    /// Unset: every route needs a verified domain.
+    #[arg(long, env = "FERRY_BASE_DOMAIN", value_parser = base_domain, global = true)]
+    pub base_domain: Option<String>,
+
+    /// The DNS resolver (`host:port`) VerifyDomain asks for the
+    /// `_ferry-challenge` TXT record. Unset: the first `nameserver` of
+    /// /etc/resolv.conf.
+    #[arg(long, env = "FERRY_DNS_RESOLVER", global = true)]
+    pub dns_resolver: Option<SocketAddr>,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -282,6 +295,11 @@ impl Args {
             replica_id: uuid::Uuid::now_v7().to_string(),
             lease_ttl: std::time::Duration::from_secs(30),
             rollouts: crate::workloads::deploy::Rollouts::default(),
+            domains: crate::domains::DomainConfig {
+                base_domain: self.base_domain.clone(),
+                dns_resolver: self.dns_resolver,
+                ..crate::domains::DomainConfig::default()
+            },
         }
     }
 }
@@ -356,6 +374,17 @@ pub enum MigrateAction {
     Status,
     /// Drop every table and re-apply all migrations (destroys all data).
     Fresh,
+}
+
+/// `--base-domain`: a domain name, without `*.`.
+fn base_domain(value: &str) -> Result<String, String> {
+    match crate::domains::parse_domain("--base-domain", value) {
+        Ok((name, false)) => Ok(name),
+        Ok((name, true)) => Err(format!(
+            "--base-domain: give the domain itself ({name}), not a wildcard"
+        )),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod args;
 pub mod builds;
 pub mod db;
+pub mod domains;
 pub mod error;
 pub mod feed;
 pub mod http;
@@ -242,6 +243,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
         accounts::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
     let services = builds::add_git_service(services, &workloads);
     let services = jobs::add_job_service(services, &workloads);
+    let services = domains::add_domain_service(services, &workloads);
     workloads::add_workload_services(services, &workloads)
 }
 

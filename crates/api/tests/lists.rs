@@ -26,6 +26,7 @@ use ferry_db::sea_orm::{
 };
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
+use pb::domain_service_client::DomainServiceClient;
 use pb::git_service_client::GitServiceClient;
 use pb::job_service_client::JobServiceClient;
 use pb::project_service_client::ProjectServiceClient;
@@ -73,7 +74,10 @@ async fn start_counted(conn: &DatabaseConnection) -> (Api, Selects) {
         feed: FeedHub::new(),
         feed_auth: FeedAuth::new(None),
         cluster: None,
-        deploy: DeployConfig::default(),
+        deploy: DeployConfig {
+            domains: base_domain("example.com"),
+            ..DeployConfig::default()
+        },
         builds: Default::default(),
     };
     (start_state(&state, relaxed()).await, selects)
@@ -92,6 +96,7 @@ struct W {
     registries: RegistryServiceClient<Channel>,
     git: GitServiceClient<Channel>,
     jobs: JobServiceClient<Channel>,
+    domains: DomainServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -107,6 +112,7 @@ fn w(channel: &Channel) -> W {
         registries: RegistryServiceClient::new(channel.clone()),
         git: GitServiceClient::new(channel.clone()),
         jobs: JobServiceClient::new(channel.clone()),
+        domains: DomainServiceClient::new(channel.clone()),
     }
 }
 
@@ -370,6 +376,17 @@ async fn add_items(o: &mut Owner, db: &DatabaseConnection, k: usize) {
                         port: 8080,
                         ..Default::default()
                     }],
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        o.w.domains
+            .add_domain(authed(
+                pb::AddDomainRequest {
+                    project_id: o.project.clone(),
+                    domain: format!("d{i}.{}.example.net", o.org),
                     ..Default::default()
                 },
                 &tok,
@@ -691,7 +708,7 @@ async fn every_list_rpc_pages_one_row_at_a_time_without_gaps_or_repeats() {
         let (api, selects) = start_counted(&db.conn).await;
         let mut o = owner(&api, &db.conn, OWNER).await;
         let rpcs = list_rpcs();
-        assert_eq!(rpcs.len(), 23, "{b}: {rpcs:#?}");
+        assert_eq!(rpcs.len(), 24, "{b}: {rpcs:#?}");
 
         // Queries per listing do not depend on how many rows it returns.
         add_items(&mut o, &db.conn, 2).await;
@@ -1032,7 +1049,10 @@ async fn verify_audit_chain_reads_in_batches_and_finds_a_break_in_the_second() {
             feed: FeedHub::new(),
             feed_auth: FeedAuth::new(None),
             cluster: None,
-            deploy: DeployConfig::default(),
+            deploy: DeployConfig {
+                domains: base_domain("example.com"),
+                ..DeployConfig::default()
+            },
             builds: Default::default(),
         };
         let counted = start_state(&state, relaxed()).await;

@@ -16,6 +16,7 @@ use ferry_db::sea_orm::{DatabaseConnection, EntityTrait as _};
 use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
 use pb::deployment_service_client::DeploymentServiceClient;
+use pb::domain_service_client::DomainServiceClient;
 use pb::git_service_client::GitServiceClient;
 use pb::job_service_client::JobServiceClient;
 use pb::project_service_client::ProjectServiceClient;
@@ -46,6 +47,7 @@ struct W {
     registries: RegistryServiceClient<Channel>,
     git: GitServiceClient<Channel>,
     jobs: JobServiceClient<Channel>,
+    domains: DomainServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -61,6 +63,7 @@ fn w(channel: &Channel) -> W {
         registries: RegistryServiceClient::new(channel.clone()),
         git: GitServiceClient::new(channel.clone()),
         jobs: JobServiceClient::new(channel.clone()),
+        domains: DomainServiceClient::new(channel.clone()),
     }
 }
 
@@ -1700,6 +1703,20 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner()
                 .id;
+        let domain =
+            v.w.domains
+                .add_domain(authed(
+                    pb::AddDomainRequest {
+                        project_id: v.project.id.clone(),
+                        domain: "victim.example.org".into(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1717,6 +1734,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 ("id", "StackService") => stack.id.clone(),
                 ("id", "VolumeService") => volume.clone(),
                 ("id", "RouteService") => route.clone(),
+                ("id", "DomainService") => domain.clone(),
                 other => panic!("{method}: no victim resource for {other:?}: add one"),
             };
             grpc.ready().await.unwrap();
@@ -1802,6 +1820,24 @@ async fn every_workload_rpc_is_tenant_scoped() {
             ))
             .await
             .unwrap();
+        let domains =
+            v.w.domains
+                .list_domains(authed(
+                    pb::ListDomainsRequest {
+                        project_id: v.project.id.clone(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .domains;
+        assert_eq!(
+            domains.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec![domain.as_str()],
+            "{b}: the victim's domain is still there"
+        );
         api.stop().await;
     }
 }

@@ -162,6 +162,11 @@ actions! {
     JobRead = "job.read" => JOB_READ,
     JobManage = "job.manage" => MANAGE,
     JobRun = "job.run" => DEPLOY,
+    // Domains of a project: readers see them; adding, verifying and
+    // removing one is managing the project; only operators skip the proof.
+    DomainRead = "domain.read" => READ,
+    DomainManage = "domain.manage" => MANAGE,
+    DomainPreverify = "domain.preverify" => Rule::SuperAdmin,
 }
 
 impl std::fmt::Display for Action {

@@ -59,6 +59,8 @@ pub struct DeployConfig {
     pub lease_ttl: Duration,
     /// The background rollouts of this process (shared by every clone).
     pub rollouts: Rollouts,
+    /// The base domain and the resolver domain challenges are checked with.
+    pub domains: crate::domains::DomainConfig,
 }
 
 /// Counts this process's background rollout tasks, so a stopping api can
@@ -110,6 +112,7 @@ impl Default for DeployConfig {
             replica_id: Uuid::now_v7().to_string(),
             lease_ttl: Duration::from_secs(30),
             rollouts: Rollouts::default(),
+            domains: crate::domains::DomainConfig::default(),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! `ferry.v1.RouteService`: host names and path prefixes forwarded to
-//! services. Every change kicks the route feed after its commit.
+//! services. Every change kicks the route feed after its commit. A new
+//! route's host must be under the base domain or a verified domain of the
+//! organization ([`crate::domains::check_route_host`]); host names never
+//! change after creation (no UpdateRoute).
 
 use std::collections::HashMap;
 
@@ -227,6 +230,13 @@ impl RouteApi {
         let host = validate::hostname("hostname", &req.hostname)?;
         let prefix = path_prefix(&req.path_prefix)?;
         let txn = crate::db::begin_write(db).await?;
+        crate::domains::check_route_host(
+            &txn,
+            &self.0.deployer.config.domains,
+            scope.organization_id(),
+            &host,
+        )
+        .await?;
         claim_host(&txn, &host, project_id).await?;
         let wanted = targets(&txn, project_id, &req.targets).await?;
         let now = Utc::now();

@@ -80,6 +80,7 @@ pub async fn start_with_cluster(
         }),
         deploy: ferry_api::workloads::DeployConfig {
             rollout_timeout: timeout,
+            domains: base_domain("example.com"),
             ..ferry_api::workloads::DeployConfig::default()
         },
         builds: Default::default(),
@@ -250,6 +251,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "RegistryService",
     "GitService",
     "JobService",
+    "DomainService",
 ];
 
 /// One HTTP/1.1 POST of `body` with `Host: host` over a fresh connection;
@@ -295,4 +297,13 @@ pub async fn http_post(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Domain settings with `base` as the installation's base domain (routes
+/// under it need no verified domain) and the system resolver.
+pub fn base_domain(base: &str) -> ferry_api::domains::DomainConfig {
+    ferry_api::domains::DomainConfig {
+        base_domain: Some(base.into()),
+        ..ferry_api::domains::DomainConfig::default()
+    }
 }

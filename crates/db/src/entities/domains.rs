@@ -18,6 +18,12 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,
+    pub project_id: Option<Uuid>,
+    pub wildcard: bool,
+    pub verification_method: Option<String>,
+    pub verified_by: Option<Uuid>,
+    pub last_checked_at: Option<DateTimeUtc>,
+    pub last_check_error: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -36,6 +42,13 @@ pub enum Relation {
         on_delete = "SetNull"
     )]
     CreatedBy,
+    #[sea_orm(
+        belongs_to = "super::projects::Entity",
+        from = "Column::ProjectId",
+        to = "super::projects::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Project,
     #[sea_orm(has_many = "super::certificates::Entity")]
     Certificates,
     #[sea_orm(has_many = "super::routes::Entity")]
@@ -51,6 +64,12 @@ impl Related<super::organizations::Entity> for Entity {
 impl Related<super::users::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::CreatedBy.def()
+    }
+}
+
+impl Related<super::projects::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Project.def()
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Relation {
         on_delete = "SetNull"
     )]
     CreatedBy,
+    #[sea_orm(has_many = "super::domains::Entity")]
+    Domains,
     #[sea_orm(has_many = "super::stacks::Entity")]
     Stacks,
     #[sea_orm(has_many = "super::services::Entity")]
@@ -62,6 +64,12 @@ impl Related<super::organizations::Entity> for Entity {
 impl Related<super::users::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::CreatedBy.def()
+    }
+}
+
+impl Related<super::domains::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Domains.def()
     }
 }
 

@@ -1,0 +1,393 @@
+//! Domains end to end over real gRPC/TCP on PostgreSQL and SQLite: a TXT
+//! challenge answered by a real (loopback) DNS server, claims across
+//! organizations, operator pre-verification, and the host names routes may
+//! use.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ferry_api::ApiState;
+use ferry_api::testing::TxtServer;
+use ferry_db::entities::audit_logs;
+use ferry_db::entities::enums::OrgRole;
+use ferry_db::sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use ferry_proto::ferry::v1 as pb;
+use pb::domain_service_client::DomainServiceClient;
+use pb::project_service_client::ProjectServiceClient;
+use pb::route_service_client::RouteServiceClient;
+use pb::service_service_client::ServiceServiceClient;
+use support::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const BASE: &str = "apps.example.com";
+
+async fn start_api(conn: &DatabaseConnection, dns: &TxtServer) -> Api {
+    let state = ApiState {
+        db: conn.clone(),
+        keyring: std::sync::Arc::new(ferry_tests::test_keyring()),
+        feed: ferry_api::feed::FeedHub::new(),
+        feed_auth: ferry_api::feed::FeedAuth::new(None),
+        cluster: None,
+        deploy: ferry_api::workloads::DeployConfig {
+            domains: ferry_api::domains::DomainConfig {
+                dns_resolver: Some(dns.addr),
+                dns_timeout: std::time::Duration::from_millis(500),
+                ..base_domain(BASE)
+            },
+            ..ferry_api::workloads::DeployConfig::default()
+        },
+        builds: Default::default(),
+    };
+    start_state(&state, relaxed()).await
+}
+
+/// A user with an organization, a project and a service `web` on 8080.
+struct Tenant {
+    c: Clients,
+    user: pb::User,
+    token: String,
+    org: String,
+    project: String,
+    service: String,
+    domains: DomainServiceClient<Channel>,
+    routes: RouteServiceClient<Channel>,
+}
+
+async fn tenant(api: &Api, name: &str) -> Tenant {
+    let mut c = clients(api.addr).await;
+    let user = register(&mut c, name).await;
+    let token = login(&mut c, name).await;
+    let org = create_org(&mut c, &token, &format!("{name} org")).await.id;
+    let project = ProjectServiceClient::new(c.channel.clone())
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                organization_id: org.clone(),
+                name: format!("{name} shop"),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let service = ServiceServiceClient::new(c.channel.clone())
+        .create_service(authed(
+            pb::CreateServiceRequest {
+                project_id: project.clone(),
+                name: "web".into(),
+                spec: Some(pb::create_service_request::Spec::Application(
+                    pb::ApplicationSpec {
+                        image: "nginx:1".into(),
+                        ..Default::default()
+                    },
+                )),
+                ports: vec![pb::Port {
+                    name: "http".into(),
+                    container_port: 8080,
+                    protocol: pb::Protocol::Tcp.into(),
+                }],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    Tenant {
+        domains: DomainServiceClient::new(c.channel.clone()),
+        routes: RouteServiceClient::new(c.channel.clone()),
+        c,
+        user,
+        token,
+        org,
+        project,
+        service,
+    }
+}
+
+impl Tenant {
+    async fn add(&mut self, domain: &str) -> Result<pb::Domain, tonic::Status> {
+        let req = pb::AddDomainRequest {
+            project_id: self.project.clone(),
+            domain: domain.into(),
+            preverified: false,
+        };
+        self.domains
+            .add_domain(authed(req, &self.token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+    async fn verify(&mut self, id: &str) -> Result<pb::Domain, tonic::Status> {
+        self.domains
+            .verify_domain(authed(
+                pb::VerifyDomainRequest { id: id.into() },
+                &self.token,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+    async fn route(&mut self, host: &str) -> Result<pb::Route, tonic::Status> {
+        let req = pb::CreateRouteRequest {
+            project_id: self.project.clone(),
+            hostname: host.into(),
+            targets: vec![pb::RouteTarget {
+                service_id: self.service.clone(),
+                port: 8080,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        self.routes
+            .create_route(authed(req, &self.token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+    /// Adds `domain`, publishes its record on `dns` and verifies it.
+    async fn own(&mut self, dns: &TxtServer, domain: &str) -> pb::Domain {
+        let d = self.add(domain).await.unwrap();
+        dns.set(&d.txt_record_name, &[&d.txt_record_value]);
+        self.verify(&d.id).await.unwrap()
+    }
+}
+
+fn precondition(result: Result<impl std::fmt::Debug, tonic::Status>, words: &str) -> String {
+    let status = result.expect_err("expected FailedPrecondition");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains(words),
+        "{words:?} not in {:?}",
+        status.message()
+    );
+    status.message().to_owned()
+}
+
+#[tokio::test]
+async fn a_domain_is_verified_by_its_txt_record_and_nothing_else() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut t = tenant(&api, "alice").await;
+        let d = t.add("Shop.Acme-Example.TEST.").await.unwrap();
+        assert_eq!(
+            (
+                d.domain.as_str(),
+                d.verified,
+                d.status.as_str(),
+                d.txt_record_name.as_str(),
+                d.project_id.as_str(),
+            ),
+            (
+                "shop.acme-example.test",
+                false,
+                "pending",
+                "_ferry-challenge.shop.acme-example.test",
+                t.project.as_str()
+            ),
+            "{b}"
+        );
+        assert!(d.txt_record_value.len() >= 32, "{b}: {d:?}");
+        // No record, then a record with another value: not verified.
+        precondition(t.verify(&d.id).await, "no TXT record _ferry-challenge.shop");
+        dns.set(&d.txt_record_name, &["ferry-somebody-else"]);
+        precondition(t.verify(&d.id).await, "ferry-somebody-else");
+        let listed = t
+            .domains
+            .list_domains(authed(
+                pb::ListDomainsRequest {
+                    project_id: t.project.clone(),
+                    ..Default::default()
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .domains;
+        assert_eq!(listed.len(), 1, "{b}");
+        assert!(!listed[0].verified, "{b}");
+        assert!(
+            listed[0].last_check_error.contains("ferry-somebody-else"),
+            "{b}: {:?}",
+            listed[0]
+        );
+        // The right value among others verifies it, and says who and how.
+        dns.set(&d.txt_record_name, &["v=spf1 -all", &d.txt_record_value]);
+        let v = t.verify(&d.id).await.unwrap();
+        assert!(v.verified, "{b}");
+        assert_eq!(
+            (v.status.as_str(), v.method.as_str(), v.verified_by.as_str()),
+            ("verified", "dns", t.user.id.as_str()),
+            "{b}"
+        );
+        assert!(
+            v.verified_at.is_some() && v.last_check_error.is_empty(),
+            "{b}"
+        );
+        let audited = audit_logs::Entity::find()
+            .filter(audit_logs::Column::Action.is_in(["domain.add", "domain.verify"]))
+            .filter(audit_logs::Column::ResourceId.eq(d.id.parse::<uuid::Uuid>().unwrap()))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(audited.len(), 2, "{b}");
+
+        // The same name twice in one organization; bad names.
+        let err = t.add("shop.acme-example.test").await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{b}: {err:?}");
+        for bad in [
+            "bücher.test",
+            "*.*.acme.test",
+            "acme",
+            "-x.acme.test",
+            "1.2.3.4",
+        ] {
+            let err = t.add(bad).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{b}: {bad}: {err:?}");
+            assert!(err.message().starts_with("domain: "), "{b}: {err:?}");
+        }
+        assert!(
+            t.add("bücher.test")
+                .await
+                .unwrap_err()
+                .message()
+                .contains("punycode"),
+            "{b}"
+        );
+
+        // Deleted: gone from the list, and the name can be added again.
+        t.domains
+            .delete_domain(authed(
+                pb::DeleteDomainRequest { id: d.id.clone() },
+                &t.token,
+            ))
+            .await
+            .unwrap();
+        let err = t.verify(&d.id).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{b}");
+        t.add("shop.acme-example.test").await.unwrap();
+        dns.set(&d.txt_record_name, &[]);
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_domain_verified_by_one_organization_cannot_be_claimed_by_another() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut a = tenant(&api, "alice").await;
+        let mut m = tenant(&api, "mallory").await;
+        // Both add it while nobody has verified it; mallory even publishes
+        // her token, but alice verifies first.
+        let mine = a.add("claimed.test").await.unwrap();
+        let theirs = m.add("claimed.test").await.unwrap();
+        assert_ne!(mine.txt_record_value, theirs.txt_record_value, "{b}");
+        dns.set(
+            &mine.txt_record_name,
+            &[&mine.txt_record_value, &theirs.txt_record_value],
+        );
+        a.verify(&mine.id).await.unwrap();
+        precondition(
+            m.verify(&theirs.id).await,
+            "claimed.test is verified by another organization",
+        );
+        // Adding it (or a wildcard over it) afterwards is refused as well.
+        precondition(m.add("claimed.test").await, "another organization");
+        let wild = a.own(&dns, "*.wild.test").await;
+        assert!(
+            wild.wildcard && wild.domain == "*.wild.test",
+            "{b}: {wild:?}"
+        );
+        precondition(m.add("shop.wild.test").await, "*.wild.test is verified");
+        precondition(m.add("*.wild.test").await, "another organization");
+        // A sibling name alice never claimed is free.
+        m.add("other.test").await.unwrap();
+        // And mallory's routes cannot use alice's names.
+        precondition(m.route("claimed.test").await, "hostname: claimed.test");
+        precondition(m.route("x.wild.test").await, "hostname: x.wild.test");
+        a.route("claimed.test").await.unwrap();
+        a.route("x.y.wild.test").await.unwrap();
+        dns.set(&mine.txt_record_name, &[]);
+        dns.set("_ferry-challenge.wild.test", &[]);
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn routes_use_verified_domains_of_their_organization_or_the_base_domain() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut t = tenant(&api, "olga").await;
+        // Under the base domain: no domain needed; the base itself is not.
+        t.route("olga.apps.example.com").await.unwrap();
+        t.route("a.b.apps.example.com").await.unwrap();
+        let msg = precondition(
+            t.route("apps.example.com").await,
+            "hostname: apps.example.com",
+        );
+        assert!(msg.contains("base domain apps.example.com"), "{b}: {msg}");
+        precondition(t.route("shop.olga.test").await, "hostname: shop.olga.test");
+        // A pending domain is not enough.
+        let apex = t.add("shop.olga.test").await.unwrap();
+        precondition(t.route("shop.olga.test").await, "hostname: shop.olga.test");
+        dns.set(&apex.txt_record_name, &[&apex.txt_record_value]);
+        t.verify(&apex.id).await.unwrap();
+        t.route("shop.olga.test").await.unwrap();
+        // An apex domain covers its own name only.
+        precondition(
+            t.route("www.shop.olga.test").await,
+            "hostname: www.shop.olga.test",
+        );
+        // A wildcard covers every name under it, at any depth.
+        t.own(&dns, "*.olga.test").await;
+        t.route("www.shop.olga.test").await.unwrap();
+        t.route("olga.test").await.unwrap();
+        dns.set(&apex.txt_record_name, &[]);
+        dns.set("_ferry-challenge.olga.test", &[]);
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn operators_pre_verify_and_nobody_else_does() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut t = tenant(&api, "owen").await;
+        let req = |domain: &str| pb::AddDomainRequest {
+            project_id: t.project.clone(),
+            domain: domain.into(),
+            preverified: true,
+        };
+        let err = t
+            .domains
+            .add_domain(authed(req("pre.test"), &t.token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{b}: {err:?}");
+        let root = register(&mut t.c, "root").await;
+        make_super_admin(&db.conn, &root.id).await;
+        add_member(&db.conn, &t.org, &root.id, OrgRole::Admin).await;
+        let root_token = login(&mut t.c, "root").await;
+        let d = t
+            .domains
+            .add_domain(authed(req("pre.test"), &root_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (d.verified, d.method.as_str(), d.verified_by.as_str()),
+            (true, "operator", root.id.as_str()),
+            "{b}"
+        );
+        t.route("pre.test").await.unwrap();
+        api.stop().await;
+    }
+}
