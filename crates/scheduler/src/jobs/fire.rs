@@ -229,9 +229,13 @@ async fn fire_chunk(
     }
     let txn = ferry_db::begin_write(db).await?;
     // Claim every due slot at once: of racing writers one moves each.
-    let moves: Vec<_> = decided
+    let moves: Vec<Move> = decided
         .iter()
-        .map(|(job, first, plan)| (job.id, *first, plan.as_ref().and_then(|p| p.next)))
+        .map(|(job, first, plan)| Move {
+            job: job.id,
+            from: *first,
+            to: plan.as_ref().and_then(|p| p.next),
+        })
         .collect();
     if advance_many(&txn, &moves).await? != moves.len() as u64 {
         txn.rollback().await?;
@@ -358,21 +362,26 @@ async fn insert_runs<C: ConnectionTrait>(
         .collect())
 }
 
+/// A job's `next_run_at` moving on.
+struct Move {
+    job: Uuid,
+    /// The value read.
+    from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
+}
+
 /// Moves each job's `next_run_at` from `from` to `to` in one UPDATE,
 /// conditional per job on `from`; the number of jobs moved.
-async fn advance_many<C: ConnectionTrait>(
-    db: &C,
-    moves: &[(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)],
-) -> Result<u64> {
+async fn advance_many<C: ConnectionTrait>(db: &C, moves: &[Move]) -> Result<u64> {
     let mut to = CaseStatement::new();
     let mut from = CaseStatement::new();
-    for (id, was, next) in moves {
-        to = to.case(Expr::col(jobs::Column::Id).eq(*id), Expr::value(*next));
-        from = from.case(Expr::col(jobs::Column::Id).eq(*id), Expr::value(*was));
+    for m in moves {
+        to = to.case(Expr::col(jobs::Column::Id).eq(m.job), Expr::value(m.to));
+        from = from.case(Expr::col(jobs::Column::Id).eq(m.job), Expr::value(m.from));
     }
     let done = jobs::Entity::update_many()
         .col_expr(jobs::Column::NextRunAt, to.into())
-        .filter(jobs::Column::Id.is_in(moves.iter().map(|(id, _, _)| *id)))
+        .filter(jobs::Column::Id.is_in(moves.iter().map(|m| m.job)))
         .filter(Expr::col(jobs::Column::NextRunAt).eq(Into::<Expr>::into(from)))
         .exec(db)
         .await?;
