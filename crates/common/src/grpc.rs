@@ -6,10 +6,19 @@
 //! - server reflection (`grpc.reflection.v1` and `v1alpha`) over every Ferry
 //!   `.proto` plus the health protocol.
 //!
-//! Health works as a readiness latch: `NOT_SERVING` until the `ready` future
-//! resolves, `SERVING` (for `""` and each service name) until shutdown
-//! starts, then `NOT_SERVING` again while in-flight RPCs drain for at most
-//! the grace period. Each RPC runs in a span built by
+//! Health is readiness: `NOT_SERVING` (for `""` and each service name)
+//! until the service says it is ready, then whatever the service says.
+//! [`GrpcServer::serve`] takes a latch (a future: `SERVING` once it
+//! resolves, for good); [`GrpcServer::serve_with_readiness`] a
+//! [`watch`](tokio::sync::watch) channel the service flips both ways (the
+//! scheduler: `NOT_SERVING` while its database is unreachable). When
+//! shutdown starts everything is `NOT_SERVING` again while in-flight RPCs
+//! drain for at most the grace period.
+//!
+//! One more name, [`LIVENESS`], is `SERVING` from start to shutdown
+//! whatever the readiness: a liveness probe asks for it, so a replica that
+//! is alive but cut off from its database is taken out of rotation, not
+//! restarted. Each RPC runs in a span built by
 //! [`grpc_request_span`](crate::telemetry::grpc_request_span).
 
 use std::convert::Infallible;
@@ -18,6 +27,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
@@ -33,6 +43,10 @@ use crate::{Error, Result};
 
 /// How often HTTP/2 pings idle clients, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The health service name that is `SERVING` while the process runs, ready
+/// or not (`grpc: {port, service: liveness}` in a liveness probe).
+pub const LIVENESS: &str = "liveness";
 
 /// Binds a TCP listener with a helpful error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -119,6 +133,31 @@ impl GrpcServer {
     where
         R: Future<Output = ()> + Send + 'static,
     {
+        let (ready_tx, readiness) = watch::channel(false);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.wait() => {}
+                () = ready => {
+                    let _ = ready_tx.send(true);
+                }
+            }
+        });
+        self.serve_with_readiness(listener, readiness, shutdown)
+            .await
+    }
+
+    /// Serves on `listener` until `shutdown` fires, then drains.
+    ///
+    /// Health follows `readiness`: `SERVING` while it holds `true`,
+    /// `NOT_SERVING` while it holds `false` (the start, too). A dropped
+    /// sender leaves the last value in place until shutdown.
+    pub async fn serve_with_readiness(
+        self,
+        listener: TcpListener,
+        mut readiness: watch::Receiver<bool>,
+        shutdown: Shutdown,
+    ) -> Result<()> {
         let addr = listener.local_addr()?;
         let service_name = self.system.service_name;
         let GrpcServices {
@@ -132,6 +171,9 @@ impl GrpcServer {
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_all(&reporter, &names, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         routes.add_service(health);
 
         let reflection = tonic_reflection::server::Builder::configure()
@@ -151,16 +193,47 @@ impl GrpcServer {
             let shutdown = shutdown.clone();
             let names = names.clone();
             async move {
-                tokio::select! {
-                    biased;
-                    () = shutdown.wait() => {}
-                    () = ready => {
-                        set_all(&reporter, &names, ServingStatus::Serving).await;
-                        tracing::info!(service = service_name, %addr, "ready: health is SERVING");
-                        shutdown.wait().await;
+                let mut serving = false;
+                let mut ever = false;
+                loop {
+                    let ready = *readiness.borrow_and_update();
+                    if ready != serving {
+                        serving = ready;
+                        if ready {
+                            set_all(&reporter, &names, ServingStatus::Serving).await;
+                            if ever {
+                                tracing::info!(
+                                    service = service_name,
+                                    "ready again: health is SERVING"
+                                );
+                            } else {
+                                tracing::info!(service = service_name, %addr, "ready: health is SERVING");
+                            }
+                            ever = true;
+                        } else {
+                            set_all(&reporter, &names, ServingStatus::NotServing).await;
+                            tracing::warn!(
+                                service = service_name,
+                                "not ready: health is NOT_SERVING"
+                            );
+                        }
+                    }
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break,
+                        changed = readiness.changed() => {
+                            if changed.is_err() {
+                                // Nobody can change it any more: keep it.
+                                shutdown.wait().await;
+                                break;
+                            }
+                        }
                     }
                 }
                 set_all(&reporter, &names, ServingStatus::NotServing).await;
+                reporter
+                    .set_service_status(LIVENESS, ServingStatus::NotServing)
+                    .await;
                 tracing::info!(
                     service = service_name,
                     "health is NOT_SERVING; draining gRPC"
@@ -272,5 +345,58 @@ mod tests {
             .unwrap();
         // The listener is closed: new connections are refused.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    async fn wait_for(channel: &Channel, service: &str, want: Wire) {
+        let mut status = check(channel, service).await;
+        for _ in 0..100 {
+            if status == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            status = check(channel, service).await;
+        }
+        assert_eq!(status, want, "health of {service:?}");
+    }
+
+    #[tokio::test]
+    async fn health_follows_readiness_both_ways_and_liveness_does_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ready, readiness) = watch::channel(false);
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(
+            GrpcServer::new(SystemInfo::new("ferry-test", "0.0.0"))
+                .grace(Duration::from_secs(5))
+                .serve_with_readiness(listener, readiness, shutdown.clone()),
+        );
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+
+        assert_eq!(check(&channel, "").await, Wire::NotServing);
+        assert_eq!(check(&channel, LIVENESS).await, Wire::Serving);
+        ready.send(true).unwrap();
+        wait_for(&channel, "", Wire::Serving).await;
+        wait_for(&channel, "ferry.v1.SystemService", Wire::Serving).await;
+        // Not ready any more (say, the database went away), then back.
+        ready.send(false).unwrap();
+        wait_for(&channel, "", Wire::NotServing).await;
+        wait_for(&channel, "ferry.v1.SystemService", Wire::NotServing).await;
+        assert_eq!(check(&channel, LIVENESS).await, Wire::Serving);
+        ready.send(true).unwrap();
+        wait_for(&channel, "", Wire::Serving).await;
+        // A dropped sender keeps the last word.
+        drop(ready);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(check(&channel, "").await, Wire::Serving);
+
+        shutdown.trigger();
+        drop(channel);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops within the grace period")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -150,6 +150,16 @@ impl ServiceProcess {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
+    /// Sends SIGKILL: the process dies at once, with no shutdown of any kind.
+    pub fn sigkill(&self) {
+        let pid = self.child.id().expect("process is still running");
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} failed");
+    }
+
     /// Waits up to `timeout` for the process to exit; `None` if it did not.
     /// Output readers are given a moment to collect the last lines.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {

@@ -371,6 +371,16 @@ impl Cluster {
             .collect())
     }
 
+    /// A cheap readiness check: the API server answers and lets this
+    /// identity list Ferry's job-run Jobs in every namespace (what
+    /// [`Cluster::job_runs`] needs). One LIST with `limit=1`, so its cost
+    /// does not grow with the cluster.
+    pub async fn probe_job_runs(&self) -> Result<()> {
+        let params = ListParams::default().labels(&runs_selector()).limit(1);
+        Api::<Job>::all(self.client().clone()).list(&params).await?;
+        Ok(())
+    }
+
     /// Deletes a run's Job and its pods (background propagation; a Job's
     /// API default would orphan them), only if it carries Ferry's labels
     /// and this run's id, conditional on the checked uid. `false` when

@@ -102,6 +102,17 @@ pub struct Args {
     )]
     pub metrics_interval_secs: u64,
 
+    /// Milliseconds between readiness checks (`SELECT 1` on the database,
+    /// one LIST on the cluster if configured); health is `NOT_SERVING` while
+    /// either fails.
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_READINESS_INTERVAL_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(100..=60_000)
+    )]
+    pub readiness_interval_ms: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -125,6 +136,11 @@ impl Args {
     /// How long a lease lasts without renewal.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl_secs)
+    }
+
+    /// Time between readiness checks.
+    pub fn readiness_interval(&self) -> Duration {
+        Duration::from_millis(self.readiness_interval_ms)
     }
 
     /// How long to wait for the schema.

@@ -18,6 +18,7 @@ use ferry_db::entities::leases;
 use ferry_db::sea_orm::sea_query::{Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    TryInsertResult,
 };
 use uuid::Uuid;
 
@@ -44,15 +45,57 @@ impl Lease {
         &self.holder
     }
 
+    /// How often a holder renews: a third of the TTL, so two renewals can
+    /// fail before the lease runs out.
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// Runs `work` (which must hold the lease already) while renewing the
+    /// lease every [`Lease::renew_every`]. `None` when the lease was lost
+    /// or could not be renewed before `work` finished: `work` is dropped
+    /// then (an open transaction rolls back), so no two replicas act at
+    /// once for longer than one renewal period.
+    pub async fn while_held<F: std::future::Future>(
+        &self,
+        db: &DatabaseConnection,
+        work: F,
+    ) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        let mut renew = tokio::time::interval(self.renew_every());
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await; // the first tick is now: the lease was just taken
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = renew.tick() => match self.acquire(db, Utc::now()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(lease = self.name, "lease lost to another replica; stopping");
+                        return None;
+                    }
+                    Err(err) => {
+                        tracing::warn!(lease = self.name, error = %err, "renewing the lease failed; stopping");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
     /// Takes or renews the lease at `now`; `true` when this replica holds
     /// it until `now + ttl`.
     pub async fn acquire(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<bool> {
         let until = now
             + chrono::Duration::from_std(self.ttl)
                 .unwrap_or_else(|_| chrono::Duration::seconds(15));
-        // The row exists from the first attempt on; losing this insert to
-        // another replica is fine.
-        leases::Entity::insert(leases::ActiveModel {
+        if self.take(db, now, until).await? {
+            return Ok(true);
+        }
+        // No row yet (the first attempt ever), or held by another replica:
+        // make sure the row exists (losing this insert to another replica
+        // is fine) and try once more.
+        let created = leases::Entity::insert(leases::ActiveModel {
             id: Set(Uuid::new_v4()),
             name: Set(self.name.to_owned()),
             holder: Set(String::new()),
@@ -61,8 +104,21 @@ impl Lease {
             updated_at: Set(now),
         })
         .on_conflict_do_nothing_on([leases::Column::Name])
-        .exec(db)
+        .exec_without_returning(db)
         .await?;
+        if matches!(created, TryInsertResult::Inserted(n) if n > 0) {
+            return self.take(db, now, until).await;
+        }
+        Ok(false)
+    }
+
+    /// The conditional UPDATE: `true` when the lease is ours until `until`.
+    async fn take(
+        &self,
+        db: &DatabaseConnection,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
         let taken = leases::Entity::update_many()
             .col_expr(leases::Column::Holder, Expr::value(self.holder.clone()))
             .col_expr(leases::Column::ExpiresAt, Expr::value(until))

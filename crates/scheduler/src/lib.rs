@@ -9,11 +9,15 @@
 //! and the encryption key (backups will read encrypted storage credentials),
 //! but never migrates: `ferry-api` owns the schema, so the scheduler waits
 //! for it (health `NOT_SERVING` meanwhile) and fails clearly if it never comes.
+//! Then health follows [`readiness`]: `SERVING` while the database (and the
+//! cluster, if one is configured) answers. Every loop runs under its own
+//! [`lease`], so with several replicas one acts at a time.
 
 pub mod args;
 pub mod error;
 pub mod jobs;
 pub mod lease;
+pub mod readiness;
 pub mod sync;
 
 use std::time::Duration;
@@ -24,7 +28,7 @@ use ferry_db::migrate::Migrator;
 use ferry_db::retention::RetentionPolicy;
 use ferry_db::sea_orm::{DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait as _;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 pub use args::Args;
 pub use error::{Error, Result};
@@ -34,6 +38,9 @@ pub const SERVICE_NAME: &str = "ferry-scheduler";
 
 /// How often the schema is re-checked while waiting for ferry-api.
 const SCHEMA_POLL: Duration = Duration::from_secs(1);
+
+/// Lease name of the retention loop.
+pub const RETENTION_LEASE: &str = "retention";
 
 /// Runs the scheduler until `shutdown` fires, then drains.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
@@ -55,35 +62,45 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     };
     system.kube_configured = ferry_common::kubernetes_configured();
 
-    // Serve health (NOT_SERVING) at once; become ready when the schema is there.
+    // Serve health (NOT_SERVING) at once; once the schema is there, health
+    // follows the readiness probe.
     let listener = bind(args.listen).await?;
-    let (ready_tx, ready_rx) = oneshot::channel::<()>();
-    let ready = async move {
-        if ready_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let (ready_tx, readiness) = watch::channel(false);
     let server = GrpcServer::new(system)
         .grace(args.common.shutdown_grace())
-        .serve(listener, ready, shutdown.clone());
+        .serve_with_readiness(listener, readiness, shutdown.clone());
 
     let jobs = async {
         let outcome: Result<()> = async {
             if !wait_for_schema(&db, args.schema_wait(), &shutdown).await? {
                 return Ok(());
             }
-            let _ = ready_tx.send(());
             let cluster = ferry_k8s::Cluster::from_env().await?;
             if cluster.is_none() {
                 tracing::info!(
                     "no Kubernetes cluster configured: job runs are recorded as planned"
                 );
             }
+            let interval = args.readiness_interval();
+            let probe = readiness::Probe::new(
+                db.clone(),
+                cluster.clone(),
+                readiness::timeout_for(interval),
+            );
             let replica = lease::replica_id();
+            let retention = lease::Lease::new(RETENTION_LEASE, replica.clone(), args.lease_ttl());
             let lease = lease::Lease::new(jobs::LEASE, replica.clone(), args.lease_ttl());
             let engine = jobs::Engine::new(db.clone(), cluster.clone(), lease);
             tokio::join!(
-                retention_loop(&db, &keyring, &policy, args.retention_interval(), &shutdown),
+                readiness::watch(probe, interval, ready_tx, &shutdown),
+                retention_loop(
+                    &db,
+                    &keyring,
+                    &policy,
+                    args.retention_interval(),
+                    retention,
+                    &shutdown
+                ),
                 engine.run(args.jobs_interval(), &shutdown),
                 cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
             );
@@ -172,25 +189,50 @@ async fn wait_for_schema(
     }
 }
 
-/// Runs retention cleanup now and then every `interval` until shutdown. A
-/// failed run is logged and retried at the next tick; a run in progress is
-/// allowed to finish (within the shutdown grace period).
+/// Runs retention cleanup every `interval` on the replica holding the
+/// `retention` lease, until shutdown. Every replica tries to take (or
+/// renew) the lease every third of its TTL; the holder runs a cleanup when
+/// it has not run one for `interval` (so at once after taking over: the
+/// cleanup is idempotent, a repeat deletes nothing new), renewing the lease
+/// meanwhile and stopping if it is lost. A failed run is logged and retried
+/// at the next interval. On shutdown a run in progress may finish (within
+/// the grace period) and the lease is released.
 async fn retention_loop(
     db: &DatabaseConnection,
     keyring: &ferry_db::crypto::Keyring,
     policy: &RetentionPolicy,
     interval: Duration,
+    lease: lease::Lease,
     shutdown: &Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(lease.renew_every());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_run: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            () = shutdown.wait() => return,
+            () = shutdown.wait() => break,
             _ = ticker.tick() => {}
         }
-        match ferry_db::retention::cleanup(db, keyring, policy, chrono::Utc::now()).await {
-            Ok(report) => tracing::info!(
+        match lease.acquire(db, chrono::Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another replica runs retention; if it dies, this one
+                // starts with a run.
+                last_run = None;
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "taking the retention lease failed; retrying");
+                continue;
+            }
+        }
+        if last_run.is_some_and(|at| at.elapsed() < interval) {
+            continue;
+        }
+        last_run = Some(tokio::time::Instant::now());
+        let cleanup = ferry_db::retention::cleanup(db, keyring, policy, chrono::Utc::now());
+        match lease.while_held(db, cleanup).await {
+            Some(Ok(report)) => tracing::info!(
                 deployment_logs = report.deployment_logs,
                 container_metrics = report.container_metrics,
                 audit_logs = report.audit_logs,
@@ -200,7 +242,11 @@ async fn retention_loop(
                 invitations = report.invitations,
                 "retention cleanup finished"
             ),
-            Err(err) => tracing::warn!(error = %err, "retention cleanup failed; will retry"),
+            Some(Err(err)) => tracing::warn!(error = %err, "retention cleanup failed; will retry"),
+            None => tracing::warn!("retention cleanup stopped: the retention lease was lost"),
         }
+    }
+    if let Err(err) = lease.release(db).await {
+        tracing::warn!(error = %err, "releasing the retention lease failed");
     }
 }

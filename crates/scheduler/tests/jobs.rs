@@ -672,3 +672,56 @@ async fn a_lease_is_held_until_it_expires_or_is_released() {
         );
     }
 }
+
+/// A due job the api changed after the scheduler read it: the advance is
+/// conditional on the value read, so that job is left alone (its new
+/// `next_run_at` stands, no run) while the rest of its chunk fires once;
+/// firing the same stale read again does nothing.
+#[tokio::test]
+async fn a_job_changed_after_it_was_read_is_left_alone_and_the_rest_fire_once() {
+    for db in ferry_tests::migrated_dbs().await {
+        let p = project(&db.conn).await;
+        let start = t("2026-01-01T00:00:00Z");
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let j = job(
+                &db.conn,
+                p,
+                &format!("j{i}"),
+                "* * * * *",
+                start,
+                ConcurrencyPolicy::Allow,
+            )
+            .await;
+            ids.push(j.id);
+        }
+        let now = start + Duration::seconds(1);
+        let read = jobs::Entity::find().all(&db.conn).await.unwrap();
+        // The api moves job 0 on after the scheduler read it.
+        let moved = start + Duration::minutes(10);
+        let mut changed: jobs::ActiveModel = jobs::Entity::find_by_id(ids[0])
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        changed.next_run_at = Set(Some(moved));
+        changed.update(&db.conn).await.unwrap();
+
+        let fired = ferry_scheduler::jobs::fire::fire_jobs(&db.conn, &read, now).await;
+        assert_eq!(fired.pending.len(), 4, "{}", db.backend);
+        assert!(runs(&db.conn, ids[0]).await.is_empty(), "{}", db.backend);
+        assert_eq!(next_run_at(&db.conn, ids[0]).await, Some(moved));
+        for id in &ids[1..] {
+            let rs = runs(&db.conn, *id).await;
+            assert_eq!(rs.len(), 1, "{}", db.backend);
+            assert_eq!(rs[0].scheduled_for, Some(start));
+            assert_eq!(
+                next_run_at(&db.conn, *id).await,
+                Some(start + Duration::minutes(1))
+            );
+        }
+        let again = ferry_scheduler::jobs::fire::fire_jobs(&db.conn, &read, now).await;
+        assert_eq!(again, ferry_scheduler::jobs::fire::Fired::default());
+    }
+}

@@ -7,15 +7,17 @@
 //! - collect: Jobs of runs that are gone (job deleted) or cancelled
 //!   (concurrency policy `replace`) are deleted.
 //!
-//! Tracking reads every Ferry job-run Job and pod of the cluster in two
-//! LIST calls per tick, whatever the number of runs.
+//! Dispatch reads the pending runs' jobs, projects and services in one
+//! query each; without a cluster the planned runs are written in one
+//! UPDATE. Tracking reads every Ferry job-run Job and pod of the cluster in
+//! two LIST calls per tick, whatever the number of runs.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use ferry_db::entities::enums::{ConcurrencyPolicy, DeploymentStatus, JobRunStatus};
 use ferry_db::entities::{deployments, job_runs, jobs, projects, services};
-use ferry_db::sea_orm::sea_query::Expr;
+use ferry_db::sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _};
 use ferry_db::sea_orm::{
     ColumnTrait as _, Condition, DatabaseConnection, EntityTrait as _, QueryFilter as _,
     QueryOrder as _, QuerySelect as _,
@@ -30,6 +32,8 @@ use crate::Result;
 const BATCH: u64 = 500;
 /// A run that could not get its Job for this long fails.
 const DISPATCH_GIVE_UP: Duration = Duration::minutes(10);
+/// The reason of a planned run.
+const PLANNED: &str = "no cluster is configured: this is the Job Ferry would create";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,31 +68,75 @@ impl Runs {
             .all(&self.db)
             .await?;
         let mut report = Report::default();
+        if pending.is_empty() {
+            return Ok(report);
+        }
+        // The runs' jobs with their projects, and the services jobs name.
+        let job_ids: HashSet<Uuid> = pending.iter().map(|r| r.job_id).collect();
+        let found: HashMap<Uuid, (jobs::Model, projects::Model)> = jobs::Entity::find()
+            .filter(jobs::Column::Id.is_in(job_ids))
+            .find_also_related(projects::Entity)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .filter_map(|(job, project)| Some((job.id, (job, project?))))
+            .collect();
+        let service_ids: HashSet<Uuid> = found
+            .values()
+            .filter(|(job, _)| job.image.is_none())
+            .filter_map(|(job, _)| job.service_id)
+            .collect();
+        let services: HashMap<Uuid, services::Model> = if service_ids.is_empty() {
+            HashMap::new()
+        } else {
+            services::Entity::find()
+                .filter(services::Column::Id.is_in(service_ids))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|s| (s.id, s))
+                .collect()
+        };
+        let mut planned = Vec::new();
         for run in pending {
-            if let Err(err) = self.dispatch_one(&run, now, &mut report).await {
+            // A run whose job is gone went with it (cascade).
+            let Some((job, project)) = found.get(&run.job_id) else {
+                continue;
+            };
+            let dispatched = self
+                .dispatch_one(
+                    &run,
+                    job,
+                    project,
+                    &services,
+                    now,
+                    &mut report,
+                    &mut planned,
+                )
+                .await;
+            if let Err(err) = dispatched {
                 tracing::warn!(run = %run.id, error = %err, "dispatching a job run failed; retrying next tick");
             }
         }
+        report.planned += self.finish_planned(&planned, now).await?;
         Ok(report)
     }
 
+    /// Starts `run`'s Job. Without a cluster the run is planned: pushed on
+    /// `planned` (run id, Job YAML) for one UPDATE of them all, except for
+    /// a REPLACE job's, finished at once, so its next run sees it done.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch_one(
         &self,
         run: &job_runs::Model,
+        job: &jobs::Model,
+        project: &projects::Model,
+        services: &HashMap<Uuid, services::Model>,
         now: DateTime<Utc>,
         report: &mut Report,
+        planned: &mut Vec<(Uuid, String)>,
     ) -> Result<()> {
-        let Some((job, project)) = jobs::Entity::find_by_id(run.job_id)
-            .find_also_related(projects::Entity)
-            .one(&self.db)
-            .await?
-        else {
-            return Ok(());
-        };
-        let Some(project) = project else {
-            return Ok(());
-        };
-        let spec = match self.spec(run, &job, &project).await? {
+        let spec = match self.spec(run, job, project, services).await? {
             Ok(spec) => spec,
             Err(reason) => {
                 report.failed_to_start += 1;
@@ -112,22 +160,28 @@ impl Runs {
             .await?;
         }
         let Some(cluster) = &self.cluster else {
-            let (status, reason, rendered) = match job_run_yaml(&spec) {
-                Ok(yaml) => (
-                    JobRunStatus::Planned,
-                    "no cluster is configured: this is the Job Ferry would create".to_owned(),
-                    Some(yaml),
-                ),
-                Err(err) => (
-                    JobRunStatus::Failed,
-                    format!("the Job is invalid: {err}"),
-                    None,
-                ),
+            return match job_run_yaml(&spec) {
+                Ok(yaml) if job.concurrency_policy == ConcurrencyPolicy::Replace => {
+                    report.planned += 1;
+                    self.finish_pending(
+                        run.id,
+                        JobRunStatus::Planned,
+                        PLANNED.to_owned(),
+                        Some(yaml),
+                        now,
+                    )
+                    .await
+                }
+                Ok(yaml) => {
+                    planned.push((run.id, yaml));
+                    Ok(())
+                }
+                Err(err) => {
+                    let why = format!("the Job is invalid: {err}");
+                    self.finish_pending(run.id, JobRunStatus::Failed, why, None, now)
+                        .await
+                }
             };
-            report.planned += usize::from(status == JobRunStatus::Planned);
-            return self
-                .finish_pending(run.id, status, reason, rendered, now)
-                .await;
         };
         match cluster.start_job_run(&spec).await {
             Ok(name) => {
@@ -186,6 +240,7 @@ impl Runs {
         run: &job_runs::Model,
         job: &jobs::Model,
         project: &projects::Model,
+        services: &HashMap<Uuid, services::Model>,
     ) -> Result<std::result::Result<JobRunSpec, String>> {
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
@@ -197,10 +252,7 @@ impl Runs {
         let (image, env_secret, pull_secret) = match (job.image.clone(), job.service_id) {
             (Some(image), _) => (image, None, None),
             (None, Some(service_id)) => {
-                let Some(service) = services::Entity::find_by_id(service_id)
-                    .one(&self.db)
-                    .await?
-                else {
+                let Some(service) = services.get(&service_id) else {
                     return Ok(Err("its service was deleted".into()));
                 };
                 let image = match service.image.clone() {
@@ -250,6 +302,35 @@ impl Runs {
             timeout_seconds: job.timeout_seconds.map(i64::from),
             retries: job.max_retries,
         }))
+    }
+
+    /// Marks the `planned` runs (id, Job YAML) planned in one UPDATE; the
+    /// number of runs that were still pending.
+    async fn finish_planned(
+        &self,
+        planned: &[(Uuid, String)],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        if planned.is_empty() {
+            return Ok(0);
+        }
+        let mut rendered = CaseStatement::new();
+        for (id, yaml) in planned {
+            rendered = rendered.case(
+                Expr::col(job_runs::Column::Id).eq(*id),
+                Expr::value(yaml.clone()),
+            );
+        }
+        let done = job_runs::Entity::update_many()
+            .col_expr(job_runs::Column::Status, Expr::value(JobRunStatus::Planned))
+            .col_expr(job_runs::Column::Reason, Expr::value(PLANNED))
+            .col_expr(job_runs::Column::Rendered, rendered.into())
+            .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
+            .filter(job_runs::Column::Id.is_in(planned.iter().map(|(id, _)| *id)))
+            .filter(job_runs::Column::Status.eq(JobRunStatus::Pending))
+            .exec(&self.db)
+            .await?;
+        Ok(usize::try_from(done.rows_affected).unwrap_or(usize::MAX))
     }
 
     async fn finish_pending(
