@@ -249,7 +249,7 @@ fn limits_to_pb(
 }
 
 /// The organization `id` and the caller's right to `action` on it.
-async fn organization<C: ConnectionTrait>(
+pub(crate) async fn organization<C: ConnectionTrait>(
     db: &C,
     caller: &Caller,
     action: Action,

@@ -13,18 +13,17 @@
 
 use chrono::Utc;
 use ferry_db::entities::enums::AuditResourceType;
-use ferry_db::entities::organizations;
 use ferry_db::retention::{MAX_DAYS, OrgRetention, Scoped};
 use ferry_db::sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait as _,
-    IntoActiveModel as _,
+    ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, IntoActiveModel as _,
 };
 use ferry_proto::ferry::v1 as pb;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::limits::organization;
 use crate::audit::{Auditor, Entry};
-use crate::authz::{Action, Caller, Resource};
+use crate::authz::{Action, Caller};
 use crate::wire::parse_id;
 use crate::{Error, Result};
 
@@ -89,26 +88,6 @@ fn to_pb(id: Uuid, overrides: &OrgRetention) -> pb::OrganizationRetention {
         organization_id: id.to_string(),
         overrides: Some(policy),
     }
-}
-
-/// The organization `id` and the caller's right to `action` on it.
-async fn organization<C: ConnectionTrait>(
-    db: &C,
-    caller: &Caller,
-    action: Action,
-    id: Uuid,
-) -> Result<organizations::Model> {
-    let (org, _) = caller
-        .load(
-            db,
-            action,
-            organizations::Entity::find_by_id(id),
-            organizations::Column::Id,
-            |o| Resource::Organization(o.id),
-            "organization not found",
-        )
-        .await?;
-    Ok(org)
 }
 
 /// GetRetentionPolicy: any member.
