@@ -218,7 +218,7 @@ impl RunOutcome {
     }
 
     /// Reads a run from its Job and the Job's pods.
-    pub fn from_job(job: &Job, pods: &[Pod]) -> RunOutcome {
+    pub fn from_job(job: &Job, pods: &[&Pod]) -> RunOutcome {
         let status = job.status.clone().unwrap_or_default();
         let attempts = (status.failed.unwrap_or(0)
             + status.succeeded.unwrap_or(0)
@@ -297,6 +297,35 @@ fn last_line(text: &str) -> &str {
         .unwrap_or_default()
 }
 
+/// Where each run of `jobs` stands, its pods found among `pods` by the run
+/// id label (a Job without a valid run id or namespace is skipped).
+pub(crate) fn run_statuses<'a>(
+    jobs: impl Iterator<Item = &'a Job>,
+    pods: impl Iterator<Item = &'a Pod>,
+) -> Vec<RunStatus> {
+    let mut by_run: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in pods {
+        if let Some(id) = pod.labels().get(JOB_RUN_ID) {
+            by_run.entry(id).or_default().push(pod);
+        }
+    }
+    jobs.filter_map(|job| {
+        let id = job.labels().get(JOB_RUN_ID)?;
+        let run_id = Uuid::parse_str(id).ok()?;
+        let pods = by_run
+            .get(id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Some(RunStatus {
+            run_id,
+            namespace: job.namespace()?,
+            name: job.name_any(),
+            outcome: RunOutcome::from_job(job, pods),
+        })
+    })
+    .collect()
+}
+
 /// One run's Job found on the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunStatus {
@@ -335,40 +364,19 @@ impl Cluster {
             run_id,
             namespace: namespace.to_owned(),
             name: job.name_any(),
-            outcome: RunOutcome::from_job(&job, &pods),
+            outcome: RunOutcome::from_job(&job, &pods.iter().collect::<Vec<_>>()),
         }))
     }
 
     /// Every job-run Job Ferry manages, in every namespace, with where it
-    /// stands: two LIST calls whatever the number of runs.
+    /// stands: two LIST calls whatever the number of runs. The scheduler's
+    /// loop follows them with [`Cluster::watch_job_runs`] instead; this is
+    /// for a one-off look.
     pub async fn job_runs(&self) -> Result<Vec<RunStatus>> {
         let params = ListParams::default().labels(&runs_selector());
         let jobs = Api::<Job>::all(self.client().clone()).list(&params).await?;
-        let mut pods: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
-        for pod in Api::<Pod>::all(self.client().clone())
-            .list(&params)
-            .await?
-            .items
-        {
-            if let Some(id) = pod.labels().get(JOB_RUN_ID).cloned() {
-                pods.entry(id).or_default().push(pod);
-            }
-        }
-        Ok(jobs
-            .items
-            .iter()
-            .filter_map(|job| {
-                let id = job.labels().get(JOB_RUN_ID)?;
-                let run_id = Uuid::parse_str(id).ok()?;
-                let pods = pods.get(id).map(Vec::as_slice).unwrap_or_default();
-                Some(RunStatus {
-                    run_id,
-                    namespace: job.namespace()?,
-                    name: job.name_any(),
-                    outcome: RunOutcome::from_job(job, pods),
-                })
-            })
-            .collect())
+        let pods = Api::<Pod>::all(self.client().clone()).list(&params).await?;
+        Ok(run_statuses(jobs.items.iter(), pods.items.iter()))
     }
 
     /// A cheap readiness check: the API server answers and lets this

@@ -16,6 +16,7 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod jobrun;
+pub mod jobwatch;
 pub mod logs;
 pub mod metrics;
 pub mod render;

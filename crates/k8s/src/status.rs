@@ -224,9 +224,13 @@ impl StatusWatch {
             };
             let before = self.all_services();
             let (index, affected) = match &change {
-                Change::Deployment(event) => (0, apply(&mut self.deployments, event)),
-                Change::StatefulSet(event) => (1, apply(&mut self.stateful_sets, event)),
-                Change::Pod(event) => (2, apply(&mut self.pods, event)),
+                Change::Deployment(event) => {
+                    (0, apply(&mut self.deployments, event, labels::SERVICE_ID))
+                }
+                Change::StatefulSet(event) => {
+                    (1, apply(&mut self.stateful_sets, event, labels::SERVICE_ID))
+                }
+                Change::Pod(event) => (2, apply(&mut self.pods, event, labels::SERVICE_ID)),
             };
             let was_listed = self.listed.iter().all(|l| *l);
             match affected {
@@ -442,13 +446,17 @@ fn deployment_replicas(d: &Deployment) -> (i32, i32) {
 }
 
 /// What a watch event changed.
-enum Affected {
+/// What one watch event did to a reflector store (shared with the
+/// job-run watch).
+pub(crate) enum Affected {
+    /// Objects carrying these values of the watched label changed.
     Objects(BTreeSet<String>),
     RelistStarted,
     RelistDone,
 }
 
-fn apply<K>(writer: &mut Writer<K>, event: &Event<K>) -> Affected
+/// Applies `event` to `writer`; the values of `label` it touched.
+pub(crate) fn apply<K>(writer: &mut Writer<K>, event: &Event<K>, label: &str) -> Affected
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Clone + Default + Eq + std::hash::Hash,
@@ -456,7 +464,7 @@ where
     writer.apply_watcher_event(event);
     match event {
         Event::Apply(obj) | Event::Delete(obj) => {
-            Affected::Objects(service_id(obj.labels()).into_iter().collect())
+            Affected::Objects(obj.labels().get(label).cloned().into_iter().collect())
         }
         Event::Init => Affected::RelistStarted,
         Event::InitApply(_) => Affected::Objects(BTreeSet::new()),

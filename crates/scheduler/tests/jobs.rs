@@ -725,3 +725,136 @@ async fn a_job_changed_after_it_was_read_is_left_alone_and_the_rest_fire_once() 
         assert_eq!(again, ferry_scheduler::jobs::fire::Fired::default());
     }
 }
+
+/// Polls `check` every 10 ms until it holds or `within` passes.
+async fn eventually<F, Fut>(within: StdDuration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn status_of(db: &DatabaseConnection, run: Uuid) -> job_runs::Model {
+    job_runs::Entity::find_by_id(run)
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// LISTs of job-run Jobs or pods that are not a watch.
+fn job_run_lists(fake: &FakeCluster) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && (r.path == "/apis/batch/v1/jobs" || r.path == "/api/v1/pods")
+        })
+        .filter(|r| r.param("watch") != Some("true"))
+        .count()
+}
+
+/// The real loop with a tick interval of a minute: runs finish and vanish
+/// in the rows within moments because the leader watches the job-run Jobs
+/// and pods, and after the watch's first list nothing lists them again.
+#[tokio::test]
+async fn the_leader_follows_runs_by_watching_not_listing() {
+    for db in ferry_tests::migrated_dbs().await {
+        let fake = FakeCluster::new();
+        let p = project(&db.conn).await;
+        let j = job(
+            &db.conn,
+            p,
+            "watched",
+            "@daily",
+            t("2030-01-01T00:00:00Z"),
+            ConcurrencyPolicy::Allow,
+        )
+        .await;
+        let run =
+            |status, started: Option<DateTime<Utc>>, name: Option<&str>| job_runs::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                job_id: Set(j.id),
+                status: Set(status),
+                trigger_type: Set(JobTrigger::Manual),
+                started_at: Set(started),
+                k8s_job_name: Set(name.map(str::to_owned)),
+                created_at: Set(Utc::now() - Duration::minutes(10)),
+                ..Default::default()
+            };
+        let pending = run(JobRunStatus::Pending, None, None)
+            .insert(&db.conn)
+            .await
+            .unwrap();
+        // A run whose Job someone deleted long ago.
+        let orphan = run(
+            JobRunStatus::Running,
+            Some(Utc::now() - Duration::minutes(5)),
+            Some("watched-gone"),
+        )
+        .insert(&db.conn)
+        .await
+        .unwrap();
+
+        let e = engine(&db.conn, Some(&fake), "a");
+        let shutdown = ferry_common::Shutdown::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { e.run(StdDuration::from_secs(60), &stop).await });
+
+        // The first tick (at once) starts the pending run.
+        assert!(
+            eventually(StdDuration::from_secs(5), || async {
+                status_of(&db.conn, pending.id).await.status == JobRunStatus::Running
+            })
+            .await,
+            "{}",
+            db.backend
+        );
+        let name = status_of(&db.conn, pending.id).await.k8s_job_name.unwrap();
+        // The watch's first list, then a tick from the watch: the orphan fails.
+        assert!(
+            eventually(StdDuration::from_secs(5), || async {
+                status_of(&db.conn, orphan.id).await.status == JobRunStatus::Failed
+            })
+            .await,
+            "{}",
+            db.backend
+        );
+        let lists = job_run_lists(&fake);
+
+        finish(
+            &fake,
+            &name,
+            &["watched"],
+            FakeContainerState::failed(3, "boom"),
+        );
+        assert!(
+            eventually(StdDuration::from_secs(2), || async {
+                status_of(&db.conn, pending.id).await.status == JobRunStatus::Failed
+            })
+            .await,
+            "{}: a finished run is recorded long before the next tick",
+            db.backend
+        );
+        let done = status_of(&db.conn, pending.id).await;
+        assert_eq!(done.exit_code, Some(3), "{}", db.backend);
+        assert!(done.logs.unwrap_or_default().contains("watched"));
+        assert_eq!(
+            job_run_lists(&fake),
+            lists,
+            "{}: tracking reads the watch, it does not list",
+            db.backend
+        );
+
+        shutdown.trigger();
+        task.await.unwrap();
+        assert_eq!(fake.open_watches(), 0, "{}", db.backend);
+    }
+}

@@ -10,7 +10,7 @@ from test_chart import component, normalize, rbac_md
 EXPECTED = {
     # jobrun.rs: start_job_run (get metadata, SSA patch, create when new),
     # cancel_job_run (get metadata, delete Background), job_runs (Api::all list).
-    ("batch", "jobs"): {"get", "list", "create", "patch", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     # job_runs (Api::all list), job_run_logs (list), watch_status (Api::all list+watch).
     ("", "pods"): {"list", "watch"},
     # job_run_logs.
@@ -73,8 +73,8 @@ def test_scheduler_creates_no_namespace_reads_no_secret_and_writes_only_jobs():
     assert ("", "secrets") not in rules
     writes = {"create", "update", "patch", "delete", "deletecollection"}
     assert {k for k, verbs in rules.items() if verbs & writes} == {("batch", "jobs")}
-    # No watch on Jobs: runs are tracked by two LIST calls per tick.
-    assert "watch" not in rules[("batch", "jobs")]
+    # Runs are followed by a watch on their Jobs and pods, which only reads.
+    assert {"list", "watch"} <= rules[("batch", "jobs")]
 
 
 def test_scheduler_role_is_bound_to_its_service_account_only():

@@ -18,6 +18,7 @@ use ferry_db::sea_orm::{
     QueryFilter as _,
 };
 use ferry_k8s::Cluster;
+use ferry_k8s::jobwatch::{JobRunView, JobRunWatch, RunsChange};
 use uuid::Uuid;
 
 use crate::Result;
@@ -79,14 +80,20 @@ impl Engine {
         }
     }
 
-    /// One pass at `now` (tests pass their own clock).
+    /// One pass at `now` (tests pass their own clock), reading the
+    /// cluster's job-run Jobs with two LISTs.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Tick> {
+        self.tick_with(now, None).await
+    }
+
+    /// One pass, reading the job-run Jobs from `watched` when given.
+    async fn tick_with(&self, now: DateTime<Utc>, watched: Option<&JobRunView>) -> Result<Tick> {
         if !self.lease.acquire(&self.db, now).await? {
             return Ok(Tick::default());
         }
         let fired = fire::fire_due(&self.db, now).await?;
         let dispatched = self.runs.dispatch(now).await?;
-        let tracked = self.runs.track(now).await?;
+        let tracked = self.runs.track(now, watched).await?;
         Ok(Tick {
             leader: true,
             fired,
@@ -96,16 +103,22 @@ impl Engine {
     }
 
     /// Ticks every `interval` until shutdown, then gives the lease up.
+    /// While it leads, it watches the job-run Jobs and pods: a change ticks
+    /// at once (after [`COALESCE`], so a burst is one tick), and tracking
+    /// reads the watch instead of listing.
     pub async fn run(&self, interval: Duration, shutdown: &Shutdown) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = RunWatch::default();
         loop {
             tokio::select! {
                 () = shutdown.wait() => break,
                 _ = ticker.tick() => {}
+                () = watch.changed() => {}
             }
-            match self.tick(Utc::now()).await {
+            match self.tick_with(Utc::now(), watch.view.as_ref()).await {
                 Ok(t) if t.leader => {
+                    watch.lead(self.runs.cluster());
                     if t.fired != fire::Fired::default()
                         || t.dispatched != runs::Report::default()
                         || t.tracked != runs::Report::default()
@@ -123,12 +136,76 @@ impl Engine {
                         );
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => watch = RunWatch::default(),
                 Err(err) => tracing::warn!(error = %err, "job tick failed; retrying"),
             }
         }
         if let Err(err) = self.lease.release(&self.db).await {
             tracing::warn!(error = %err, "releasing the jobs lease failed");
+        }
+    }
+}
+
+/// How long the loop gathers watch events before it ticks.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+/// The leader's watch on job-run Jobs and pods; empty on a follower.
+#[derive(Default)]
+struct RunWatch {
+    watch: Option<JobRunWatch>,
+    /// Set once the watch has listed: until then tracking lists.
+    view: Option<JobRunView>,
+}
+
+impl RunWatch {
+    /// Starts watching (once) when there is a cluster.
+    fn lead(&mut self, cluster: Option<&Cluster>) {
+        if self.watch.is_none()
+            && let Some(cluster) = cluster
+        {
+            self.watch = Some(cluster.watch_job_runs());
+        }
+    }
+
+    /// Waits for the watch to report changes, then for [`COALESCE`] more;
+    /// never returns without a watch.
+    async fn changed(&mut self) {
+        let Some(watch) = self.watch.as_mut() else {
+            return std::future::pending().await;
+        };
+        let change = watch.next().await;
+        if !self.absorb(change) {
+            return;
+        }
+        let window = tokio::time::sleep(COALESCE);
+        tokio::pin!(window);
+        loop {
+            let Some(watch) = self.watch.as_mut() else {
+                return;
+            };
+            let change = tokio::select! {
+                () = &mut window => return,
+                change = watch.next() => change,
+            };
+            if !self.absorb(change) {
+                return;
+            }
+        }
+    }
+
+    /// Takes one watch answer; false when the watch ended (it is dropped
+    /// and restarted by the next leading tick).
+    fn absorb(&mut self, change: Option<RunsChange>) -> bool {
+        match (change, &self.watch) {
+            (Some(RunsChange::Resynced), Some(watch)) => {
+                self.view = Some(watch.view());
+                true
+            }
+            (Some(_), _) => true,
+            (None, _) => {
+                *self = Self::default();
+                false
+            }
         }
     }
 }

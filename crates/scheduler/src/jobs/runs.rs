@@ -9,8 +9,10 @@
 //!
 //! Dispatch reads the pending runs' jobs, projects and services in one
 //! query each; without a cluster the planned runs are written in one
-//! UPDATE. Tracking reads every Ferry job-run Job and pod of the cluster in
-//! two LIST calls per tick, whatever the number of runs.
+//! UPDATE. Tracking reads the job-run Jobs and pods from the loop's watch
+//! ([`JobRunView`]); only before the watch has listed (or for a one-off
+//! [`super::Engine::tick`]) does it LIST them, in two calls whatever the
+//! number of runs.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,6 +25,7 @@ use ferry_db::sea_orm::{
     QueryOrder as _, QuerySelect as _,
 };
 use ferry_k8s::jobrun::{JobRunSpec, RunOutcome, RunStatus, job_run_yaml, kubernetes_job_name};
+use ferry_k8s::jobwatch::JobRunView;
 use ferry_k8s::{Cluster, Error as KubeError};
 use uuid::Uuid;
 
@@ -32,6 +35,9 @@ use crate::Result;
 const BATCH: u64 = 500;
 /// A run that could not get its Job for this long fails.
 const DISPATCH_GIVE_UP: Duration = Duration::minutes(10);
+/// A run started this recently whose Job a watch does not show yet is
+/// not failed: the watch may lag the create (a LIST cannot).
+const WATCH_GRACE: Duration = Duration::seconds(30);
 /// The reason of a planned run.
 const PLANNED: &str = "no cluster is configured: this is the Job Ferry would create";
 
@@ -57,6 +63,10 @@ use super::ACTIVE;
 impl Runs {
     pub fn new(db: DatabaseConnection, cluster: Option<Cluster>) -> Self {
         Self { db, cluster }
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// Starts (or plans) every pending run.
@@ -354,17 +364,18 @@ impl Runs {
     }
 
     /// Records finished Jobs on their runs and deletes the Jobs of runs
-    /// that are gone or cancelled.
-    pub async fn track(&self, now: DateTime<Utc>) -> Result<Report> {
+    /// that are gone or cancelled; the Jobs come from `watched` when the
+    /// loop's watch has listed, else from two LISTs.
+    pub async fn track(&self, now: DateTime<Utc>, watched: Option<&JobRunView>) -> Result<Report> {
         let Some(cluster) = &self.cluster else {
             return Ok(Report::default());
         };
-        let on_cluster: HashMap<Uuid, RunStatus> = cluster
-            .job_runs()
-            .await?
-            .into_iter()
-            .map(|s| (s.run_id, s))
-            .collect();
+        let found = match watched {
+            Some(view) => view.runs(),
+            None => cluster.job_runs().await?,
+        };
+        let on_cluster: HashMap<Uuid, RunStatus> =
+            found.into_iter().map(|s| (s.run_id, s)).collect();
         let mut report = Report::default();
         let running = job_runs::Entity::find()
             .filter(job_runs::Column::Status.eq(JobRunStatus::Running))
@@ -374,6 +385,8 @@ impl Runs {
             .await?;
         for run in &running {
             match on_cluster.get(&run.id) {
+                None if watched.is_some()
+                    && run.started_at.is_some_and(|at| now - at < WATCH_GRACE) => {}
                 None => {
                     self.finish_running(
                         run.id,
