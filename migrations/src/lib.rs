@@ -26,6 +26,7 @@ mod m0014_jobs;
 mod m0015_audit_checkpoints;
 mod m0016_status_sync;
 mod m0017_domains;
+mod m0020_domain_recheck;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
@@ -115,6 +116,10 @@ const ALTERATIONS: &[(&str, Later)] = &[
         },
     ),
     ("m0017_domains", Later::Alter(m0017_domains::alters)),
+    (
+        "m0020_domain_recheck",
+        Later::Alter(m0020_domain_recheck::alters),
+    ),
 ];
 
 /// Every migration, in the order they apply.

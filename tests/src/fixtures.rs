@@ -131,6 +131,7 @@ pub async fn domain(conn: &DatabaseConnection, org: Uuid, name: &str, deleted: b
             verified_by: None,
             last_checked_at: None,
             last_check_error: None,
+            verification_lost_at: None,
         }
         .into_active_model(),
     )

@@ -81,57 +81,5 @@ pub async fn start_state(state: &ApiState, config: IdentityConfig) -> TestApi {
     }
 }
 
-/// A DNS server on a loopback UDP port that answers TXT questions from a
-/// table the test edits (NXDOMAIN for names it lacks): the resolver
-/// `VerifyDomain` asks in tests.
-#[derive(Debug, Clone)]
-pub struct TxtServer {
-    /// Where it listens (`127.0.0.1:<ephemeral>`).
-    pub addr: SocketAddr,
-    records: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
-}
-
-impl TxtServer {
-    /// Starts answering; it stops when the runtime does.
-    pub async fn start() -> Self {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind DNS socket");
-        let addr = socket.local_addr().expect("DNS address");
-        let records: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>> =
-            Arc::default();
-        let table = records.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 1500];
-            while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
-                let query = &buf[..n];
-                let Some(name) = crate::domains::dns::query_name(query) else {
-                    continue;
-                };
-                let found = table
-                    .lock()
-                    .expect("records")
-                    .get(&name.to_ascii_lowercase())
-                    .cloned()
-                    .unwrap_or_default();
-                if let Some(answer) = crate::domains::dns::encode_txt_answer(query, &found) {
-                    let _ = socket.send_to(&answer, peer).await;
-                }
-            }
-        });
-        Self { addr, records }
-    }
-
-    /// Publishes (or, with no values, removes) the TXT records of `name`.
-    pub fn set(&self, name: &str, values: &[&str]) {
-        let mut table = self.records.lock().expect("records");
-        if values.is_empty() {
-            table.remove(name);
-        } else {
-            table.insert(
-                name.to_owned(),
-                values.iter().map(|v| (*v).to_owned()).collect(),
-            );
-        }
-    }
-}
+/// The DNS server VerifyDomain asks in tests.
+pub use ferry_common::dns::TxtServer;

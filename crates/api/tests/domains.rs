@@ -391,3 +391,156 @@ async fn operators_pre_verify_and_nobody_else_does() {
         api.stop().await;
     }
 }
+
+/// ferry-scheduler's re-check, one pass now, every verified domain due.
+async fn recheck(conn: &DatabaseConnection, dns: &TxtServer) -> ferry_scheduler::domains::Report {
+    ferry_scheduler::domains::Recheck {
+        resolver: dns.addr,
+        timeout: std::time::Duration::from_millis(300),
+        every: chrono::Duration::zero(),
+    }
+    .pass(conn, chrono::Utc::now())
+    .await
+    .unwrap()
+}
+
+impl Tenant {
+    async fn domain(&mut self, id: &str) -> pb::Domain {
+        let req = pb::ListDomainsRequest {
+            project_id: self.project.clone(),
+            ..Default::default()
+        };
+        self.domains
+            .list_domains(authed(req, &self.token))
+            .await
+            .unwrap()
+            .into_inner()
+            .domains
+            .into_iter()
+            .find(|d| d.id == id)
+            .expect("the domain is listed")
+    }
+    async fn hosts(&mut self) -> Vec<String> {
+        let req = pb::ListRoutesRequest {
+            project_id: self.project.clone(),
+            ..Default::default()
+        };
+        let mut hosts: Vec<String> = self
+            .routes
+            .list_routes(authed(req, &self.token))
+            .await
+            .unwrap()
+            .into_inner()
+            .routes
+            .into_iter()
+            .map(|r| r.hostname)
+            .collect();
+        hosts.sort();
+        hosts
+    }
+}
+
+/// A verified domain whose TXT record disappears is flagged by the
+/// scheduler's re-check (never on a resolver failure), keeps its routes,
+/// refuses new ones, and is verified again when the record is back; while
+/// it is lost another organization that proves the name may take it.
+#[tokio::test]
+async fn a_domain_whose_record_is_gone_is_flagged_and_keeps_its_routes() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut a = tenant(&api, "lena").await;
+        let d = a.own(&dns, "*.lost.test").await;
+        a.route("a.lost.test").await.unwrap();
+
+        // A resolver that fails says nothing: the domain stays verified.
+        dns.fail(true);
+        let report = recheck(&db.conn, &dns).await;
+        assert_eq!(
+            (report.unknown, report.lost.len()),
+            (1, 0),
+            "{b}: {report:?}"
+        );
+        dns.fail(false);
+        let now = a.domain(&d.id).await;
+        assert_eq!(now.status, "verified", "{b}: {now:?}");
+        assert!(now.last_check_error.contains("SERVFAIL"), "{b}: {now:?}");
+        a.route("b.lost.test").await.unwrap();
+
+        // The record is gone: flagged, routes kept, new routes refused.
+        dns.set(&d.txt_record_name, &[]);
+        let report = recheck(&db.conn, &dns).await;
+        assert_eq!(report.lost.len(), 1, "{b}: {report:?}");
+        let lost = a.domain(&d.id).await;
+        assert_eq!((lost.status.as_str(), lost.verified), ("lost", true), "{b}");
+        assert!(lost.verification_lost_at.is_some(), "{b}: {lost:?}");
+        assert!(
+            lost.last_check_error.contains("no TXT record"),
+            "{b}: {lost:?}"
+        );
+        precondition(a.route("c.lost.test").await, "was found gone");
+        assert_eq!(a.hosts().await, ["a.lost.test", "b.lost.test"], "{b}");
+        // A second pass keeps the first time it was found lost.
+        recheck(&db.conn, &dns).await;
+        let again = a.domain(&d.id).await;
+        assert_eq!(again.verification_lost_at, lost.verification_lost_at, "{b}");
+
+        // The owner publishes it again and verifies: back to normal.
+        dns.set(&d.txt_record_name, &[&d.txt_record_value]);
+        let back = a.verify(&d.id).await.unwrap();
+        assert_eq!(back.status, "verified", "{b}: {back:?}");
+        assert!(back.verification_lost_at.is_none(), "{b}");
+        a.route("c.lost.test").await.unwrap();
+        // Or the re-check sees it back by itself.
+        dns.set(&d.txt_record_name, &[]);
+        recheck(&db.conn, &dns).await;
+        dns.set(&d.txt_record_name, &[&d.txt_record_value]);
+        let report = recheck(&db.conn, &dns).await;
+        assert_eq!(report.restored, 1, "{b}: {report:?}");
+        assert_eq!(a.domain(&d.id).await.status, "verified", "{b}");
+
+        // Lost again; now another organization proves the name and takes it.
+        dns.set(&d.txt_record_name, &[]);
+        recheck(&db.conn, &dns).await;
+        let mut m = tenant(&api, "mort").await;
+        m.own(&dns, "*.lost.test").await;
+        m.route("d.lost.test").await.unwrap();
+        dns.set(&d.txt_record_name, &[&d.txt_record_value]);
+        precondition(a.verify(&d.id).await, "verified by another organization");
+        precondition(a.route("e.lost.test").await, "was found gone");
+        assert_eq!(
+            a.hosts().await,
+            ["a.lost.test", "b.lost.test", "c.lost.test"],
+            "{b}: the old routes stay"
+        );
+        dns.set(&d.txt_record_name, &[]);
+        api.stop().await;
+    }
+}
+
+/// A name one organization verified under another's wildcard is the first
+/// one's: the most specific claim decides what routes may use.
+#[tokio::test]
+async fn the_most_specific_verified_claim_decides() {
+    let dns = TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let api = start_api(&db.conn, &dns).await;
+        let mut a = tenant(&api, "sven").await;
+        let mut m = tenant(&api, "zoe").await;
+        a.own(&dns, "shop.zone.test").await;
+        m.own(&dns, "*.zone.test").await;
+        let msg = precondition(m.route("shop.zone.test").await, "hostname: shop.zone.test");
+        assert!(
+            msg.contains("verified by another organization"),
+            "{b}: {msg}"
+        );
+        m.route("www.zone.test").await.unwrap();
+        a.route("shop.zone.test").await.unwrap();
+        precondition(a.route("blog.zone.test").await, "hostname: blog.zone.test");
+        dns.set("_ferry-challenge.shop.zone.test", &[]);
+        dns.set("_ferry-challenge.zone.test", &[]);
+        api.stop().await;
+    }
+}

@@ -9,9 +9,11 @@
 //!   readiness latch, graceful drain);
 //! - [`system`]: the `ferry.v1.SystemService` implementation all services share;
 //! - [`service`]: the body of each binary's `main`;
+//! - [`dns`]: a TXT lookup for the domain challenge (and a test server);
 //! - `testing` (feature `testing`): helpers for the services' boot tests.
 
 pub mod args;
+pub mod dns;
 pub mod error;
 pub mod grpc;
 pub mod service;

@@ -113,6 +113,21 @@ pub struct Args {
     )]
     pub readiness_interval_ms: u64,
 
+    /// Seconds after which a verified domain's TXT record is looked up
+    /// again; a record that is gone flags the domain.
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_DOMAIN_RECHECK_SECS",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(60..=604_800)
+    )]
+    pub domain_recheck_secs: u64,
+
+    /// The DNS resolver (`ip:port`) domain re-checks ask, as the api's
+    /// `--dns-resolver`. Unset: the first `nameserver` of /etc/resolv.conf.
+    #[arg(long, env = "FERRY_DNS_RESOLVER")]
+    pub dns_resolver: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -141,6 +156,25 @@ impl Args {
     /// Time between readiness checks.
     pub fn readiness_interval(&self) -> Duration {
         Duration::from_millis(self.readiness_interval_ms)
+    }
+
+    /// How domains are re-checked.
+    pub fn domain_recheck(&self) -> crate::domains::Recheck {
+        crate::domains::Recheck {
+            resolver: self
+                .dns_resolver
+                .unwrap_or_else(ferry_common::dns::system_resolver),
+            timeout: Duration::from_secs(3),
+            every: chrono::Duration::seconds(
+                i64::try_from(self.domain_recheck_secs).unwrap_or(3600),
+            ),
+        }
+    }
+
+    /// Time between re-check passes: a minute, or the re-check age if
+    /// shorter.
+    pub fn domain_pass_interval(&self) -> Duration {
+        Duration::from_secs(self.domain_recheck_secs.min(60))
     }
 
     /// How long to wait for the schema.

@@ -134,6 +134,45 @@ impl Lease {
         Ok(taken.rows_affected == 1)
     }
 
+    /// Every `interval` until shutdown, runs `pass` if this replica holds
+    /// (or can take) the lease, renewing it while the pass runs; then gives
+    /// the lease up. A failed pass is logged and retried next interval.
+    pub async fn every<F, Fut, T>(
+        &self,
+        db: &DatabaseConnection,
+        interval: Duration,
+        shutdown: &ferry_common::Shutdown,
+        mut pass: F,
+    ) where
+        F: FnMut(DateTime<Utc>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+        T: std::fmt::Debug,
+    {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => break,
+                _ = ticker.tick() => {}
+            }
+            let now = Utc::now();
+            match self.acquire(db, now).await {
+                Ok(true) => match self.while_held(db, pass(now)).await {
+                    Some(Ok(done)) => tracing::debug!(lease = self.name, ?done, "pass done"),
+                    Some(Err(err)) => {
+                        tracing::warn!(lease = self.name, error = %err, "pass failed; will retry")
+                    }
+                    None => {}
+                },
+                Ok(false) => {}
+                Err(err) => tracing::warn!(lease = self.name, error = %err, "lease check failed"),
+            }
+        }
+        if let Err(err) = self.release(db).await {
+            tracing::warn!(lease = self.name, error = %err, "releasing the lease failed");
+        }
+    }
+
     /// Gives the lease up (shutdown), so another replica need not wait for
     /// it to expire.
     pub async fn release(&self, db: &DatabaseConnection) -> Result<()> {

@@ -2,7 +2,8 @@
 //! ([`jobs`]: cron schedules fired under a lease, one Kubernetes Job per
 //! run, or planned runs without a cluster), keeps services' health and
 //! containers true to the cluster ([`sync`]: watches, and metrics.k8s.io
-//! samples), and runs retention cleanup of deployment logs, container
+//! samples), re-checks verified domains' TXT records ([`domains`]), and
+//! runs retention cleanup of deployment logs, container
 //! metrics, job runs, push deliveries and audit logs (its flags are the
 //! installation's windows; organizations' own overrides are read from the
 //! database each run). It needs the database
@@ -14,6 +15,7 @@
 //! [`lease`], so with several replicas one acts at a time.
 
 pub mod args;
+pub mod domains;
 pub mod error;
 pub mod jobs;
 pub mod lease;
@@ -91,6 +93,8 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
             let retention = lease::Lease::new(RETENTION_LEASE, replica.clone(), args.lease_ttl());
             let lease = lease::Lease::new(jobs::LEASE, replica.clone(), args.lease_ttl());
             let engine = jobs::Engine::new(db.clone(), cluster.clone(), lease);
+            let domain_lease = lease::Lease::new(domains::LEASE, replica.clone(), args.lease_ttl());
+            let recheck = args.domain_recheck();
             tokio::join!(
                 readiness::watch(probe, interval, ready_tx, &shutdown),
                 retention_loop(
@@ -102,6 +106,13 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                     &shutdown
                 ),
                 engine.run(args.jobs_interval(), &shutdown),
+                domains::run(
+                    &db,
+                    &recheck,
+                    &domain_lease,
+                    args.domain_pass_interval(),
+                    &shutdown
+                ),
                 cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
             );
             Ok(())

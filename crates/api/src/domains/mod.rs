@@ -16,11 +16,18 @@
 //! - any name under (or equal to) a verified wildcard domain of the
 //!   organization.
 //!
+//! The most specific verified claim decides: a name another organization
+//! verified under this one's wildcard is theirs.
+//!
 //! A name verified by one organization cannot be added or verified by
 //! another (nor a name under another organization's verified wildcard).
-//! Deleting or losing a domain keeps the routes already made.
+//! Deleting or losing a domain keeps the routes already made. A domain
+//! whose TXT record ferry-scheduler finds gone is `lost` (its claim no
+//! longer counts: no new routes under it, and another organization that
+//! proves the name may verify it) until VerifyDomain finds the record
+//! again.
 
-pub mod dns;
+pub use ferry_common::dns;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,8 +53,7 @@ use crate::wire::{parse_id, ts};
 use crate::workloads::{Workloads, unique_as};
 use crate::{Error, Result};
 
-/// The label the TXT challenge is published under.
-pub const CHALLENGE_LABEL: &str = "_ferry-challenge";
+pub use ferry_common::dns::CHALLENGE_LABEL;
 
 /// The operator's domain settings.
 #[derive(Debug, Clone)]
@@ -162,17 +168,58 @@ pub async fn check_route_host<C: ConnectionTrait>(
     {
         return Ok(());
     }
-    let covered = domains::Entity::find()
-        .filter(domains::Column::OrganizationId.eq(organization_id))
+    // Every organization's live claims over the host: the most specific
+    // one decides (a name another organization verified under this one's
+    // wildcard is theirs).
+    let claims: Vec<domains::Model> = domains::Entity::find()
         .filter(domains::Column::Name.is_in(suffixes(host)))
         .filter(domains::Column::VerifiedAt.is_not_null())
+        .filter(domains::Column::VerificationLostAt.is_null())
         .filter(domains::Column::DeletedAt.is_null())
         .all(db)
         .await?
+        .into_iter()
+        .filter(|d| covers(&d.name, d.wildcard, host))
+        .collect();
+    let nearest = claims.iter().map(|d| d.name.len()).max();
+    let decisive: Vec<&domains::Model> = claims
         .iter()
-        .any(|d| covers(&d.name, d.wildcard, host));
-    if covered {
+        .filter(|d| Some(d.name.len()) == nearest)
+        .collect();
+    if !decisive.is_empty()
+        && decisive
+            .iter()
+            .all(|d| d.organization_id == organization_id)
+    {
         return Ok(());
+    }
+    if let Some(theirs) = decisive
+        .iter()
+        .find(|d| d.organization_id != organization_id)
+        && claims.iter().any(|d| d.organization_id == organization_id)
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "hostname: {host} is under a domain of this organization, but {} is verified by \
+             another organization, which holds the names under it",
+            display(theirs)
+        )));
+    }
+    let lost = domains::Entity::find()
+        .filter(domains::Column::OrganizationId.eq(organization_id))
+        .filter(domains::Column::Name.is_in(suffixes(host)))
+        .filter(domains::Column::VerificationLostAt.is_not_null())
+        .filter(domains::Column::DeletedAt.is_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .find(|d| covers(&d.name, d.wildcard, host));
+    if let Some(lost) = lost {
+        return Err(Error::FailedPrecondition(format!(
+            "hostname: {host} is under {}, whose TXT record {CHALLENGE_LABEL}.{} was found gone; \
+             publish it again and call VerifyDomain (routes already made keep working)",
+            display(&lost),
+            lost.name
+        )));
     }
     let base = config
         .base_domain
@@ -204,6 +251,7 @@ async fn claimed_elsewhere<C: ConnectionTrait>(
         .filter(domains::Column::OrganizationId.ne(organization_id))
         .filter(domains::Column::Name.is_in(suffixes(name)))
         .filter(domains::Column::VerifiedAt.is_not_null())
+        .filter(domains::Column::VerificationLostAt.is_null())
         .filter(domains::Column::DeletedAt.is_null())
         .all(db)
         .await?
@@ -238,10 +286,10 @@ fn domain_message(d: &domains::Model) -> pb::Domain {
         project_id: d.project_id.map(|p| p.to_string()).unwrap_or_default(),
         organization_id: d.organization_id.to_string(),
         wildcard: d.wildcard,
-        status: if d.verified_at.is_some() {
-            "verified"
-        } else {
-            "pending"
+        status: match (d.verified_at, d.verification_lost_at) {
+            (Some(_), Some(_)) => "lost",
+            (Some(_), None) => "verified",
+            (None, _) => "pending",
         }
         .into(),
         method: d.verification_method.clone().unwrap_or_default(),
@@ -250,6 +298,7 @@ fn domain_message(d: &domains::Model) -> pb::Domain {
         last_checked_at: d.last_checked_at.map(ts),
         last_check_error: d.last_check_error.clone().unwrap_or_default(),
         created_at: Some(ts(d.created_at)),
+        verification_lost_at: d.verification_lost_at.map(ts),
     }
 }
 
@@ -337,6 +386,7 @@ impl DomainApi {
             verification_method: Set(req.preverified.then(|| "operator".to_owned())),
             last_checked_at: Set(None),
             last_check_error: Set(None),
+            verification_lost_at: Set(None),
             tls_enabled: Set(true),
             created_by: Set(Some(caller.user_id)),
             created_at: Set(now),
@@ -367,25 +417,18 @@ impl DomainApi {
         let caller = Caller::of(&self.0.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (scope, row) = self.authorize(&caller, Action::DomainManage, id).await?;
-        if row.verified_at.is_some() {
+        if row.verified_at.is_some() && row.verification_lost_at.is_none() {
             return Ok(domain_message(&row));
         }
         let db = &self.0.identity.db;
         let config = self.config();
         let record = format!("{CHALLENGE_LABEL}.{}", row.name);
         let token = row.verification_token.clone().unwrap_or_default();
-        let looked_up = dns::txt_records(config.resolver(), &record, config.dns_timeout).await;
-        let problem = match &looked_up {
-            Ok(found) if found.iter().any(|v| v.trim() == token) => None,
-            Ok(found) if found.is_empty() => Some(format!(
-                "no TXT record {record} was found; publish one with the value {token} and retry \
-                 (DNS changes can take a while to show)"
-            )),
-            Ok(found) => Some(format!(
-                "the TXT record {record} holds {found:?}, not {token}; publish that value and retry"
-            )),
-            Err(err) => Some(format!("looking up the TXT record {record} failed: {err}")),
-        };
+        let problem =
+            match dns::txt_proof(config.resolver(), &record, &token, config.dns_timeout).await {
+                dns::Proof::Present => None,
+                dns::Proof::Missing(why) | dns::Proof::Unknown(why) => Some(why),
+            };
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
         let other = if problem.is_none() {
@@ -402,6 +445,7 @@ impl DomainApi {
             update.verified_by = Set(Some(caller.user_id));
             update.verification_method = Set(Some("dns".into()));
             update.last_check_error = Set(None);
+            update.verification_lost_at = Set(None);
         } else {
             let claimed = other.as_ref().map(|o| refuse_claimed(o).to_string());
             update.last_check_error = Set(problem.clone().or(claimed));

@@ -24,6 +24,7 @@ pub struct Model {
     pub verified_by: Option<Uuid>,
     pub last_checked_at: Option<DateTimeUtc>,
     pub last_check_error: Option<String>,
+    pub verification_lost_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

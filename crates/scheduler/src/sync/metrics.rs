@@ -51,26 +51,9 @@ pub async fn run(
     interval: Duration,
     shutdown: &Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.wait() => break,
-            _ = ticker.tick() => {}
-        }
-        let now = Utc::now();
-        match lease.acquire(db, now).await {
-            Ok(true) => match sample(db, cluster, now).await {
-                Ok(s) => tracing::debug!(available = s.available, rows = s.rows, "metrics sampled"),
-                Err(err) => tracing::warn!(error = %err, "metrics sample failed; will retry"),
-            },
-            Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "metrics: lease check failed"),
-        }
-    }
-    if let Err(err) = lease.release(db).await {
-        tracing::warn!(error = %err, "releasing the metrics lease failed");
-    }
+    lease
+        .every(db, interval, shutdown, |now| sample(db, cluster, now))
+        .await;
 }
 
 /// One sample at `now`.

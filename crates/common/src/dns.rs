@@ -2,14 +2,18 @@
 //!
 //! One UDP query (with recursion desired) to the configured resolver,
 //! retried once on timeout, and over TCP when the answer comes back
-//! truncated. Enough for the domain challenge; not a general resolver (no
-//! caching, no DNSSEC, no search domains).
+//! truncated. Enough for the domain challenge (the api's VerifyDomain, the
+//! scheduler's re-checks); not a general resolver (no caching, no DNSSEC,
+//! no search domains).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
+
+/// The label a domain's TXT challenge is published under.
+pub const CHALLENGE_LABEL: &str = "_ferry-challenge";
 
 const TXT: u16 = 16;
 const IN: u16 = 1;
@@ -104,6 +108,37 @@ async fn txt_over_tcp(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| DnsError::Timeout(resolver))?
+}
+
+/// What a lookup says about a published token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A TXT record holds the token.
+    Present,
+    /// The resolver answered, and no record holds the token (in words).
+    Missing(String),
+    /// No answer to judge by (timeout, SERVFAIL...): says nothing either way.
+    Unknown(String),
+}
+
+/// Whether a TXT record of `record` holds `token`.
+pub async fn txt_proof(
+    resolver: SocketAddr,
+    record: &str,
+    token: &str,
+    timeout: Duration,
+) -> Proof {
+    match txt_records(resolver, record, timeout).await {
+        Ok(found) if found.iter().any(|v| v.trim() == token) => Proof::Present,
+        Ok(found) if found.is_empty() => Proof::Missing(format!(
+            "no TXT record {record} was found; publish one with the value {token} and retry \
+             (DNS changes can take a while to show)"
+        )),
+        Ok(found) => Proof::Missing(format!(
+            "the TXT record {record} holds {found:?}, not {token}; publish that value and retry"
+        )),
+        Err(err) => Proof::Unknown(format!("looking up the TXT record {record} failed: {err}")),
+    }
 }
 
 /// A query for the TXT records of `name` with id `id`.
@@ -274,6 +309,88 @@ pub fn query_name(query: &[u8]) -> Option<String> {
         labels.push(String::from_utf8_lossy(query.get(pos + 1..pos + 1 + len)?).into_owned());
         pos += 1 + len;
     }
+}
+
+/// A DNS server on a loopback UDP port that answers TXT questions from a
+/// table the test edits (NXDOMAIN for names it lacks; SERVFAIL for all
+/// while failing): the resolver the domain checks ask in tests.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone)]
+pub struct TxtServer {
+    /// Where it listens (`127.0.0.1:<ephemeral>`).
+    pub addr: SocketAddr,
+    records: std::sync::Arc<std::sync::Mutex<TxtTable>>,
+}
+
+#[cfg(feature = "testing")]
+#[derive(Debug, Default)]
+struct TxtTable {
+    records: std::collections::HashMap<String, Vec<String>>,
+    servfail: bool,
+}
+
+#[cfg(feature = "testing")]
+#[allow(clippy::expect_used)]
+impl TxtServer {
+    /// Starts answering; it stops when the runtime does.
+    pub async fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind DNS socket");
+        let addr = socket.local_addr().expect("DNS address");
+        let records = std::sync::Arc::<std::sync::Mutex<TxtTable>>::default();
+        let table = records.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                let query = &buf[..n];
+                let Some(name) = query_name(query) else {
+                    continue;
+                };
+                let (found, servfail) = {
+                    let t = table.lock().expect("records");
+                    let found = t.records.get(&name.to_ascii_lowercase()).cloned();
+                    (found.unwrap_or_default(), t.servfail)
+                };
+                let answer = if servfail {
+                    servfail_answer(query)
+                } else {
+                    encode_txt_answer(query, &found)
+                };
+                if let Some(answer) = answer {
+                    let _ = socket.send_to(&answer, peer).await;
+                }
+            }
+        });
+        Self { addr, records }
+    }
+
+    /// Publishes (or, with no values, removes) the TXT records of `name`.
+    pub fn set(&self, name: &str, values: &[&str]) {
+        let mut table = self.records.lock().expect("records");
+        if values.is_empty() {
+            table.records.remove(name);
+        } else {
+            table.records.insert(
+                name.to_owned(),
+                values.iter().map(|v| (*v).to_owned()).collect(),
+            );
+        }
+    }
+
+    /// Answers every question SERVFAIL (a broken resolver) while `on`.
+    pub fn fail(&self, on: bool) {
+        self.records.lock().expect("records").servfail = on;
+    }
+}
+
+/// A SERVFAIL answer to `query` (its header and question, no records).
+#[cfg(feature = "testing")]
+fn servfail_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let mut answer = encode_txt_answer(query, &[])?;
+    // QR, opcode and RD kept from the answer; RCODE 2 (SERVFAIL).
+    answer[3] = (answer[3] & 0xF0) | 2;
+    Some(answer)
 }
 
 #[cfg(test)]
