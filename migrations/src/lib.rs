@@ -26,10 +26,12 @@ mod m0014_jobs;
 mod m0015_audit_checkpoints;
 mod m0016_status_sync;
 mod m0017_domains;
+mod m0019_notifications;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
 pub use m0014_jobs::ACTIVE_RUN;
+pub use m0019_notifications::CHANNEL_KINDS;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -115,6 +117,14 @@ const ALTERATIONS: &[(&str, Later)] = &[
         },
     ),
     ("m0017_domains", Later::Alter(m0017_domains::alters)),
+    // m0018 (ACME certificates) is added on another branch.
+    (
+        "m0019_notifications",
+        Later::Rebuild {
+            replaces: m0019_notifications::REPLACES,
+            tables: m0019_notifications::tables,
+        },
+    ),
 ];
 
 /// Every migration, in the order they apply.
