@@ -16,8 +16,8 @@ use sea_orm::{ActiveModelTrait as _, ActiveValue::Set, ConnectionTrait, EntityTr
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::entities::{jobs, notification_outbox, projects};
 use crate::Result;
+use crate::entities::{jobs, notification_outbox, projects};
 
 /// Declares [`EventKind`] with its stable names side by side.
 macro_rules! kinds {
@@ -168,7 +168,10 @@ pub async fn job_run_finished<C: ConnectionTrait>(
         }
     };
     let Some(job) = job else { return Ok(()) };
-    let Some(project) = projects::Entity::find_by_id(job.project_id).one(conn).await? else {
+    let Some(project) = projects::Entity::find_by_id(job.project_id)
+        .one(conn)
+        .await?
+    else {
         return Ok(());
     };
     let timed_out = status == JobRunStatus::TimedOut;
