@@ -118,6 +118,12 @@ impl Worker {
         }
     }
 
+    /// Whether `tick` used a whole batch (more may be waiting).
+    pub fn full(&self, tick: &Tick) -> bool {
+        let batch = usize::try_from(self.config.batch).unwrap_or(usize::MAX);
+        tick.dispatched >= batch || tick.attempted >= batch
+    }
+
     /// Fans out, then sends what is due.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Tick> {
         let (dispatched, created) = self.fan_out(now).await?;

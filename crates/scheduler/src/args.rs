@@ -113,6 +113,10 @@ pub struct Args {
     )]
     pub readiness_interval_ms: u64,
 
+    /// Notification delivery settings (the `notifications` lease).
+    #[command(flatten)]
+    pub notifications: crate::notifications::NotificationArgs,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -17,6 +17,7 @@ pub mod args;
 pub mod error;
 pub mod jobs;
 pub mod lease;
+pub mod notifications;
 pub mod readiness;
 pub mod sync;
 
@@ -103,6 +104,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                 ),
                 engine.run(args.jobs_interval(), &shutdown),
                 cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
+                notifications::run(&db, &args, &replica, &shutdown),
             );
             Ok(())
         }
