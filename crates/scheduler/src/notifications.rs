@@ -103,12 +103,7 @@ impl NotificationArgs {
 }
 
 /// Builds the worker from the scheduler's flags and runs it until shutdown.
-pub async fn run(
-    db: &DatabaseConnection,
-    args: &crate::Args,
-    replica: &str,
-    shutdown: &Shutdown,
-) {
+pub async fn run(db: &DatabaseConnection, args: &crate::Args, replica: &str, shutdown: &Shutdown) {
     let keyring = match args.encryption.keyring() {
         Ok(k) => Arc::new(k),
         Err(err) => {
@@ -171,7 +166,9 @@ pub async fn deliver(
         };
         match lease.while_held(db, work).await {
             Some(Ok(())) => {}
-            Some(Err(err)) => tracing::warn!(error = %err, "a notification tick failed; will retry"),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "a notification tick failed; will retry")
+            }
             None => tracing::warn!("notification delivery stopped: the lease was lost"),
         }
     }
