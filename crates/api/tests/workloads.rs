@@ -1717,6 +1717,25 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner()
                 .id;
+        let channel =
+            pb::notification_service_client::NotificationServiceClient::new(v.c.channel.clone())
+                .create_channel(authed(
+                    pb::CreateChannelRequest {
+                        organization_id: v.org.clone(),
+                        kind: pb::ChannelKind::Slack.into(),
+                        name: "victim channel".into(),
+                        webhook_url: "https://93.184.215.14/services/victim".into(),
+                        events: vec!["deployment.failed".into()],
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .channel
+                .unwrap()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1735,6 +1754,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 ("id", "VolumeService") => volume.clone(),
                 ("id", "RouteService") => route.clone(),
                 ("id", "DomainService") => domain.clone(),
+                ("channel_id", _) | ("id", "NotificationService") => channel.clone(),
                 other => panic!("{method}: no victim resource for {other:?}: add one"),
             };
             grpc.ready().await.unwrap();
