@@ -1518,3 +1518,63 @@ async fn an_event_is_written_only_when_its_transaction_commits_and_invitations_p
         api.stop().await;
     }
 }
+
+/// Worker throughput: `N` events to two channels on a loopback sink, and
+/// the time the worker takes to deliver them all (default settings: 200
+/// per tick, 8 in flight). `cargo nextest run -p ferry-api --run-ignored
+/// only --no-capture -E 'test(bench_notification_throughput)'`.
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn bench_notification_throughput() {
+    const N: usize = 1000;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, true).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "bench").await;
+        for name in ["one", "two"] {
+            t.create(
+                pb::ChannelKind::Webhook,
+                name,
+                &sink.url(&format!("/{name}")),
+                &["build.failed"],
+            )
+            .await
+            .unwrap();
+        }
+        for i in 0..N {
+            record(
+                &db.conn,
+                &t,
+                EventKind::BuildFailed,
+                json!({ "summary": format!("build {i}") }),
+            )
+            .await;
+        }
+        let w = Worker::new(
+            db.conn.clone(),
+            Arc::new(ferry_tests::test_keyring()),
+            Sender::new(SendConfig {
+                allow_private: true,
+                timeout: Duration::from_secs(5),
+            })
+            .unwrap(),
+            WorkerConfig::default(),
+        );
+        let started = Instant::now();
+        let mut ticks = 0;
+        while sink.requests().len() < 2 * N && ticks < 100 {
+            w.tick(chrono::Utc::now()).await.unwrap();
+            ticks += 1;
+        }
+        let took = started.elapsed();
+        assert_eq!(sink.requests().len(), 2 * N, "{b}");
+        println!(
+            "{b}: {} deliveries in {} ms ({ticks} ticks): {:.0} deliveries/s",
+            2 * N,
+            took.as_millis(),
+            (2 * N) as f64 / took.as_secs_f64()
+        );
+        api.stop().await;
+    }
+}
