@@ -17,6 +17,7 @@
 //!    jitter: a random 50–100 % of it) until `max_attempts`, then the
 //!    delivery is `failed`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,8 +218,35 @@ impl Worker {
             .limit(self.config.batch)
             .all(&self.db)
             .await?;
+        // The batch's channels and events, in two queries.
+        let channels: HashMap<Uuid, notification_channels::Model> = if due.is_empty() {
+            HashMap::new()
+        } else {
+            notification_channels::Entity::find()
+                .filter(notification_channels::Column::Id.is_in(due.iter().map(|d| d.channel_id)))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c))
+                .collect()
+        };
+        let events: HashMap<Uuid, notification_outbox::Model> = if due.is_empty() {
+            HashMap::new()
+        } else {
+            notification_outbox::Entity::find()
+                .filter(notification_outbox::Column::Id.is_in(due.iter().map(|d| d.event_id)))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|e| (e.id, e))
+                .collect()
+        };
         let results: Vec<Result<Option<bool>>> = futures::stream::iter(due)
-            .map(|d| self.attempt(d, now))
+            .map(|d| {
+                let channel = channels.get(&d.channel_id).cloned();
+                let event = events.get(&d.event_id).cloned();
+                self.attempt(d, channel, event, now)
+            })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -243,7 +271,13 @@ impl Worker {
     }
 
     /// Claims `d` and sends it; `None` when another worker claimed it.
-    async fn attempt(&self, d: deliveries::Model, now: DateTime<Utc>) -> Result<Option<bool>> {
+    async fn attempt(
+        &self,
+        d: deliveries::Model,
+        channel: Option<notification_channels::Model>,
+        event: Option<notification_outbox::Model>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<bool>> {
         // The claim holds the delivery for longer than the send may take.
         let hold = chrono::Duration::from_std(self.sender.config().timeout * 2)
             .unwrap_or_else(|_| chrono::Duration::seconds(60));
@@ -266,12 +300,6 @@ impl Worker {
         if claimed.rows_affected != 1 {
             return Ok(None);
         }
-        let channel = notification_channels::Entity::find_by_id(d.channel_id)
-            .one(&self.db)
-            .await?;
-        let event = notification_outbox::Entity::find_by_id(d.event_id)
-            .one(&self.db)
-            .await?;
         let outcome = match (channel, event) {
             (Some(channel), Some(event)) if channel.enabled => {
                 let n = Notification {
