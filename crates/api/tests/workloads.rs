@@ -3601,6 +3601,54 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                 .await
                 .map(drop),
         ));
+        // The attacker's own channel, subscribed to the victim's project.
+        let mut notify =
+            pb::notification_service_client::NotificationServiceClient::new(a.c.channel.clone());
+        let a_channel = notify
+            .create_channel(authed(
+                pb::CreateChannelRequest {
+                    organization_id: a.org.clone(),
+                    kind: pb::ChannelKind::Slack.into(),
+                    name: "mallory channel".into(),
+                    webhook_url: "https://93.184.215.14/services/mallory".into(),
+                    ..Default::default()
+                },
+                &at,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .channel
+            .unwrap()
+            .id;
+        tried.push((
+            "NotificationService/Subscribe",
+            notify
+                .subscribe(authed(
+                    pb::SubscribeRequest {
+                        channel_id: a_channel.clone(),
+                        event: "deployment.failed".into(),
+                        project_id: v.project.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "NotificationService/Unsubscribe",
+            notify
+                .unsubscribe(authed(
+                    pb::UnsubscribeRequest {
+                        channel_id: a_channel.clone(),
+                        event: "deployment.failed".into(),
+                        project_id: v.project.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
         for (method, result) in &tried {
             let code = result.as_ref().map_or_else(|e| e.code(), |()| Code::Ok);
             assert_eq!(code, Code::NotFound, "{b}: {method}: {result:?}");
