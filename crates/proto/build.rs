@@ -44,6 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ferry.internal.v1.TokenCredential",
             ".ferry.v1.CreateGitIntegrationRequest",
             ".ferry.v1.JobRunLogs",
+            ".ferry.v1.CreateChannelRequest",
+            ".ferry.v1.CreateChannelResponse",
+            ".ferry.v1.UpdateChannelRequest",
+            ".ferry.v1.SetEmailConfigRequest",
         ])
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())

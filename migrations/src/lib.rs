@@ -26,11 +26,13 @@ mod m0014_jobs;
 mod m0015_audit_checkpoints;
 mod m0016_status_sync;
 mod m0017_domains;
+mod m0019_notifications;
 mod m0020_domain_recheck;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
 pub use m0014_jobs::ACTIVE_RUN;
+pub use m0019_notifications::CHANNEL_KINDS;
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbErr;
@@ -116,6 +118,13 @@ const ALTERATIONS: &[(&str, Later)] = &[
         },
     ),
     ("m0017_domains", Later::Alter(m0017_domains::alters)),
+    (
+        "m0019_notifications",
+        Later::Rebuild {
+            replaces: m0019_notifications::REPLACES,
+            tables: m0019_notifications::tables,
+        },
+    ),
     (
         "m0020_domain_recheck",
         Later::Alter(m0020_domain_recheck::alters),

@@ -220,6 +220,17 @@ pub struct Args {
     #[arg(long, env = "FERRY_DNS_RESOLVER", global = true)]
     pub dns_resolver: Option<SocketAddr>,
 
+    /// Let notification channels (webhooks, SMTP) target loopback, private
+    /// and link-local addresses: for receivers inside your own network.
+    /// Off: such targets are refused when saved and when sent to.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_ALLOW_PRIVATE_TARGETS",
+        default_value_t = false,
+        global = true
+    )]
+    pub notifications_allow_private_targets: bool,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -299,6 +310,10 @@ impl Args {
                 base_domain: self.base_domain.clone(),
                 dns_resolver: self.dns_resolver,
                 ..crate::domains::DomainConfig::default()
+            },
+            notifications: crate::notifications::NotificationConfig {
+                allow_private_targets: self.notifications_allow_private_targets,
+                ..crate::notifications::NotificationConfig::default()
             },
         }
     }

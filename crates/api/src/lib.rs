@@ -14,6 +14,7 @@ pub mod http;
 pub mod jobs;
 pub mod lease;
 pub mod mail;
+pub mod notifications;
 pub mod paging;
 pub mod request;
 pub mod wire;
@@ -244,6 +245,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
     let services = builds::add_git_service(services, &workloads);
     let services = jobs::add_job_service(services, &workloads);
     let services = domains::add_domain_service(services, &workloads);
+    let services = notifications::add_notification_service(services, &workloads);
     workloads::add_workload_services(services, &workloads)
 }
 

@@ -392,6 +392,22 @@ async fn operators_pre_verify_and_nobody_else_does() {
     }
 }
 
+/// The `domain.verification_lost` events queued for domain `id`.
+async fn lost_events(
+    conn: &DatabaseConnection,
+    id: &str,
+) -> Vec<ferry_db::entities::notification_outbox::Model> {
+    use ferry_db::entities::notification_outbox as outbox;
+    outbox::Entity::find()
+        .filter(outbox::Column::Event.eq("domain.verification_lost"))
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.payload["domainId"] == id)
+        .collect()
+}
+
 /// ferry-scheduler's re-check, one pass now, every verified domain due.
 async fn recheck(conn: &DatabaseConnection, dns: &TxtServer) -> ferry_scheduler::domains::Report {
     ferry_scheduler::domains::Recheck {
@@ -485,6 +501,11 @@ async fn a_domain_whose_record_is_gone_is_flagged_and_keeps_its_routes() {
         recheck(&db.conn, &dns).await;
         let again = a.domain(&d.id).await;
         assert_eq!(again.verification_lost_at, lost.verification_lost_at, "{b}");
+        // The owners hear about it once (the notification outbox).
+        let events = lost_events(&db.conn, &d.id).await;
+        assert_eq!(events.len(), 1, "{b}: {events:?}");
+        assert_eq!(events[0].payload["domain"], "*.lost.test", "{b}");
+        assert_eq!(events[0].project_id.map(|p| p.to_string()), Some(a.project.clone()));
 
         // The owner publishes it again and verifies: back to normal.
         dns.set(&d.txt_record_name, &[&d.txt_record_value]);

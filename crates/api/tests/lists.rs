@@ -29,6 +29,7 @@ use pb::deployment_service_client::DeploymentServiceClient;
 use pb::domain_service_client::DomainServiceClient;
 use pb::git_service_client::GitServiceClient;
 use pb::job_service_client::JobServiceClient;
+use pb::notification_service_client::NotificationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
 use pb::route_service_client::RouteServiceClient;
@@ -97,6 +98,7 @@ struct W {
     git: GitServiceClient<Channel>,
     jobs: JobServiceClient<Channel>,
     domains: DomainServiceClient<Channel>,
+    notifications: NotificationServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -113,6 +115,7 @@ fn w(channel: &Channel) -> W {
         git: GitServiceClient::new(channel.clone()),
         jobs: JobServiceClient::new(channel.clone()),
         domains: DomainServiceClient::new(channel.clone()),
+        notifications: NotificationServiceClient::new(channel.clone()),
     }
 }
 
@@ -128,6 +131,8 @@ struct Owner {
     service: String,
     /// A job that runs beside itself (ALLOW), for ListJobRuns.
     job: String,
+    /// A notification channel, for ListDeliveries.
+    channel: String,
     grantee: String,
     /// Items added so far of each kind (names are numbered).
     added: usize,
@@ -201,6 +206,24 @@ async fn owner(api: &Api, db: &DatabaseConnection, name: &str) -> Owner {
         .unwrap()
         .into_inner()
         .id;
+    let channel = w
+        .notifications
+        .create_channel(authed(
+            pb::CreateChannelRequest {
+                organization_id: org.clone(),
+                kind: pb::ChannelKind::Webhook.into(),
+                name: "main channel".into(),
+                webhook_url: "https://93.184.215.14/main".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap()
+        .id;
     let grantee = register(&mut c, &format!("{name}-grantee")).await.id;
     add_member(db, &org, &grantee, OrgRole::Member).await;
     Owner {
@@ -212,6 +235,7 @@ async fn owner(api: &Api, db: &DatabaseConnection, name: &str) -> Owner {
         project,
         service,
         job,
+        channel,
         grantee,
         added: 0,
     }
@@ -382,6 +406,20 @@ async fn add_items(o: &mut Owner, db: &DatabaseConnection, k: usize) {
             ))
             .await
             .unwrap();
+        o.w.notifications
+            .create_channel(authed(
+                pb::CreateChannelRequest {
+                    organization_id: o.org.clone(),
+                    kind: pb::ChannelKind::Slack.into(),
+                    name: format!("Channel {i}"),
+                    webhook_url: format!("https://93.184.215.14/services/{i}"),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await
+            .unwrap();
+        notification_delivery(db, o).await;
         o.w.domains
             .add_domain(authed(
                 pb::AddDomainRequest {
@@ -522,6 +560,43 @@ async fn trusted_device(db: &DatabaseConnection, user: &str, i: usize) {
     .unwrap();
 }
 
+/// One event delivered to the owner's channel (the worker's rows).
+async fn notification_delivery(db: &DatabaseConnection, o: &Owner) {
+    use ferry_db::entities::enums::NotificationDeliveryStatus;
+    use ferry_db::entities::notification_deliveries;
+    let org = Uuid::parse_str(&o.org).unwrap();
+    let event = ferry_db::outbox::enqueue(
+        db,
+        ferry_db::outbox::Event::new(
+            org,
+            None,
+            ferry_db::outbox::EventKind::MemberJoined,
+            serde_json::json!({}),
+        ),
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    notification_deliveries::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        event_id: Set(event),
+        channel_id: Set(Uuid::parse_str(&o.channel).unwrap()),
+        organization_id: Set(org),
+        status: Set(NotificationDeliveryStatus::Delivered),
+        attempts: Set(1),
+        next_attempt_at: Set(None),
+        last_response_code: Set(Some(200)),
+        last_error: Set(None),
+        last_attempt_at: Set(Some(now)),
+        delivered_at: Set(Some(now)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
 /// A list RPC as the descriptors describe it.
 #[derive(Debug, Clone)]
 struct ListRpc {
@@ -641,6 +716,7 @@ fn scope_id(o: &Owner, rpc: &ListRpc) -> Option<String> {
         "project_id" => o.project.clone(),
         "service_id" => o.service.clone(),
         "job_id" => o.job.clone(),
+        "channel_id" => o.channel.clone(),
         other => panic!("{}: no owner resource for {other}: add one", rpc.path),
     })
 }
@@ -708,7 +784,7 @@ async fn every_list_rpc_pages_one_row_at_a_time_without_gaps_or_repeats() {
         let (api, selects) = start_counted(&db.conn).await;
         let mut o = owner(&api, &db.conn, OWNER).await;
         let rpcs = list_rpcs();
-        assert_eq!(rpcs.len(), 24, "{b}: {rpcs:#?}");
+        assert_eq!(rpcs.len(), 26, "{b}: {rpcs:#?}");
 
         // Queries per listing do not depend on how many rows it returns.
         add_items(&mut o, &db.conn, 2).await;

@@ -1717,6 +1717,25 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .unwrap()
                 .into_inner()
                 .id;
+        let channel =
+            pb::notification_service_client::NotificationServiceClient::new(v.c.channel.clone())
+                .create_channel(authed(
+                    pb::CreateChannelRequest {
+                        organization_id: v.org.clone(),
+                        kind: pb::ChannelKind::Slack.into(),
+                        name: "victim channel".into(),
+                        webhook_url: "https://93.184.215.14/services/victim".into(),
+                        events: vec!["deployment.failed".into()],
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .channel
+                .unwrap()
+                .id;
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1735,6 +1754,7 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 ("id", "VolumeService") => volume.clone(),
                 ("id", "RouteService") => route.clone(),
                 ("id", "DomainService") => domain.clone(),
+                ("channel_id", _) | ("id", "NotificationService") => channel.clone(),
                 other => panic!("{method}: no victim resource for {other:?}: add one"),
             };
             grpc.ready().await.unwrap();
@@ -3575,6 +3595,54 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                         image: Some(String::new()),
                         service_id: Some(v_svc.id.clone()),
                         ..Default::default()
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        // The attacker's own channel, subscribed to the victim's project.
+        let mut notify =
+            pb::notification_service_client::NotificationServiceClient::new(a.c.channel.clone());
+        let a_channel = notify
+            .create_channel(authed(
+                pb::CreateChannelRequest {
+                    organization_id: a.org.clone(),
+                    kind: pb::ChannelKind::Slack.into(),
+                    name: "mallory channel".into(),
+                    webhook_url: "https://93.184.215.14/services/mallory".into(),
+                    ..Default::default()
+                },
+                &at,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .channel
+            .unwrap()
+            .id;
+        tried.push((
+            "NotificationService/Subscribe",
+            notify
+                .subscribe(authed(
+                    pb::SubscribeRequest {
+                        channel_id: a_channel.clone(),
+                        event: "deployment.failed".into(),
+                        project_id: v.project.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        tried.push((
+            "NotificationService/Unsubscribe",
+            notify
+                .unsubscribe(authed(
+                    pb::UnsubscribeRequest {
+                        channel_id: a_channel.clone(),
+                        event: "deployment.failed".into(),
+                        project_id: v.project.id.clone(),
                     },
                     &at,
                 ))

@@ -9,6 +9,7 @@ pub mod encrypted_columns;
 pub mod entities;
 pub mod error;
 pub mod migrate;
+pub mod outbox;
 pub mod password;
 pub mod retention;
 pub mod roles;

@@ -192,6 +192,11 @@ pub const PERMISSIONS: &[(&str, OrgRole, &str)] = &[
         "Add and edit integrations and credentials",
     ),
     (
+        "notification.view",
+        OrgRole::Member,
+        "View notification channels and their delivery log",
+    ),
+    (
         "notification.manage",
         OrgRole::Admin,
         "Configure notification channels and SMTP",

@@ -31,6 +31,50 @@ pub mod ferry {
             }
         }
 
+        /// Never prints the webhook URL, signing secret or recipients.
+        impl std::fmt::Debug for CreateChannelRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("CreateChannelRequest")
+                    .field("organization_id", &self.organization_id)
+                    .field("kind", &self.kind)
+                    .field("name", &self.name)
+                    .field("events", &self.events)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        /// Never prints the signing secret.
+        impl std::fmt::Debug for CreateChannelResponse {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("CreateChannelResponse")
+                    .field("channel", &self.channel)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        /// Never prints the webhook URL or recipients.
+        impl std::fmt::Debug for UpdateChannelRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("UpdateChannelRequest")
+                    .field("id", &self.id)
+                    .field("name", &self.name)
+                    .field("enabled", &self.enabled)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        /// Never prints the SMTP password.
+        impl std::fmt::Debug for SetEmailConfigRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("SetEmailConfigRequest")
+                    .field("organization_id", &self.organization_id)
+                    .field("smtp_host", &self.smtp_host)
+                    .field("smtp_port", &self.smtp_port)
+                    .field("tls_mode", &self.tls_mode)
+                    .finish_non_exhaustive()
+            }
+        }
+
         /// How many lines, never what they say: a job's output may print
         /// its secrets.
         impl std::fmt::Debug for JobRunLogs {

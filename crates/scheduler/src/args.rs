@@ -128,6 +128,10 @@ pub struct Args {
     #[arg(long, env = "FERRY_DNS_RESOLVER")]
     pub dns_resolver: Option<std::net::SocketAddr>,
 
+    /// Notification delivery settings (the `notifications` lease).
+    #[command(flatten)]
+    pub notifications: crate::notifications::NotificationArgs,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

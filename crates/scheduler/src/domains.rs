@@ -5,7 +5,9 @@
 //!
 //! - the token is there: checked, and a lost flag is cleared;
 //! - the resolver answered and the token is not there: the domain is
-//!   flagged (`verification_lost_at`), never silently kept. It stays
+//!   flagged (`verification_lost_at`), never silently kept, and a
+//!   `domain.verification_lost` notification is queued in the same
+//!   transaction. It stays
 //!   verified for the routes it has; the api refuses new routes under it
 //!   until the owner verifies again;
 //! - no answer to judge by (timeout, SERVFAIL): only the error is recorded.
@@ -18,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ferry_common::dns::{self, CHALLENGE_LABEL, Proof};
 use ferry_db::entities::domains;
+use ferry_db::outbox::{Event, EventKind};
 use ferry_db::sea_orm::sea_query::Expr;
 use ferry_db::sea_orm::{
     ColumnTrait as _, Condition, DatabaseConnection, EntityTrait as _, QueryFilter as _,
@@ -111,6 +114,26 @@ impl Recheck {
                 && d.verification_lost_at.is_none()
             {
                 tracing::warn!(domain = %d.name, id = %d.id, %why, "a verified domain lost its proof");
+                let shown = if d.wildcard {
+                    format!("*.{}", d.name)
+                } else {
+                    d.name.clone()
+                };
+                let event = Event::new(
+                    d.organization_id,
+                    d.project_id,
+                    EventKind::DomainVerificationLost,
+                    serde_json::json!({
+                        "domainId": d.id,
+                        "domain": shown,
+                        "reason": why,
+                        "summary": format!(
+                            "Domain {shown} lost its verification: {why}. Its routes keep working; \
+                             new routes under it are refused until it is verified again."
+                        ),
+                    }),
+                );
+                ferry_db::outbox::enqueue(&txn, event).await?;
             }
             // Only the verification that was looked up: a domain deleted or
             // verified again meanwhile keeps what the api wrote.

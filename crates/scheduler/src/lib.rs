@@ -19,6 +19,7 @@ pub mod domains;
 pub mod error;
 pub mod jobs;
 pub mod lease;
+pub mod notifications;
 pub mod readiness;
 pub mod sync;
 
@@ -114,6 +115,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                     &shutdown
                 ),
                 cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
+                notifications::run(&db, &args, &replica, &shutdown),
             );
             Ok(())
         }

@@ -352,6 +352,27 @@ async fn timeouts_and_failures_say_why_with_the_exit_code() {
             "{:?}",
             b.logs
         );
+        // Each failure wrote its notification event with its status.
+        let events = ferry_db::entities::notification_outbox::Entity::find()
+            .filter(ferry_db::entities::notification_outbox::Column::Event.eq("job_run.failed"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 2, "{}", db.backend);
+        let of = |job: Uuid| {
+            events
+                .iter()
+                .find(|e| e.payload["job"]["id"] == serde_json::json!(job))
+                .unwrap()
+        };
+        assert_eq!(of(slow.id).payload["timedOut"], true);
+        assert_eq!(of(slow.id).project_id, Some(p));
+        assert!(
+            of(bad.id).payload["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no such table")
+        );
     }
 }
 

@@ -207,6 +207,14 @@ impl InvitationApi {
                 })),
             )
             .await?;
+        crate::notifications::produce::member_invited(
+            &txn,
+            org,
+            invitation.id,
+            &email,
+            org_role(invitation.role),
+        )
+        .await?;
         txn.commit().await?;
         let url = self.accept_url(&token);
         let Some(settings) = smtp else {
@@ -434,6 +442,7 @@ impl InvitationApi {
                 .details(json!({ "role": role.to_value() })),
             )
             .await?;
+        crate::notifications::produce::member_joined(&txn, org, caller.user_id, role).await?;
         let org_row = organizations::Entity::find_by_id(org)
             .one(&txn)
             .await?

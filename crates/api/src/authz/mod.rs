@@ -167,6 +167,11 @@ actions! {
     DomainRead = "domain.read" => READ,
     DomainManage = "domain.manage" => MANAGE,
     DomainPreverify = "domain.preverify" => Rule::SuperAdmin,
+    // Notification channels: members see them and their delivery log;
+    // admins connect, test and remove them and manage the SMTP settings
+    // (webhook URLs and SMTP credentials are the organization's secrets).
+    NotificationRead = "notification.read" => Rule::Role(OrgRole::Member),
+    NotificationManage = "notification.manage" => Rule::Role(OrgRole::Admin),
 }
 
 impl std::fmt::Display for Action {

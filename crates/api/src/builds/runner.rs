@@ -843,6 +843,7 @@ impl BuildRunner {
                 .col_expr(deployments::Column::FinishedAt, Some(now).into())
                 .exec(&txn)
                 .await?;
+            crate::notifications::produce::build_finished(&txn, build, status, message).await?;
         }
         txn.commit().await?;
         Ok(())

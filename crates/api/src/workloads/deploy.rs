@@ -61,6 +61,8 @@ pub struct DeployConfig {
     pub rollouts: Rollouts,
     /// The base domain and the resolver domain challenges are checked with.
     pub domains: crate::domains::DomainConfig,
+    /// Whether notification targets may be private addresses.
+    pub notifications: crate::notifications::NotificationConfig,
 }
 
 /// Counts this process's background rollout tasks, so a stopping api can
@@ -113,6 +115,7 @@ impl Default for DeployConfig {
             lease_ttl: Duration::from_secs(30),
             rollouts: Rollouts::default(),
             domains: crate::domains::DomainConfig::default(),
+            notifications: crate::notifications::NotificationConfig::default(),
         }
     }
 }
@@ -703,11 +706,13 @@ impl Deployer {
             return Ok(());
         };
         let service_id = d.service_id;
+        let finished = d.clone();
         let mut row = d.into_active_model();
         row.status = Set(status);
         row.error_message = Set(reason.map(str::to_owned));
         row.finished_at = Set(Some(Utc::now()));
         row.update(&txn).await?;
+        crate::notifications::produce::deployment_finished(&txn, &finished, status, reason).await?;
         if let Some(service_id) = service_id {
             if status == DeploymentStatus::Running {
                 // The one running deployment of a service is the latest.

@@ -322,11 +322,26 @@ pub enum NodeStatus {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum NotificationDeliveryStatus {
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    #[sea_orm(string_value = "failed")]
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum NotificationKind {
     #[sea_orm(string_value = "slack")]
     Slack,
     #[sea_orm(string_value = "discord")]
     Discord,
+    #[sea_orm(string_value = "teams")]
+    Teams,
+    #[sea_orm(string_value = "google_chat")]
+    GoogleChat,
     #[sea_orm(string_value = "webhook")]
     Webhook,
     #[sea_orm(string_value = "email")]

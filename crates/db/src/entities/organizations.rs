@@ -57,6 +57,12 @@ pub enum Relation {
     Builds,
     #[sea_orm(has_many = "super::webhook_deliveries::Entity")]
     WebhookDeliveries,
+    #[sea_orm(has_many = "super::notification_subscriptions::Entity")]
+    NotificationSubscriptions,
+    #[sea_orm(has_many = "super::notification_outbox::Entity")]
+    NotificationOutbox,
+    #[sea_orm(has_many = "super::notification_deliveries::Entity")]
+    NotificationDeliveries,
 }
 
 impl Related<super::organization_members::Entity> for Entity {
@@ -170,6 +176,24 @@ impl Related<super::builds::Entity> for Entity {
 impl Related<super::webhook_deliveries::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::WebhookDeliveries.def()
+    }
+}
+
+impl Related<super::notification_subscriptions::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationSubscriptions.def()
+    }
+}
+
+impl Related<super::notification_outbox::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationOutbox.def()
+    }
+}
+
+impl Related<super::notification_deliveries::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationDeliveries.def()
     }
 }
 

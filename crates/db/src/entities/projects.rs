@@ -53,6 +53,8 @@ pub enum Relation {
     Jobs,
     #[sea_orm(has_many = "super::resource_permissions::Entity")]
     ResourcePermissions,
+    #[sea_orm(has_many = "super::notification_subscriptions::Entity")]
+    NotificationSubscriptions,
 }
 
 impl Related<super::organizations::Entity> for Entity {
@@ -112,6 +114,12 @@ impl Related<super::jobs::Entity> for Entity {
 impl Related<super::resource_permissions::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::ResourcePermissions.def()
+    }
+}
+
+impl Related<super::notification_subscriptions::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationSubscriptions.def()
     }
 }
 

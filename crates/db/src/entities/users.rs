@@ -47,6 +47,8 @@ pub enum Relation {
     Domains,
     #[sea_orm(has_many = "super::git_integrations::Entity")]
     GitIntegrations,
+    #[sea_orm(has_many = "super::notification_channels::Entity")]
+    NotificationChannels,
     #[sea_orm(has_many = "super::services::Entity")]
     Services,
     #[sea_orm(has_many = "super::deployments::Entity")]
@@ -61,6 +63,8 @@ pub enum Relation {
     AuditLogs,
     #[sea_orm(has_many = "super::builds::Entity")]
     Builds,
+    #[sea_orm(has_many = "super::notification_subscriptions::Entity")]
+    NotificationSubscriptions,
 }
 
 impl Related<super::sessions::Entity> for Entity {
@@ -123,6 +127,12 @@ impl Related<super::git_integrations::Entity> for Entity {
     }
 }
 
+impl Related<super::notification_channels::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationChannels.def()
+    }
+}
+
 impl Related<super::services::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Services.def()
@@ -162,6 +172,12 @@ impl Related<super::audit_logs::Entity> for Entity {
 impl Related<super::builds::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Builds.def()
+    }
+}
+
+impl Related<super::notification_subscriptions::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::NotificationSubscriptions.def()
     }
 }
 

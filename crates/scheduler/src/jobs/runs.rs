@@ -351,15 +351,27 @@ impl Runs {
         rendered: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        job_runs::Entity::update_many()
+        let txn = ferry_db::begin_write(&self.db).await?;
+        let done = job_runs::Entity::update_many()
             .col_expr(job_runs::Column::Status, Expr::value(status))
-            .col_expr(job_runs::Column::Reason, Expr::value(reason))
+            .col_expr(job_runs::Column::Reason, Expr::value(reason.clone()))
             .col_expr(job_runs::Column::Rendered, Expr::value(rendered))
             .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
             .filter(job_runs::Column::Id.eq(id))
             .filter(job_runs::Column::Status.eq(JobRunStatus::Pending))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        // The notification event commits with the status (or not at all).
+        ferry_db::outbox::job_run_finished(
+            &txn,
+            id,
+            None,
+            status,
+            &reason,
+            done.rows_affected == 1,
+        )
+        .await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -451,20 +463,32 @@ impl Runs {
         logs: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        job_runs::Entity::update_many()
+        let txn = ferry_db::begin_write(&self.db).await?;
+        let done = job_runs::Entity::update_many()
             .col_expr(job_runs::Column::Status, Expr::value(status))
             .col_expr(job_runs::Column::Attempts, Expr::value(attempts))
             .col_expr(job_runs::Column::ExitCode, Expr::value(exit_code))
             .col_expr(
                 job_runs::Column::Reason,
-                Expr::value((!reason.is_empty()).then_some(reason)),
+                Expr::value((!reason.is_empty()).then(|| reason.clone())),
             )
             .col_expr(job_runs::Column::Logs, Expr::value(logs))
             .col_expr(job_runs::Column::FinishedAt, Expr::value(now))
             .filter(job_runs::Column::Id.eq(id))
             .filter(job_runs::Column::Status.eq(JobRunStatus::Running))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        // The notification event commits with the status (or not at all).
+        ferry_db::outbox::job_run_finished(
+            &txn,
+            id,
+            None,
+            status,
+            &reason,
+            done.rows_affected == 1,
+        )
+        .await?;
+        txn.commit().await?;
         Ok(())
     }
 

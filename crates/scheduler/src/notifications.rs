@@ -1,0 +1,178 @@
+//! Notification delivery under the `notifications` lease: the replica
+//! holding it runs [`ferry_notify::Worker::tick`] every
+//! `--notifications-interval-ms` (fan out new outbox events to their
+//! channels' deliveries, send what is due, retry failures with backoff).
+//! Everything the worker does is idempotent and claimed row by row, so a
+//! lease lost mid-tick costs nothing but a repeat no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::Shutdown;
+use ferry_db::sea_orm::DatabaseConnection;
+use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
+
+use crate::lease::Lease;
+
+/// Lease name of the delivery loop.
+pub const LEASE: &str = "notifications";
+
+/// Ticks run back to back while a full batch came back.
+const MAX_TICKS_IN_A_ROW: usize = 20;
+
+/// The delivery worker's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotificationArgs {
+    /// Milliseconds between delivery ticks: the usual delay from an event
+    /// to its first delivery attempt.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_INTERVAL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(50..=60_000)
+    )]
+    pub notifications_interval_ms: u64,
+
+    /// Send to loopback, private and link-local addresses too (receivers
+    /// inside your own network). Set it on ferry-api as well.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_ALLOW_PRIVATE_TARGETS",
+        default_value_t = false
+    )]
+    pub notifications_allow_private_targets: bool,
+
+    /// Seconds one delivery attempt may take (connect to response).
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=120)
+    )]
+    pub notifications_timeout_secs: u64,
+
+    /// Attempts before a delivery is given up (`failed`).
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_MAX_ATTEMPTS",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=50)
+    )]
+    pub notifications_max_attempts: u32,
+
+    /// Milliseconds before the first retry; doubling per attempt up to an
+    /// hour, with jitter.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_BACKOFF_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub notifications_backoff_ms: u64,
+
+    /// Deliveries sent at once.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    pub notifications_concurrency: u64,
+}
+
+impl NotificationArgs {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.notifications_interval_ms)
+    }
+
+    pub fn send_config(&self) -> SendConfig {
+        SendConfig {
+            allow_private: self.notifications_allow_private_targets,
+            timeout: Duration::from_secs(self.notifications_timeout_secs),
+        }
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            max_attempts: i32::try_from(self.notifications_max_attempts).unwrap_or(8),
+            backoff_base: Duration::from_millis(self.notifications_backoff_ms),
+            concurrency: usize::try_from(self.notifications_concurrency).unwrap_or(8),
+            ..WorkerConfig::default()
+        }
+    }
+}
+
+/// Builds the worker from the scheduler's flags and runs it until shutdown.
+pub async fn run(db: &DatabaseConnection, args: &crate::Args, replica: &str, shutdown: &Shutdown) {
+    let keyring = match args.encryption.keyring() {
+        Ok(k) => Arc::new(k),
+        Err(err) => {
+            tracing::error!(error = %err, "notifications are not delivered: no usable encryption key");
+            return;
+        }
+    };
+    let sender = match Sender::new(args.notifications.send_config()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "notifications are not delivered: the sender failed to start");
+            return;
+        }
+    };
+    let worker = Worker::new(
+        db.clone(),
+        keyring,
+        sender,
+        args.notifications.worker_config(),
+    );
+    let lease = Lease::new(LEASE, replica, args.lease_ttl());
+    deliver(db, &worker, &lease, args.notifications.interval(), shutdown).await;
+}
+
+/// Runs `worker` every `interval` while holding `lease`, until shutdown;
+/// then releases the lease.
+pub async fn deliver(
+    db: &DatabaseConnection,
+    worker: &Worker,
+    lease: &Lease,
+    interval: Duration,
+    shutdown: &Shutdown,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => break,
+            _ = ticker.tick() => {}
+        }
+        match lease.acquire(db, chrono::Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                tracing::warn!(error = %err, "taking the notifications lease failed; retrying");
+                continue;
+            }
+        }
+        let work = async {
+            for _ in 0..MAX_TICKS_IN_A_ROW {
+                let tick = worker.tick(chrono::Utc::now()).await?;
+                if tick != ferry_notify::worker::Tick::default() {
+                    tracing::debug!(?tick, "notification tick");
+                }
+                if !worker.full(&tick) {
+                    break;
+                }
+            }
+            Ok::<(), ferry_notify::Error>(())
+        };
+        match lease.while_held(db, work).await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "a notification tick failed; will retry")
+            }
+            None => tracing::warn!("notification delivery stopped: the lease was lost"),
+        }
+    }
+    if let Err(err) = lease.release(db).await {
+        tracing::warn!(error = %err, "releasing the notifications lease failed");
+    }
+}
