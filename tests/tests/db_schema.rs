@@ -542,7 +542,7 @@ async fn every_entity_round_trips_a_row_on_both_backends() {
                 jobs, job_runs, backup_configs, volume_backup_configs, system_backup_configs,
                 backup_runs, templates,
                 resource_permissions, audit_logs, builds, webhook_deliveries, leases, audit_checkpoints, audit_chain_heads,
-                service_health, cluster_facts,
+                service_health, cluster_facts, acme_accounts, certificate_orders, acme_challenges,
             );
         }
         assert_eq!(ids.len(), schema_tables().len(), "{}", db.backend);

@@ -167,6 +167,10 @@ actions! {
     DomainRead = "domain.read" => READ,
     DomainManage = "domain.manage" => MANAGE,
     DomainPreverify = "domain.preverify" => Rule::SuperAdmin,
+    // Certificates of a project's domains: readers see them (never a
+    // key); uploading and deleting one is managing the project.
+    CertificateRead = "certificate.read" => READ,
+    CertificateManage = "certificate.manage" => MANAGE,
 }
 
 impl std::fmt::Display for Action {

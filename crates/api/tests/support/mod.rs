@@ -252,6 +252,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "GitService",
     "JobService",
     "DomainService",
+    "CertificateService",
 ];
 
 /// One HTTP/1.1 POST of `body` with `Host: host` over a fresh connection;
