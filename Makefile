@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint fmt build
+.PHONY: run test lint fmt build test-deps
 
 ## Build and start all four services on an embedded SQLite database in ./.ferry
 run:
@@ -19,6 +19,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Optional test tools: pebble + pebble-challtestsrv (ACME tests skip without them)
+test-deps:
+	command -v pebble >/dev/null || { apt-get install -y -qq pebble || { apt-get update -qq && apt-get install -y -qq pebble; }; }
 
 build:
 	$(CARGO) build --workspace --bins

@@ -33,6 +33,28 @@ pub struct Args {
     )]
     pub retention_interval_secs: u64,
 
+    /// ACME directory URL to order certificates from (e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory); unset: no ACME.
+    #[arg(long, env = "FERRY_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Contact for the ACME account (`mailto:ops@example.com`).
+    #[arg(long, env = "FERRY_ACME_CONTACT")]
+    pub acme_contact: Option<String>,
+
+    /// A PEM root certificate to trust for the ACME CA's HTTPS (test CAs).
+    #[arg(long, env = "FERRY_ACME_ROOT_CA")]
+    pub acme_root_ca: Option<std::path::PathBuf>,
+
+    /// Seconds between certificate passes (orders due, renewals).
+    #[arg(
+        long,
+        env = "FERRY_ACME_INTERVAL_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub acme_interval_secs: u64,
+
     /// Days audit log entries are kept: the installation default, which an
     /// organization may override (`SetRetentionPolicy`), as it may the four
     /// windows below.
@@ -121,6 +143,14 @@ impl Args {
     /// Time between retention runs.
     pub fn retention_interval(&self) -> Duration {
         Duration::from_secs(self.retention_interval_secs)
+    }
+
+    /// The ACME settings, if a directory is configured.
+    pub fn acme(&self) -> Option<crate::acme::AcmeConfig> {
+        let mut config = crate::acme::AcmeConfig::new(self.acme_directory.clone()?);
+        config.contact = self.acme_contact.clone();
+        config.root_pem = self.acme_root_ca.clone();
+        Some(config)
     }
 
     /// Time between job ticks.
