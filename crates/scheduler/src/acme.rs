@@ -120,8 +120,11 @@ async fn wanted(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, BTreeSet<Strin
     Ok(out)
 }
 
+/// What the scheduler keeps of an issued leaf: validity, issuer, names.
+type LeafFacts = (DateTime<Utc>, DateTime<Utc>, String, Vec<String>);
+
 /// The leaf's validity and DNS names.
-fn leaf_facts(chain_pem: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, String, Vec<String>)> {
+fn leaf_facts(chain_pem: &str) -> Result<LeafFacts> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let bad = |why: &str| Error::Acme(format!("the CA's certificate: {why}"));

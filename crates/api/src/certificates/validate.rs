@@ -53,8 +53,7 @@ pub fn name_matches(pattern: &str, host: &str) -> bool {
 /// `*.name`.
 pub fn covers_domain(names: &[String], name: &str, wildcard: bool) -> bool {
     if wildcard {
-        let wanted = format!("*.{name}");
-        names.iter().any(|n| *n == wanted)
+        names.contains(&format!("*.{name}"))
     } else {
         names.iter().any(|n| name_matches(n, name))
     }
