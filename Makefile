@@ -20,9 +20,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Optional test tools: pebble + pebble-challtestsrv (ACME tests skip without them)
+## Optional test tools: pebble + pebble-challtestsrv and bind9's named (the ACME tests skip without them)
 test-deps:
-	command -v pebble >/dev/null || { apt-get install -y -qq pebble || { apt-get update -qq && apt-get install -y -qq pebble; }; }
+	{ command -v pebble && test -x /usr/sbin/named; } >/dev/null || { apt-get install -y -qq pebble bind9 || { apt-get update -qq && apt-get install -y -qq pebble bind9; }; }
 
 build:
 	$(CARGO) build --workspace --bins

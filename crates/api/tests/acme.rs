@@ -61,7 +61,12 @@ struct Pebble {
     _procs: Vec<Kill>,
 }
 
-async fn start_pebble(pebble: &str, challtestsrv: &str, http_port: u16) -> Pebble {
+async fn start_pebble(
+    pebble: &str,
+    challtestsrv: &str,
+    http_port: u16,
+    resolver: Option<SocketAddr>,
+) -> Pebble {
     let dir = tempfile::tempdir().unwrap();
     // pebble's own HTTPS certificate, from a root the issuer trusts.
     let root_key = rcgen::KeyPair::generate().unwrap();
@@ -111,7 +116,10 @@ async fn start_pebble(pebble: &str, challtestsrv: &str, http_port: u16) -> Pebbl
     let pebble_proc = Command::new(pebble)
         .arg("-config")
         .arg(p("pebble.json"))
-        .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+        .args([
+            "-dnsserver",
+            &resolver.map_or_else(|| format!("127.0.0.1:{dns}"), |r| r.to_string()),
+        ])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
         .env("PEBBLE_AUTHZREUSE", "0")
@@ -325,7 +333,7 @@ async fn pebble_issues_through_ferry_proxy_renews_and_records_failures() {
             .await
             .unwrap();
         });
-        let ca = start_pebble(&pebble, &challtestsrv, http.port()).await;
+        let ca = start_pebble(&pebble, &challtestsrv, http.port(), None).await;
 
         // A verified domain with a TLS route.
         let org = fixtures::organization(&conn, "Acme", "acme").await;
@@ -430,6 +438,197 @@ async fn pebble_issues_through_ferry_proxy_renews_and_records_failures() {
         stop.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
         let _ = reloader.await;
+        api.stop().await;
+    }
+}
+
+const TSIG_SECRET: &str = "c2VjcmV0LWtleS1mb3ItZmVycnktdGVzdHMtMDEyMzQ1Njc4OQ==";
+
+/// BIND (`named`) authoritative for `acme.test` on a loopback port,
+/// accepting updates signed with the `ferry` TSIG key.
+fn start_named(named: &str, dir: &std::path::Path) -> (SocketAddr, Kill) {
+    let port = free_port();
+    let zone = "$TTL 60\n@ IN SOA ns.acme.test. admin.acme.test. 1 60 60 60 60\n\
+                @ IN NS ns.acme.test.\nns IN A 127.0.0.1\n";
+    std::fs::write(dir.join("acme.test.zone"), zone).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "options {{ directory \"{d}\"; listen-on port {port} {{ 127.0.0.1; }}; \
+         listen-on-v6 {{ none; }}; pid-file \"{d}/named.pid\"; \
+         session-keyfile \"{d}/session.key\"; recursion no; dnssec-validation no; }};\n\
+         key \"ferry\" {{ algorithm hmac-sha256; secret \"{TSIG_SECRET}\"; }};\n\
+         controls {{ }};\n\
+         zone \"acme.test\" {{ type primary; file \"{d}/acme.test.zone\"; \
+         allow-update {{ key \"ferry\"; }}; }};\n"
+    );
+    std::fs::write(dir.join("named.conf"), conf).unwrap();
+    let child = Command::new(named)
+        .args(["-g", "-n", "1", "-c"])
+        .arg(dir.join("named.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("named.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (SocketAddr::from(([127, 0, 0, 1], port)), Kill(child))
+}
+
+fn rfc2136(server: SocketAddr, secret: &[u8]) -> Arc<ferry_scheduler::dns01::Rfc2136> {
+    Arc::new(ferry_scheduler::dns01::Rfc2136 {
+        server,
+        zone: "acme.test".into(),
+        key: Some(ferry_scheduler::dns01::TsigKey {
+            name: "ferry".into(),
+            secret: secret.to_vec(),
+        }),
+        timeout: Duration::from_secs(3),
+    })
+}
+
+#[tokio::test]
+async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_rfc2136() {
+    let (Some(pebble), Some(challtestsrv), Some(named)) = (
+        find_binary("pebble"),
+        find_binary("pebble-challtestsrv"),
+        find_binary("named"),
+    ) else {
+        eprintln!(
+            "\n!!!!! SKIPPED: pebble, pebble-challtestsrv or named (bind9) not installed \
+             (`make test-deps`): DNS-01 is untested !!!!!\n"
+        );
+        return;
+    };
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(TSIG_SECRET)
+        .unwrap();
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let conn = db.conn.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let (dns, _named) = start_named(&named, dir.path());
+        let mut up = false;
+        for _ in 0..200 {
+            // An unsigned update is refused once named answers.
+            let probe = ferry_scheduler::dns01::Rfc2136 {
+                key: None,
+                ..(*rfc2136(dns, &secret)).clone()
+            };
+            use ferry_scheduler::dns01::DnsProvider as _;
+            if let Err(err) = probe.add_txt("probe.acme.test", "x").await
+                && err.to_string().contains("REFUSED")
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            up,
+            "{b}: named did not start: {}",
+            std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default()
+        );
+        // The proxy only serves here: the CA checks TXT records at named.
+        let state = ferry_api::testing::state(&conn, Some("feed-token-0123456789abcdef"));
+        state.feed.reload(&conn, &state.keyring).await.unwrap();
+        let api = start_state(&state, relaxed()).await;
+        let stop = Shutdown::new();
+        let proxy_dir = tempfile::tempdir().unwrap();
+        let mut argv: Vec<String> = vec!["ferry-proxy".into()];
+        for flag in [
+            "--listen",
+            "--http-listen",
+            "--https-listen",
+            "--admin-listen",
+        ] {
+            argv.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        argv.extend([
+            "--api-url".to_owned(),
+            format!("http://{}", api.addr),
+            "--feed-token".to_owned(),
+            "feed-token-0123456789abcdef".to_owned(),
+            "--state-dir".to_owned(),
+            proxy_dir.path().display().to_string(),
+        ]);
+        let args = ferry_proxy::Args::parse_from(argv);
+        let listeners = ferry_proxy::Listeners::bind(&args).await.unwrap();
+        let (http, https) = (
+            listeners.http_addr().unwrap(),
+            listeners.https_addr().unwrap(),
+        );
+        let proxy_stop = stop.clone();
+        let proxy = tokio::spawn(async move {
+            ferry_proxy::run_with_listeners(
+                args,
+                listeners,
+                Arc::new(ferry_proxy::ProxyState::default()),
+                proxy_stop,
+            )
+            .await
+            .unwrap();
+        });
+        let ca = start_pebble(&pebble, &challtestsrv, http.port(), Some(dns)).await;
+
+        let org = fixtures::organization(&conn, "Acme", "acme").await;
+        let project = fixtures::project(&conn, org, "Shop", "shop").await;
+        let web = fixtures::service(&conn, project, "web", 8080).await;
+        let domain = fixtures::domain(&conn, org, "wild.acme.test", false).await;
+        let mut wild = ferry_db::entities::domains::Entity::find_by_id(domain)
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_active_model();
+        wild.wildcard = Set(true);
+        wild.update(&conn).await.unwrap();
+        let route =
+            fixtures::route(&conn, project, Some(domain), "a.wild.acme.test", "/", true).await;
+        fixtures::target(&conn, route, web, 8080, false).await;
+
+        // A wrong TSIG key: named refuses, the order records it and waits.
+        let mut config = AcmeConfig::new(ca.directory.clone());
+        config.root_pem = Some(ca.root.clone());
+        config.propagation = Duration::from_millis(200);
+        config.timeout = Duration::from_secs(30);
+        config.dns = Some(rfc2136(dns, b"not-the-key"));
+        let wrong = Issuer::new(conn.clone(), state.keyring.clone(), config.clone());
+        assert_eq!(wrong.tick(Utc::now()).await.unwrap().failed, 1, "{b}");
+        let failed = order_of(&conn, domain).await;
+        assert!(
+            failed
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("NOTAUTH"),
+            "{b}: {failed:?}"
+        );
+        // The right key: one certificate for *.wild.acme.test and the apex.
+        let mut due = failed.into_active_model();
+        due.next_attempt_at = Set(Utc::now());
+        due.update(&conn).await.unwrap();
+        config.dns = Some(rfc2136(dns, &secret));
+        let issuer = Issuer::new(conn.clone(), state.keyring.clone(), config);
+        let report = issuer.tick(Utc::now()).await.unwrap();
+        let order = order_of(&conn, domain).await;
+        assert_eq!(
+            (report.issued, order.status),
+            (1, CertificateOrderStatus::Valid),
+            "{b}: {order:?}"
+        );
+        let cert = certificates::Entity::find_by_id(order.certificate_id.unwrap())
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut names: Vec<String> = serde_json::from_value(cert.hostnames.clone()).unwrap();
+        names.sort();
+        assert_eq!(names, ["*.wild.acme.test", "wild.acme.test"], "{b}");
+        // (No reloader runs here: the feed is reloaded once, by hand.)
+        state.feed.reload(&conn, &state.keyring).await.unwrap();
+        wait_served(https, "a.wild.acme.test", &cert.certificate_pem).await;
+
+        stop.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
         api.stop().await;
     }
 }

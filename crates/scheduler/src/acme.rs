@@ -62,6 +62,10 @@ pub struct AcmeConfig {
     pub backoff: chrono::Duration,
     /// How long the CA may take to validate and issue.
     pub timeout: Duration,
+    /// DNS-01 for wildcard domains (one `*.name` + `name` certificate);
+    /// `None`: wildcard domains get HTTP-01 certificates for their route
+    /// hosts.
+    pub dns: Option<std::sync::Arc<dyn crate::dns01::DnsProvider>>,
 }
 
 impl AcmeConfig {
@@ -73,6 +77,7 @@ impl AcmeConfig {
             propagation: Duration::from_secs(3),
             backoff: chrono::Duration::minutes(5),
             timeout: Duration::from_secs(90),
+            dns: None,
         }
     }
 }
@@ -96,8 +101,10 @@ fn acme_err(err: instant_acme::Error) -> Error {
     Error::Acme(err.to_string())
 }
 
-/// The hosts each verified, live domain should have a certificate for.
-async fn wanted(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, BTreeSet<String>>> {
+/// The names each verified, live domain with TLS routes should have a
+/// certificate for: its route hosts, or with DNS-01 (`dns01`) a wildcard
+/// domain's `*.name` and `name`.
+async fn wanted(db: &DatabaseConnection, dns01: bool) -> Result<BTreeMap<Uuid, BTreeSet<String>>> {
     let live: BTreeMap<Uuid, domains::Model> = domains::Entity::find()
         .filter(domains::Column::VerifiedAt.is_not_null())
         .filter(domains::Column::DeletedAt.is_null())
@@ -113,8 +120,15 @@ async fn wanted(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, BTreeSet<Strin
         .all(db)
         .await?
     {
-        if let Some(domain) = route.domain_id.filter(|d| live.contains_key(d)) {
-            out.entry(domain).or_default().insert(route.hostname);
+        let Some(domain) = route.domain_id.and_then(|d| live.get(&d)) else {
+            continue;
+        };
+        let names = out.entry(domain.id).or_default();
+        if dns01 && domain.wildcard {
+            names.insert(format!("*.{}", domain.name));
+            names.insert(domain.name.clone());
+        } else {
+            names.insert(route.hostname);
         }
     }
     Ok(out)
@@ -186,7 +200,7 @@ impl Issuer {
     /// Brings the orders in line with the routes, then works every due
     /// one.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Report> {
-        let wanted = wanted(&self.db).await?;
+        let wanted = wanted(&self.db, self.config.dns.is_some()).await?;
         let orders: BTreeMap<Uuid, certificate_orders::Model> = certificate_orders::Entity::find()
             .all(&self.db)
             .await?
@@ -304,9 +318,33 @@ impl Issuer {
         Ok(account)
     }
 
-    /// One order at the CA for `hosts`, through to a stored certificate.
+    /// One order at the CA for `hosts`, through to a stored certificate;
+    /// the DNS-01 records it published are removed either way.
     async fn issue(&self, row: &certificate_orders::Model, hosts: &[String]) -> Result<()> {
+        let mut txt = Vec::new();
+        let outcome = self.order(row, hosts, &mut txt).await;
+        if let Some(dns) = &self.config.dns {
+            for (name, value) in txt {
+                if let Err(err) = dns.remove_txt(&name, &value).await {
+                    tracing::warn!(%name, error = %err, "removing a DNS-01 record failed");
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn order(
+        &self,
+        row: &certificate_orders::Model,
+        hosts: &[String],
+        txt: &mut Vec<(String, String)>,
+    ) -> Result<()> {
         let account = self.account().await?;
+        let dns = self
+            .config
+            .dns
+            .as_ref()
+            .filter(|_| hosts.iter().any(|h| h.starts_with("*.")));
         let identifiers: Vec<Identifier> =
             hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
         let mut order = account
@@ -320,6 +358,20 @@ impl Issuer {
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz.map_err(acme_err)?;
                 if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                if let Some(dns) = dns {
+                    let Identifier::Dns(name) = authz.identifier().identifier.clone() else {
+                        continue;
+                    };
+                    let challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
+                        Error::Acme("the CA offers no DNS-01 challenge for a wildcard".into())
+                    })?;
+                    let record = format!("_acme-challenge.{}", name.trim_start_matches("*."));
+                    let value = challenge.key_authorization().dns_value();
+                    dns.add_txt(&record, &value).await?;
+                    txt.push((record, value));
+                    published.push(challenge.url.clone());
                     continue;
                 }
                 let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
@@ -351,7 +403,12 @@ impl Issuer {
                 if authz.status != AuthorizationStatus::Pending {
                     continue;
                 }
-                if let Some(mut challenge) = authz.challenge(ChallengeType::Http01) {
+                let kind = if dns.is_some() {
+                    ChallengeType::Dns01
+                } else {
+                    ChallengeType::Http01
+                };
+                if let Some(mut challenge) = authz.challenge(kind) {
                     challenge.set_ready().await.map_err(acme_err)?;
                 }
             }

@@ -24,6 +24,9 @@ pub enum Error {
     /// could not be used.
     #[error("ACME: {0}")]
     Acme(String),
+    /// A DNS-01 record could not be published (the server's answer).
+    #[error("DNS-01: {0}")]
+    Dns(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,7 +45,9 @@ impl From<Error> for tonic::Status {
             }
             Error::Key(_) => tonic::Status::failed_precondition("scheduler is misconfigured"),
             Error::Kube(_) => tonic::Status::unavailable("cluster unavailable"),
-            Error::Acme(_) => tonic::Status::unavailable("certificate authority unavailable"),
+            Error::Acme(_) | Error::Dns(_) => {
+                tonic::Status::unavailable("certificate authority unavailable")
+            }
             Error::Db(_) | Error::Common(_) => tonic::Status::internal("internal error"),
         }
     }

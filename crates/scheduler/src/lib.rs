@@ -15,6 +15,7 @@
 
 pub mod acme;
 pub mod args;
+pub mod dns01;
 pub mod error;
 pub mod jobs;
 pub mod lease;
