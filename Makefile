@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint fmt build
+.PHONY: run test lint fmt build test-deps
 
 ## Build and start all four services on an embedded SQLite database in ./.ferry
 run:
@@ -19,6 +19,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Optional test tools: pebble + pebble-challtestsrv and bind9's named (the ACME tests skip without them)
+test-deps:
+	{ command -v pebble && test -x /usr/sbin/named; } >/dev/null || { apt-get install -y -qq pebble bind9 || { apt-get update -qq && apt-get install -y -qq pebble bind9; }; }
 
 build:
 	$(CARGO) build --workspace --bins

@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ferry.internal.v1.GitCredential",
             ".ferry.internal.v1.TokenCredential",
             ".ferry.v1.CreateGitIntegrationRequest",
+            ".ferry.v1.UploadCertificateRequest",
             ".ferry.v1.JobRunLogs",
             ".ferry.v1.CreateChannelRequest",
             ".ferry.v1.CreateChannelResponse",

@@ -26,12 +26,14 @@ mod m0014_jobs;
 mod m0015_audit_checkpoints;
 mod m0016_status_sync;
 mod m0017_domains;
+mod m0018_acme;
 mod m0019_notifications;
 mod m0020_domain_recheck;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
 pub use m0014_jobs::ACTIVE_RUN;
+pub use m0018_acme::ORDER_STATES;
 pub use m0019_notifications::CHANNEL_KINDS;
 
 use sea_orm_migration::prelude::*;
@@ -69,6 +71,9 @@ enum Later {
         replaces: &'static [&'static str],
         tables: Tables,
     },
+    /// Creates new `tables`, then applies `alters` (to earlier tables or
+    /// the new ones).
+    Extend { tables: Tables, alters: Alters },
 }
 
 /// Migrations after the first release, applied after [`AREAS`] in order.
@@ -119,6 +124,13 @@ const ALTERATIONS: &[(&str, Later)] = &[
     ),
     ("m0017_domains", Later::Alter(m0017_domains::alters)),
     (
+        "m0018_acme",
+        Later::Extend {
+            tables: m0018_acme::tables,
+            alters: m0018_acme::alters,
+        },
+    ),
+    (
         "m0019_notifications",
         Later::Rebuild {
             replaces: m0019_notifications::REPLACES,
@@ -141,6 +153,11 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
             name,
             replaces,
             tables,
+        }),
+        Later::Extend { tables, alters } => Box::new(ExtendMigration {
+            name,
+            tables,
+            alters,
         }),
     });
     AREAS
@@ -186,6 +203,18 @@ pub fn all_tables() -> Vec<(&'static str, Table)> {
                     }
                 }
             }
+            Later::Extend {
+                tables: new,
+                alters,
+            } => {
+                tables.extend(new().into_iter().map(|t| (name, t)));
+                for alter in alters() {
+                    if let Some((_, table)) = tables.iter_mut().find(|(_, t)| t.name == alter.table)
+                    {
+                        alter.apply_to(table);
+                    }
+                }
+            }
         }
     }
     tables
@@ -212,6 +241,10 @@ fn table_before(migration: &str, name: &str) -> Option<Table> {
                     found = t;
                 }
             }
+            Later::Extend { alters, .. } => alters()
+                .iter()
+                .filter(|a| a.table == name)
+                .for_each(|a| a.apply_to(&mut found)),
         }
     }
     Some(found)
@@ -436,6 +469,56 @@ impl MigrationTrait for RebuildMigration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         self.swap(manager, &(self.tables)(), &self.old_tables()?)
             .await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// A migration that creates new tables and alters earlier ones.
+struct ExtendMigration {
+    name: &'static str,
+    tables: Tables,
+    alters: Alters,
+}
+
+impl MigrationName for ExtendMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ExtendMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for table in (self.tables)() {
+            for sql in table.create_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        for alter in (self.alters)() {
+            for sql in alter.up_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = dialect(manager)?;
+        let db = manager.get_connection();
+        for alter in (self.alters)().iter().rev() {
+            for sql in alter.down_sql(dialect) {
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+        for table in (self.tables)().iter().rev() {
+            db.execute_unprepared(&table.drop_sql()).await?;
+        }
+        Ok(())
     }
 
     fn use_transaction(&self) -> Option<bool> {

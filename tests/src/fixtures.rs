@@ -3,7 +3,7 @@
 
 use ferry_db::entities::enums::{PortProtocol, ServiceKind, ServiceStatus, SourceType};
 use ferry_db::entities::{
-    domains, organizations, projects, route_targets, routes, service_ports, services,
+    certificates, domains, organizations, projects, route_targets, routes, service_ports, services,
 };
 use sea_orm::prelude::{DateTimeUtc, Uuid};
 use sea_orm::{DatabaseConnection, EntityTrait as _, IntoActiveModel as _};
@@ -138,6 +138,34 @@ pub async fn domain(conn: &DatabaseConnection, org: Uuid, name: &str, deleted: b
     .exec_without_returning(conn)
     .await
     .expect("insert domain");
+    id
+}
+
+/// A certificate row of `domain` (an uploaded one, expiring in 90 days);
+/// its PEM is a placeholder and its key is `key` encrypted with
+/// [`crate::test_keyring`].
+pub async fn certificate(conn: &DatabaseConnection, domain: Uuid, key: &str) -> Uuid {
+    let (id, now) = (Uuid::now_v7(), now());
+    certificates::Entity::insert(
+        certificates::Model {
+            id,
+            domain_id: domain,
+            issuer: "CN=Fixture CA".into(),
+            certificate_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
+            private_key: crate::test_keyring()
+                .encrypt("certificates", "private_key", id, key)
+                .expect("encrypt"),
+            not_before: Some(now),
+            expires_at: now + std::time::Duration::from_secs(90 * 86_400),
+            created_at: now,
+            source: "uploaded".into(),
+            hostnames: serde_json::json!([]),
+        }
+        .into_active_model(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .expect("insert certificate");
     id
 }
 

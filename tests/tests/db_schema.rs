@@ -544,6 +544,7 @@ async fn every_entity_round_trips_a_row_on_both_backends() {
                 resource_permissions, audit_logs, builds, webhook_deliveries, leases, audit_checkpoints, audit_chain_heads,
                 service_health, cluster_facts,
                 notification_subscriptions, notification_outbox, notification_deliveries,
+                acme_accounts, certificate_orders, acme_challenges,
             );
         }
         assert_eq!(ids.len(), schema_tables().len(), "{}", db.backend);

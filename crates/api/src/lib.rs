@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod builds;
+pub mod certificates;
 pub mod db;
 pub mod domains;
 pub mod error;
@@ -246,6 +247,7 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
     let services = jobs::add_job_service(services, &workloads);
     let services = domains::add_domain_service(services, &workloads);
     let services = notifications::add_notification_service(services, &workloads);
+    let services = certificates::add_certificate_service(services, &workloads);
     workloads::add_workload_services(services, &workloads)
 }
 

@@ -505,7 +505,10 @@ async fn a_domain_whose_record_is_gone_is_flagged_and_keeps_its_routes() {
         let events = lost_events(&db.conn, &d.id).await;
         assert_eq!(events.len(), 1, "{b}: {events:?}");
         assert_eq!(events[0].payload["domain"], "*.lost.test", "{b}");
-        assert_eq!(events[0].project_id.map(|p| p.to_string()), Some(a.project.clone()));
+        assert_eq!(
+            events[0].project_id.map(|p| p.to_string()),
+            Some(a.project.clone())
+        );
 
         // The owner publishes it again and verifies: back to normal.
         dns.set(&d.txt_record_name, &[&d.txt_record_value]);

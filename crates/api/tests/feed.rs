@@ -171,6 +171,8 @@ async fn seed(conn: &DatabaseConnection) -> Fixture {
                 not_before: Some(now),
                 expires_at: now + chrono::Duration::days(days),
                 created_at: now,
+                source: "uploaded".into(),
+                hostnames: serde_json::json!([]),
             }
             .into_active_model(),
         )

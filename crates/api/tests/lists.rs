@@ -420,17 +420,21 @@ async fn add_items(o: &mut Owner, db: &DatabaseConnection, k: usize) {
             .await
             .unwrap();
         notification_delivery(db, o).await;
-        o.w.domains
-            .add_domain(authed(
-                pb::AddDomainRequest {
-                    project_id: o.project.clone(),
-                    domain: format!("d{i}.{}.example.net", o.org),
-                    ..Default::default()
-                },
-                &tok,
-            ))
-            .await
-            .unwrap();
+        let domain =
+            o.w.domains
+                .add_domain(authed(
+                    pb::AddDomainRequest {
+                        project_id: o.project.clone(),
+                        domain: format!("d{i}.{}.example.net", o.org),
+                        ..Default::default()
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+        ferry_tests::fixtures::certificate(db, domain.parse().unwrap(), "key").await;
         o.w.registries
             .create_registry(authed(
                 pb::CreateRegistryRequest {
@@ -784,7 +788,7 @@ async fn every_list_rpc_pages_one_row_at_a_time_without_gaps_or_repeats() {
         let (api, selects) = start_counted(&db.conn).await;
         let mut o = owner(&api, &db.conn, OWNER).await;
         let rpcs = list_rpcs();
-        assert_eq!(rpcs.len(), 26, "{b}: {rpcs:#?}");
+        assert_eq!(rpcs.len(), 27, "{b}: {rpcs:#?}");
 
         // Queries per listing do not depend on how many rows it returns.
         add_items(&mut o, &db.conn, 2).await;

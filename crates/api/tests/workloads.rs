@@ -15,6 +15,7 @@ use ferry_db::entities::{audit_logs, deployments};
 use ferry_db::sea_orm::{DatabaseConnection, EntityTrait as _};
 use ferry_k8s::fake::{Behavior, FakeCluster};
 use ferry_proto::ferry::v1 as pb;
+use pb::certificate_service_client::CertificateServiceClient;
 use pb::deployment_service_client::DeploymentServiceClient;
 use pb::domain_service_client::DomainServiceClient;
 use pb::git_service_client::GitServiceClient;
@@ -48,6 +49,7 @@ struct W {
     git: GitServiceClient<Channel>,
     jobs: JobServiceClient<Channel>,
     domains: DomainServiceClient<Channel>,
+    certs: CertificateServiceClient<Channel>,
 }
 
 fn w(channel: &Channel) -> W {
@@ -64,6 +66,7 @@ fn w(channel: &Channel) -> W {
         git: GitServiceClient::new(channel.clone()),
         jobs: JobServiceClient::new(channel.clone()),
         domains: DomainServiceClient::new(channel.clone()),
+        certs: CertificateServiceClient::new(channel.clone()),
     }
 }
 
@@ -1736,6 +1739,10 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 .channel
                 .unwrap()
                 .id;
+        let certificate =
+            ferry_tests::fixtures::certificate(&db.conn, domain.parse().unwrap(), "victim-key")
+                .await
+                .to_string();
         let outsider = tenant(&api, "outsider").await;
 
         let mut grpc = tonic::client::Grpc::new(outsider.c.channel.clone());
@@ -1753,8 +1760,9 @@ async fn every_workload_rpc_is_tenant_scoped() {
                 ("id", "StackService") => stack.id.clone(),
                 ("id", "VolumeService") => volume.clone(),
                 ("id", "RouteService") => route.clone(),
-                ("id", "DomainService") => domain.clone(),
+                ("id", "DomainService") | ("domain_id", _) => domain.clone(),
                 ("channel_id", _) | ("id", "NotificationService") => channel.clone(),
+                ("id", "CertificateService") => certificate.clone(),
                 other => panic!("{method}: no victim resource for {other:?}: add one"),
             };
             grpc.ready().await.unwrap();
@@ -3643,6 +3651,36 @@ async fn nested_ids_of_another_tenant_are_not_found_and_change_nothing() {
                         channel_id: a_channel.clone(),
                         event: "deployment.failed".into(),
                         project_id: v.project.id.clone(),
+                    },
+                    &at,
+                ))
+                .await
+                .map(drop),
+        ));
+        // The victim's domain, in a listing of the attacker's project.
+        let v_domain =
+            v.w.domains
+                .add_domain(authed(
+                    pb::AddDomainRequest {
+                        project_id: v.project.id.clone(),
+                        domain: "victor.example.org".into(),
+                        ..Default::default()
+                    },
+                    &vt,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+        ferry_tests::fixtures::certificate(&db.conn, v_domain.parse().unwrap(), "victor-key").await;
+        tried.push((
+            "CertificateService/ListCertificates",
+            a.w.certs
+                .list_certificates(authed(
+                    pb::ListCertificatesRequest {
+                        project_id: a.project.id.clone(),
+                        domain_id: v_domain.clone(),
+                        ..Default::default()
                     },
                     &at,
                 ))

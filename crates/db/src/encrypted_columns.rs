@@ -25,6 +25,8 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     col("git_integrations", "ssh_private_key"),
     // certificate private keys
     col("certificates", "private_key"),
+    // the ACME account key (m0018)
+    col("acme_accounts", "credentials"),
     // storage keys
     col("storage_integrations", "access_key_id"),
     col("storage_integrations", "secret_access_key"),

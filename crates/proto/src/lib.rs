@@ -75,6 +75,16 @@ pub mod ferry {
             }
         }
 
+        /// The domain and the chain's size, never the private key.
+        impl std::fmt::Debug for UploadCertificateRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("UploadCertificateRequest")
+                    .field("domain_id", &self.domain_id)
+                    .field("certificate_pem_bytes", &self.certificate_pem.len())
+                    .finish_non_exhaustive()
+            }
+        }
+
         /// How many lines, never what they say: a job's output may print
         /// its secrets.
         impl std::fmt::Debug for JobRunLogs {

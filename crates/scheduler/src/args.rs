@@ -33,6 +33,49 @@ pub struct Args {
     )]
     pub retention_interval_secs: u64,
 
+    /// ACME directory URL to order certificates from (e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory); unset: no ACME.
+    #[arg(long, env = "FERRY_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Contact for the ACME account (`mailto:ops@example.com`).
+    #[arg(long, env = "FERRY_ACME_CONTACT")]
+    pub acme_contact: Option<String>,
+
+    /// A PEM root certificate to trust for the ACME CA's HTTPS (test CAs).
+    #[arg(long, env = "FERRY_ACME_ROOT_CA")]
+    pub acme_root_ca: Option<std::path::PathBuf>,
+
+    /// DNS-01 for wildcard domains over RFC 2136: the zone's primary
+    /// server (`ip:port`).
+    #[arg(long, env = "FERRY_ACME_DNS_SERVER", requires = "acme_dns_zone")]
+    pub acme_dns_server: Option<std::net::SocketAddr>,
+
+    /// The zone the `_acme-challenge` records are updated in.
+    #[arg(long, env = "FERRY_ACME_DNS_ZONE")]
+    pub acme_dns_zone: Option<String>,
+
+    /// TSIG key name for the updates (HMAC-SHA256).
+    #[arg(
+        long,
+        env = "FERRY_ACME_DNS_TSIG_NAME",
+        requires = "acme_dns_tsig_secret"
+    )]
+    pub acme_dns_tsig_name: Option<String>,
+
+    /// TSIG secret, base64 (as in BIND's `key` statement).
+    #[arg(long, env = "FERRY_ACME_DNS_TSIG_SECRET", hide_env_values = true)]
+    pub acme_dns_tsig_secret: Option<String>,
+
+    /// Seconds between certificate passes (orders due, renewals).
+    #[arg(
+        long,
+        env = "FERRY_ACME_INTERVAL_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub acme_interval_secs: u64,
+
     /// Days audit log entries are kept: the installation default, which an
     /// organization may override (`SetRetentionPolicy`), as it may the four
     /// windows below.
@@ -140,6 +183,38 @@ impl Args {
     /// Time between retention runs.
     pub fn retention_interval(&self) -> Duration {
         Duration::from_secs(self.retention_interval_secs)
+    }
+
+    /// The ACME settings, if a directory is configured.
+    pub fn acme(&self) -> Option<crate::acme::AcmeConfig> {
+        let mut config = crate::acme::AcmeConfig::new(self.acme_directory.clone()?);
+        config.contact = self.acme_contact.clone();
+        config.root_pem = self.acme_root_ca.clone();
+        if let (Some(server), Some(zone)) = (self.acme_dns_server, self.acme_dns_zone.clone()) {
+            use base64::Engine as _;
+            let key = match (&self.acme_dns_tsig_name, &self.acme_dns_tsig_secret) {
+                (Some(name), Some(secret)) => {
+                    match base64::engine::general_purpose::STANDARD.decode(secret.trim()) {
+                        Ok(secret) => Some(crate::dns01::TsigKey {
+                            name: name.clone(),
+                            secret,
+                        }),
+                        Err(_) => {
+                            tracing::error!("--acme-dns-tsig-secret is not base64: DNS-01 is off");
+                            return Some(config);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            config.dns = Some(std::sync::Arc::new(crate::dns01::Rfc2136 {
+                server,
+                zone,
+                key,
+                timeout: Duration::from_secs(5),
+            }));
+        }
+        Some(config)
     }
 
     /// Time between job ticks.

@@ -20,6 +20,13 @@ pub enum Error {
     Sql(#[from] ferry_db::sea_orm::DbErr),
     #[error("kubernetes: {0}")]
     Kube(#[from] ferry_k8s::Error),
+    /// The ACME CA refused or failed (its own words), or what it sent
+    /// could not be used.
+    #[error("ACME: {0}")]
+    Acme(String),
+    /// A DNS-01 record could not be published (the server's answer).
+    #[error("DNS-01: {0}")]
+    Dns(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +45,9 @@ impl From<Error> for tonic::Status {
             }
             Error::Key(_) => tonic::Status::failed_precondition("scheduler is misconfigured"),
             Error::Kube(_) => tonic::Status::unavailable("cluster unavailable"),
+            Error::Acme(_) | Error::Dns(_) => {
+                tonic::Status::unavailable("certificate authority unavailable")
+            }
             Error::Db(_) | Error::Common(_) => tonic::Status::internal("internal error"),
         }
     }

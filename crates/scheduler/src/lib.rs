@@ -14,7 +14,9 @@
 //! cluster, if one is configured) answers. Every loop runs under its own
 //! [`lease`], so with several replicas one acts at a time.
 
+pub mod acme;
 pub mod args;
+pub mod dns01;
 pub mod domains;
 pub mod error;
 pub mod jobs;
@@ -47,7 +49,7 @@ pub const RETENTION_LEASE: &str = "retention";
 
 /// Runs the scheduler until `shutdown` fires, then drains.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
-    let keyring = args.encryption.keyring().map_err(Error::Key)?;
+    let keyring = std::sync::Arc::new(args.encryption.keyring().map_err(Error::Key)?);
     let policy = RetentionPolicy {
         deployment_logs_days: args.deployment_log_retention_days,
         container_metrics_days: args.metrics_retention_days,
@@ -116,6 +118,14 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                 ),
                 cluster_loops(&db, cluster.as_ref(), &replica, &args, &shutdown),
                 notifications::run(&db, &args, &replica, &shutdown),
+                certificates_loop(
+                    &db,
+                    keyring.clone(),
+                    args.acme(),
+                    Duration::from_secs(args.acme_interval_secs),
+                    lease::Lease::new(acme::LEASE, replica.clone(), args.lease_ttl()),
+                    &shutdown
+                ),
             );
             Ok(())
         }
@@ -199,6 +209,62 @@ async fn wait_for_schema(
             () = shutdown.wait() => return Ok(false),
             () = tokio::time::sleep(SCHEMA_POLL) => {}
         }
+    }
+}
+
+/// Runs an ACME pass ([`acme::Issuer::tick`]) every `interval` on the
+/// replica holding the `certificates` lease, until shutdown; nothing when
+/// no ACME directory is configured. A pass stops if the lease is lost.
+async fn certificates_loop(
+    db: &DatabaseConnection,
+    keyring: std::sync::Arc<ferry_db::crypto::Keyring>,
+    config: Option<acme::AcmeConfig>,
+    interval: Duration,
+    lease: lease::Lease,
+    shutdown: &Shutdown,
+) {
+    let Some(config) = config else {
+        tracing::info!(
+            "no ACME directory configured (--acme-directory): certificates are upload-only"
+        );
+        return;
+    };
+    let issuer = acme::Issuer::new(db.clone(), keyring, config);
+    let mut ticker = tokio::time::interval(lease.renew_every().min(interval));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_run: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => break,
+            _ = ticker.tick() => {}
+        }
+        match lease.acquire(db, chrono::Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                tracing::warn!(error = %err, "taking the certificates lease failed; retrying");
+                continue;
+            }
+        }
+        if last_run.is_some_and(|at| at.elapsed() < interval) {
+            continue;
+        }
+        last_run = Some(tokio::time::Instant::now());
+        match lease.while_held(db, issuer.tick(chrono::Utc::now())).await {
+            Some(Ok(report)) if report != acme::Report::default() => {
+                tracing::info!(
+                    issued = report.issued,
+                    failed = report.failed,
+                    "certificate pass finished"
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => tracing::warn!(error = %err, "certificate pass failed; will retry"),
+            None => tracing::warn!("certificate pass stopped: the certificates lease was lost"),
+        }
+    }
+    if let Err(err) = lease.release(db).await {
+        tracing::warn!(error = %err, "releasing the certificates lease failed");
     }
 }
 

@@ -814,15 +814,6 @@ async fn the_leader_follows_runs_by_watching_not_listing() {
             .insert(&db.conn)
             .await
             .unwrap();
-        // A run whose Job someone deleted long ago.
-        let orphan = run(
-            JobRunStatus::Running,
-            Some(Utc::now() - Duration::minutes(5)),
-            Some("watched-gone"),
-        )
-        .insert(&db.conn)
-        .await
-        .unwrap();
 
         let e = engine(&db.conn, Some(&fake), "a");
         let shutdown = ferry_common::Shutdown::new();
@@ -839,16 +830,25 @@ async fn the_leader_follows_runs_by_watching_not_listing() {
             db.backend
         );
         let name = status_of(&db.conn, pending.id).await.k8s_job_name.unwrap();
-        // The watch's first list, then a tick from the watch: the orphan fails.
+        // The leader's watches on Jobs and pods are open: they have listed.
         assert!(
             eventually(StdDuration::from_secs(5), || async {
-                status_of(&db.conn, orphan.id).await.status == JobRunStatus::Failed
+                fake.open_watches() == 2
             })
             .await,
             "{}",
             db.backend
         );
         let lists = job_run_lists(&fake);
+        // A run whose Job someone deleted long ago.
+        let orphan = run(
+            JobRunStatus::Running,
+            Some(Utc::now() - Duration::minutes(5)),
+            Some("watched-gone"),
+        )
+        .insert(&db.conn)
+        .await
+        .unwrap();
 
         finish(
             &fake,
@@ -866,6 +866,13 @@ async fn the_leader_follows_runs_by_watching_not_listing() {
         );
         let done = status_of(&db.conn, pending.id).await;
         assert_eq!(done.exit_code, Some(3), "{}", db.backend);
+        let gone = status_of(&db.conn, orphan.id).await;
+        assert_eq!(gone.status, JobRunStatus::Failed, "{}", db.backend);
+        assert!(
+            gone.reason
+                .unwrap_or_default()
+                .contains("deleted outside Ferry")
+        );
         assert!(done.logs.unwrap_or_default().contains("watched"));
         assert_eq!(
             job_run_lists(&fake),

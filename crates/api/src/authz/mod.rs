@@ -172,6 +172,10 @@ actions! {
     // (webhook URLs and SMTP credentials are the organization's secrets).
     NotificationRead = "notification.read" => Rule::Role(OrgRole::Member),
     NotificationManage = "notification.manage" => Rule::Role(OrgRole::Admin),
+    // Certificates of a project's domains: readers see them (never a
+    // key); uploading and deleting one is managing the project.
+    CertificateRead = "certificate.read" => READ,
+    CertificateManage = "certificate.manage" => MANAGE,
 }
 
 impl std::fmt::Display for Action {

@@ -30,6 +30,16 @@ struct FeedState {
     acme: BTreeMap<String, String>,
 }
 
+impl FeedState {
+    /// Every HTTP-01 answer: the database's (the scheduler's orders) and
+    /// this process's; the in-memory one wins a shared token.
+    fn all_acme(&self) -> BTreeMap<String, String> {
+        let mut all = self.db.acme.clone();
+        all.extend(self.acme.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+}
+
 #[derive(Default)]
 struct Current {
     /// False until the first successful load: serving an empty state then
@@ -465,7 +475,7 @@ fn snapshot_of(current: &Current) -> pb::Snapshot {
         committed_at_unix_ms: current.committed_at_unix_ms,
         routes: state.db.routes.values().cloned().collect(),
         certificates: state.db.certificates.values().cloned().collect(),
-        acme_challenges: acme_list(state.acme.iter()),
+        acme_challenges: acme_list(state.all_acme().iter()),
     }
 }
 
@@ -512,14 +522,13 @@ fn diff_state(
     let (upserted_routes, removed_route_ids) = diff_map(&old.db.routes, &new.db.routes);
     let (upserted_certificates, removed_certificate_ids) =
         diff_map(&old.db.certificates, &new.db.certificates);
-    let set_acme = new
-        .acme
+    let (old_acme, new_acme) = (old.all_acme(), new.all_acme());
+    let set_acme = new_acme
         .iter()
-        .filter(|(token, ka)| old.acme.get(*token) != Some(ka));
-    let removed_acme_tokens = old
-        .acme
+        .filter(|(token, ka)| old_acme.get(*token) != Some(ka));
+    let removed_acme_tokens = old_acme
         .keys()
-        .filter(|token| !new.acme.contains_key(*token))
+        .filter(|token| !new_acme.contains_key(*token))
         .cloned()
         .collect();
     pb::Update {

@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ferry_db::crypto::Keyring;
 use ferry_db::entities::{
-    certificates, domains, projects, route_targets, routes, service_ports, services,
+    acme_challenges, certificates, domains, projects, route_targets, routes, service_ports,
+    services,
 };
 use ferry_db::sea_orm::prelude::Uuid;
 use ferry_db::sea_orm::{
-    AccessMode, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IsolationLevel,
-    QuerySelect, TransactionTrait,
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    IsolationLevel, QueryFilter, QuerySelect, TransactionTrait,
 };
 use ferry_proto::ferry::internal::v1 as pb;
 
@@ -32,6 +33,9 @@ const MAX_WEIGHT: u32 = 10_000;
 pub struct DbState {
     pub routes: BTreeMap<String, pb::Route>,
     pub certificates: BTreeMap<String, pb::Certificate>,
+    /// ACME HTTP-01 answers the scheduler published (`acme_challenges`,
+    /// unexpired): token → key authorization.
+    pub acme: BTreeMap<String, String>,
 }
 
 /// The in-cluster address of port `port` of service `service` in the
@@ -74,6 +78,7 @@ struct Rows {
     /// `(service, port)` pairs whose port name asks for HTTP/2 upstream.
     h2c_ports: HashSet<(Uuid, i32)>,
     certificates: Vec<certificates::Model>,
+    acme: Vec<(String, String)>,
 }
 
 async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
@@ -133,6 +138,17 @@ async fn read(txn: &impl ConnectionTrait) -> Result<Rows> {
             .await
             .map_err(db_err)?,
         certificates: certificates::Entity::find()
+            .all(txn)
+            .await
+            .map_err(db_err)?,
+        acme: acme_challenges::Entity::find()
+            .select_only()
+            .columns([
+                acme_challenges::Column::Token,
+                acme_challenges::Column::KeyAuthorization,
+            ])
+            .filter(acme_challenges::Column::ExpiresAt.gt(chrono::Utc::now()))
+            .into_tuple::<(String, String)>()
             .all(txn)
             .await
             .map_err(db_err)?,
@@ -274,6 +290,16 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
         };
         let mut hosts = hosts_by_domain.remove(&domain_id).unwrap_or_default();
         hosts.insert(domain.name.clone());
+        // Only the hosts its names cover (rows from before m0018 name none:
+        // all of the domain's hosts).
+        let names = crate::certificates::stored_hostnames(&cert.hostnames);
+        if !names.is_empty() {
+            hosts.retain(|h| {
+                names
+                    .iter()
+                    .any(|n| crate::certificates::validate::name_matches(n, h))
+            });
+        }
         let id = domain_id.to_string();
         certificates.insert(
             id.clone(),
@@ -288,6 +314,7 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
     DbState {
         routes: by_host,
         certificates,
+        acme: rows.acme.into_iter().collect(),
     }
 }
 

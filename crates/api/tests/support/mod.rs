@@ -253,6 +253,7 @@ pub const WORKLOAD_SERVICES: &[&str] = &[
     "JobService",
     "DomainService",
     "NotificationService",
+    "CertificateService",
 ];
 
 /// One HTTP/1.1 POST of `body` with `Host: host` over a fresh connection;

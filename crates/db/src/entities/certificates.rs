@@ -17,6 +17,9 @@ pub struct Model {
     pub not_before: Option<DateTimeUtc>,
     pub expires_at: DateTimeUtc,
     pub created_at: DateTimeUtc,
+    pub source: String,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub hostnames: Json,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -28,11 +31,19 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Domain,
+    #[sea_orm(has_many = "super::certificate_orders::Entity")]
+    CertificateOrders,
 }
 
 impl Related<super::domains::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Domain.def()
+    }
+}
+
+impl Related<super::certificate_orders::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::CertificateOrders.def()
     }
 }
 

@@ -54,6 +54,8 @@ pub enum Relation {
     Certificates,
     #[sea_orm(has_many = "super::routes::Entity")]
     Routes,
+    #[sea_orm(has_one = "super::certificate_orders::Entity")]
+    CertificateOrders,
 }
 
 impl Related<super::organizations::Entity> for Entity {
@@ -83,6 +85,12 @@ impl Related<super::certificates::Entity> for Entity {
 impl Related<super::routes::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Routes.def()
+    }
+}
+
+impl Related<super::certificate_orders::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::CertificateOrders.def()
     }
 }
 

@@ -7,6 +7,8 @@ pub mod enums;
 pub mod prelude;
 pub mod types;
 
+pub mod acme_accounts;
+pub mod acme_challenges;
 pub mod api_tokens;
 pub mod audit_chain_heads;
 pub mod audit_checkpoints;
@@ -16,6 +18,7 @@ pub mod backup_configs;
 pub mod backup_runs;
 pub mod build_configs;
 pub mod builds;
+pub mod certificate_orders;
 pub mod certificates;
 pub mod cluster_facts;
 pub mod container_metrics;
