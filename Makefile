@@ -58,6 +58,11 @@ bench-builds:
 bench-scheduler:
 	bash tests/scripts/with-postgres.sh $(CARGO) test --release -p ferry-scheduler --test bench_tick --test bench_sync -- --ignored --nocapture --test-threads 1
 
+.PHONY: bench-notify
+## Notification worker throughput: 1,000 events to two loopback webhook channels, SQLite and PostgreSQL
+bench-notify:
+	bash tests/scripts/with-postgres.sh cargo nextest run -p ferry-api --run-ignored only --no-capture -E 'test(bench_notification_throughput)'
+
 .PHONY: chart-check
 ## Offline checks of the Helm chart (deploy/helm/ferry): helm lint, kubernetes-validate, checkov, rendered-output tests. Installs its tools into .tools/ once.
 chart-check:
