@@ -220,6 +220,18 @@ pub struct Args {
     #[arg(long, env = "FERRY_DNS_RESOLVER", global = true)]
     pub dns_resolver: Option<SocketAddr>,
 
+    /// The port VerifyDomain fetches the HTTP challenge from
+    /// (`http://<domain>:<port>/.well-known/ferry-challenge/<token>`):
+    /// ferry-proxy's public plain-HTTP port, 80 unless a test or an
+    /// unusual ingress says otherwise.
+    #[arg(
+        long,
+        env = "FERRY_DOMAIN_HTTP_PORT",
+        default_value_t = 80,
+        global = true
+    )]
+    pub domain_http_port: u16,
+
     /// Let notification channels (webhooks, SMTP) target loopback, private
     /// and link-local addresses: for receivers inside your own network.
     /// Off: such targets are refused when saved and when sent to.
@@ -309,6 +321,7 @@ impl Args {
             domains: crate::domains::DomainConfig {
                 base_domain: self.base_domain.clone(),
                 dns_resolver: self.dns_resolver,
+                http_port: self.domain_http_port,
                 ..crate::domains::DomainConfig::default()
             },
             notifications: crate::notifications::NotificationConfig {

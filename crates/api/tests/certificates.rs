@@ -94,7 +94,10 @@ impl Tenant {
         let v = self
             .domains
             .verify_domain(authed(
-                pb::VerifyDomainRequest { id: d.id.clone() },
+                pb::VerifyDomainRequest {
+                    id: d.id.clone(),
+                    ..Default::default()
+                },
                 &self.token,
             ))
             .await

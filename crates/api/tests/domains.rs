@@ -23,23 +23,35 @@ use tonic::transport::Channel;
 const BASE: &str = "apps.example.com";
 
 async fn start_api(conn: &DatabaseConnection, dns: &TxtServer) -> Api {
+    start_api_with(conn, dns, 80).await.0
+}
+
+/// The api with a route feed (for a real ferry-proxy) and VerifyDomain's
+/// HTTP challenge fetched from `http_port`.
+async fn start_api_with(
+    conn: &DatabaseConnection,
+    dns: &TxtServer,
+    http_port: u16,
+) -> (Api, ApiState) {
+    let token: ferry_api::feed::FeedToken = support::proxy::FEED_TOKEN.parse().unwrap();
     let state = ApiState {
         db: conn.clone(),
         keyring: std::sync::Arc::new(ferry_tests::test_keyring()),
         feed: ferry_api::feed::FeedHub::new(),
-        feed_auth: ferry_api::feed::FeedAuth::new(None),
+        feed_auth: ferry_api::feed::FeedAuth::new(Some(&token)),
         cluster: None,
         deploy: ferry_api::workloads::DeployConfig {
             domains: ferry_api::domains::DomainConfig {
                 dns_resolver: Some(dns.addr),
                 dns_timeout: std::time::Duration::from_millis(500),
+                http_port,
                 ..base_domain(BASE)
             },
             ..ferry_api::workloads::DeployConfig::default()
         },
         builds: Default::default(),
     };
-    start_state(&state, relaxed()).await
+    (start_state(&state, relaxed()).await, state)
 }
 
 /// A user with an organization, a project and a service `web` on 8080.
@@ -120,11 +132,15 @@ impl Tenant {
             .map(tonic::Response::into_inner)
     }
     async fn verify(&mut self, id: &str) -> Result<pb::Domain, tonic::Status> {
+        self.verify_by(id, "").await
+    }
+    async fn verify_by(&mut self, id: &str, method: &str) -> Result<pb::Domain, tonic::Status> {
+        let req = pb::VerifyDomainRequest {
+            id: id.into(),
+            method: method.into(),
+        };
         self.domains
-            .verify_domain(authed(
-                pb::VerifyDomainRequest { id: id.into() },
-                &self.token,
-            ))
+            .verify_domain(authed(req, &self.token))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -410,10 +426,20 @@ async fn lost_events(
 
 /// ferry-scheduler's re-check, one pass now, every verified domain due.
 async fn recheck(conn: &DatabaseConnection, dns: &TxtServer) -> ferry_scheduler::domains::Report {
+    recheck_at(conn, dns, 80).await
+}
+
+/// [`recheck`], fetching HTTP challenges from `http_port`.
+async fn recheck_at(
+    conn: &DatabaseConnection,
+    dns: &TxtServer,
+    http_port: u16,
+) -> ferry_scheduler::domains::Report {
     ferry_scheduler::domains::Recheck {
         resolver: dns.addr,
         timeout: std::time::Duration::from_millis(300),
         every: chrono::Duration::zero(),
+        http_port,
     }
     .pass(conn, chrono::Utc::now())
     .await
@@ -565,6 +591,175 @@ async fn the_most_specific_verified_claim_decides() {
         precondition(a.route("blog.zone.test").await, "hostname: blog.zone.test");
         dns.set("_ferry-challenge.shop.zone.test", &[]);
         dns.set("_ferry-challenge.zone.test", &[]);
+        api.stop().await;
+    }
+}
+
+/// A web server that answers 404 to everything (a name moved elsewhere).
+async fn not_found_server(at: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    })
+}
+
+/// The HTTP challenge: a real ferry-proxy, fed by the api, answers it for
+/// the pending apex domain's host only; VerifyDomain fetches it from where
+/// the name points. It is refused for wildcards and while another
+/// organization claims the name, and another organization's TXT proof
+/// takes an HTTP-verified name over (lost, routes removed, told).
+#[tokio::test]
+async fn an_apex_domain_is_verified_over_http_through_ferry_proxy() {
+    use ferry_db::entities::{notification_outbox as outbox, routes};
+    use support::proxy::{bind_proxy, http_get};
+    let dns = TxtServer::start().await;
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        dns.set_a("shop.http.test", &[]);
+        let bound = bind_proxy().await;
+        let (api, state) = start_api_with(&db.conn, &dns, bound.http.port()).await;
+        let proxy = bound.feed_from(&api, &state);
+        let mut a = tenant(&api, "hana").await;
+        let mut z = tenant(&api, "zora").await;
+
+        let d = a.add("shop.http.test").await.unwrap();
+        let token = d.http_token.clone();
+        assert_eq!(token, d.txt_record_value, "{b}");
+        let path = format!("/.well-known/ferry-challenge/{token}");
+        assert_eq!(d.http_url, format!("http://shop.http.test{path}"), "{b}");
+        // Not pointed anywhere yet, then pointed where nothing answers.
+        precondition(a.verify_by(&d.id, "http").await, "has no A record");
+        dns.set_a("shop.http.test", &[std::net::Ipv4Addr::new(127, 0, 0, 2)]);
+        precondition(a.verify_by(&d.id, "http").await, "failed");
+        // Pointed at the proxy, which answers the token for this host only.
+        dns.set_a("shop.http.test", &[loopback]);
+        let mut served = (0, String::new());
+        for _ in 0..100 {
+            served = http_get(proxy.http, "shop.http.test", &path).await;
+            if served.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(served, (200, token.clone()), "{b}");
+        assert_ne!(
+            http_get(proxy.http, "other.http.test", &path).await.0,
+            200,
+            "{b}"
+        );
+        let verified = a.verify_by(&d.id, "http").await.unwrap();
+        assert_eq!(
+            (verified.status.as_str(), verified.method.as_str()),
+            ("verified", "http"),
+            "{b}"
+        );
+        a.route("shop.http.test").await.unwrap();
+
+        // The scheduler's re-check fetches it again: still there; then the
+        // name moves to another web server, and the domain is lost.
+        let port = proxy.http.port();
+        let report = recheck_at(&db.conn, &dns, port).await;
+        assert!(
+            report.checked >= 1 && report.lost.is_empty(),
+            "{b}: {report:?}"
+        );
+        let elsewhere = not_found_server(std::net::SocketAddr::from(([127, 0, 0, 2], port))).await;
+        dns.set_a("shop.http.test", &[std::net::Ipv4Addr::new(127, 0, 0, 2)]);
+        let report = recheck_at(&db.conn, &dns, port).await;
+        assert_eq!(report.lost.len(), 1, "{b}: {report:?}");
+        assert_eq!(a.domain(&d.id).await.status, "lost", "{b}");
+        dns.set_a("shop.http.test", &[loopback]);
+        // A lost HTTP domain waits for its owner, who proves it again.
+        assert_eq!(recheck_at(&db.conn, &dns, port).await.restored, 0, "{b}");
+        let again = a.verify_by(&d.id, "http").await.unwrap();
+        assert_eq!(again.status, "verified", "{b}");
+        elsewhere.abort();
+        outbox::Entity::delete_many().exec(&db.conn).await.unwrap();
+
+        // A wildcard needs the TXT record; an unknown method is refused.
+        let w = a.add("*.wild-http.test").await.unwrap();
+        assert!(w.http_token.is_empty() && w.http_url.is_empty(), "{b}");
+        let err = a.verify_by(&w.id, "http").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+        assert!(err.message().starts_with("method: "), "{b}: {err:?}");
+        let err = a.verify_by(&w.id, "carrier-pigeon").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{b}");
+
+        // Two organizations claim a name: HTTP cannot tell them apart.
+        dns.set_a("both.http.test", &[loopback]);
+        z.add("both.http.test").await.unwrap();
+        let mine = a.add("both.http.test").await.unwrap();
+        precondition(
+            a.verify_by(&mine.id, "http").await,
+            "also claimed by another organization",
+        );
+
+        // zora proves shop.http.test with its TXT record: hana's HTTP-only
+        // claim gives way, its route on the name is removed, it is told.
+        let theirs = z.add("shop.http.test").await.unwrap();
+        precondition(
+            z.verify_by(&theirs.id, "http").await,
+            "also claimed by another organization",
+        );
+        dns.set(&theirs.txt_record_name, &[&theirs.txt_record_value]);
+        let won = z.verify(&theirs.id).await.unwrap();
+        assert_eq!(
+            (won.status.as_str(), won.method.as_str()),
+            ("verified", "dns"),
+            "{b}"
+        );
+        let lost = a.domain(&d.id).await;
+        assert_eq!(lost.status, "lost", "{b}");
+        assert!(
+            lost.last_check_error.contains("TXT record"),
+            "{b}: {lost:?}"
+        );
+        assert!(a.hosts().await.is_empty(), "{b}: hana's route is gone");
+        assert_eq!(
+            routes::Entity::find()
+                .filter(routes::Column::Hostname.eq("shop.http.test"))
+                .all(&db.conn)
+                .await
+                .unwrap()
+                .len(),
+            0,
+            "{b}"
+        );
+        z.route("shop.http.test").await.unwrap();
+        precondition(a.route("shop.http.test").await, "shop.http.test");
+        let told = outbox::Entity::find()
+            .filter(outbox::Column::Event.eq("domain.verification_lost"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(told.len(), 1, "{b}");
+        assert_eq!(told[0].organization_id.to_string(), a.org, "{b}");
+        let audited = audit_logs::Entity::find()
+            .filter(audit_logs::Column::Action.eq("domain.taken_over"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(audited.len(), 1, "{b}");
+        assert_eq!(
+            audited[0].organization_id.map(|o| o.to_string()),
+            Some(a.org.clone()),
+            "{b}"
+        );
+        // A name verified by DNS is not open to an HTTP claim.
+        let again = a.add("shop.http.test").await;
+        precondition(again, "verified by another organization");
+
+        proxy.stop().await;
         api.stop().await;
     }
 }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser as _;
 use ferry_api::builds::signature::sign_hex;
 use ferry_api::builds::webhook::Webhooks;
 use ferry_api::feed::FeedHub;
@@ -74,24 +73,7 @@ async fn start_stack(db: &DatabaseConnection) -> Stack {
     ))];
 
     let dir = tempdir::Dir::new();
-    let mut argv: Vec<String> = vec!["ferry-proxy".into()];
-    for flag in [
-        "--listen",
-        "--http-listen",
-        "--https-listen",
-        "--admin-listen",
-    ] {
-        argv.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
-    }
-    argv.extend([
-        "--api-url".to_owned(),
-        format!("http://{}", api.addr),
-        "--feed-token".to_owned(),
-        FEED_TOKEN.to_owned(),
-        "--state-dir".to_owned(),
-        dir.0.display().to_string(),
-    ]);
-    let args = ferry_proxy::Args::parse_from(argv);
+    let args = support::proxy::args(&format!("http://{}", api.addr), FEED_TOKEN, &dir.0);
     let listeners = ferry_proxy::Listeners::bind(&args).await.unwrap();
     let proxy = listeners.http_addr().unwrap();
     let proxy_state = Arc::new(ferry_proxy::ProxyState::default());

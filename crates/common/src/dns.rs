@@ -1,4 +1,6 @@
-//! A small DNS client for one question: the TXT records of a name.
+//! A small DNS client for two questions: the TXT records of a name (the
+//! domain challenge) and its IPv4 addresses (where the HTTP challenge is
+//! fetched from).
 //!
 //! One UDP query (with recursion desired) to the configured resolver,
 //! retried once on timeout, and over TCP when the answer comes back
@@ -16,6 +18,7 @@ use tokio::net::{TcpStream, UdpSocket};
 pub const CHALLENGE_LABEL: &str = "_ferry-challenge";
 
 const TXT: u16 = 16;
+const A: u16 = 1;
 const IN: u16 = 1;
 
 /// Why a lookup gave no answer.
@@ -55,8 +58,34 @@ pub async fn txt_records(
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, DnsError> {
+    let rdatas = lookup(resolver, name, TXT, timeout).await?;
+    rdatas.iter().map(|d| txt_string(d)).collect()
+}
+
+/// The IPv4 addresses of `name` (after the resolver followed CNAMEs);
+/// empty when the name does not exist or has none.
+pub async fn a_records(
+    resolver: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<Ipv4Addr>, DnsError> {
+    let rdatas = lookup(resolver, name, A, timeout).await?;
+    Ok(rdatas
+        .iter()
+        .filter_map(|d| <[u8; 4]>::try_from(d.as_slice()).ok())
+        .map(Ipv4Addr::from)
+        .collect())
+}
+
+/// The RDATA of every `qtype` answer for `name`.
+async fn lookup(
+    resolver: SocketAddr,
+    name: &str,
+    qtype: u16,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, DnsError> {
     let id: u16 = rand::random();
-    let query = encode_query(id, name)?;
+    let query = encode_question(id, name, qtype)?;
     let bind: SocketAddr = if resolver.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -74,9 +103,11 @@ pub async fn txt_records(
             };
             let n = got?;
             // Stray datagrams (another id, not an answer) are ignored.
-            match decode_answer(id, &buf[..n]) {
+            match decode_answer(id, qtype, &buf[..n]) {
                 Ok(Answer::Records(records)) => return Ok(records),
-                Ok(Answer::Truncated) => return txt_over_tcp(resolver, &query, id, timeout).await,
+                Ok(Answer::Truncated) => {
+                    return over_tcp(resolver, &query, id, qtype, timeout).await;
+                }
                 Err(DnsError::Malformed("another query's id")) => {}
                 Err(err) => return Err(err),
             }
@@ -85,12 +116,13 @@ pub async fn txt_records(
     Err(DnsError::Timeout(resolver))
 }
 
-async fn txt_over_tcp(
+async fn over_tcp(
     resolver: SocketAddr,
     query: &[u8],
     id: u16,
+    qtype: u16,
     timeout: Duration,
-) -> Result<Vec<String>, DnsError> {
+) -> Result<Vec<Vec<u8>>, DnsError> {
     let exchange = async {
         let mut stream = TcpStream::connect(resolver).await?;
         let len = u16::try_from(query.len()).map_err(|_| DnsError::Malformed("query too long"))?;
@@ -100,7 +132,7 @@ async fn txt_over_tcp(
         let n = usize::from(stream.read_u16().await?);
         let mut buf = vec![0u8; n];
         stream.read_exact(&mut buf).await?;
-        match decode_answer(id, &buf)? {
+        match decode_answer(id, qtype, &buf)? {
             Answer::Records(records) => Ok(records),
             Answer::Truncated => Err(DnsError::Malformed("truncated over TCP")),
         }
@@ -108,6 +140,17 @@ async fn txt_over_tcp(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| DnsError::Timeout(resolver))?
+}
+
+/// A TXT record's character-strings, joined.
+fn txt_string(data: &[u8]) -> Result<String, DnsError> {
+    let mut value = Vec::new();
+    let mut d = Reader { buf: data, pos: 0 };
+    while d.pos < data.len() {
+        let n = usize::from(d.take(1)?[0]);
+        value.extend_from_slice(d.take(n)?);
+    }
+    Ok(String::from_utf8_lossy(&value).into_owned())
 }
 
 /// What a lookup says about a published token.
@@ -143,12 +186,17 @@ pub async fn txt_proof(
 
 /// A query for the TXT records of `name` with id `id`.
 pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, DnsError> {
+    encode_question(id, name, TXT)
+}
+
+/// A query for the `qtype` records of `name` with id `id`.
+fn encode_question(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
     let mut out = Vec::with_capacity(name.len() + 18);
     out.extend_from_slice(&id.to_be_bytes());
     // Standard query, recursion desired; one question.
     out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
     encode_name(&mut out, name)?;
-    out.extend_from_slice(&TXT.to_be_bytes());
+    out.extend_from_slice(&qtype.to_be_bytes());
     out.extend_from_slice(&IN.to_be_bytes());
     Ok(out)
 }
@@ -167,7 +215,8 @@ fn encode_name(out: &mut Vec<u8>, name: &str) -> Result<(), DnsError> {
 }
 
 enum Answer {
-    Records(Vec<String>),
+    /// The RDATA of the answers of the asked type.
+    Records(Vec<Vec<u8>>),
     Truncated,
 }
 
@@ -207,7 +256,7 @@ impl Reader<'_> {
     }
 }
 
-fn decode_answer(id: u16, buf: &[u8]) -> Result<Answer, DnsError> {
+fn decode_answer(id: u16, qtype: u16, buf: &[u8]) -> Result<Answer, DnsError> {
     let mut r = Reader { buf, pos: 0 };
     if r.u16()? != id {
         return Err(DnsError::Malformed("another query's id"));
@@ -242,18 +291,12 @@ fn decode_answer(id: u16, buf: &[u8]) -> Result<Answer, DnsError> {
         r.take(4)?;
         let len = usize::from(r.u16()?);
         let data = r.take(len)?;
-        // CNAMEs on the way are followed by the resolver; only the TXT
-        // answers count.
-        if ty != TXT || class != IN {
+        // CNAMEs on the way are followed by the resolver; only the
+        // answers of the asked type count.
+        if ty != qtype || class != IN {
             continue;
         }
-        let mut value = Vec::new();
-        let mut d = Reader { buf: data, pos: 0 };
-        while d.pos < data.len() {
-            let n = usize::from(d.take(1)?[0]);
-            value.extend_from_slice(d.take(n)?);
-        }
-        records.push(String::from_utf8_lossy(&value).into_owned());
+        records.push(data.to_vec());
     }
     Ok(Answer::Records(records))
 }
@@ -262,6 +305,36 @@ fn decode_answer(id: u16, buf: &[u8]) -> Result<Answer, DnsError> {
 /// as TXT records of the question's name; `None` when it is no TXT query.
 /// An empty `records` answers NXDOMAIN. For test DNS servers.
 pub fn encode_txt_answer(query: &[u8], records: &[String]) -> Option<Vec<u8>> {
+    let mut rdatas = Vec::with_capacity(records.len());
+    for record in records {
+        let mut data = Vec::new();
+        for chunk in record.as_bytes().chunks(255) {
+            data.push(u8::try_from(chunk.len()).ok()?);
+            data.extend_from_slice(chunk);
+        }
+        rdatas.push(data);
+    }
+    encode_answer(query, TXT, &rdatas)
+}
+
+/// An answer to an A question with `addrs` (NXDOMAIN when empty); `None`
+/// when it is no A query. For test DNS servers.
+pub fn encode_a_answer(query: &[u8], addrs: &[Ipv4Addr]) -> Option<Vec<u8>> {
+    let rdatas: Vec<Vec<u8>> = addrs.iter().map(|a| a.octets().to_vec()).collect();
+    encode_answer(query, A, &rdatas)
+}
+
+/// The type a query asks for.
+pub fn query_type(query: &[u8]) -> Option<u16> {
+    let mut r = Reader {
+        buf: query,
+        pos: 12,
+    };
+    r.skip_name().ok()?;
+    r.u16().ok()
+}
+
+fn encode_answer(query: &[u8], want: u16, rdatas: &[Vec<u8>]) -> Option<Vec<u8>> {
     let mut r = Reader { buf: query, pos: 0 };
     let id = r.u16().ok()?;
     r.take(10).ok()?;
@@ -269,30 +342,25 @@ pub fn encode_txt_answer(query: &[u8], records: &[String]) -> Option<Vec<u8>> {
     r.skip_name().ok()?;
     let ty = r.u16().ok()?;
     r.u16().ok()?;
-    if ty != TXT {
+    if ty != want {
         return None;
     }
     let question = &query[start..r.pos];
     let mut out = Vec::new();
     out.extend_from_slice(&id.to_be_bytes());
-    let rcode = if records.is_empty() { 3 } else { 0 };
+    let rcode = if rdatas.is_empty() { 3 } else { 0 };
     out.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1]);
-    out.extend_from_slice(&u16::try_from(records.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(rdatas.len()).ok()?.to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(question);
-    for record in records {
+    for data in rdatas {
         // The question's name, by pointer (offset 12).
         out.extend_from_slice(&[0xC0, 12]);
-        out.extend_from_slice(&TXT.to_be_bytes());
+        out.extend_from_slice(&want.to_be_bytes());
         out.extend_from_slice(&IN.to_be_bytes());
         out.extend_from_slice(&60u32.to_be_bytes());
-        let mut data = Vec::new();
-        for chunk in record.as_bytes().chunks(255) {
-            data.push(u8::try_from(chunk.len()).ok()?);
-            data.extend_from_slice(chunk);
-        }
         out.extend_from_slice(&u16::try_from(data.len()).ok()?.to_be_bytes());
-        out.extend_from_slice(&data);
+        out.extend_from_slice(data);
     }
     Some(out)
 }
@@ -311,9 +379,9 @@ pub fn query_name(query: &[u8]) -> Option<String> {
     }
 }
 
-/// A DNS server on a loopback UDP port that answers TXT questions from a
-/// table the test edits (NXDOMAIN for names it lacks; SERVFAIL for all
-/// while failing): the resolver the domain checks ask in tests.
+/// A DNS server on a loopback UDP port that answers TXT and A questions
+/// from a table the test edits (NXDOMAIN for names it lacks; SERVFAIL for
+/// all while failing): the resolver the domain checks ask in tests.
 #[cfg(feature = "testing")]
 #[derive(Debug, Clone)]
 pub struct TxtServer {
@@ -326,6 +394,7 @@ pub struct TxtServer {
 #[derive(Debug, Default)]
 struct TxtTable {
     records: std::collections::HashMap<String, Vec<String>>,
+    addrs: std::collections::HashMap<String, Vec<Ipv4Addr>>,
     servfail: bool,
 }
 
@@ -347,15 +416,19 @@ impl TxtServer {
                 let Some(name) = query_name(query) else {
                     continue;
                 };
-                let (found, servfail) = {
+                let name = name.to_ascii_lowercase();
+                let (txt, addrs, servfail) = {
                     let t = table.lock().expect("records");
-                    let found = t.records.get(&name.to_ascii_lowercase()).cloned();
-                    (found.unwrap_or_default(), t.servfail)
+                    let txt = t.records.get(&name).cloned().unwrap_or_default();
+                    let addrs = t.addrs.get(&name).cloned().unwrap_or_default();
+                    (txt, addrs, t.servfail)
                 };
                 let answer = if servfail {
                     servfail_answer(query)
+                } else if query_type(query) == Some(A) {
+                    encode_a_answer(query, &addrs)
                 } else {
-                    encode_txt_answer(query, &found)
+                    encode_txt_answer(query, &txt)
                 };
                 if let Some(answer) = answer {
                     let _ = socket.send_to(&answer, peer).await;
@@ -378,6 +451,16 @@ impl TxtServer {
         }
     }
 
+    /// Points (or, with no addresses, un-points) `name` at `addrs`.
+    pub fn set_a(&self, name: &str, addrs: &[Ipv4Addr]) {
+        let mut table = self.records.lock().expect("records");
+        if addrs.is_empty() {
+            table.addrs.remove(name);
+        } else {
+            table.addrs.insert(name.to_owned(), addrs.to_vec());
+        }
+    }
+
     /// Answers every question SERVFAIL (a broken resolver) while `on`.
     pub fn fail(&self, on: bool) {
         self.records.lock().expect("records").servfail = on;
@@ -387,7 +470,8 @@ impl TxtServer {
 /// A SERVFAIL answer to `query` (its header and question, no records).
 #[cfg(feature = "testing")]
 fn servfail_answer(query: &[u8]) -> Option<Vec<u8>> {
-    let mut answer = encode_txt_answer(query, &[])?;
+    let ty = query_type(query)?;
+    let mut answer = encode_answer(query, ty, &[])?;
     // QR, opcode and RD kept from the answer; RCODE 2 (SERVFAIL).
     answer[3] = (answer[3] & 0xF0) | 2;
     Some(answer)
@@ -407,14 +491,15 @@ mod tests {
         );
         let long = "x".repeat(300);
         let answer = encode_txt_answer(&query, &["abc".into(), long.clone()]).unwrap();
-        let Answer::Records(records) = decode_answer(7, &answer).unwrap() else {
+        let Answer::Records(records) = decode_answer(7, TXT, &answer).unwrap() else {
             panic!("truncated")
         };
+        let records: Vec<String> = records.iter().map(|d| txt_string(d).unwrap()).collect();
         assert_eq!(records, vec!["abc".to_owned(), long]);
         // Another id is not our answer; NXDOMAIN is no record.
-        assert!(decode_answer(8, &answer).is_err());
+        assert!(decode_answer(8, TXT, &answer).is_err());
         let none = encode_txt_answer(&query, &[]).unwrap();
-        let Answer::Records(records) = decode_answer(7, &none).unwrap() else {
+        let Answer::Records(records) = decode_answer(7, TXT, &none).unwrap() else {
             panic!("truncated")
         };
         assert!(records.is_empty());
@@ -426,6 +511,24 @@ mod tests {
         assert!(encode_query(1, &format!("{}.com", "a".repeat(64))).is_err());
         let query = encode_query(7, "example.com").unwrap();
         let answer = encode_txt_answer(&query, &["abc".into()]).unwrap();
-        assert!(decode_answer(7, &answer[..answer.len() - 2]).is_err());
+        assert!(decode_answer(7, TXT, &answer[..answer.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn an_a_answer_round_trips() {
+        let query = encode_question(9, "shop.example.com", A).unwrap();
+        assert_eq!(query_type(&query), Some(A));
+        assert!(encode_txt_answer(&query, &["x".into()]).is_none());
+        let ip = Ipv4Addr::new(203, 0, 113, 7);
+        let answer = encode_a_answer(&query, &[ip]).unwrap();
+        let Answer::Records(records) = decode_answer(9, A, &answer).unwrap() else {
+            panic!("truncated")
+        };
+        assert_eq!(records, vec![ip.octets().to_vec()]);
+        // TXT answers in an A reply are not addresses.
+        let Answer::Records(records) = decode_answer(9, TXT, &answer).unwrap() else {
+            panic!("truncated")
+        };
+        assert!(records.is_empty());
     }
 }

@@ -16,6 +16,7 @@ pub mod args;
 pub mod dns;
 pub mod error;
 pub mod grpc;
+pub mod http_proof;
 pub mod service;
 pub mod shutdown;
 pub mod system;

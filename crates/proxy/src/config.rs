@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub certificates: Vec<Certificate>,
     #[serde(default)]
     pub acme_challenges: Vec<AcmeChallenge>,
+    #[serde(default)]
+    pub domain_challenges: Vec<DomainChallenge>,
 }
 
 /// A hostname rule. `id` is stable across updates (the api's `routes.id`).
@@ -99,6 +101,14 @@ impl std::fmt::Debug for Certificate {
 pub struct AcmeChallenge {
     pub token: String,
     pub key_authorization: String,
+}
+
+/// A domain's HTTP challenge: `GET /.well-known/ferry-challenge/<token>`
+/// on plain HTTP for exactly `host` answers the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainChallenge {
+    pub host: String,
+    pub token: String,
 }
 
 fn root_prefix() -> String {

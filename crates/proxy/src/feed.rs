@@ -32,7 +32,7 @@ use tonic::transport::Endpoint;
 use tracing::Instrument as _;
 
 use crate::config::{
-    AcmeChallenge, Balance, Certificate, Route, Snapshot, Target, UpstreamProtocol,
+    AcmeChallenge, Balance, Certificate, DomainChallenge, Route, Snapshot, Target, UpstreamProtocol,
 };
 use crate::state::ProxyState;
 use crate::{Error, Result};
@@ -76,6 +76,18 @@ struct Mirror {
     routes: BTreeMap<String, Route>,
     certificates: BTreeMap<String, Certificate>,
     acme: BTreeMap<String, String>,
+    /// Domain challenges by token.
+    domains: BTreeMap<String, DomainChallenge>,
+}
+
+fn domain_challenge(d: pb::DomainChallenge) -> (String, DomainChallenge) {
+    (
+        d.token.clone(),
+        DomainChallenge {
+            host: d.host,
+            token: d.token,
+        },
+    )
 }
 
 impl Mirror {
@@ -97,6 +109,11 @@ impl Mirror {
                 .acme_challenges
                 .into_iter()
                 .map(|a| (a.token, a.key_authorization))
+                .collect(),
+            domains: s
+                .domain_challenges
+                .into_iter()
+                .map(domain_challenge)
                 .collect(),
         }
     }
@@ -127,6 +144,11 @@ impl Mirror {
         for a in u.set_acme_challenges {
             next.acme.insert(a.token, a.key_authorization);
         }
+        for token in u.removed_domain_challenge_tokens {
+            next.domains.remove(&token);
+        }
+        next.domains
+            .extend(u.set_domain_challenges.into_iter().map(domain_challenge));
         Some(next)
     }
 
@@ -143,6 +165,7 @@ impl Mirror {
                     key_authorization: key_authorization.clone(),
                 })
                 .collect(),
+            domain_challenges: self.domains.values().cloned().collect(),
         }
     }
 
@@ -231,6 +254,11 @@ impl FeedFile {
                 .acme_challenges
                 .into_iter()
                 .map(|a| (a.token, a.key_authorization))
+                .collect(),
+            domains: snapshot
+                .domain_challenges
+                .into_iter()
+                .map(|d| (d.token.clone(), d))
                 .collect(),
         })
     }
@@ -592,6 +620,10 @@ mod tests {
             routes: vec![pb_route("a.test", "a:1"), pb_route("b.test", "b:1")],
             certificates: vec![pb_cert("d1", "a.test")],
             acme_challenges: vec![],
+            domain_challenges: vec![pb::DomainChallenge {
+                host: "old.test".into(),
+                token: "ferry-old".into(),
+            }],
         });
         assert_eq!(
             mirror.routes["a.test"].targets[0].balance,
@@ -610,6 +642,11 @@ mod tests {
                 key_authorization: "t.k".into(),
             }],
             removed_acme_tokens: vec![],
+            set_domain_challenges: vec![pb::DomainChallenge {
+                host: "shop.test".into(),
+                token: "ferry-1".into(),
+            }],
+            removed_domain_challenge_tokens: vec!["ferry-old".into()],
         };
         assert!(
             mirror
@@ -626,6 +663,13 @@ mod tests {
         assert_eq!(snapshot.routes[0].targets[0].upstreams, vec!["a:2"]);
         assert!(snapshot.certificates.is_empty());
         assert_eq!(snapshot.acme_challenges[0].key_authorization, "t.k");
+        assert_eq!(
+            snapshot.domain_challenges,
+            vec![DomainChallenge {
+                host: "shop.test".into(),
+                token: "ferry-1".into()
+            }]
+        );
     }
 
     #[test]
@@ -639,6 +683,10 @@ mod tests {
             routes: vec![pb_route("a.test", "a:1")],
             certificates: vec![pb_cert("d1", "a.test")],
             acme_challenges: vec![],
+            domain_challenges: vec![pb::DomainChallenge {
+                host: "shop.test".into(),
+                token: "ferry-1".into(),
+            }],
         });
         persist(&state_dir, &mirror.file()).unwrap();
         let path = snapshot_path(&state_dir);

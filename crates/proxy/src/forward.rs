@@ -48,6 +48,7 @@ type UpstreamBody = Either<IdleBody<Incoming>, Empty<Bytes>>;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+const DOMAIN_PREFIX: &str = "/.well-known/ferry-challenge/";
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -227,6 +228,17 @@ impl Forwarder {
             && let Some(answer) = table.acme(token)
         {
             let mut response = Response::new(Either::Right(Full::new(answer.clone())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return response;
+        }
+        if !https
+            && let Some(token) = path.strip_prefix(DOMAIN_PREFIX)
+            && table.domain_challenge(host.name(), token)
+        {
+            let mut response =
+                Response::new(Either::Right(Full::new(Bytes::from(token.to_owned()))));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -36,6 +36,8 @@ pub struct Table {
     /// Keyed by the suffix after `*.`.
     wildcard: FastMap<Box<str>, Arc<RouteEntry>>,
     acme: HashMap<Box<str>, Bytes>,
+    /// Domain challenges: token → the one host it is answered for.
+    domain_challenges: HashMap<Box<str>, Box<str>>,
     certs: CertStore,
     /// Upstream state by address; reused by the next compile so health and
     /// in-flight counts survive a route change.
@@ -162,6 +164,12 @@ impl Table {
                 Bytes::from(challenge.key_authorization.clone()),
             );
         }
+        for challenge in &snapshot.domain_challenges {
+            table.domain_challenges.insert(
+                challenge.token.as_str().into(),
+                challenge.host.to_ascii_lowercase().into(),
+            );
+        }
         table.certs = CertStore::build(
             &snapshot.certificates,
             previous.map(|p| (p.snapshot.certificates.as_slice(), &p.certs)),
@@ -249,6 +257,13 @@ impl Table {
 
     pub fn certs(&self) -> &CertStore {
         &self.certs
+    }
+
+    /// Whether `token` is the domain challenge of exactly `host`.
+    pub fn domain_challenge(&self, host: &str, token: &str) -> bool {
+        self.domain_challenges
+            .get(token)
+            .is_some_and(|h| h.as_ref() == host)
     }
 
     /// The key authorization for an ACME HTTP-01 token.

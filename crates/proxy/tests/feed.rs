@@ -172,8 +172,7 @@ fn pb_snapshot(version: u64, routes: Vec<pb::Route>) -> pb::Snapshot {
         version,
         committed_at_unix_ms: now_ms(),
         routes,
-        certificates: vec![],
-        acme_challenges: vec![],
+        ..pb::Snapshot::default()
     }
 }
 

@@ -171,6 +171,12 @@ pub struct Args {
     #[arg(long, env = "FERRY_DNS_RESOLVER")]
     pub dns_resolver: Option<std::net::SocketAddr>,
 
+    /// ferry-proxy's public plain-HTTP port, where re-checks fetch the HTTP
+    /// challenge of domains verified over HTTP (as the api's
+    /// `--domain-http-port`).
+    #[arg(long, env = "FERRY_DOMAIN_HTTP_PORT", default_value_t = 80)]
+    pub domain_http_port: u16,
+
     /// Notification delivery settings (the `notifications` lease).
     #[command(flatten)]
     pub notifications: crate::notifications::NotificationArgs,
@@ -244,6 +250,7 @@ impl Args {
                 .dns_resolver
                 .unwrap_or_else(ferry_common::dns::system_resolver),
             timeout: Duration::from_secs(3),
+            http_port: self.domain_http_port,
             every: chrono::Duration::seconds(
                 i64::try_from(self.domain_recheck_secs).unwrap_or(3600),
             ),

@@ -1,7 +1,8 @@
 //! Re-verification of domains: a verified domain's proof must stay
 //! published. Under the `domains` lease, every pass looks up the TXT record
-//! of each DNS-verified domain not checked for [`Recheck::every`] (oldest
-//! check first, [`BATCH`] per pass, [`CONCURRENCY`] lookups at once):
+//! of each DNS-verified domain (or fetches the HTTP challenge of each
+//! HTTP-verified one) not checked for [`Recheck::every`] (oldest check
+//! first, [`BATCH`] per pass, [`CONCURRENCY`] lookups at once):
 //!
 //! - the token is there: checked, and a lost flag is cleared;
 //! - the resolver answered and the token is not there: the domain is
@@ -12,13 +13,17 @@
 //!   until the owner verifies again;
 //! - no answer to judge by (timeout, SERVFAIL): only the error is recorded.
 //!
-//! Domains pre-verified by an operator have no record to check.
+//! Domains pre-verified by an operator have no record to check. An
+//! HTTP-verified domain once lost is left to its owner's VerifyDomain (it
+//! may have been taken over by another organization's TXT proof, which a
+//! re-fetch through the shared proxy could not tell).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_common::dns::{self, CHALLENGE_LABEL, Proof};
+use ferry_common::http_proof::http_proof;
 use ferry_db::entities::domains;
 use ferry_db::outbox::{Event, EventKind};
 use ferry_db::sea_orm::sea_query::Expr;
@@ -47,6 +52,8 @@ pub struct Recheck {
     pub timeout: Duration,
     /// A domain is looked up again once its last check is this old.
     pub every: chrono::Duration,
+    /// ferry-proxy's plain-HTTP port HTTP challenges are fetched from.
+    pub http_port: u16,
 }
 
 /// What one pass found.
@@ -62,12 +69,29 @@ pub struct Report {
 }
 
 impl Recheck {
+    async fn proof(&self, d: &domains::Model) -> Proof {
+        let token = d.verification_token.clone().unwrap_or_default();
+        if d.verification_method.as_deref() == Some("http") {
+            return http_proof(self.resolver, &d.name, self.http_port, &token, self.timeout).await;
+        }
+        let record = format!("{CHALLENGE_LABEL}.{}", d.name);
+        dns::txt_proof(self.resolver, &record, &token, self.timeout).await
+    }
+
     /// Looks up the due domains at `now` and records what was found.
     pub async fn pass(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Report> {
         let due = domains::Entity::find()
             .filter(domains::Column::VerifiedAt.is_not_null())
             .filter(domains::Column::DeletedAt.is_null())
-            .filter(domains::Column::VerificationMethod.eq("dns"))
+            .filter(
+                Condition::any()
+                    .add(domains::Column::VerificationMethod.eq("dns"))
+                    .add(
+                        Condition::all()
+                            .add(domains::Column::VerificationMethod.eq("http"))
+                            .add(domains::Column::VerificationLostAt.is_null()),
+                    ),
+            )
             .filter(
                 Condition::any()
                     .add(domains::Column::LastCheckedAt.is_null())
@@ -80,9 +104,7 @@ impl Recheck {
             .await?;
         let looked_up: Vec<(domains::Model, Proof)> = futures::stream::iter(due)
             .map(|d| async move {
-                let record = format!("{CHALLENGE_LABEL}.{}", d.name);
-                let token = d.verification_token.clone().unwrap_or_default();
-                let proof = dns::txt_proof(self.resolver, &record, &token, self.timeout).await;
+                let proof = self.proof(&d).await;
                 (d, proof)
             })
             .buffer_unordered(CONCURRENCY)

@@ -7,6 +7,14 @@
 //! through the configured resolver ([`dns`]). Rows live in `domains`
 //! (`name` bare, `wildcard` flag; soft-deleted).
 //!
+//! An apex domain may be proven over HTTP instead ([`http_proof`]):
+//! ferry-proxy answers `/.well-known/ferry-challenge/<token>` for it (the
+//! feed carries [`http_challenge`]s) and VerifyDomain fetches that from
+//! wherever the name points. It proves the name reaches this shared
+//! installation, not which tenant controls its DNS, so it only counts
+//! while no other organization claims the name, and another
+//! organization's TXT proof takes an HTTP-verified name over ([`take_over`]).
+//!
 //! Which host names a route may use ([`check_route_host`]):
 //! - a host under the installation's base domain (`--base-domain`, e.g.
 //!   `shop.apps.example.com` under `apps.example.com`): handed out
@@ -28,14 +36,16 @@
 //! again.
 
 pub use ferry_common::dns;
+use ferry_common::http_proof::{PATH_PREFIX, http_proof};
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
 use ferry_common::GrpcServices;
-use ferry_db::entities::domains;
 use ferry_db::entities::enums::AuditResourceType;
+use ferry_db::entities::{domains, projects, routes};
+use ferry_db::outbox::{Event, EventKind};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend,
     EntityTrait as _, IntoActiveModel as _, QueryFilter as _, Statement,
@@ -46,7 +56,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::audit::Entry;
+use crate::audit::{Auditor, Entry};
 use crate::authz::{Action, Caller, Resource, Scope};
 use crate::paging::{Key, Keyset, Kind, asc};
 use crate::wire::{parse_id, ts};
@@ -64,6 +74,8 @@ pub struct DomainConfig {
     pub dns_resolver: Option<SocketAddr>,
     /// How long one lookup attempt waits (two attempts).
     pub dns_timeout: Duration,
+    /// ferry-proxy's plain-HTTP port the HTTP challenge is fetched from.
+    pub http_port: u16,
 }
 
 impl Default for DomainConfig {
@@ -72,6 +84,7 @@ impl Default for DomainConfig {
             base_domain: None,
             dns_resolver: None,
             dns_timeout: Duration::from_secs(3),
+            http_port: 80,
         }
     }
 }
@@ -213,6 +226,17 @@ pub async fn check_route_host<C: ConnectionTrait>(
         .await?
         .into_iter()
         .find(|d| covers(&d.name, d.wildcard, host));
+    if let Some(lost) = &lost
+        && lost.verification_method.as_deref() == Some("http")
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "hostname: {host} is under {}, which lost its HTTP verification: {}",
+            display(lost),
+            lost.last_check_error
+                .as_deref()
+                .unwrap_or("the proof is gone")
+        )));
+    }
     if let Some(lost) = lost {
         return Err(Error::FailedPrecondition(format!(
             "hostname: {host} is under {}, whose TXT record {CHALLENGE_LABEL}.{} was found gone; \
@@ -259,6 +283,131 @@ async fn claimed_elsewhere<C: ConnectionTrait>(
         .find(|d| covers(&d.name, d.wildcard, name)))
 }
 
+/// The HTTP challenge ferry-proxy answers for `d`, as (host, token): for
+/// a live apex domain that is pending, lost, or verified over HTTP (the
+/// scheduler's re-checks fetch it too).
+pub fn http_challenge(d: &domains::Model) -> Option<(String, String)> {
+    let wanted = d.verified_at.is_none()
+        || d.verification_lost_at.is_some()
+        || d.verification_method.as_deref() == Some("http");
+    (d.deleted_at.is_none() && !d.wildcard && wanted)
+        .then(|| Some((d.name.clone(), d.verification_token.clone()?)))
+        .flatten()
+}
+
+/// How VerifyDomain is asked to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Dns,
+    Http,
+}
+
+impl Method {
+    fn parse(value: &str) -> Result<Self> {
+        match value {
+            "" | "dns" => Ok(Self::Dns),
+            "http" => Ok(Self::Http),
+            other => Err(Error::InvalidArgument(format!(
+                "method: {other:?} is not a proof method; use dns (the TXT record) or http"
+            ))),
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Another organization's live row (pending or verified) over `name`: the
+/// same name, or a wildcard above it. An HTTP proof cannot tell two
+/// claimants apart, so any such row refuses it.
+async fn contested<C: ConnectionTrait>(
+    db: &C,
+    organization_id: Uuid,
+    name: &str,
+) -> Result<Option<domains::Model>> {
+    Ok(domains::Entity::find()
+        .filter(domains::Column::OrganizationId.ne(organization_id))
+        .filter(domains::Column::Name.is_in(suffixes(name)))
+        .filter(domains::Column::DeletedAt.is_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .find(|d| covers(&d.name, d.wildcard, name)))
+}
+
+/// `winner` proved `theirs`' name with its TXT record while `theirs` was
+/// only verified over HTTP: `theirs` becomes lost, its organization's
+/// routes on the names `winner` covers are removed (the host is the
+/// winner's now), and that organization is told (audit row in its chain,
+/// notification), all in `txn`.
+async fn take_over<C: ConnectionTrait>(
+    txn: &C,
+    caller: &Caller,
+    winner: &domains::Model,
+    theirs: &domains::Model,
+) -> Result<u64> {
+    let now = Utc::now();
+    let mut lost = theirs.clone().into_active_model();
+    lost.verification_lost_at = Set(Some(now));
+    lost.last_checked_at = Set(Some(now));
+    lost.last_check_error = Set(Some(format!(
+        "another organization proved {} with its TXT record; an HTTP proof gives way to DNS",
+        display(winner)
+    )));
+    lost.updated_at = Set(now);
+    lost.update(txn).await?;
+    let their_projects = projects::Entity::find()
+        .filter(projects::Column::OrganizationId.eq(theirs.organization_id))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|p| p.id);
+    // An HTTP-verified domain is an apex: its routes use exactly its name.
+    let count = routes::Entity::delete_many()
+        .filter(routes::Column::ProjectId.is_in(their_projects))
+        .filter(routes::Column::Hostname.eq(theirs.name.as_str()))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    let reason = format!(
+        "another organization proved {} with its TXT record",
+        display(winner)
+    );
+    Auditor::org(caller, theirs.organization_id)
+        .record(
+            txn,
+            Entry::new("domain.taken_over", AuditResourceType::Domain, theirs.id).details(json!({
+                "domain": display(theirs),
+                "byDomainId": winner.id,
+                "routesRemoved": count,
+            })),
+        )
+        .await?;
+    let shown = display(theirs);
+    ferry_db::outbox::enqueue(
+        txn,
+        Event::new(
+            theirs.organization_id,
+            theirs.project_id,
+            EventKind::DomainVerificationLost,
+            json!({
+                "domainId": theirs.id,
+                "domain": shown,
+                "reason": reason,
+                "summary": format!(
+                    "Domain {shown} lost its verification: {reason}. It was verified over HTTP \
+                     only; its {count} route(s) on the name were removed."
+                ),
+            }),
+        ),
+    )
+    .await?;
+    Ok(count)
+}
+
 fn display(d: &domains::Model) -> String {
     if d.wildcard {
         format!("*.{}", d.name)
@@ -274,15 +423,30 @@ fn refuse_claimed(d: &domains::Model) -> Error {
     ))
 }
 
+fn refuse_contested(d: &domains::Model) -> Error {
+    Error::FailedPrecondition(format!(
+        "domain: {} is also claimed by another organization, so an HTTP proof cannot tell \
+         who controls it; publish the TXT record and verify with method dns",
+        display(d)
+    ))
+}
+
 fn domain_message(d: &domains::Model) -> pb::Domain {
     let token = d.verification_token.clone().unwrap_or_default();
+    let (http_token, http_url) = if d.wildcard {
+        (String::new(), String::new())
+    } else {
+        let url = format!("http://{}{PATH_PREFIX}{token}", d.name);
+        (token.clone(), url)
+    };
     pb::Domain {
         id: d.id.to_string(),
         domain: display(d),
         verified: d.verified_at.is_some(),
         txt_record_name: format!("{CHALLENGE_LABEL}.{}", d.name),
         txt_record_value: token.clone(),
-        http_token: token,
+        http_token,
+        http_url,
         project_id: d.project_id.map(|p| p.to_string()).unwrap_or_default(),
         organization_id: d.organization_id.to_string(),
         wildcard: d.wildcard,
@@ -369,7 +533,11 @@ impl DomainApi {
                 .await?;
         }
         let txn = crate::db::begin_write(db).await?;
-        if let Some(other) = claimed_elsewhere(&txn, project.organization_id, &name).await? {
+        // An HTTP-only claim can be taken over by a TXT proof, so adding
+        // the name stays open.
+        if let Some(other) = claimed_elsewhere(&txn, project.organization_id, &name).await?
+            && other.verification_method.as_deref() != Some("http")
+        {
             return Err(refuse_claimed(&other));
         }
         let now = Utc::now();
@@ -415,54 +583,84 @@ impl DomainApi {
 
     async fn verify(&self, request: Request<pb::VerifyDomainRequest>) -> Result<pb::Domain> {
         let caller = Caller::of(&self.0.identity, &request).await?;
-        let id = parse_id("id", &request.get_ref().id)?;
+        let req = request.get_ref();
+        let id = parse_id("id", &req.id)?;
+        let method = Method::parse(&req.method)?;
         let (scope, row) = self.authorize(&caller, Action::DomainManage, id).await?;
         if row.verified_at.is_some() && row.verification_lost_at.is_none() {
             return Ok(domain_message(&row));
         }
+        if method == Method::Http && row.wildcard {
+            return Err(Error::InvalidArgument(format!(
+                "method: {} is a wildcard domain; prove it with the TXT record (method dns)",
+                display(&row)
+            )));
+        }
         let db = &self.0.identity.db;
-        let config = self.config();
-        let record = format!("{CHALLENGE_LABEL}.{}", row.name);
-        let token = row.verification_token.clone().unwrap_or_default();
-        let problem =
-            match dns::txt_proof(config.resolver(), &record, &token, config.dns_timeout).await {
-                dns::Proof::Present => None,
-                dns::Proof::Missing(why) | dns::Proof::Unknown(why) => Some(why),
-            };
+        if method == Method::Http
+            && let Some(other) = contested(db, row.organization_id, &row.name).await?
+        {
+            return Err(refuse_contested(&other));
+        }
+        let problem = match self.proof(&row, method).await {
+            dns::Proof::Present => None,
+            dns::Proof::Missing(why) | dns::Proof::Unknown(why) => Some(why),
+        };
         let now = Utc::now();
         let txn = crate::db::begin_write(db).await?;
-        let other = if problem.is_none() {
-            claimed_elsewhere(&txn, row.organization_id, &row.name).await?
-        } else {
-            None
+        let (other, contender) = match (&problem, method) {
+            (Some(_), _) => (None, None),
+            (None, Method::Dns) => (
+                claimed_elsewhere(&txn, row.organization_id, &row.name).await?,
+                None,
+            ),
+            // Checked again under the name's lock: a claim made meanwhile.
+            (None, Method::Http) => (None, contested(&txn, row.organization_id, &row.name).await?),
+        };
+        // A TXT proof outranks another organization's HTTP-only proof.
+        let overtaken = other
+            .as_ref()
+            .filter(|o| o.verification_method.as_deref() == Some("http"));
+        let refused = match (&other, &contender) {
+            (_, Some(c)) => Some(refuse_contested(c)),
+            (Some(o), _) if overtaken.is_none() => Some(refuse_claimed(o)),
+            _ => None,
         };
         let mut update = row.clone().into_active_model();
         update.last_checked_at = Set(Some(now));
         update.updated_at = Set(now);
-        let verified = problem.is_none() && other.is_none();
+        let verified = problem.is_none() && refused.is_none();
         if verified {
             update.verified_at = Set(Some(now));
             update.verified_by = Set(Some(caller.user_id));
-            update.verification_method = Set(Some("dns".into()));
+            update.verification_method = Set(Some(method.as_str().into()));
             update.last_check_error = Set(None);
             update.verification_lost_at = Set(None);
         } else {
-            let claimed = other.as_ref().map(|o| refuse_claimed(o).to_string());
-            update.last_check_error = Set(problem.clone().or(claimed));
+            let refusal = refused.as_ref().map(ToString::to_string);
+            update.last_check_error = Set(problem.clone().or(refusal));
         }
         let updated = update.update(&txn).await?;
         if verified {
+            let routes_removed = match overtaken {
+                Some(theirs) => Some(take_over(&txn, &caller, &updated, theirs).await?),
+                None => None,
+            };
             scope
                 .audit(
                     &txn,
-                    Entry::new("domain.verify", AuditResourceType::Domain, id)
-                        .details(json!({ "domain": display(&row), "method": "dns" })),
+                    Entry::new("domain.verify", AuditResourceType::Domain, id).details(json!({
+                        "domain": display(&row),
+                        "method": method.as_str(),
+                        "tookOverDomainId": overtaken.map(|t| t.id),
+                        "theirRoutesRemoved": routes_removed,
+                    })),
                 )
                 .await?;
         }
         txn.commit().await?;
-        if let Some(other) = other {
-            return Err(refuse_claimed(&other));
+        if let Some(refused) = refused {
+            return Err(refused);
         }
         match problem {
             Some(problem) => Err(Error::FailedPrecondition(format!(
@@ -472,6 +670,28 @@ impl DomainApi {
             None => {
                 self.0.feed.notify_committed();
                 Ok(domain_message(&updated))
+            }
+        }
+    }
+
+    /// Looks the proof of `row` up the way `method` says.
+    async fn proof(&self, row: &domains::Model, method: Method) -> dns::Proof {
+        let config = self.config();
+        let token = row.verification_token.clone().unwrap_or_default();
+        match method {
+            Method::Dns => {
+                let record = format!("{CHALLENGE_LABEL}.{}", row.name);
+                dns::txt_proof(config.resolver(), &record, &token, config.dns_timeout).await
+            }
+            Method::Http => {
+                http_proof(
+                    config.resolver(),
+                    &row.name,
+                    config.http_port,
+                    &token,
+                    config.dns_timeout,
+                )
+                .await
             }
         }
     }

@@ -476,6 +476,7 @@ fn snapshot_of(current: &Current) -> pb::Snapshot {
         routes: state.db.routes.values().cloned().collect(),
         certificates: state.db.certificates.values().cloned().collect(),
         acme_challenges: acme_list(state.all_acme().iter()),
+        domain_challenges: state.db.domain_challenges.values().cloned().collect(),
     }
 }
 
@@ -531,6 +532,8 @@ fn diff_state(
         .filter(|token| !new_acme.contains_key(*token))
         .cloned()
         .collect();
+    let (set_domain_challenges, removed_domain_challenge_tokens) =
+        diff_map(&old.db.domain_challenges, &new.db.domain_challenges);
     pb::Update {
         version,
         base_version,
@@ -541,6 +544,8 @@ fn diff_state(
         removed_certificate_ids,
         set_acme_challenges: acme_list(set_acme),
         removed_acme_tokens,
+        set_domain_challenges,
+        removed_domain_challenge_tokens,
     }
 }
 

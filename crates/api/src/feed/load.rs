@@ -36,6 +36,8 @@ pub struct DbState {
     /// ACME HTTP-01 answers the scheduler published (`acme_challenges`,
     /// unexpired): token → key authorization.
     pub acme: BTreeMap<String, String>,
+    /// Domain HTTP challenges ferry-proxy answers, by token.
+    pub domain_challenges: BTreeMap<String, pb::DomainChallenge>,
 }
 
 /// The in-cluster address of port `port` of service `service` in the
@@ -311,10 +313,17 @@ fn compile(rows: Rows, keyring: &Keyring) -> DbState {
             },
         );
     }
+    let domain_challenges = rows
+        .domains
+        .values()
+        .filter_map(crate::domains::http_challenge)
+        .map(|(host, token)| (token.clone(), pb::DomainChallenge { host, token }))
+        .collect();
     DbState {
         routes: by_host,
         certificates,
         acme: rows.acme.into_iter().collect(),
+        domain_challenges,
     }
 }
 
