@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_api::ApiState;
-use ferry_db::entities::enums::{DeploymentStatus, OrgRole, TriggerType};
+use ferry_db::entities::enums::{
+    DeploymentStatus, NotificationDeliveryStatus, OrgRole, TriggerType,
+};
 use ferry_db::entities::{
     audit_logs, deployments, notification_channels, notification_deliveries, notification_outbox,
 };
@@ -24,15 +26,17 @@ use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _, TransactionTrait as _,
 };
+use ferry_notify::smtp::SmtpTrust;
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
+use ferry_k8s::fake::FakeCluster;
 use ferry_proto::ferry::v1 as pb;
+use pb::deployment_service_client::DeploymentServiceClient;
 use http_body_util::{BodyExt as _, Full};
 use pb::notification_service_client::NotificationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use serde_json::{Value, json};
 use support::*;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -125,80 +129,36 @@ impl Sink {
     }
 }
 
-/// A message the SMTP sink received.
-#[derive(Debug, Default, Clone)]
-struct Mail {
-    commands: Vec<String>,
-    data: String,
-}
-
-/// Just enough SMTP for lettre (no TLS, AUTH PLAIN accepted).
-async fn smtp_sink() -> (u16, Arc<Mutex<Vec<Mail>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let sink = inbox.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let mut got = Mail::default();
-            write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-            let mut in_data = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                if in_data {
-                    if line == "." {
-                        in_data = false;
-                        write.write_all(b"250 queued\r\n").await.unwrap();
-                    } else {
-                        got.data.push_str(&line);
-                        got.data.push('\n');
-                    }
-                    continue;
-                }
-                got.commands.push(line.clone());
-                let verb = line
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
-                let reply: &[u8] = match verb.as_str() {
-                    "EHLO" => b"250-sink\r\n250 AUTH PLAIN LOGIN\r\n",
-                    "HELO" => b"250 sink\r\n",
-                    "AUTH" => b"235 ok\r\n",
-                    "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
-                    "DATA" => {
-                        in_data = true;
-                        b"354 go on\r\n"
-                    }
-                    "QUIT" => {
-                        write.write_all(b"221 bye\r\n").await.ok();
-                        break;
-                    }
-                    _ => b"502 no\r\n",
-                };
-                write.write_all(reply).await.unwrap();
-            }
-            sink.lock().unwrap().push(got);
-        }
-    });
-    (port, inbox)
-}
-
 // ---------------------------------------------------------------- setup
 
 async fn start_api(conn: &DatabaseConnection, allow_private: bool) -> (Api, ApiState) {
+    start_api_on(conn, allow_private, None).await
+}
+
+/// The api with `cluster` (or none): rollouts against a fake cluster.
+async fn start_api_on(
+    conn: &DatabaseConnection,
+    allow_private: bool,
+    cluster: Option<&FakeCluster>,
+) -> (Api, ApiState) {
     let state = ApiState {
         db: conn.clone(),
         keyring: Arc::new(ferry_tests::test_keyring()),
         feed: ferry_api::feed::FeedHub::new(),
         feed_auth: ferry_api::feed::FeedAuth::new(None),
-        cluster: None,
+        cluster: cluster.map(|f| {
+            Arc::new(
+                ferry_k8s::cluster::Cluster::new(f.client())
+                    .with_pod_check_interval(Duration::from_millis(20)),
+            )
+        }),
         deploy: ferry_api::workloads::DeployConfig {
+            rollout_timeout: Duration::from_secs(10),
             domains: base_domain("example.com"),
             notifications: ferry_api::notifications::NotificationConfig {
                 allow_private_targets: allow_private,
                 send_timeout: Duration::from_secs(3),
+                smtp_trust: trust(),
             },
             ..ferry_api::workloads::DeployConfig::default()
         },
@@ -207,8 +167,18 @@ async fn start_api(conn: &DatabaseConnection, allow_private: bool) -> (Api, ApiS
     (start_state(&state, relaxed()).await, state)
 }
 
-/// A fast worker (retries after ~100-200 ms) allowed to reach loopback.
+/// The operator's extra SMTP CA: the one that issued the sink's certificate.
+fn trust() -> SmtpTrust {
+    SmtpTrust::from_pem(smtp::test_ca_pem().as_bytes()).unwrap()
+}
+
+/// A fast worker (retries after ~100-200 ms) allowed to reach loopback,
+/// trusting the SMTP sink's CA.
 fn worker(conn: &DatabaseConnection) -> Worker {
+    worker_trusting(conn, trust())
+}
+
+fn worker_trusting(conn: &DatabaseConnection, trust: SmtpTrust) -> Worker {
     Worker::new(
         conn.clone(),
         Arc::new(ferry_tests::test_keyring()),
@@ -216,7 +186,8 @@ fn worker(conn: &DatabaseConnection) -> Worker {
             allow_private: true,
             timeout: Duration::from_secs(3),
         })
-        .unwrap(),
+        .unwrap()
+        .with_smtp_trust(trust),
         WorkerConfig {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(2),
@@ -774,7 +745,8 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
         assert!(t.deliveries(&c.id).await.is_empty(), "{b}");
 
         // E-mail: the organization's SMTP settings, password write-only.
-        let (smtp_port, inbox) = smtp_sink().await;
+        let sink_smtp = smtp::SmtpSink::start(smtp::SmtpMode::Plain).await;
+        let smtp_port = sink_smtp.port;
         let none =
             t.n.get_email_config(authed(
                 pb::GetEmailConfigRequest {
@@ -826,7 +798,7 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
         );
         let r = test(&t, &mail.id).await;
         assert!(r.delivered, "{b}: {r:?}");
-        let got = inbox.lock().unwrap().clone();
+        let got = sink_smtp.received();
         assert_eq!(got.len(), 1, "{b}");
         assert!(
             got[0].data.contains("Subject: [Ferry] Test notification"),
@@ -864,16 +836,7 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
             .unwrap();
         let r = test(&t, &mail.id).await;
         assert!(!r.delivered, "{b}: {r:?}");
-        assert_eq!(
-            inbox
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|m| !m.data.is_empty())
-                .count(),
-            1,
-            "{b}"
-        );
+        assert_eq!(sink_smtp.messages().len(), 1, "{b}");
         t.n.delete_email_config(authed(
             pb::DeleteEmailConfigRequest {
                 organization_id: t.org.clone(),
@@ -1515,6 +1478,144 @@ async fn an_event_is_written_only_when_its_transaction_commits_and_invitations_p
         assert_eq!(invited.len(), 1, "{b}");
         assert_eq!(invited[0].organization_id, id(&t.org), "{b}");
         assert_eq!(invited[0].payload["email"], "new@example.com", "{b}");
+        api.stop().await;
+    }
+}
+
+impl Tenant {
+    /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
+    async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {
+        self.n
+            .set_email_config(authed(
+                pb::SetEmailConfigRequest {
+                    organization_id: self.org.clone(),
+                    smtp_host: "127.0.0.1".into(),
+                    smtp_port: i32::from(port),
+                    username: "mailer".into(),
+                    password: "smtp-hunter2".into(),
+                    from_address: "ferry@example.com".into(),
+                    from_name: "Ferry".into(),
+                    tls_mode: tls.into(),
+                    ..Default::default()
+                },
+                &self.token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// An e-mail channel to ops@example.com subscribed to `events`.
+    async fn email_channel(&mut self, name: &str, events: &[&str]) -> pb::NotificationChannel {
+        self.n
+            .create_channel(authed(
+                pb::CreateChannelRequest {
+                    organization_id: self.org.clone(),
+                    kind: pb::ChannelKind::Email.into(),
+                    name: name.into(),
+                    email_recipients: vec!["ops@example.com".into()],
+                    events: events.iter().map(|e| (*e).to_owned()).collect(),
+                    ..Default::default()
+                },
+                &self.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .channel
+            .unwrap()
+    }
+}
+
+/// Records a `backup.failed` event and runs one tick of `w`; returns the
+/// channel's newest delivery.
+async fn deliver_one(
+    conn: &DatabaseConnection,
+    t: &mut Tenant,
+    w: &Worker,
+    channel: &str,
+    summary: &str,
+) -> pb::NotificationDelivery {
+    record(conn, t, EventKind::BackupFailed, json!({ "summary": summary })).await;
+    w.tick(chrono::Utc::now()).await.unwrap();
+    t.deliveries(channel).await.remove(0)
+}
+
+#[tokio::test]
+async fn email_is_delivered_over_starttls_and_implicit_tls_trusting_the_operators_ca() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, true).await;
+        let mut t = tenant(&api, "tls").await;
+        let mail = t.email_channel("mail", &["backup.failed"]).await;
+        let w = worker(&db.conn);
+        for (mode, tls) in [
+            (smtp::SmtpMode::StartTls, pb::SmtpTlsMode::Starttls),
+            (smtp::SmtpMode::Tls, pb::SmtpTlsMode::Tls),
+        ] {
+            let sink = smtp::SmtpSink::start(mode).await;
+            t.smtp(sink.port, tls).await;
+            let summary = format!("nightly backup failed ({mode:?})");
+            let d = deliver_one(&db.conn, &mut t, &w, &mail.id, &summary).await;
+            assert_eq!(d.status, "delivered", "{b} {mode:?}: {d:?}");
+            assert_eq!(d.last_response_code, 250, "{b} {mode:?}");
+            let got = sink.messages();
+            assert_eq!(got.len(), 1, "{b} {mode:?}: {:?}", sink.received());
+            assert!(got[0].tls, "{b} {mode:?}: the message went in the clear");
+            assert!(
+                got[0]
+                    .data
+                    .contains(&format!("Subject: [Ferry] Backup failed: {summary}")),
+                "{b} {mode:?}: {}",
+                got[0].data
+            );
+            assert!(got[0].data.contains("Event: backup.failed"), "{b} {mode:?}");
+            let auth = got[0].commands.iter().find(|c| c.starts_with("AUTH"));
+            assert_eq!(
+                auth.map(String::as_str),
+                Some("AUTH PLAIN AG1haWxlcgBzbXRwLWh1bnRlcjI="),
+                "{b} {mode:?}"
+            );
+            if mode == smtp::SmtpMode::StartTls {
+                // The credentials went only after the upgrade.
+                let starttls = got[0].commands.iter().position(|c| c == "STARTTLS");
+                let auth = got[0].commands.iter().position(|c| c.starts_with("AUTH"));
+                assert!(starttls.unwrap() < auth.unwrap(), "{b}: {:?}", got[0].commands);
+            }
+            // TestChannel (the api, started with the same CA) too.
+            let r =
+                t.n.test_channel(authed(pb::TestChannelRequest { id: mail.id.clone() }, &t.token))
+                    .await
+                    .unwrap()
+                    .into_inner();
+            assert!(r.delivered, "{b} {mode:?}: {r:?}");
+            assert_eq!(sink.messages().len(), 2, "{b} {mode:?}");
+        }
+
+        // Implicit TLS against a STARTTLS relay: a clear delivery error.
+        let starttls = smtp::SmtpSink::start(smtp::SmtpMode::StartTls).await;
+        t.smtp(starttls.port, pb::SmtpTlsMode::Tls).await;
+        let d = deliver_one(&db.conn, &mut t, &w, &mail.id, "mismatch").await;
+        assert_eq!(d.status, "pending", "{b}: retried later: {d:?}");
+        assert!(d.last_error.starts_with("SMTP: "), "{b}: {}", d.last_error);
+        assert!(
+            d.last_error.contains("Connection error") || d.last_error.contains("InvalidContentType"),
+            "{b}: {}",
+            d.last_error
+        );
+        assert!(starttls.messages().is_empty(), "{b}");
+
+        // Without the operator's CA the relay's certificate is refused.
+        let tls = smtp::SmtpSink::start(smtp::SmtpMode::Tls).await;
+        t.smtp(tls.port, pb::SmtpTlsMode::Tls).await;
+        let untrusting = worker_trusting(&db.conn, SmtpTrust::default());
+        let d = deliver_one(&db.conn, &mut t, &untrusting, &mail.id, "untrusted").await;
+        assert_eq!(d.status, "pending", "{b}: {d:?}");
+        assert!(
+            d.last_error.contains("UnknownIssuer"),
+            "{b}: {}",
+            d.last_error
+        );
+        assert!(tls.messages().is_empty(), "{b}");
         api.stop().await;
     }
 }

@@ -78,6 +78,17 @@ pub struct NotificationArgs {
         value_parser = clap::value_parser!(u64).range(1..=256)
     )]
     pub notifications_concurrency: u64,
+
+    /// A PEM file of CA certificates trusted for SMTP relays (STARTTLS and
+    /// TLS) besides the public roots: for a relay with a private CA. Set
+    /// it on ferry-api as well.
+    #[arg(
+        long,
+        env = "FERRY_SMTP_CA_FILE",
+        value_name = "PEM",
+        value_parser = ferry_notify::smtp::SmtpTrust::parse_file
+    )]
+    pub smtp_ca_file: Option<ferry_notify::smtp::SmtpTrust>,
 }
 
 impl NotificationArgs {
@@ -112,7 +123,7 @@ pub async fn run(db: &DatabaseConnection, args: &crate::Args, replica: &str, shu
         }
     };
     let sender = match Sender::new(args.notifications.send_config()) {
-        Ok(s) => s,
+        Ok(s) => s.with_smtp_trust(args.notifications.smtp_ca_file.clone().unwrap_or_default()),
         Err(err) => {
             tracing::error!(error = %err, "notifications are not delivered: the sender failed to start");
             return;

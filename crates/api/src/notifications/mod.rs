@@ -52,13 +52,16 @@ use crate::workloads::{Workloads, unique_as, validate};
 use crate::{Error, Result};
 
 /// The operator's notification settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NotificationConfig {
     /// Allow webhook and SMTP targets on loopback, private and link-local
     /// addresses (`--notifications-allow-private-targets`).
     pub allow_private_targets: bool,
     /// TestChannel's timeout.
     pub send_timeout: Duration,
+    /// Extra CAs trusted for SMTP relays (`--smtp-ca-file`): TestChannel
+    /// and invitation e-mails.
+    pub smtp_trust: ferry_notify::smtp::SmtpTrust,
 }
 
 impl Default for NotificationConfig {
@@ -66,6 +69,7 @@ impl Default for NotificationConfig {
         Self {
             allow_private_targets: false,
             send_timeout: Duration::from_secs(10),
+            smtp_trust: ferry_notify::smtp::SmtpTrust::default(),
         }
     }
 }
@@ -264,11 +268,12 @@ pub struct NotificationApi {
 
 /// Adds `NotificationService` to `services`.
 pub fn add_notification_service(services: GrpcServices, workloads: &Workloads) -> GrpcServices {
-    let config = workloads.deployer.config.notifications;
+    let config = &workloads.deployer.config.notifications;
     let sender = Sender::new(ferry_notify::SendConfig {
         allow_private: config.allow_private_targets,
         timeout: config.send_timeout,
     })
+    .map(|s| s.with_smtp_trust(config.smtp_trust.clone()))
     .map_err(|e| {
         tracing::error!(error = %e, "notification sender setup failed");
         e.to_string()
@@ -288,8 +293,8 @@ struct WebhookTarget {
 }
 
 impl NotificationApi {
-    fn config(&self) -> NotificationConfig {
-        self.w.deployer.config.notifications
+    fn config(&self) -> &NotificationConfig {
+        &self.w.deployer.config.notifications
     }
 
     fn db(&self) -> &ferry_db::sea_orm::DatabaseConnection {

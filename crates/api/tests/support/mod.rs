@@ -2,6 +2,8 @@
 //! loopback port, gRPC clients, and register/login/organization helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod smtp;
+
 use std::net::SocketAddr;
 
 use ferry_api::ApiState;
