@@ -1482,6 +1482,150 @@ async fn an_event_is_written_only_when_its_transaction_commits_and_invitations_p
     }
 }
 
+/// Waits (up to 20 s) until deployment `id` is `status`.
+async fn wait_deployment(conn: &DatabaseConnection, id: &str, status: DeploymentStatus) {
+    let id: Uuid = id.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = deployments::Entity::find_by_id(id)
+            .one(conn)
+            .await
+            .unwrap()
+            .unwrap();
+        if d.status == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "deployment stuck at {:?}", d.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every outbox event, oldest first, as (kind, payload).
+async fn outbox_events(conn: &DatabaseConnection) -> Vec<(String, Value)> {
+    use ferry_db::sea_orm::QueryOrder as _;
+    notification_outbox::Entity::find()
+        .order_by_asc(notification_outbox::Column::CreatedAt)
+        .order_by_asc(notification_outbox::Column::Id)
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event, e.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_delivered() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _) = start_api_on(&db.conn, true, Some(&fake)).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "ivy").await;
+        let events = ["deployment.succeeded", "deployment.rolled_back", "member.joined"];
+        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/hook"), &events)
+            .await
+            .unwrap();
+        let deploys = DeploymentServiceClient::new(t.c.channel.clone());
+        let deploy = |service: String| {
+            let req = authed(pb::DeployRequest { service_id: service }, &t.token);
+            let mut d = deploys.clone();
+            async move { d.deploy(req).await.unwrap().into_inner().id }
+        };
+        let d1 = deploy(t.service.clone()).await;
+        wait_deployment(&db.conn, &d1, DeploymentStatus::Running).await;
+        let d2 = deploy(t.service.clone()).await;
+        wait_deployment(&db.conn, &d2, DeploymentStatus::Running).await;
+        let r = deploys
+            .clone()
+            .rollback(authed(
+                pb::RollbackRequest {
+                    deployment_id: d1.clone(),
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        wait_deployment(&db.conn, &r, DeploymentStatus::Running).await;
+
+        // A new member joins through an invitation.
+        let invited = t
+            .c
+            .invites
+            .create_invitation(authed(
+                pb::CreateInvitationRequest {
+                    organization_id: t.org.clone(),
+                    email: "ivyjoiner@example.com".into(),
+                    role: pb::OrganizationRole::Viewer.into(),
+                    ..Default::default()
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut c = clients(api.addr).await;
+        let joiner = register(&mut c, "ivyjoiner").await;
+        let joiner_token = login(&mut c, "ivyjoiner").await;
+        c.invites
+            .accept_invitation(authed(
+                pb::AcceptInvitationRequest {
+                    token: invited.token,
+                },
+                &joiner_token,
+            ))
+            .await
+            .unwrap();
+
+        // Exactly these events, in this order, with the right subjects.
+        let got = outbox_events(&db.conn).await;
+        let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "deployment.succeeded",
+                "deployment.succeeded",
+                "deployment.rolled_back",
+                "member.invited",
+                "member.joined"
+            ],
+            "{b}"
+        );
+        let ids: Vec<&Value> = got[..3].iter().map(|(_, p)| &p["deployment"]["id"]).collect();
+        assert_eq!(ids, [&json!(d1), &json!(d2), &json!(r)], "{b}");
+        assert_eq!(got[0].1["service"]["id"], json!(t.service), "{b}");
+        assert_eq!(got[0].1["summary"], "web in ivy shop is deployed", "{b}");
+        assert_eq!(got[2].1["deployment"]["rollbackOf"], json!(d1), "{b}");
+        assert_eq!(got[2].1["deployment"]["trigger"], "rollback", "{b}");
+        assert_eq!(got[2].1["summary"], "web in ivy shop was rolled back", "{b}");
+        assert_eq!(got[4].1["userId"], json!(joiner.id), "{b}");
+        assert_eq!(got[4].1["role"], "viewer", "{b}");
+        assert_eq!(got[4].1["summary"], "ivyjoiner joined as viewer", "{b}");
+
+        // The subscribed three kinds reach the webhook; the invitation not.
+        worker(&db.conn).tick(chrono::Utc::now()).await.unwrap();
+        let mut sent: Vec<String> = sink
+            .at("/hook")
+            .iter()
+            .map(|r| r.headers["ferry-event"].to_str().unwrap().to_owned())
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                "deployment.rolled_back",
+                "deployment.succeeded",
+                "deployment.succeeded",
+                "member.joined"
+            ],
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
 impl Tenant {
     /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
     async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {
