@@ -1626,6 +1626,113 @@ async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_de
     }
 }
 
+/// Moves event `id` back `days` days.
+async fn age(conn: &DatabaseConnection, id: Uuid, days: i64) {
+    let mut e: notification_outbox::ActiveModel = notification_outbox::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    e.created_at = Set(chrono::Utc::now() - chrono::Duration::days(days));
+    e.update(conn).await.unwrap();
+}
+
+/// Sets the status of event `id`'s deliveries.
+async fn set_status(conn: &DatabaseConnection, id: Uuid, status: NotificationDeliveryStatus) {
+    use ferry_db::sea_orm::sea_query::Expr;
+    notification_deliveries::Entity::update_many()
+        .col_expr(notification_deliveries::Column::Status, Expr::value(status))
+        .filter(notification_deliveries::Column::EventId.eq(id))
+        .exec(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn settled_events_past_the_retention_are_deleted_with_their_deliveries() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, true).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "rita").await;
+        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/h"), &["backup.failed"])
+            .await
+            .unwrap();
+        let ev = |n: u32| json!({ "summary": format!("event {n}") });
+        let delivered = record(&db.conn, &t, EventKind::BackupFailed, ev(1)).await;
+        let given_up = record(&db.conn, &t, EventKind::BackupFailed, ev(2)).await;
+        let pending = record(&db.conn, &t, EventKind::BackupFailed, ev(3)).await;
+        let unsubscribed = record(&db.conn, &t, EventKind::JobRunFailed, ev(4)).await;
+        let recent = record(&db.conn, &t, EventKind::BackupFailed, ev(5)).await;
+        let w = worker(&db.conn);
+        w.tick(chrono::Utc::now()).await.unwrap();
+        assert_eq!(sink.requests().len(), 4, "{b}");
+        let undispatched = record(&db.conn, &t, EventKind::BackupFailed, ev(6)).await;
+        set_status(&db.conn, given_up, NotificationDeliveryStatus::Failed).await;
+        set_status(&db.conn, pending, NotificationDeliveryStatus::Pending).await;
+        for e in [delivered, given_up, pending, unsubscribed, undispatched] {
+            age(&db.conn, e, 31).await;
+        }
+        age(&db.conn, recent, 29).await;
+
+        // Retention off: nothing goes.
+        let keep_all = Worker::new(
+            db.conn.clone(),
+            Arc::new(ferry_tests::test_keyring()),
+            Sender::new(SendConfig::default()).unwrap(),
+            WorkerConfig {
+                retention: None,
+                ..WorkerConfig::default()
+            },
+        );
+        assert_eq!(keep_all.prune(chrono::Utc::now()).await.unwrap(), 0, "{b}");
+
+        // 30 days (the default): the settled old ones go, with their log.
+        assert_eq!(w.prune(chrono::Utc::now()).await.unwrap(), 3, "{b}");
+        let mut left: Vec<Uuid> = notification_outbox::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        left.sort();
+        let mut want = vec![pending, recent, undispatched];
+        want.sort();
+        assert_eq!(left, want, "{b}");
+        let mut logged: Vec<Uuid> = notification_deliveries::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        logged.sort();
+        let mut want = vec![pending, recent];
+        want.sort();
+        assert_eq!(logged, want, "{b}");
+
+        // In bounded batches: one event per transaction still gets them all.
+        set_status(&db.conn, pending, NotificationDeliveryStatus::Delivered).await;
+        age(&db.conn, recent, 31).await;
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+        let gone = ferry_db::outbox::prune_settled(&db.conn, cutoff, 1)
+            .await
+            .unwrap();
+        assert_eq!(gone, 2, "{b}");
+        assert_eq!(
+            notification_deliveries::Entity::find()
+                .count(&db.conn)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
 impl Tenant {
     /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
     async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {

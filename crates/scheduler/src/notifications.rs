@@ -3,7 +3,9 @@
 //! `--notifications-interval-ms` (fan out new outbox events to their
 //! channels' deliveries, send what is due, retry failures with backoff).
 //! Everything the worker does is idempotent and claimed row by row, so a
-//! lease lost mid-tick costs nothing but a repeat no-op.
+//! lease lost mid-tick costs nothing but a repeat no-op. Once an hour the
+//! holder also deletes settled events past `--notifications-retention-days`
+//! with their deliveries ([`ferry_notify::Worker::prune`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,9 @@ use crate::lease::Lease;
 
 /// Lease name of the delivery loop.
 pub const LEASE: &str = "notifications";
+
+/// How often the lease holder deletes settled events past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Ticks run back to back while a full batch came back.
 const MAX_TICKS_IN_A_ROW: usize = 20;
@@ -79,6 +84,16 @@ pub struct NotificationArgs {
     )]
     pub notifications_concurrency: u64,
 
+    /// Days an event is kept once settled (every delivery delivered or
+    /// given up); then it is deleted with its delivery log. 0 keeps them.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_RETENTION_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(0..=3650)
+    )]
+    pub notifications_retention_days: u32,
+
     /// A PEM file of CA certificates trusted for SMTP relays (STARTTLS and
     /// TLS) besides the public roots: for a relay with a private CA. Set
     /// it on ferry-api as well.
@@ -108,6 +123,9 @@ impl NotificationArgs {
             max_attempts: i32::try_from(self.notifications_max_attempts).unwrap_or(8),
             backoff_base: Duration::from_millis(self.notifications_backoff_ms),
             concurrency: usize::try_from(self.notifications_concurrency).unwrap_or(8),
+            retention: (self.notifications_retention_days > 0).then(|| {
+                Duration::from_secs(u64::from(self.notifications_retention_days) * 86_400)
+            }),
             ..WorkerConfig::default()
         }
     }
@@ -150,6 +168,7 @@ pub async fn deliver(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
@@ -163,7 +182,14 @@ pub async fn deliver(
                 continue;
             }
         }
+        let prune = pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
         let work = async {
+            if prune {
+                let gone = worker.prune(chrono::Utc::now()).await?;
+                if gone > 0 {
+                    tracing::info!(events = gone, "deleted settled notification events");
+                }
+            }
             for _ in 0..MAX_TICKS_IN_A_ROW {
                 let tick = worker.tick(chrono::Utc::now()).await?;
                 if tick != ferry_notify::worker::Tick::default() {
@@ -175,7 +201,11 @@ pub async fn deliver(
             }
             Ok::<(), ferry_notify::Error>(())
         };
-        match lease.while_held(db, work).await {
+        let result = lease.while_held(db, work).await;
+        if prune && matches!(result, Some(Ok(()))) {
+            pruned_at = Some(tokio::time::Instant::now());
+        }
+        match result {
             Some(Ok(())) => {}
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "a notification tick failed; will retry")
