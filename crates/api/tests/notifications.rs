@@ -1733,6 +1733,59 @@ async fn settled_events_past_the_retention_are_deleted_with_their_deliveries() {
     }
 }
 
+#[tokio::test]
+async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick() {
+    use ferry_db::sea_orm::DbBackend;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let pg = db.conn.get_database_backend() == DbBackend::Postgres;
+        let (api, _) = start_api(&db.conn, true).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "walt").await;
+        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/w"), &["backup.failed"])
+            .await
+            .unwrap();
+        // A 30 s poll: only a wake-up can deliver within the test.
+        let shutdown = ferry_common::Shutdown::new();
+        let lease = ferry_scheduler::lease::Lease::new(
+            ferry_scheduler::notifications::LEASE,
+            "replica-w",
+            Duration::from_secs(60),
+        );
+        let (conn, stop, w) = (db.conn.clone(), shutdown.clone(), worker(&db.conn));
+        let running = tokio::spawn(async move {
+            ferry_scheduler::notifications::deliver(
+                &conn,
+                &w,
+                &lease,
+                Duration::from_secs(30),
+                &stop,
+            )
+            .await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "wake" })).await;
+        let wait = if pg { 5 } else { 1 };
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        while sink.requests().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let got = sink.requests();
+        if pg {
+            assert_eq!(got.len(), 1, "{b}: not woken");
+            let latency = got[0].at - started;
+            println!("{b}: commit -> webhook in {} ms (poll 30 s)", latency.as_millis());
+            assert!(latency < Duration::from_secs(1), "{b}: {latency:?}");
+        } else {
+            assert!(got.is_empty(), "{b}: SQLite polls; nothing wakes it");
+        }
+        shutdown.trigger();
+        running.await.unwrap();
+        api.stop().await;
+    }
+}
+
 impl Tenant {
     /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
     async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {

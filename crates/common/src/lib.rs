@@ -16,6 +16,8 @@ pub mod args;
 pub mod dns;
 pub mod error;
 pub mod grpc;
+#[cfg(feature = "db")]
+pub mod listen;
 pub mod service;
 pub mod shutdown;
 pub mod system;

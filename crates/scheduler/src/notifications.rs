@@ -5,19 +5,26 @@
 //! Everything the worker does is idempotent and claimed row by row, so a
 //! lease lost mid-tick costs nothing but a repeat no-op. Once an hour the
 //! holder also deletes settled events past `--notifications-retention-days`
-//! with their deliveries ([`ferry_notify::Worker::prune`]).
+//! with their deliveries ([`ferry_notify::Worker::prune`]). On PostgreSQL
+//! the loop also wakes at once when an outbox insert commits (LISTEN on
+//! [`WAKE_CHANNEL`]); SQLite polls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::Shutdown;
-use ferry_db::sea_orm::DatabaseConnection;
+use ferry_db::sea_orm::{DatabaseConnection, DbBackend};
+use tokio::sync::Notify;
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
 
 use crate::lease::Lease;
 
 /// Lease name of the delivery loop.
 pub const LEASE: &str = "notifications";
+
+/// The channel the outbox's insert trigger notifies at commit (migration
+/// `m0022_notify_wakeup`, PostgreSQL only).
+pub const WAKE_CHANNEL: &str = "ferry_notifications";
 
 /// How often the lease holder deletes settled events past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -169,10 +176,12 @@ pub async fn deliver(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at: Option<tokio::time::Instant> = None;
+    let wake = spawn_wakeup(db, shutdown);
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
             _ = ticker.tick() => {}
+            () = wake.notified() => {}
         }
         match lease.acquire(db, chrono::Utc::now()).await {
             Ok(true) => {}
@@ -216,4 +225,38 @@ pub async fn deliver(
     if let Err(err) = lease.release(db).await {
         tracing::warn!(error = %err, "releasing the notifications lease failed");
     }
+}
+
+/// On PostgreSQL, a task that LISTENs on [`WAKE_CHANNEL`] and pokes the
+/// returned `Notify` at every committed outbox insert, so delivery does not
+/// wait for the next tick (pokes coalesce: one pending at most). On SQLite
+/// nothing pokes it: the loop polls.
+fn spawn_wakeup(db: &DatabaseConnection, shutdown: &Shutdown) -> Arc<Notify> {
+    let wake = Arc::new(Notify::new());
+    if db.get_database_backend() != DbBackend::Postgres {
+        return wake;
+    }
+    let (db, shutdown, poke) = (db.clone(), shutdown.clone(), wake.clone());
+    tokio::spawn(async move {
+        let what = "notification wake-up";
+        while let Some(mut listener) =
+            ferry_common::listen::listen(&db, WAKE_CHANNEL, &shutdown, what).await
+        {
+            // Events committed before LISTEN took effect: one tick now.
+            poke.notify_one();
+            loop {
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    got = listener.recv() => match got {
+                        Ok(_) => poke.notify_one(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "{what}: LISTEN lost; polling until it is back");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    });
+    wake
 }
