@@ -1786,6 +1786,95 @@ async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick
     }
 }
 
+/// Whether the captured request's `Ferry-Signature` verifies with `secret`.
+fn signed_with(r: &Captured, secret: &str) -> bool {
+    let signature = r.headers["ferry-signature"].to_str().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    ferry_notify::sign::verify(secret.as_bytes(), signature, &r.body, now).is_ok()
+}
+
+#[tokio::test]
+async fn a_rotated_signing_secret_signs_the_next_delivery_and_the_old_one_no_longer_verifies() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, true).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "rosa").await;
+        let created = t
+            .create(pb::ChannelKind::Webhook, "hook", &sink.url("/r"), &["backup.failed"])
+            .await
+            .unwrap();
+        let old = created.signing_secret.clone();
+        let hook = created.channel.unwrap();
+        let w = worker(&db.conn);
+        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "one" })).await;
+        w.tick(chrono::Utc::now()).await.unwrap();
+        assert!(signed_with(&sink.at("/r")[0], &old), "{b}");
+
+        let rotated =
+            t.n.rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest {
+                    id: hook.id.clone(),
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let new = rotated.signing_secret.clone();
+        assert_eq!(new.len(), 64, "{b}");
+        assert_ne!(new, old, "{b}");
+        assert!(rotated.channel.as_ref().unwrap().signed, "{b}");
+        assert!(!format!("{rotated:?}").contains(&new), "{b}: Debug shows no secret");
+
+        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "two" })).await;
+        w.tick(chrono::Utc::now()).await.unwrap();
+        let got = sink.at("/r");
+        assert_eq!(got.len(), 2, "{b}");
+        assert!(signed_with(&got[1], &new), "{b}: not signed with the new secret");
+        assert!(!signed_with(&got[1], &old), "{b}: still signed with the old secret");
+
+        // Audited, without the secret.
+        let audit = audit_logs::Entity::find()
+            .filter(audit_logs::Column::Action.eq("notification_channel.rotate_secret"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1, "{b}");
+        assert_eq!(audit[0].resource_id, Some(id(&hook.id)), "{b}");
+        assert!(!audit[0].details.to_string().contains(&new), "{b}");
+
+        // Unsigned kinds have nothing to rotate; members may not rotate.
+        let slack = t
+            .create(pb::ChannelKind::Slack, "s", &sink.url("/s"), &[])
+            .await
+            .unwrap()
+            .channel
+            .unwrap();
+        let err =
+            t.n.rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest { id: slack.id },
+                &t.token,
+            ))
+            .await;
+        assert_eq!(code(err), Code::FailedPrecondition, "{b}");
+        let mut m = clients(api.addr).await;
+        let member = register(&mut m, "rosa-member").await;
+        let member_token = login(&mut m, "rosa-member").await;
+        add_member(&db.conn, &t.org, &member.id, OrgRole::Member).await;
+        let err = NotificationServiceClient::new(m.channel.clone())
+            .rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest {
+                    id: hook.id.clone(),
+                },
+                &member_token,
+            ))
+            .await;
+        assert_eq!(code(err), Code::PermissionDenied, "{b}");
+        api.stop().await;
+    }
+}
+
 impl Tenant {
     /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
     async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {

@@ -569,6 +569,47 @@ impl NotificationApi {
         Ok(channel_message(&updated, &subs))
     }
 
+    /// A new random signing secret for a generic webhook, returned once.
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateChannelSecretRequest>,
+    ) -> Result<pb::RotateChannelSecretResponse> {
+        let caller = Caller::of(&self.w.identity, &request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let (scope, row) = self
+            .channel(&caller, Action::NotificationManage, id)
+            .await?;
+        if row.kind != NotificationKind::Webhook {
+            return Err(Error::FailedPrecondition(
+                "only generic webhook channels are signed".into(),
+            ));
+        }
+        let secret = signing_secret("")?;
+        let keyring = self.w.identity.keyring()?;
+        let mut update = row.into_active_model();
+        update.signing_secret = Set(Some(keyring.encrypt(TABLE, "signing_secret", id, &secret)?));
+        update.updated_at = Set(Utc::now());
+        let txn = crate::db::begin_write(self.db()).await?;
+        let updated = update.update(&txn).await?;
+        scope
+            .audit(
+                &txn,
+                Entry::new(
+                    "notification_channel.rotate_secret",
+                    AuditResourceType::NotificationChannel,
+                    id,
+                )
+                .details(json!({ "name": updated.name })),
+            )
+            .await?;
+        txn.commit().await?;
+        let subs = self.subscriptions_of(&[id]).await?;
+        Ok(pb::RotateChannelSecretResponse {
+            channel: Some(channel_message(&updated, &subs)),
+            signing_secret: secret,
+        })
+    }
+
     async fn delete(&self, request: Request<pb::DeleteChannelRequest>) -> Result<()> {
         let caller = Caller::of(&self.w.identity, &request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
@@ -1019,6 +1060,12 @@ impl NotificationService for NotificationApi {
     ) -> Result<Response<pb::DeleteEmailConfigResponse>, Status> {
         self.delete_email(request).await?;
         Ok(Response::new(pb::DeleteEmailConfigResponse {}))
+    }
+    async fn rotate_channel_secret(
+        &self,
+        request: Request<pb::RotateChannelSecretRequest>,
+    ) -> Result<Response<pb::RotateChannelSecretResponse>, Status> {
+        Ok(Response::new(self.rotate_secret(request).await?))
     }
 }
 
