@@ -749,7 +749,11 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
         let build = e.trigger(&web).await;
         let skipped = e.wait_for(&build.id, pb::BuildStatus::Skipped).await;
         assert_eq!(skipped.message, "no watched path changed", "{b}");
-        assert_eq!(build_failed_events(&db.conn).await.len(), 2, "{b}: a skip is no failure");
+        assert_eq!(
+            build_failed_events(&db.conn).await.len(),
+            2,
+            "{b}: a skip is no failure"
+        );
         e.stop().await;
 
         // No builder configured: the build fails saying so.

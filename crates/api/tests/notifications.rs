@@ -26,12 +26,12 @@ use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _, TransactionTrait as _,
 };
+use ferry_k8s::fake::FakeCluster;
 use ferry_notify::smtp::SmtpTrust;
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
-use ferry_k8s::fake::FakeCluster;
 use ferry_proto::ferry::v1 as pb;
-use pb::deployment_service_client::DeploymentServiceClient;
 use http_body_util::{BodyExt as _, Full};
+use pb::deployment_service_client::DeploymentServiceClient;
 use pb::notification_service_client::NotificationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
@@ -165,6 +165,15 @@ async fn start_api_on(
         builds: Default::default(),
     };
     (start_state(&state, relaxed()).await, state)
+}
+
+/// The api (private targets allowed), an HTTP sink answering `script`,
+/// and a tenant called `name`: most tests' first step.
+async fn setup(conn: &DatabaseConnection, name: &str, script: &[u16]) -> (Api, Sink, Tenant) {
+    let (api, _) = start_api(conn, true).await;
+    let sink = Sink::start(script).await;
+    let t = tenant(&api, name).await;
+    (api, sink, t)
 }
 
 /// The operator's extra SMTP CA: the one that issued the sink's certificate.
@@ -315,9 +324,7 @@ async fn record(conn: &DatabaseConnection, t: &Tenant, kind: EventKind, payload:
 async fn slack_discord_teams_chat_and_signed_webhook_bodies_reach_their_sinks() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "alice").await;
+        let (api, sink, mut t) = setup(&db.conn, "alice", &[]).await;
         let ev = ["deployment.failed"];
         let slack_url = sink.url("/services/T000/B000/slacksecrettoken");
         let slack = t
@@ -567,9 +574,7 @@ async fn slack_discord_teams_chat_and_signed_webhook_bodies_reach_their_sinks() 
 async fn subscriptions_follow_event_kind_project_and_enabled() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "carol").await;
+        let (api, sink, mut t) = setup(&db.conn, "carol", &[]).await;
         let all = t
             .create(pb::ChannelKind::Slack, "all", &sink.url("/all"), &[])
             .await
@@ -687,9 +692,7 @@ async fn subscriptions_follow_event_kind_project_and_enabled() {
 async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smtp() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[200, 404]).await;
-        let mut t = tenant(&api, "dave").await;
+        let (api, sink, mut t) = setup(&db.conn, "dave", &[200, 404]).await;
         let c = t
             .create(
                 pb::ChannelKind::Slack,
@@ -1019,9 +1022,7 @@ async fn a_failed_deployment_is_recorded_with_the_failure_and_delivered_once_aft
 async fn a_500_is_retried_with_backoff_and_the_log_shows_both_attempts() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[500, 200]).await;
-        let mut t = tenant(&api, "frank").await;
+        let (api, sink, mut t) = setup(&db.conn, "frank", &[500, 200]).await;
         let c = t
             .create(
                 pb::ChannelKind::Slack,
@@ -1495,7 +1496,11 @@ async fn wait_deployment(conn: &DatabaseConnection, id: &str, status: Deployment
         if d.status == status {
             return;
         }
-        assert!(Instant::now() < deadline, "deployment stuck at {:?}", d.status);
+        assert!(
+            Instant::now() < deadline,
+            "deployment stuck at {:?}",
+            d.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1522,13 +1527,27 @@ async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_de
         let (api, _) = start_api_on(&db.conn, true, Some(&fake)).await;
         let sink = Sink::start(&[]).await;
         let mut t = tenant(&api, "ivy").await;
-        let events = ["deployment.succeeded", "deployment.rolled_back", "member.joined"];
-        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/hook"), &events)
-            .await
-            .unwrap();
+        let events = [
+            "deployment.succeeded",
+            "deployment.rolled_back",
+            "member.joined",
+        ];
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/hook"),
+            &events,
+        )
+        .await
+        .unwrap();
         let deploys = DeploymentServiceClient::new(t.c.channel.clone());
         let deploy = |service: String| {
-            let req = authed(pb::DeployRequest { service_id: service }, &t.token);
+            let req = authed(
+                pb::DeployRequest {
+                    service_id: service,
+                },
+                &t.token,
+            );
             let mut d = deploys.clone();
             async move { d.deploy(req).await.unwrap().into_inner().id }
         };
@@ -1551,21 +1570,20 @@ async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_de
         wait_deployment(&db.conn, &r, DeploymentStatus::Running).await;
 
         // A new member joins through an invitation.
-        let invited = t
-            .c
-            .invites
-            .create_invitation(authed(
-                pb::CreateInvitationRequest {
-                    organization_id: t.org.clone(),
-                    email: "ivyjoiner@example.com".into(),
-                    role: pb::OrganizationRole::Viewer.into(),
-                    ..Default::default()
-                },
-                &t.token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let invited =
+            t.c.invites
+                .create_invitation(authed(
+                    pb::CreateInvitationRequest {
+                        organization_id: t.org.clone(),
+                        email: "ivyjoiner@example.com".into(),
+                        role: pb::OrganizationRole::Viewer.into(),
+                        ..Default::default()
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
         let mut c = clients(api.addr).await;
         let joiner = register(&mut c, "ivyjoiner").await;
         let joiner_token = login(&mut c, "ivyjoiner").await;
@@ -1593,13 +1611,19 @@ async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_de
             ],
             "{b}"
         );
-        let ids: Vec<&Value> = got[..3].iter().map(|(_, p)| &p["deployment"]["id"]).collect();
+        let ids: Vec<&Value> = got[..3]
+            .iter()
+            .map(|(_, p)| &p["deployment"]["id"])
+            .collect();
         assert_eq!(ids, [&json!(d1), &json!(d2), &json!(r)], "{b}");
         assert_eq!(got[0].1["service"]["id"], json!(t.service), "{b}");
         assert_eq!(got[0].1["summary"], "web in ivy shop is deployed", "{b}");
         assert_eq!(got[2].1["deployment"]["rollbackOf"], json!(d1), "{b}");
         assert_eq!(got[2].1["deployment"]["trigger"], "rollback", "{b}");
-        assert_eq!(got[2].1["summary"], "web in ivy shop was rolled back", "{b}");
+        assert_eq!(
+            got[2].1["summary"], "web in ivy shop was rolled back",
+            "{b}"
+        );
         assert_eq!(got[4].1["userId"], json!(joiner.id), "{b}");
         assert_eq!(got[4].1["role"], "viewer", "{b}");
         assert_eq!(got[4].1["summary"], "ivyjoiner joined as viewer", "{b}");
@@ -1653,12 +1677,15 @@ async fn set_status(conn: &DatabaseConnection, id: Uuid, status: NotificationDel
 async fn settled_events_past_the_retention_are_deleted_with_their_deliveries() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "rita").await;
-        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/h"), &["backup.failed"])
-            .await
-            .unwrap();
+        let (api, sink, mut t) = setup(&db.conn, "rita", &[]).await;
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/h"),
+            &["backup.failed"],
+        )
+        .await
+        .unwrap();
         let ev = |n: u32| json!({ "summary": format!("event {n}") });
         let delivered = record(&db.conn, &t, EventKind::BackupFailed, ev(1)).await;
         let given_up = record(&db.conn, &t, EventKind::BackupFailed, ev(2)).await;
@@ -1739,12 +1766,15 @@ async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
         let pg = db.conn.get_database_backend() == DbBackend::Postgres;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "walt").await;
-        t.create(pb::ChannelKind::Webhook, "hook", &sink.url("/w"), &["backup.failed"])
-            .await
-            .unwrap();
+        let (api, sink, mut t) = setup(&db.conn, "walt", &[]).await;
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/w"),
+            &["backup.failed"],
+        )
+        .await
+        .unwrap();
         // A 30 s poll: only a wake-up can deliver within the test.
         let shutdown = ferry_common::Shutdown::new();
         let lease = ferry_scheduler::lease::Lease::new(
@@ -1765,7 +1795,13 @@ async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
-        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "wake" })).await;
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "wake" }),
+        )
+        .await;
         let wait = if pg { 5 } else { 1 };
         let deadline = Instant::now() + Duration::from_secs(wait);
         while sink.requests().is_empty() && Instant::now() < deadline {
@@ -1775,7 +1811,10 @@ async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick
         if pg {
             assert_eq!(got.len(), 1, "{b}: not woken");
             let latency = got[0].at - started;
-            println!("{b}: commit -> webhook in {} ms (poll 30 s)", latency.as_millis());
+            println!(
+                "{b}: commit -> webhook in {} ms (poll 30 s)",
+                latency.as_millis()
+            );
             assert!(latency < Duration::from_secs(1), "{b}: {latency:?}");
         } else {
             assert!(got.is_empty(), "{b}: SQLite polls; nothing wakes it");
@@ -1797,17 +1836,26 @@ fn signed_with(r: &Captured, secret: &str) -> bool {
 async fn a_rotated_signing_secret_signs_the_next_delivery_and_the_old_one_no_longer_verifies() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "rosa").await;
+        let (api, sink, mut t) = setup(&db.conn, "rosa", &[]).await;
         let created = t
-            .create(pb::ChannelKind::Webhook, "hook", &sink.url("/r"), &["backup.failed"])
+            .create(
+                pb::ChannelKind::Webhook,
+                "hook",
+                &sink.url("/r"),
+                &["backup.failed"],
+            )
             .await
             .unwrap();
         let old = created.signing_secret.clone();
         let hook = created.channel.unwrap();
         let w = worker(&db.conn);
-        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "one" })).await;
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "one" }),
+        )
+        .await;
         w.tick(chrono::Utc::now()).await.unwrap();
         assert!(signed_with(&sink.at("/r")[0], &old), "{b}");
 
@@ -1825,14 +1873,29 @@ async fn a_rotated_signing_secret_signs_the_next_delivery_and_the_old_one_no_lon
         assert_eq!(new.len(), 64, "{b}");
         assert_ne!(new, old, "{b}");
         assert!(rotated.channel.as_ref().unwrap().signed, "{b}");
-        assert!(!format!("{rotated:?}").contains(&new), "{b}: Debug shows no secret");
+        assert!(
+            !format!("{rotated:?}").contains(&new),
+            "{b}: Debug shows no secret"
+        );
 
-        record(&db.conn, &t, EventKind::BackupFailed, json!({ "summary": "two" })).await;
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "two" }),
+        )
+        .await;
         w.tick(chrono::Utc::now()).await.unwrap();
         let got = sink.at("/r");
         assert_eq!(got.len(), 2, "{b}");
-        assert!(signed_with(&got[1], &new), "{b}: not signed with the new secret");
-        assert!(!signed_with(&got[1], &old), "{b}: still signed with the old secret");
+        assert!(
+            signed_with(&got[1], &new),
+            "{b}: not signed with the new secret"
+        );
+        assert!(
+            !signed_with(&got[1], &old),
+            "{b}: still signed with the old secret"
+        );
 
         // Audited, without the secret.
         let audit = audit_logs::Entity::find()
@@ -1928,7 +1991,13 @@ async fn deliver_one(
     channel: &str,
     summary: &str,
 ) -> pb::NotificationDelivery {
-    record(conn, t, EventKind::BackupFailed, json!({ "summary": summary })).await;
+    record(
+        conn,
+        t,
+        EventKind::BackupFailed,
+        json!({ "summary": summary }),
+    )
+    .await;
     w.tick(chrono::Utc::now()).await.unwrap();
     t.deliveries(channel).await.remove(0)
 }
@@ -1972,14 +2041,23 @@ async fn email_is_delivered_over_starttls_and_implicit_tls_trusting_the_operator
                 // The credentials went only after the upgrade.
                 let starttls = got[0].commands.iter().position(|c| c == "STARTTLS");
                 let auth = got[0].commands.iter().position(|c| c.starts_with("AUTH"));
-                assert!(starttls.unwrap() < auth.unwrap(), "{b}: {:?}", got[0].commands);
+                assert!(
+                    starttls.unwrap() < auth.unwrap(),
+                    "{b}: {:?}",
+                    got[0].commands
+                );
             }
             // TestChannel (the api, started with the same CA) too.
             let r =
-                t.n.test_channel(authed(pb::TestChannelRequest { id: mail.id.clone() }, &t.token))
-                    .await
-                    .unwrap()
-                    .into_inner();
+                t.n.test_channel(authed(
+                    pb::TestChannelRequest {
+                        id: mail.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
             assert!(r.delivered, "{b} {mode:?}: {r:?}");
             assert_eq!(sink.messages().len(), 2, "{b} {mode:?}");
         }
@@ -1991,7 +2069,8 @@ async fn email_is_delivered_over_starttls_and_implicit_tls_trusting_the_operator
         assert_eq!(d.status, "pending", "{b}: retried later: {d:?}");
         assert!(d.last_error.starts_with("SMTP: "), "{b}: {}", d.last_error);
         assert!(
-            d.last_error.contains("Connection error") || d.last_error.contains("InvalidContentType"),
+            d.last_error.contains("Connection error")
+                || d.last_error.contains("InvalidContentType"),
             "{b}: {}",
             d.last_error
         );
@@ -2023,9 +2102,7 @@ async fn bench_notification_throughput() {
     const N: usize = 1000;
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "bench").await;
+        let (api, sink, mut t) = setup(&db.conn, "bench", &[]).await;
         for name in ["one", "two"] {
             t.create(
                 pb::ChannelKind::Webhook,

@@ -7,7 +7,6 @@ mod support;
 
 use support::*;
 
-
 use base64::Engine as _;
 use ferry_api::authz::{Action, Caller, Resource};
 use ferry_db::entities::enums::{OrgRole, SmtpTlsMode};

@@ -14,8 +14,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, Query};
 use sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait,
-    DatabaseConnection, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -197,9 +197,7 @@ async fn settled_before(
             ))
             .equals((notification_outbox::Entity, notification_outbox::Column::Id)),
         )
-        .and_where(
-            notification_deliveries::Column::Status.eq(NotificationDeliveryStatus::Pending),
-        );
+        .and_where(notification_deliveries::Column::Status.eq(NotificationDeliveryStatus::Pending));
     Ok(notification_outbox::Entity::find()
         .select_only()
         .column(notification_outbox::Column::Id)

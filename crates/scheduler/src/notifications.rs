@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ferry_common::Shutdown;
 use ferry_db::sea_orm::{DatabaseConnection, DbBackend};
-use tokio::sync::Notify;
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
+use tokio::sync::Notify;
 
 use crate::lease::Lease;
 

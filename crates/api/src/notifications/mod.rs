@@ -79,42 +79,57 @@ const TABLE: &str = "notification_channels";
 /// The most e-mail recipients per channel.
 pub const MAX_RECIPIENTS: usize = ferry_notify::send::MAX_RECIPIENTS;
 
-fn kind_from_pb(value: i32) -> Result<NotificationKind> {
-    Ok(match pb::ChannelKind::try_from(value) {
-        Ok(pb::ChannelKind::Slack) => NotificationKind::Slack,
-        Ok(pb::ChannelKind::Discord) => NotificationKind::Discord,
-        Ok(pb::ChannelKind::Teams) => NotificationKind::Teams,
-        Ok(pb::ChannelKind::GoogleChat) => NotificationKind::GoogleChat,
-        Ok(pb::ChannelKind::Webhook) => NotificationKind::Webhook,
-        Ok(pb::ChannelKind::Email) => NotificationKind::Email,
-        _ => {
-            return Err(Error::InvalidArgument(
-                "kind: one of SLACK, DISCORD, TEAMS, GOOGLE_CHAT, WEBHOOK, EMAIL".into(),
-            ));
+/// A stored enum and its proto enum, both ways, from one table:
+/// `$to(db) -> pb` and `$from(i32) -> Result<db>`, refusing other values
+/// with `$refused`; `unspecified` names what an unset field means.
+macro_rules! pb_enum {
+    (
+        $db:ident <=> $pb:ident, $from:ident, $to:ident, $refused:literal
+        $(, unspecified => $default:ident)?;
+        $($d:ident <=> $p:ident),+ $(,)?
+    ) => {
+        fn $to(value: $db) -> pb::$pb {
+            match value {
+                $($db::$d => pb::$pb::$p,)+
+            }
         }
-    })
+
+        fn $from(value: i32) -> Result<$db> {
+            match pb::$pb::try_from(value) {
+                $(Ok(pb::$pb::$p) => Ok($db::$d),)+
+                $(Ok(pb::$pb::Unspecified) => Ok($db::$default),)?
+                _ => Err(Error::InvalidArgument($refused.into())),
+            }
+        }
+    };
 }
 
-fn kind_to_pb(kind: NotificationKind) -> pb::ChannelKind {
-    match kind {
-        NotificationKind::Slack => pb::ChannelKind::Slack,
-        NotificationKind::Discord => pb::ChannelKind::Discord,
-        NotificationKind::Teams => pb::ChannelKind::Teams,
-        NotificationKind::GoogleChat => pb::ChannelKind::GoogleChat,
-        NotificationKind::Webhook => pb::ChannelKind::Webhook,
-        NotificationKind::Email => pb::ChannelKind::Email,
-    }
+pb_enum! {
+    NotificationKind <=> ChannelKind, kind_from_pb, kind_to_pb,
+    "kind: one of SLACK, DISCORD, TEAMS, GOOGLE_CHAT, WEBHOOK, EMAIL";
+    Slack <=> Slack,
+    Discord <=> Discord,
+    Teams <=> Teams,
+    GoogleChat <=> GoogleChat,
+    Webhook <=> Webhook,
+    Email <=> Email,
 }
 
-fn kind_name(kind: NotificationKind) -> &'static str {
-    match kind {
-        NotificationKind::Slack => "slack",
-        NotificationKind::Discord => "discord",
-        NotificationKind::Teams => "teams",
-        NotificationKind::GoogleChat => "google_chat",
-        NotificationKind::Webhook => "webhook",
-        NotificationKind::Email => "email",
-    }
+pb_enum! {
+    SmtpTlsMode <=> SmtpTlsMode, tls_from_pb, tls_to_pb,
+    "tlsMode: one of NONE, STARTTLS, TLS", unspecified => Starttls;
+    None <=> None,
+    Starttls <=> Starttls,
+    Tls <=> Tls,
+}
+
+/// A channel kind's stable name in audit details: its proto name without
+/// the prefix, e.g. `google_chat`.
+fn kind_name(kind: NotificationKind) -> String {
+    kind_to_pb(kind)
+        .as_str_name()
+        .trim_start_matches("CHANNEL_KIND_")
+        .to_ascii_lowercase()
 }
 
 /// An event name Ferry knows.
@@ -201,27 +216,6 @@ fn status_name(s: ferry_db::entities::enums::NotificationDeliveryStatus) -> &'st
         S::Pending => "pending",
         S::Delivered => "delivered",
         S::Failed => "failed",
-    }
-}
-
-fn tls_from_pb(value: i32) -> Result<SmtpTlsMode> {
-    Ok(match pb::SmtpTlsMode::try_from(value) {
-        Ok(pb::SmtpTlsMode::Unspecified) | Ok(pb::SmtpTlsMode::Starttls) => SmtpTlsMode::Starttls,
-        Ok(pb::SmtpTlsMode::None) => SmtpTlsMode::None,
-        Ok(pb::SmtpTlsMode::Tls) => SmtpTlsMode::Tls,
-        Err(_) => {
-            return Err(Error::InvalidArgument(
-                "tlsMode: one of NONE, STARTTLS, TLS".into(),
-            ));
-        }
-    })
-}
-
-fn tls_to_pb(mode: SmtpTlsMode) -> pb::SmtpTlsMode {
-    match mode {
-        SmtpTlsMode::None => pb::SmtpTlsMode::None,
-        SmtpTlsMode::Starttls => pb::SmtpTlsMode::Starttls,
-        SmtpTlsMode::Tls => pb::SmtpTlsMode::Tls,
     }
 }
 
@@ -587,7 +581,12 @@ impl NotificationApi {
         let secret = signing_secret("")?;
         let keyring = self.w.identity.keyring()?;
         let mut update = row.into_active_model();
-        update.signing_secret = Set(Some(keyring.encrypt(TABLE, "signing_secret", id, &secret)?));
+        update.signing_secret = Set(Some(keyring.encrypt(
+            TABLE,
+            "signing_secret",
+            id,
+            &secret,
+        )?));
         update.updated_at = Set(Utc::now());
         let txn = crate::db::begin_write(self.db()).await?;
         let updated = update.update(&txn).await?;
@@ -1073,6 +1072,28 @@ impl NotificationService for NotificationApi {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enums_map_both_ways_and_unknown_values_are_refused() {
+        for kind in [
+            NotificationKind::Slack,
+            NotificationKind::Discord,
+            NotificationKind::Teams,
+            NotificationKind::GoogleChat,
+            NotificationKind::Webhook,
+            NotificationKind::Email,
+        ] {
+            assert_eq!(kind_from_pb(kind_to_pb(kind).into()).unwrap(), kind);
+        }
+        assert_eq!(kind_name(NotificationKind::GoogleChat), "google_chat");
+        assert!(kind_from_pb(0).is_err() && kind_from_pb(99).is_err());
+        for mode in [SmtpTlsMode::None, SmtpTlsMode::Starttls, SmtpTlsMode::Tls] {
+            assert_eq!(tls_from_pb(tls_to_pb(mode).into()).unwrap(), mode);
+        }
+        assert_eq!(tls_from_pb(0).unwrap(), SmtpTlsMode::Starttls);
+        let err = tls_from_pb(99).unwrap_err().to_string();
+        assert!(err.starts_with("tlsMode: one of"), "{err}");
+    }
 
     #[test]
     fn recipients_are_bounded_and_deduplicated() {
