@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ferry.v1.JobRunLogs",
             ".ferry.v1.CreateChannelRequest",
             ".ferry.v1.CreateChannelResponse",
+            ".ferry.v1.RotateChannelSecretResponse",
             ".ferry.v1.UpdateChannelRequest",
             ".ferry.v1.SetEmailConfigRequest",
         ])

@@ -29,6 +29,7 @@ mod m0017_domains;
 mod m0018_acme;
 mod m0019_notifications;
 mod m0020_domain_recheck;
+mod m0022_notify_wakeup;
 mod notify;
 
 pub use m0013_builds::ACTIVE_BUILD;
@@ -140,6 +141,10 @@ const ALTERATIONS: &[(&str, Later)] = &[
     (
         "m0020_domain_recheck",
         Later::Alter(m0020_domain_recheck::alters),
+    ),
+    (
+        "m0022_notify_wakeup",
+        Later::Alter(m0022_notify_wakeup::alters),
     ),
 ];
 

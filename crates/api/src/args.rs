@@ -243,6 +243,17 @@ pub struct Args {
     )]
     pub notifications_allow_private_targets: bool,
 
+    /// A PEM file of CA certificates trusted for SMTP relays (STARTTLS and
+    /// TLS) besides the public roots: for a relay with a private CA.
+    #[arg(
+        long,
+        env = "FERRY_SMTP_CA_FILE",
+        value_name = "PEM",
+        value_parser = ferry_notify::smtp::SmtpTrust::parse_file,
+        global = true
+    )]
+    pub smtp_ca_file: Option<ferry_notify::smtp::SmtpTrust>,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -326,6 +337,7 @@ impl Args {
             },
             notifications: crate::notifications::NotificationConfig {
                 allow_private_targets: self.notifications_allow_private_targets,
+                smtp_trust: self.smtp_ca_file.clone().unwrap_or_default(),
                 ..crate::notifications::NotificationConfig::default()
             },
         }

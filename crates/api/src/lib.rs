@@ -241,8 +241,12 @@ pub fn services_with(state: &ApiState, identity: &auth::IdentityConfig) -> GrpcS
         builds: state.builds.clone(),
     };
     let services = accounts::add_identity_services(services, &workloads);
-    let services =
-        accounts::add_tenancy_services(services, &workloads.identity, state.keyring.clone());
+    let services = accounts::add_tenancy_services(
+        services,
+        &workloads.identity,
+        state.keyring.clone(),
+        state.deploy.notifications.smtp_trust.clone(),
+    );
     let services = builds::add_git_service(services, &workloads);
     let services = jobs::add_job_service(services, &workloads);
     let services = domains::add_domain_service(services, &workloads);

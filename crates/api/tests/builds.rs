@@ -655,6 +655,22 @@ async fn a_build_streams_into_its_deployment_and_deploys_the_pushed_image() {
     }
 }
 
+/// The payloads of the `build.failed` outbox events, oldest first.
+async fn build_failed_events(db: &DatabaseConnection) -> Vec<serde_json::Value> {
+    use ferry_db::entities::notification_outbox as outbox;
+    use ferry_db::sea_orm::QueryOrder as _;
+    outbox::Entity::find()
+        .filter(outbox::Column::Event.eq("build.failed"))
+        .order_by_asc(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::Id)
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect()
+}
+
 #[tokio::test]
 async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
     for db in ferry_tests::migrated_dbs().await {
@@ -689,6 +705,19 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
             "{b}: {}",
             failed.message
         );
+        // Exactly one `build.failed` event, written with the failure.
+        let events = build_failed_events(&db.conn).await;
+        assert_eq!(events.len(), 1, "{b}: {events:?}");
+        assert_eq!(events[0]["build"]["id"], serde_json::json!(build.id), "{b}");
+        assert_eq!(events[0]["build"]["timedOut"], false, "{b}");
+        assert!(
+            events[0]["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("Build of web in Shop: build failed at step build"),
+            "{b}: {}",
+            events[0]["summary"]
+        );
 
         e.fake.scripts.lock().unwrap().push_back(Script {
             events: vec![
@@ -705,6 +734,10 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
         });
         let build = e.trigger(&web).await;
         e.wait_for(&build.id, pb::BuildStatus::TimedOut).await;
+        let events = build_failed_events(&db.conn).await;
+        assert_eq!(events.len(), 2, "{b}: a time-out is a failure too");
+        assert_eq!(events[1]["build"]["id"], serde_json::json!(build.id), "{b}");
+        assert_eq!(events[1]["build"]["timedOut"], true, "{b}");
 
         e.fake.scripts.lock().unwrap().push_back(Script {
             events: vec![Event::Skipped(ipb::Skipped {
@@ -716,6 +749,11 @@ async fn failures_skips_and_a_missing_builder_are_recorded_in_words() {
         let build = e.trigger(&web).await;
         let skipped = e.wait_for(&build.id, pb::BuildStatus::Skipped).await;
         assert_eq!(skipped.message, "no watched path changed", "{b}");
+        assert_eq!(
+            build_failed_events(&db.conn).await.len(),
+            2,
+            "{b}: a skip is no failure"
+        );
         e.stop().await;
 
         // No builder configured: the build fails saying so.

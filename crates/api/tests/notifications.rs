@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_api::ApiState;
-use ferry_db::entities::enums::{DeploymentStatus, OrgRole, TriggerType};
+use ferry_db::entities::enums::{
+    DeploymentStatus, NotificationDeliveryStatus, OrgRole, TriggerType,
+};
 use ferry_db::entities::{
     audit_logs, deployments, notification_channels, notification_deliveries, notification_outbox,
 };
@@ -24,15 +26,17 @@ use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _, TransactionTrait as _,
 };
+use ferry_k8s::fake::FakeCluster;
+use ferry_notify::smtp::SmtpTrust;
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
 use ferry_proto::ferry::v1 as pb;
 use http_body_util::{BodyExt as _, Full};
+use pb::deployment_service_client::DeploymentServiceClient;
 use pb::notification_service_client::NotificationServiceClient;
 use pb::project_service_client::ProjectServiceClient;
 use pb::service_service_client::ServiceServiceClient;
 use serde_json::{Value, json};
 use support::*;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -125,80 +129,36 @@ impl Sink {
     }
 }
 
-/// A message the SMTP sink received.
-#[derive(Debug, Default, Clone)]
-struct Mail {
-    commands: Vec<String>,
-    data: String,
-}
-
-/// Just enough SMTP for lettre (no TLS, AUTH PLAIN accepted).
-async fn smtp_sink() -> (u16, Arc<Mutex<Vec<Mail>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let sink = inbox.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let mut got = Mail::default();
-            write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-            let mut in_data = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                if in_data {
-                    if line == "." {
-                        in_data = false;
-                        write.write_all(b"250 queued\r\n").await.unwrap();
-                    } else {
-                        got.data.push_str(&line);
-                        got.data.push('\n');
-                    }
-                    continue;
-                }
-                got.commands.push(line.clone());
-                let verb = line
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
-                let reply: &[u8] = match verb.as_str() {
-                    "EHLO" => b"250-sink\r\n250 AUTH PLAIN LOGIN\r\n",
-                    "HELO" => b"250 sink\r\n",
-                    "AUTH" => b"235 ok\r\n",
-                    "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
-                    "DATA" => {
-                        in_data = true;
-                        b"354 go on\r\n"
-                    }
-                    "QUIT" => {
-                        write.write_all(b"221 bye\r\n").await.ok();
-                        break;
-                    }
-                    _ => b"502 no\r\n",
-                };
-                write.write_all(reply).await.unwrap();
-            }
-            sink.lock().unwrap().push(got);
-        }
-    });
-    (port, inbox)
-}
-
 // ---------------------------------------------------------------- setup
 
 async fn start_api(conn: &DatabaseConnection, allow_private: bool) -> (Api, ApiState) {
+    start_api_on(conn, allow_private, None).await
+}
+
+/// The api with `cluster` (or none): rollouts against a fake cluster.
+async fn start_api_on(
+    conn: &DatabaseConnection,
+    allow_private: bool,
+    cluster: Option<&FakeCluster>,
+) -> (Api, ApiState) {
     let state = ApiState {
         db: conn.clone(),
         keyring: Arc::new(ferry_tests::test_keyring()),
         feed: ferry_api::feed::FeedHub::new(),
         feed_auth: ferry_api::feed::FeedAuth::new(None),
-        cluster: None,
+        cluster: cluster.map(|f| {
+            Arc::new(
+                ferry_k8s::cluster::Cluster::new(f.client())
+                    .with_pod_check_interval(Duration::from_millis(20)),
+            )
+        }),
         deploy: ferry_api::workloads::DeployConfig {
+            rollout_timeout: Duration::from_secs(10),
             domains: base_domain("example.com"),
             notifications: ferry_api::notifications::NotificationConfig {
                 allow_private_targets: allow_private,
                 send_timeout: Duration::from_secs(3),
+                smtp_trust: trust(),
             },
             ..ferry_api::workloads::DeployConfig::default()
         },
@@ -207,8 +167,27 @@ async fn start_api(conn: &DatabaseConnection, allow_private: bool) -> (Api, ApiS
     (start_state(&state, relaxed()).await, state)
 }
 
-/// A fast worker (retries after ~100-200 ms) allowed to reach loopback.
+/// The api (private targets allowed), an HTTP sink answering `script`,
+/// and a tenant called `name`: most tests' first step.
+async fn setup(conn: &DatabaseConnection, name: &str, script: &[u16]) -> (Api, Sink, Tenant) {
+    let (api, _) = start_api(conn, true).await;
+    let sink = Sink::start(script).await;
+    let t = tenant(&api, name).await;
+    (api, sink, t)
+}
+
+/// The operator's extra SMTP CA: the one that issued the sink's certificate.
+fn trust() -> SmtpTrust {
+    SmtpTrust::from_pem(smtp::test_ca_pem().as_bytes()).unwrap()
+}
+
+/// A fast worker (retries after ~100-200 ms) allowed to reach loopback,
+/// trusting the SMTP sink's CA.
 fn worker(conn: &DatabaseConnection) -> Worker {
+    worker_trusting(conn, trust())
+}
+
+fn worker_trusting(conn: &DatabaseConnection, trust: SmtpTrust) -> Worker {
     Worker::new(
         conn.clone(),
         Arc::new(ferry_tests::test_keyring()),
@@ -216,7 +195,8 @@ fn worker(conn: &DatabaseConnection) -> Worker {
             allow_private: true,
             timeout: Duration::from_secs(3),
         })
-        .unwrap(),
+        .unwrap()
+        .with_smtp_trust(trust),
         WorkerConfig {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(2),
@@ -344,9 +324,7 @@ async fn record(conn: &DatabaseConnection, t: &Tenant, kind: EventKind, payload:
 async fn slack_discord_teams_chat_and_signed_webhook_bodies_reach_their_sinks() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "alice").await;
+        let (api, sink, mut t) = setup(&db.conn, "alice", &[]).await;
         let ev = ["deployment.failed"];
         let slack_url = sink.url("/services/T000/B000/slacksecrettoken");
         let slack = t
@@ -596,9 +574,7 @@ async fn slack_discord_teams_chat_and_signed_webhook_bodies_reach_their_sinks() 
 async fn subscriptions_follow_event_kind_project_and_enabled() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "carol").await;
+        let (api, sink, mut t) = setup(&db.conn, "carol", &[]).await;
         let all = t
             .create(pb::ChannelKind::Slack, "all", &sink.url("/all"), &[])
             .await
@@ -716,9 +692,7 @@ async fn subscriptions_follow_event_kind_project_and_enabled() {
 async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smtp() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[200, 404]).await;
-        let mut t = tenant(&api, "dave").await;
+        let (api, sink, mut t) = setup(&db.conn, "dave", &[200, 404]).await;
         let c = t
             .create(
                 pb::ChannelKind::Slack,
@@ -774,7 +748,8 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
         assert!(t.deliveries(&c.id).await.is_empty(), "{b}");
 
         // E-mail: the organization's SMTP settings, password write-only.
-        let (smtp_port, inbox) = smtp_sink().await;
+        let sink_smtp = smtp::SmtpSink::start(smtp::SmtpMode::Plain).await;
+        let smtp_port = sink_smtp.port;
         let none =
             t.n.get_email_config(authed(
                 pb::GetEmailConfigRequest {
@@ -826,7 +801,7 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
         );
         let r = test(&t, &mail.id).await;
         assert!(r.delivered, "{b}: {r:?}");
-        let got = inbox.lock().unwrap().clone();
+        let got = sink_smtp.received();
         assert_eq!(got.len(), 1, "{b}");
         assert!(
             got[0].data.contains("Subject: [Ferry] Test notification"),
@@ -864,16 +839,7 @@ async fn test_channel_answers_with_the_targets_result_and_email_goes_through_smt
             .unwrap();
         let r = test(&t, &mail.id).await;
         assert!(!r.delivered, "{b}: {r:?}");
-        assert_eq!(
-            inbox
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|m| !m.data.is_empty())
-                .count(),
-            1,
-            "{b}"
-        );
+        assert_eq!(sink_smtp.messages().len(), 1, "{b}");
         t.n.delete_email_config(authed(
             pb::DeleteEmailConfigRequest {
                 organization_id: t.org.clone(),
@@ -1056,9 +1022,7 @@ async fn a_failed_deployment_is_recorded_with_the_failure_and_delivered_once_aft
 async fn a_500_is_retried_with_backoff_and_the_log_shows_both_attempts() {
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[500, 200]).await;
-        let mut t = tenant(&api, "frank").await;
+        let (api, sink, mut t) = setup(&db.conn, "frank", &[500, 200]).await;
         let c = t
             .create(
                 pb::ChannelKind::Slack,
@@ -1519,6 +1483,615 @@ async fn an_event_is_written_only_when_its_transaction_commits_and_invitations_p
     }
 }
 
+/// Waits (up to 20 s) until deployment `id` is `status`.
+async fn wait_deployment(conn: &DatabaseConnection, id: &str, status: DeploymentStatus) {
+    let id: Uuid = id.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = deployments::Entity::find_by_id(id)
+            .one(conn)
+            .await
+            .unwrap()
+            .unwrap();
+        if d.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment stuck at {:?}",
+            d.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every outbox event, oldest first, as (kind, payload).
+async fn outbox_events(conn: &DatabaseConnection) -> Vec<(String, Value)> {
+    use ferry_db::sea_orm::QueryOrder as _;
+    notification_outbox::Entity::find()
+        .order_by_asc(notification_outbox::Column::CreatedAt)
+        .order_by_asc(notification_outbox::Column::Id)
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event, e.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn deployments_rollbacks_and_joins_produce_exactly_their_events_and_are_delivered() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let fake = FakeCluster::new();
+        let (api, _) = start_api_on(&db.conn, true, Some(&fake)).await;
+        let sink = Sink::start(&[]).await;
+        let mut t = tenant(&api, "ivy").await;
+        let events = [
+            "deployment.succeeded",
+            "deployment.rolled_back",
+            "member.joined",
+        ];
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/hook"),
+            &events,
+        )
+        .await
+        .unwrap();
+        let deploys = DeploymentServiceClient::new(t.c.channel.clone());
+        let deploy = |service: String| {
+            let req = authed(
+                pb::DeployRequest {
+                    service_id: service,
+                },
+                &t.token,
+            );
+            let mut d = deploys.clone();
+            async move { d.deploy(req).await.unwrap().into_inner().id }
+        };
+        let d1 = deploy(t.service.clone()).await;
+        wait_deployment(&db.conn, &d1, DeploymentStatus::Running).await;
+        let d2 = deploy(t.service.clone()).await;
+        wait_deployment(&db.conn, &d2, DeploymentStatus::Running).await;
+        let r = deploys
+            .clone()
+            .rollback(authed(
+                pb::RollbackRequest {
+                    deployment_id: d1.clone(),
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        wait_deployment(&db.conn, &r, DeploymentStatus::Running).await;
+
+        // A new member joins through an invitation.
+        let invited =
+            t.c.invites
+                .create_invitation(authed(
+                    pb::CreateInvitationRequest {
+                        organization_id: t.org.clone(),
+                        email: "ivyjoiner@example.com".into(),
+                        role: pb::OrganizationRole::Viewer.into(),
+                        ..Default::default()
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+        let mut c = clients(api.addr).await;
+        let joiner = register(&mut c, "ivyjoiner").await;
+        let joiner_token = login(&mut c, "ivyjoiner").await;
+        c.invites
+            .accept_invitation(authed(
+                pb::AcceptInvitationRequest {
+                    token: invited.token,
+                },
+                &joiner_token,
+            ))
+            .await
+            .unwrap();
+
+        // Exactly these events, in this order, with the right subjects.
+        let got = outbox_events(&db.conn).await;
+        let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "deployment.succeeded",
+                "deployment.succeeded",
+                "deployment.rolled_back",
+                "member.invited",
+                "member.joined"
+            ],
+            "{b}"
+        );
+        let ids: Vec<&Value> = got[..3]
+            .iter()
+            .map(|(_, p)| &p["deployment"]["id"])
+            .collect();
+        assert_eq!(ids, [&json!(d1), &json!(d2), &json!(r)], "{b}");
+        assert_eq!(got[0].1["service"]["id"], json!(t.service), "{b}");
+        assert_eq!(got[0].1["summary"], "web in ivy shop is deployed", "{b}");
+        assert_eq!(got[2].1["deployment"]["rollbackOf"], json!(d1), "{b}");
+        assert_eq!(got[2].1["deployment"]["trigger"], "rollback", "{b}");
+        assert_eq!(
+            got[2].1["summary"], "web in ivy shop was rolled back",
+            "{b}"
+        );
+        assert_eq!(got[4].1["userId"], json!(joiner.id), "{b}");
+        assert_eq!(got[4].1["role"], "viewer", "{b}");
+        assert_eq!(got[4].1["summary"], "ivyjoiner joined as viewer", "{b}");
+
+        // The subscribed three kinds reach the webhook; the invitation not.
+        worker(&db.conn).tick(chrono::Utc::now()).await.unwrap();
+        let mut sent: Vec<String> = sink
+            .at("/hook")
+            .iter()
+            .map(|r| r.headers["ferry-event"].to_str().unwrap().to_owned())
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                "deployment.rolled_back",
+                "deployment.succeeded",
+                "deployment.succeeded",
+                "member.joined"
+            ],
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+/// Moves event `id` back `days` days.
+async fn age(conn: &DatabaseConnection, id: Uuid, days: i64) {
+    let mut e: notification_outbox::ActiveModel = notification_outbox::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    e.created_at = Set(chrono::Utc::now() - chrono::Duration::days(days));
+    e.update(conn).await.unwrap();
+}
+
+/// Sets the status of event `id`'s deliveries.
+async fn set_status(conn: &DatabaseConnection, id: Uuid, status: NotificationDeliveryStatus) {
+    use ferry_db::sea_orm::sea_query::Expr;
+    notification_deliveries::Entity::update_many()
+        .col_expr(notification_deliveries::Column::Status, Expr::value(status))
+        .filter(notification_deliveries::Column::EventId.eq(id))
+        .exec(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn settled_events_past_the_retention_are_deleted_with_their_deliveries() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, sink, mut t) = setup(&db.conn, "rita", &[]).await;
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/h"),
+            &["backup.failed"],
+        )
+        .await
+        .unwrap();
+        let ev = |n: u32| json!({ "summary": format!("event {n}") });
+        let delivered = record(&db.conn, &t, EventKind::BackupFailed, ev(1)).await;
+        let given_up = record(&db.conn, &t, EventKind::BackupFailed, ev(2)).await;
+        let pending = record(&db.conn, &t, EventKind::BackupFailed, ev(3)).await;
+        let unsubscribed = record(&db.conn, &t, EventKind::JobRunFailed, ev(4)).await;
+        let recent = record(&db.conn, &t, EventKind::BackupFailed, ev(5)).await;
+        let w = worker(&db.conn);
+        w.tick(chrono::Utc::now()).await.unwrap();
+        assert_eq!(sink.requests().len(), 4, "{b}");
+        let undispatched = record(&db.conn, &t, EventKind::BackupFailed, ev(6)).await;
+        set_status(&db.conn, given_up, NotificationDeliveryStatus::Failed).await;
+        set_status(&db.conn, pending, NotificationDeliveryStatus::Pending).await;
+        for e in [delivered, given_up, pending, unsubscribed, undispatched] {
+            age(&db.conn, e, 31).await;
+        }
+        age(&db.conn, recent, 29).await;
+
+        // Retention off: nothing goes.
+        let keep_all = Worker::new(
+            db.conn.clone(),
+            Arc::new(ferry_tests::test_keyring()),
+            Sender::new(SendConfig::default()).unwrap(),
+            WorkerConfig {
+                retention: None,
+                ..WorkerConfig::default()
+            },
+        );
+        assert_eq!(keep_all.prune(chrono::Utc::now()).await.unwrap(), 0, "{b}");
+
+        // 30 days (the default): the settled old ones go, with their log.
+        assert_eq!(w.prune(chrono::Utc::now()).await.unwrap(), 3, "{b}");
+        let mut left: Vec<Uuid> = notification_outbox::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        left.sort();
+        let mut want = vec![pending, recent, undispatched];
+        want.sort();
+        assert_eq!(left, want, "{b}");
+        let mut logged: Vec<Uuid> = notification_deliveries::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        logged.sort();
+        let mut want = vec![pending, recent];
+        want.sort();
+        assert_eq!(logged, want, "{b}");
+
+        // In bounded batches: one event per transaction still gets them all.
+        set_status(&db.conn, pending, NotificationDeliveryStatus::Delivered).await;
+        age(&db.conn, recent, 31).await;
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+        let gone = ferry_db::outbox::prune_settled(&db.conn, cutoff, 1)
+            .await
+            .unwrap();
+        assert_eq!(gone, 2, "{b}");
+        assert_eq!(
+            notification_deliveries::Entity::find()
+                .count(&db.conn)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn on_postgresql_a_committed_event_wakes_the_delivery_loop_before_its_tick() {
+    use ferry_db::sea_orm::DbBackend;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let pg = db.conn.get_database_backend() == DbBackend::Postgres;
+        let (api, sink, mut t) = setup(&db.conn, "walt", &[]).await;
+        t.create(
+            pb::ChannelKind::Webhook,
+            "hook",
+            &sink.url("/w"),
+            &["backup.failed"],
+        )
+        .await
+        .unwrap();
+        // A 30 s poll: only a wake-up can deliver within the test.
+        let shutdown = ferry_common::Shutdown::new();
+        let lease = ferry_scheduler::lease::Lease::new(
+            ferry_scheduler::notifications::LEASE,
+            "replica-w",
+            Duration::from_secs(60),
+        );
+        let (conn, stop, w) = (db.conn.clone(), shutdown.clone(), worker(&db.conn));
+        let running = tokio::spawn(async move {
+            ferry_scheduler::notifications::deliver(
+                &conn,
+                &w,
+                &lease,
+                Duration::from_secs(30),
+                &stop,
+            )
+            .await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "wake" }),
+        )
+        .await;
+        let wait = if pg { 5 } else { 1 };
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        while sink.requests().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let got = sink.requests();
+        if pg {
+            assert_eq!(got.len(), 1, "{b}: not woken");
+            let latency = got[0].at - started;
+            println!(
+                "{b}: commit -> webhook in {} ms (poll 30 s)",
+                latency.as_millis()
+            );
+            assert!(latency < Duration::from_secs(1), "{b}: {latency:?}");
+        } else {
+            assert!(got.is_empty(), "{b}: SQLite polls; nothing wakes it");
+        }
+        shutdown.trigger();
+        running.await.unwrap();
+        api.stop().await;
+    }
+}
+
+/// Whether the captured request's `Ferry-Signature` verifies with `secret`.
+fn signed_with(r: &Captured, secret: &str) -> bool {
+    let signature = r.headers["ferry-signature"].to_str().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    ferry_notify::sign::verify(secret.as_bytes(), signature, &r.body, now).is_ok()
+}
+
+#[tokio::test]
+async fn a_rotated_signing_secret_signs_the_next_delivery_and_the_old_one_no_longer_verifies() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, sink, mut t) = setup(&db.conn, "rosa", &[]).await;
+        let created = t
+            .create(
+                pb::ChannelKind::Webhook,
+                "hook",
+                &sink.url("/r"),
+                &["backup.failed"],
+            )
+            .await
+            .unwrap();
+        let old = created.signing_secret.clone();
+        let hook = created.channel.unwrap();
+        let w = worker(&db.conn);
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "one" }),
+        )
+        .await;
+        w.tick(chrono::Utc::now()).await.unwrap();
+        assert!(signed_with(&sink.at("/r")[0], &old), "{b}");
+
+        let rotated =
+            t.n.rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest {
+                    id: hook.id.clone(),
+                },
+                &t.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let new = rotated.signing_secret.clone();
+        assert_eq!(new.len(), 64, "{b}");
+        assert_ne!(new, old, "{b}");
+        assert!(rotated.channel.as_ref().unwrap().signed, "{b}");
+        assert!(
+            !format!("{rotated:?}").contains(&new),
+            "{b}: Debug shows no secret"
+        );
+
+        record(
+            &db.conn,
+            &t,
+            EventKind::BackupFailed,
+            json!({ "summary": "two" }),
+        )
+        .await;
+        w.tick(chrono::Utc::now()).await.unwrap();
+        let got = sink.at("/r");
+        assert_eq!(got.len(), 2, "{b}");
+        assert!(
+            signed_with(&got[1], &new),
+            "{b}: not signed with the new secret"
+        );
+        assert!(
+            !signed_with(&got[1], &old),
+            "{b}: still signed with the old secret"
+        );
+
+        // Audited, without the secret.
+        let audit = audit_logs::Entity::find()
+            .filter(audit_logs::Column::Action.eq("notification_channel.rotate_secret"))
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1, "{b}");
+        assert_eq!(audit[0].resource_id, Some(id(&hook.id)), "{b}");
+        assert!(!audit[0].details.to_string().contains(&new), "{b}");
+
+        // Unsigned kinds have nothing to rotate; members may not rotate.
+        let slack = t
+            .create(pb::ChannelKind::Slack, "s", &sink.url("/s"), &[])
+            .await
+            .unwrap()
+            .channel
+            .unwrap();
+        let err =
+            t.n.rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest { id: slack.id },
+                &t.token,
+            ))
+            .await;
+        assert_eq!(code(err), Code::FailedPrecondition, "{b}");
+        let mut m = clients(api.addr).await;
+        let member = register(&mut m, "rosa-member").await;
+        let member_token = login(&mut m, "rosa-member").await;
+        add_member(&db.conn, &t.org, &member.id, OrgRole::Member).await;
+        let err = NotificationServiceClient::new(m.channel.clone())
+            .rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest {
+                    id: hook.id.clone(),
+                },
+                &member_token,
+            ))
+            .await;
+        assert_eq!(code(err), Code::PermissionDenied, "{b}");
+        api.stop().await;
+    }
+}
+
+impl Tenant {
+    /// Sets the organization's SMTP relay to 127.0.0.1:`port` in `tls`.
+    async fn smtp(&mut self, port: u16, tls: pb::SmtpTlsMode) {
+        self.n
+            .set_email_config(authed(
+                pb::SetEmailConfigRequest {
+                    organization_id: self.org.clone(),
+                    smtp_host: "127.0.0.1".into(),
+                    smtp_port: i32::from(port),
+                    username: "mailer".into(),
+                    password: "smtp-hunter2".into(),
+                    from_address: "ferry@example.com".into(),
+                    from_name: "Ferry".into(),
+                    tls_mode: tls.into(),
+                    ..Default::default()
+                },
+                &self.token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// An e-mail channel to ops@example.com subscribed to `events`.
+    async fn email_channel(&mut self, name: &str, events: &[&str]) -> pb::NotificationChannel {
+        self.n
+            .create_channel(authed(
+                pb::CreateChannelRequest {
+                    organization_id: self.org.clone(),
+                    kind: pb::ChannelKind::Email.into(),
+                    name: name.into(),
+                    email_recipients: vec!["ops@example.com".into()],
+                    events: events.iter().map(|e| (*e).to_owned()).collect(),
+                    ..Default::default()
+                },
+                &self.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .channel
+            .unwrap()
+    }
+}
+
+/// Records a `backup.failed` event and runs one tick of `w`; returns the
+/// channel's newest delivery.
+async fn deliver_one(
+    conn: &DatabaseConnection,
+    t: &mut Tenant,
+    w: &Worker,
+    channel: &str,
+    summary: &str,
+) -> pb::NotificationDelivery {
+    record(
+        conn,
+        t,
+        EventKind::BackupFailed,
+        json!({ "summary": summary }),
+    )
+    .await;
+    w.tick(chrono::Utc::now()).await.unwrap();
+    t.deliveries(channel).await.remove(0)
+}
+
+#[tokio::test]
+async fn email_is_delivered_over_starttls_and_implicit_tls_trusting_the_operators_ca() {
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let (api, _) = start_api(&db.conn, true).await;
+        let mut t = tenant(&api, "tls").await;
+        let mail = t.email_channel("mail", &["backup.failed"]).await;
+        let w = worker(&db.conn);
+        for (mode, tls) in [
+            (smtp::SmtpMode::StartTls, pb::SmtpTlsMode::Starttls),
+            (smtp::SmtpMode::Tls, pb::SmtpTlsMode::Tls),
+        ] {
+            let sink = smtp::SmtpSink::start(mode).await;
+            t.smtp(sink.port, tls).await;
+            let summary = format!("nightly backup failed ({mode:?})");
+            let d = deliver_one(&db.conn, &mut t, &w, &mail.id, &summary).await;
+            assert_eq!(d.status, "delivered", "{b} {mode:?}: {d:?}");
+            assert_eq!(d.last_response_code, 250, "{b} {mode:?}");
+            let got = sink.messages();
+            assert_eq!(got.len(), 1, "{b} {mode:?}: {:?}", sink.received());
+            assert!(got[0].tls, "{b} {mode:?}: the message went in the clear");
+            assert!(
+                got[0]
+                    .data
+                    .contains(&format!("Subject: [Ferry] Backup failed: {summary}")),
+                "{b} {mode:?}: {}",
+                got[0].data
+            );
+            assert!(got[0].data.contains("Event: backup.failed"), "{b} {mode:?}");
+            let auth = got[0].commands.iter().find(|c| c.starts_with("AUTH"));
+            assert_eq!(
+                auth.map(String::as_str),
+                Some("AUTH PLAIN AG1haWxlcgBzbXRwLWh1bnRlcjI="),
+                "{b} {mode:?}"
+            );
+            if mode == smtp::SmtpMode::StartTls {
+                // The credentials went only after the upgrade.
+                let starttls = got[0].commands.iter().position(|c| c == "STARTTLS");
+                let auth = got[0].commands.iter().position(|c| c.starts_with("AUTH"));
+                assert!(
+                    starttls.unwrap() < auth.unwrap(),
+                    "{b}: {:?}",
+                    got[0].commands
+                );
+            }
+            // TestChannel (the api, started with the same CA) too.
+            let r =
+                t.n.test_channel(authed(
+                    pb::TestChannelRequest {
+                        id: mail.id.clone(),
+                    },
+                    &t.token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.delivered, "{b} {mode:?}: {r:?}");
+            assert_eq!(sink.messages().len(), 2, "{b} {mode:?}");
+        }
+
+        // Implicit TLS against a STARTTLS relay: a clear delivery error.
+        let starttls = smtp::SmtpSink::start(smtp::SmtpMode::StartTls).await;
+        t.smtp(starttls.port, pb::SmtpTlsMode::Tls).await;
+        let d = deliver_one(&db.conn, &mut t, &w, &mail.id, "mismatch").await;
+        assert_eq!(d.status, "pending", "{b}: retried later: {d:?}");
+        assert!(d.last_error.starts_with("SMTP: "), "{b}: {}", d.last_error);
+        assert!(
+            d.last_error.contains("Connection error")
+                || d.last_error.contains("InvalidContentType"),
+            "{b}: {}",
+            d.last_error
+        );
+        assert!(starttls.messages().is_empty(), "{b}");
+
+        // Without the operator's CA the relay's certificate is refused.
+        let tls = smtp::SmtpSink::start(smtp::SmtpMode::Tls).await;
+        t.smtp(tls.port, pb::SmtpTlsMode::Tls).await;
+        let untrusting = worker_trusting(&db.conn, SmtpTrust::default());
+        let d = deliver_one(&db.conn, &mut t, &untrusting, &mail.id, "untrusted").await;
+        assert_eq!(d.status, "pending", "{b}: {d:?}");
+        assert!(
+            d.last_error.contains("UnknownIssuer"),
+            "{b}: {}",
+            d.last_error
+        );
+        assert!(tls.messages().is_empty(), "{b}");
+        api.stop().await;
+    }
+}
+
 /// Worker throughput: `N` events to two channels on a loopback sink, and
 /// the time the worker takes to deliver them all (default settings: 200
 /// per tick, 8 in flight). `cargo nextest run -p ferry-api --run-ignored
@@ -1529,9 +2102,7 @@ async fn bench_notification_throughput() {
     const N: usize = 1000;
     for db in ferry_tests::migrated_dbs().await {
         let b = db.backend;
-        let (api, _) = start_api(&db.conn, true).await;
-        let sink = Sink::start(&[]).await;
-        let mut t = tenant(&api, "bench").await;
+        let (api, sink, mut t) = setup(&db.conn, "bench", &[]).await;
         for name in ["one", "two"] {
             t.create(
                 pb::ChannelKind::Webhook,

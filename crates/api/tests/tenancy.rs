@@ -7,8 +7,6 @@ mod support;
 
 use support::*;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use ferry_api::authz::{Action, Caller, Resource};
 use ferry_db::entities::enums::{OrgRole, SmtpTlsMode};
@@ -23,8 +21,6 @@ use ferry_db::sea_orm::{
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
 };
 use ferry_proto::ferry::v1 as pb;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpListener;
 use tonic::Code;
 
 /// A registered, logged-in user.
@@ -826,71 +822,6 @@ async fn invitations_by_link() {
     }
 }
 
-/// What the SMTP sink saw.
-#[derive(Debug, Default, Clone)]
-struct Received {
-    commands: Vec<String>,
-    data: String,
-}
-
-/// A one-connection-at-a-time SMTP sink speaking just enough SMTP (with
-/// AUTH PLAIN) for lettre; returns its port and what it received.
-async fn smtp_sink() -> (u16, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let sink = inbox.clone();
-    tokio::spawn(async move {
-        // Bounded: the test sends a handful of messages.
-        for _ in 0..10 {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let mut got = Received::default();
-            write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-            let mut in_data = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                if in_data {
-                    if line == "." {
-                        in_data = false;
-                        write.write_all(b"250 queued\r\n").await.unwrap();
-                    } else {
-                        got.data.push_str(&line);
-                        got.data.push('\n');
-                    }
-                    continue;
-                }
-                got.commands.push(line.clone());
-                let verb = line
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
-                let reply: &[u8] = match verb.as_str() {
-                    "EHLO" => b"250-sink\r\n250 AUTH PLAIN LOGIN\r\n",
-                    "HELO" => b"250 sink\r\n",
-                    "AUTH" => b"235 ok\r\n",
-                    "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
-                    "DATA" => {
-                        in_data = true;
-                        b"354 go on\r\n"
-                    }
-                    "QUIT" => {
-                        write.write_all(b"221 bye\r\n").await.ok();
-                        break;
-                    }
-                    _ => b"502 no\r\n",
-                };
-                write.write_all(reply).await.unwrap();
-            }
-            sink.lock().unwrap().push(got);
-        }
-    });
-    (port, inbox)
-}
-
 /// Undoes quoted-printable soft breaks and `=3D`.
 fn unfold(data: &str) -> String {
     data.replace("=\n", "").replace("=3D", "=")
@@ -905,7 +836,8 @@ async fn invitations_by_email_reach_the_smtp_sink() {
         let owner = user(&mut c, "owner").await;
         let invitee = user(&mut c, "invitee").await;
         let org = create_org(&mut c, &owner.token, "Acme Mail").await.id;
-        let (port, inbox) = smtp_sink().await;
+        let sink = smtp::SmtpSink::start(smtp::SmtpMode::Plain).await;
+        let port = sink.port;
         let now = chrono::Utc::now();
         let keyring = ferry_tests::test_keyring();
         let config_id = Uuid::now_v7();
@@ -952,7 +884,7 @@ async fn invitations_by_email_reach_the_smtp_sink() {
         );
 
         let mail = {
-            let inbox = inbox.lock().unwrap();
+            let inbox = sink.received();
             assert_eq!(inbox.len(), 1, "{b}: {inbox:?}");
             inbox[0].clone()
         };

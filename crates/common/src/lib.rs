@@ -9,7 +9,8 @@
 //!   readiness latch, graceful drain);
 //! - [`system`]: the `ferry.v1.SystemService` implementation all services share;
 //! - [`service`]: the body of each binary's `main`;
-//! - [`dns`]: a TXT lookup for the domain challenge (and a test server);
+//! - [`dns`]: TXT and A lookups for the domain challenge (and a test server);
+//! - [`http_proof`]: the HTTP domain challenge, fetched from where a name points;
 //! - `testing` (feature `testing`): helpers for the services' boot tests.
 
 pub mod args;
@@ -17,6 +18,8 @@ pub mod dns;
 pub mod error;
 pub mod grpc;
 pub mod http_proof;
+#[cfg(feature = "db")]
+pub mod listen;
 pub mod service;
 pub mod shutdown;
 pub mod system;

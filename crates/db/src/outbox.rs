@@ -11,13 +11,18 @@
 //! txn.commit().await?;
 //! ```
 
-use chrono::Utc;
-use sea_orm::{ActiveModelTrait as _, ActiveValue::Set, ConnectionTrait, EntityTrait as _};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait as _, Query};
+use sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::entities::{jobs, notification_outbox, projects};
+use crate::entities::enums::NotificationDeliveryStatus;
+use crate::entities::{jobs, notification_deliveries, notification_outbox, projects};
 
 /// Declares [`EventKind`] with its stable names side by side.
 macro_rules! kinds {
@@ -138,6 +143,72 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, event: Event) -> Result<Uuid>
     .insert(conn)
     .await?;
     Ok(id)
+}
+
+/// Deletes, `batch` events per transaction, the events created before
+/// `cutoff` that are settled: dispatched, with no delivery still pending
+/// (each delivered or given up, or none at all), together with their
+/// delivery rows. Returns the events deleted.
+pub async fn prune_settled(
+    db: &DatabaseConnection,
+    cutoff: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let ids = settled_before(db, cutoff, batch).await?;
+        if ids.is_empty() {
+            return Ok(deleted);
+        }
+        let txn = crate::begin_write(db).await?;
+        // Explicitly, not by the cascade: SQLite may run without FK checks.
+        notification_deliveries::Entity::delete_many()
+            .filter(notification_deliveries::Column::EventId.is_in(ids.iter().copied()))
+            .exec(&txn)
+            .await?;
+        let gone = notification_outbox::Entity::delete_many()
+            .filter(notification_outbox::Column::Id.is_in(ids.iter().copied()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        deleted += gone.rows_affected;
+        if u64::try_from(ids.len()).unwrap_or(u64::MAX) < batch {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Up to `batch` settled events created before `cutoff`, oldest first.
+/// A settled event cannot become unsettled: dispatched events get no new
+/// deliveries, and a delivery never goes back to pending.
+async fn settled_before(
+    db: &DatabaseConnection,
+    cutoff: DateTime<Utc>,
+    batch: u64,
+) -> Result<Vec<Uuid>> {
+    let mut pending = Query::select();
+    pending
+        .expr(Expr::val(1))
+        .from(notification_deliveries::Entity)
+        .and_where(
+            Expr::col((
+                notification_deliveries::Entity,
+                notification_deliveries::Column::EventId,
+            ))
+            .equals((notification_outbox::Entity, notification_outbox::Column::Id)),
+        )
+        .and_where(notification_deliveries::Column::Status.eq(NotificationDeliveryStatus::Pending));
+    Ok(notification_outbox::Entity::find()
+        .select_only()
+        .column(notification_outbox::Column::Id)
+        .filter(notification_outbox::Column::DispatchedAt.is_not_null())
+        .filter(notification_outbox::Column::CreatedAt.lt(cutoff))
+        .filter(Expr::exists(pending).not())
+        .order_by_asc(notification_outbox::Column::CreatedAt)
+        .limit(batch)
+        .into_tuple()
+        .all(db)
+        .await?)
 }
 
 /// The event of a job run that just ended as `status` (`failed` or

@@ -11,6 +11,13 @@ pub enum Error {
     /// message says which setting.
     #[error("{0}")]
     Channel(String),
+    /// An e-mail was not sent: the SMTP reply code when the server gave
+    /// one, and why in words (never the password).
+    #[error("{1}")]
+    Smtp(Option<u16>, String),
+    /// The operator's settings are unusable (e.g. the SMTP CA file).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<ferry_db::sea_orm::DbErr> for Error {

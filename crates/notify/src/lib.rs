@@ -10,12 +10,14 @@
 //! - [`send`]: one delivery attempt (HTTP with a per-request timeout over a
 //!   resolver that refuses private addresses; e-mail through the
 //!   organization's SMTP settings).
+//! - [`smtp`]: the one SMTP client (also the api's invitation e-mails).
 //! - [`worker`]: the outbox fan-out and the retried deliveries.
 
 pub mod error;
 pub mod format;
 pub mod send;
 pub mod sign;
+pub mod smtp;
 pub mod target;
 pub mod worker;
 

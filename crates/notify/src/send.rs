@@ -10,8 +10,8 @@
 //! TLS: rustls with ring and the webpki roots.
 //!
 //! E-mail goes through the organization's SMTP settings
-//! (`org_email_configs`: none / STARTTLS / TLS), one message to all of the
-//! channel's recipients.
+//! (`org_email_configs`: none / STARTTLS / TLS) with [`crate::smtp`], one
+//! message to all of the channel's recipients.
 //!
 //! Outcomes carry no secret: the URL is never part of an error message.
 
@@ -24,21 +24,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_db::crypto::{Keyring, Secret};
-use ferry_db::entities::enums::{NotificationKind, SmtpTlsMode};
-use ferry_db::entities::{notification_channels, org_email_configs};
-use ferry_db::sea_orm::{ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _};
+use ferry_db::entities::enums::NotificationKind;
+use ferry_db::entities::notification_channels;
+use ferry_db::sea_orm::ConnectionTrait;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
-use lettre::message::Mailbox;
-use lettre::message::header::ContentType;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use serde_json::Value;
 
 use crate::format::{self, Notification};
+use crate::smtp::{Smtp, SmtpTrust};
 use crate::target;
 use crate::{Error, Result};
 
@@ -196,6 +193,8 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResol
 pub struct Sender {
     config: SendConfig,
     client: HttpClient,
+    /// Extra CAs for SMTP relays.
+    smtp_trust: SmtpTrust,
 }
 
 impl std::fmt::Debug for Sender {
@@ -207,7 +206,7 @@ impl std::fmt::Debug for Sender {
 }
 
 /// The error and its sources, in one line.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -246,7 +245,17 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build(https);
-        Ok(Self { config, client })
+        Ok(Self {
+            config,
+            client,
+            smtp_trust: SmtpTrust::default(),
+        })
+    }
+
+    /// This sender, trusting `trust`'s extra CAs for SMTP relays too.
+    pub fn with_smtp_trust(mut self, trust: SmtpTrust) -> Self {
+        self.smtp_trust = trust;
+        self
     }
 
     pub fn config(&self) -> SendConfig {
@@ -278,7 +287,7 @@ impl Sender {
                     .await
             }
             Target::Email { recipients } => {
-                match smtp_settings(db, keyring, channel.organization_id).await {
+                match crate::smtp::org_settings(db, keyring, channel.organization_id).await {
                     Ok(Some(smtp)) => self.mail(&smtp, &recipients, n).await,
                     Ok(None) => Outcome::failed(
                         None,
@@ -374,50 +383,19 @@ impl Sender {
     /// Sends `n` as one e-mail to `recipients` through `smtp`.
     pub async fn mail(&self, smtp: &Smtp, recipients: &[String], n: &Notification) -> Outcome {
         let (subject, body) = format::email(n);
-        let from = match smtp.from_address.parse() {
-            Ok(a) => Mailbox::new(smtp.from_name.clone(), a),
-            Err(_) => return Outcome::failed(None, "the SMTP from address is invalid"),
+        let mail = crate::smtp::Mail {
+            to: recipients.to_vec(),
+            subject,
+            body,
         };
-        let mut message = Message::builder().from(from).subject(subject);
-        for r in recipients {
-            match r.parse::<Mailbox>() {
-                Ok(m) => message = message.to(m),
-                Err(_) => {
-                    return Outcome::failed(None, format!("recipient {r} is not an address"));
-                }
-            }
-        }
-        let message = match message.header(ContentType::TEXT_PLAIN).body(body) {
-            Ok(m) => m,
-            Err(err) => return Outcome::failed(None, format!("building the e-mail: {err}")),
-        };
-        let builder = match smtp.tls_mode {
-            SmtpTlsMode::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-                smtp.host.as_str(),
-            )),
-            SmtpTlsMode::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-            }
-            SmtpTlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host),
-        };
-        let mut builder = match builder {
-            Ok(b) => b.port(smtp.port).timeout(Some(self.config.timeout)),
-            Err(err) => return Outcome::failed(None, format!("SMTP TLS setup: {err}")),
-        };
-        if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
-            builder =
-                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
-        }
-        match builder.build().send(message).await {
-            Ok(response) => Outcome {
+        match crate::smtp::send(smtp, &self.smtp_trust, self.config.timeout, mail).await {
+            Ok(code) => Outcome {
                 delivered: true,
-                status: response.code().to_string().parse().ok(),
+                status: Some(code),
                 error: None,
             },
-            Err(err) => Outcome::failed(
-                err.status().and_then(|c| c.to_string().parse().ok()),
-                format!("SMTP: {}", chain(&err)),
-            ),
+            Err(Error::Smtp(code, why)) => Outcome::failed(code, why),
+            Err(err) => Outcome::failed(None, err.to_string()),
         }
     }
 }
@@ -432,56 +410,4 @@ fn scrub(text: &str, url: &str) -> String {
         }
     }
     out
-}
-
-/// An organization's SMTP settings, password decrypted.
-pub struct Smtp {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub from_address: String,
-    pub from_name: Option<String>,
-    pub tls_mode: SmtpTlsMode,
-}
-
-impl std::fmt::Debug for Smtp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Smtp")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls_mode", &self.tls_mode)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The enabled SMTP settings of `org`, if any.
-pub async fn smtp_settings<C: ConnectionTrait>(
-    db: &C,
-    keyring: &Keyring,
-    org: uuid::Uuid,
-) -> Result<Option<Smtp>> {
-    let Some(row) = org_email_configs::Entity::find()
-        .filter(org_email_configs::Column::OrganizationId.eq(org))
-        .filter(org_email_configs::Column::Enabled.eq(true))
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let password = match &row.password {
-        Some(p) => Some(keyring.decrypt("org_email_configs", "password", row.id, p)?),
-        None => None,
-    };
-    let port = u16::try_from(row.smtp_port)
-        .map_err(|_| Error::Channel("the organization's SMTP port is invalid".into()))?;
-    Ok(Some(Smtp {
-        host: row.smtp_host,
-        port,
-        username: row.username.filter(|u| !u.is_empty()),
-        password,
-        from_address: row.from_address,
-        from_name: row.from_name.filter(|n| !n.is_empty()),
-        tls_mode: row.tls_mode,
-    }))
 }

@@ -16,6 +16,9 @@
 //!    failure is retried after `base · 2^(attempts-1)` (capped, with
 //!    jitter: a random 50–100 % of it) until `max_attempts`, then the
 //!    delivery is `failed`.
+//!
+//! [`Worker::prune`] deletes settled events past the retention with their
+//! deliveries (the scheduler calls it now and then under the same lease).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +43,9 @@ use crate::Result;
 use crate::format::Notification;
 use crate::send::Sender;
 
+/// Events deleted per transaction by [`Worker::prune`].
+pub const PRUNE_BATCH: u64 = 1000;
+
 /// How the worker paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -53,6 +59,9 @@ pub struct WorkerConfig {
     pub backoff_base: Duration,
     /// The longest delay between attempts.
     pub backoff_cap: Duration,
+    /// Settled events (and their deliveries) older than this are deleted
+    /// by [`Worker::prune`]; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +72,7 @@ impl Default for WorkerConfig {
             max_attempts: 8,
             backoff_base: Duration::from_secs(10),
             backoff_cap: Duration::from_secs(3600),
+            retention: Some(Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -202,6 +212,20 @@ impl Worker {
             txn.commit().await?;
         }
         Ok((events.len(), created))
+    }
+
+    /// Deletes the settled events older than the retention (every
+    /// delivery delivered or given up) with their deliveries, in batches;
+    /// returns how many events went.
+    pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64> {
+        let Some(keep) = self.config.retention else {
+            return Ok(0);
+        };
+        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = now.checked_sub_signed(keep) else {
+            return Ok(0);
+        };
+        Ok(ferry_db::outbox::prune_settled(&self.db, cutoff, PRUNE_BATCH).await?)
     }
 
     /// Claims and sends the due deliveries.

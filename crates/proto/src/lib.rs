@@ -52,6 +52,15 @@ pub mod ferry {
             }
         }
 
+        /// Never prints the signing secret.
+        impl std::fmt::Debug for RotateChannelSecretResponse {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("RotateChannelSecretResponse")
+                    .field("channel", &self.channel)
+                    .finish_non_exhaustive()
+            }
+        }
+
         /// Never prints the webhook URL or recipients.
         impl std::fmt::Debug for UpdateChannelRequest {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

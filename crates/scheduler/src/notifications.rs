@@ -3,19 +3,31 @@
 //! `--notifications-interval-ms` (fan out new outbox events to their
 //! channels' deliveries, send what is due, retry failures with backoff).
 //! Everything the worker does is idempotent and claimed row by row, so a
-//! lease lost mid-tick costs nothing but a repeat no-op.
+//! lease lost mid-tick costs nothing but a repeat no-op. Once an hour the
+//! holder also deletes settled events past `--notifications-retention-days`
+//! with their deliveries ([`ferry_notify::Worker::prune`]). On PostgreSQL
+//! the loop also wakes at once when an outbox insert commits (LISTEN on
+//! [`WAKE_CHANNEL`]); SQLite polls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::Shutdown;
-use ferry_db::sea_orm::DatabaseConnection;
+use ferry_db::sea_orm::{DatabaseConnection, DbBackend};
 use ferry_notify::{SendConfig, Sender, Worker, WorkerConfig};
+use tokio::sync::Notify;
 
 use crate::lease::Lease;
 
 /// Lease name of the delivery loop.
 pub const LEASE: &str = "notifications";
+
+/// The channel the outbox's insert trigger notifies at commit (migration
+/// `m0022_notify_wakeup`, PostgreSQL only).
+pub const WAKE_CHANNEL: &str = "ferry_notifications";
+
+/// How often the lease holder deletes settled events past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Ticks run back to back while a full batch came back.
 const MAX_TICKS_IN_A_ROW: usize = 20;
@@ -78,6 +90,27 @@ pub struct NotificationArgs {
         value_parser = clap::value_parser!(u64).range(1..=256)
     )]
     pub notifications_concurrency: u64,
+
+    /// Days an event is kept once settled (every delivery delivered or
+    /// given up); then it is deleted with its delivery log. 0 keeps them.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFICATIONS_RETENTION_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(0..=3650)
+    )]
+    pub notifications_retention_days: u32,
+
+    /// A PEM file of CA certificates trusted for SMTP relays (STARTTLS and
+    /// TLS) besides the public roots: for a relay with a private CA. Set
+    /// it on ferry-api as well.
+    #[arg(
+        long,
+        env = "FERRY_SMTP_CA_FILE",
+        value_name = "PEM",
+        value_parser = ferry_notify::smtp::SmtpTrust::parse_file
+    )]
+    pub smtp_ca_file: Option<ferry_notify::smtp::SmtpTrust>,
 }
 
 impl NotificationArgs {
@@ -97,6 +130,9 @@ impl NotificationArgs {
             max_attempts: i32::try_from(self.notifications_max_attempts).unwrap_or(8),
             backoff_base: Duration::from_millis(self.notifications_backoff_ms),
             concurrency: usize::try_from(self.notifications_concurrency).unwrap_or(8),
+            retention: (self.notifications_retention_days > 0).then(|| {
+                Duration::from_secs(u64::from(self.notifications_retention_days) * 86_400)
+            }),
             ..WorkerConfig::default()
         }
     }
@@ -112,7 +148,7 @@ pub async fn run(db: &DatabaseConnection, args: &crate::Args, replica: &str, shu
         }
     };
     let sender = match Sender::new(args.notifications.send_config()) {
-        Ok(s) => s,
+        Ok(s) => s.with_smtp_trust(args.notifications.smtp_ca_file.clone().unwrap_or_default()),
         Err(err) => {
             tracing::error!(error = %err, "notifications are not delivered: the sender failed to start");
             return;
@@ -139,10 +175,13 @@ pub async fn deliver(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned_at: Option<tokio::time::Instant> = None;
+    let wake = spawn_wakeup(db, shutdown);
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
             _ = ticker.tick() => {}
+            () = wake.notified() => {}
         }
         match lease.acquire(db, chrono::Utc::now()).await {
             Ok(true) => {}
@@ -152,7 +191,14 @@ pub async fn deliver(
                 continue;
             }
         }
+        let prune = pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
         let work = async {
+            if prune {
+                let gone = worker.prune(chrono::Utc::now()).await?;
+                if gone > 0 {
+                    tracing::info!(events = gone, "deleted settled notification events");
+                }
+            }
             for _ in 0..MAX_TICKS_IN_A_ROW {
                 let tick = worker.tick(chrono::Utc::now()).await?;
                 if tick != ferry_notify::worker::Tick::default() {
@@ -164,7 +210,11 @@ pub async fn deliver(
             }
             Ok::<(), ferry_notify::Error>(())
         };
-        match lease.while_held(db, work).await {
+        let result = lease.while_held(db, work).await;
+        if prune && matches!(result, Some(Ok(()))) {
+            pruned_at = Some(tokio::time::Instant::now());
+        }
+        match result {
             Some(Ok(())) => {}
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "a notification tick failed; will retry")
@@ -175,4 +225,38 @@ pub async fn deliver(
     if let Err(err) = lease.release(db).await {
         tracing::warn!(error = %err, "releasing the notifications lease failed");
     }
+}
+
+/// On PostgreSQL, a task that LISTENs on [`WAKE_CHANNEL`] and pokes the
+/// returned `Notify` at every committed outbox insert, so delivery does not
+/// wait for the next tick (pokes coalesce: one pending at most). On SQLite
+/// nothing pokes it: the loop polls.
+fn spawn_wakeup(db: &DatabaseConnection, shutdown: &Shutdown) -> Arc<Notify> {
+    let wake = Arc::new(Notify::new());
+    if db.get_database_backend() != DbBackend::Postgres {
+        return wake;
+    }
+    let (db, shutdown, poke) = (db.clone(), shutdown.clone(), wake.clone());
+    tokio::spawn(async move {
+        let what = "notification wake-up";
+        while let Some(mut listener) =
+            ferry_common::listen::listen(&db, WAKE_CHANNEL, &shutdown, what).await
+        {
+            // Events committed before LISTEN took effect: one tick now.
+            poke.notify_one();
+            loop {
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    got = listener.recv() => match got {
+                        Ok(_) => poke.notify_one(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "{what}: LISTEN lost; polling until it is back");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    });
+    wake
 }

@@ -53,6 +53,8 @@ pub struct InvitationApi {
     identity: Identity,
     keyring: Arc<Keyring>,
     public_url: String,
+    /// Extra CAs for the organization's SMTP relay (`--smtp-ca-file`).
+    smtp_trust: ferry_notify::smtp::SmtpTrust,
 }
 
 impl std::fmt::Debug for InvitationApi {
@@ -70,7 +72,14 @@ impl InvitationApi {
             identity,
             keyring,
             public_url: public_url.trim_end_matches('/').to_owned(),
+            smtp_trust: ferry_notify::smtp::SmtpTrust::default(),
         }
+    }
+
+    /// Trusts `trust`'s extra CAs for SMTP relays too.
+    pub fn with_smtp_trust(mut self, trust: ferry_notify::smtp::SmtpTrust) -> Self {
+        self.smtp_trust = trust;
+        self
     }
 
     fn accept_url(&self, token: &str) -> String {
@@ -237,6 +246,7 @@ impl InvitationApi {
         );
         let sent = mail::send(
             &settings,
+            &self.smtp_trust,
             Mail {
                 to: email.clone(),
                 subject: format!("Invitation to {} on Ferry", org_row.name),

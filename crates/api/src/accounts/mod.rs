@@ -50,10 +50,12 @@ pub fn add_tenancy_services(
     services: GrpcServices,
     identity: &Identity,
     keyring: std::sync::Arc<ferry_db::crypto::Keyring>,
+    smtp_trust: ferry_notify::smtp::SmtpTrust,
 ) -> GrpcServices {
     services
         .add_service(pb::invitation_service_server::InvitationServiceServer::new(
-            invitations::InvitationApi::new(identity.clone(), keyring, &identity.config.public_url),
+            invitations::InvitationApi::new(identity.clone(), keyring, &identity.config.public_url)
+                .with_smtp_trust(smtp_trust),
         ))
         .add_service(pb::api_token_service_server::ApiTokenServiceServer::new(
             tokens::ApiTokenApi::new(identity.clone()),

@@ -52,13 +52,16 @@ use crate::workloads::{Workloads, unique_as, validate};
 use crate::{Error, Result};
 
 /// The operator's notification settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NotificationConfig {
     /// Allow webhook and SMTP targets on loopback, private and link-local
     /// addresses (`--notifications-allow-private-targets`).
     pub allow_private_targets: bool,
     /// TestChannel's timeout.
     pub send_timeout: Duration,
+    /// Extra CAs trusted for SMTP relays (`--smtp-ca-file`): TestChannel
+    /// and invitation e-mails.
+    pub smtp_trust: ferry_notify::smtp::SmtpTrust,
 }
 
 impl Default for NotificationConfig {
@@ -66,6 +69,7 @@ impl Default for NotificationConfig {
         Self {
             allow_private_targets: false,
             send_timeout: Duration::from_secs(10),
+            smtp_trust: ferry_notify::smtp::SmtpTrust::default(),
         }
     }
 }
@@ -75,42 +79,57 @@ const TABLE: &str = "notification_channels";
 /// The most e-mail recipients per channel.
 pub const MAX_RECIPIENTS: usize = ferry_notify::send::MAX_RECIPIENTS;
 
-fn kind_from_pb(value: i32) -> Result<NotificationKind> {
-    Ok(match pb::ChannelKind::try_from(value) {
-        Ok(pb::ChannelKind::Slack) => NotificationKind::Slack,
-        Ok(pb::ChannelKind::Discord) => NotificationKind::Discord,
-        Ok(pb::ChannelKind::Teams) => NotificationKind::Teams,
-        Ok(pb::ChannelKind::GoogleChat) => NotificationKind::GoogleChat,
-        Ok(pb::ChannelKind::Webhook) => NotificationKind::Webhook,
-        Ok(pb::ChannelKind::Email) => NotificationKind::Email,
-        _ => {
-            return Err(Error::InvalidArgument(
-                "kind: one of SLACK, DISCORD, TEAMS, GOOGLE_CHAT, WEBHOOK, EMAIL".into(),
-            ));
+/// A stored enum and its proto enum, both ways, from one table:
+/// `$to(db) -> pb` and `$from(i32) -> Result<db>`, refusing other values
+/// with `$refused`; `unspecified` names what an unset field means.
+macro_rules! pb_enum {
+    (
+        $db:ident <=> $pb:ident, $from:ident, $to:ident, $refused:literal
+        $(, unspecified => $default:ident)?;
+        $($d:ident <=> $p:ident),+ $(,)?
+    ) => {
+        fn $to(value: $db) -> pb::$pb {
+            match value {
+                $($db::$d => pb::$pb::$p,)+
+            }
         }
-    })
+
+        fn $from(value: i32) -> Result<$db> {
+            match pb::$pb::try_from(value) {
+                $(Ok(pb::$pb::$p) => Ok($db::$d),)+
+                $(Ok(pb::$pb::Unspecified) => Ok($db::$default),)?
+                _ => Err(Error::InvalidArgument($refused.into())),
+            }
+        }
+    };
 }
 
-fn kind_to_pb(kind: NotificationKind) -> pb::ChannelKind {
-    match kind {
-        NotificationKind::Slack => pb::ChannelKind::Slack,
-        NotificationKind::Discord => pb::ChannelKind::Discord,
-        NotificationKind::Teams => pb::ChannelKind::Teams,
-        NotificationKind::GoogleChat => pb::ChannelKind::GoogleChat,
-        NotificationKind::Webhook => pb::ChannelKind::Webhook,
-        NotificationKind::Email => pb::ChannelKind::Email,
-    }
+pb_enum! {
+    NotificationKind <=> ChannelKind, kind_from_pb, kind_to_pb,
+    "kind: one of SLACK, DISCORD, TEAMS, GOOGLE_CHAT, WEBHOOK, EMAIL";
+    Slack <=> Slack,
+    Discord <=> Discord,
+    Teams <=> Teams,
+    GoogleChat <=> GoogleChat,
+    Webhook <=> Webhook,
+    Email <=> Email,
 }
 
-fn kind_name(kind: NotificationKind) -> &'static str {
-    match kind {
-        NotificationKind::Slack => "slack",
-        NotificationKind::Discord => "discord",
-        NotificationKind::Teams => "teams",
-        NotificationKind::GoogleChat => "google_chat",
-        NotificationKind::Webhook => "webhook",
-        NotificationKind::Email => "email",
-    }
+pb_enum! {
+    SmtpTlsMode <=> SmtpTlsMode, tls_from_pb, tls_to_pb,
+    "tlsMode: one of NONE, STARTTLS, TLS", unspecified => Starttls;
+    None <=> None,
+    Starttls <=> Starttls,
+    Tls <=> Tls,
+}
+
+/// A channel kind's stable name in audit details: its proto name without
+/// the prefix, e.g. `google_chat`.
+fn kind_name(kind: NotificationKind) -> String {
+    kind_to_pb(kind)
+        .as_str_name()
+        .trim_start_matches("CHANNEL_KIND_")
+        .to_ascii_lowercase()
 }
 
 /// An event name Ferry knows.
@@ -200,27 +219,6 @@ fn status_name(s: ferry_db::entities::enums::NotificationDeliveryStatus) -> &'st
     }
 }
 
-fn tls_from_pb(value: i32) -> Result<SmtpTlsMode> {
-    Ok(match pb::SmtpTlsMode::try_from(value) {
-        Ok(pb::SmtpTlsMode::Unspecified) | Ok(pb::SmtpTlsMode::Starttls) => SmtpTlsMode::Starttls,
-        Ok(pb::SmtpTlsMode::None) => SmtpTlsMode::None,
-        Ok(pb::SmtpTlsMode::Tls) => SmtpTlsMode::Tls,
-        Err(_) => {
-            return Err(Error::InvalidArgument(
-                "tlsMode: one of NONE, STARTTLS, TLS".into(),
-            ));
-        }
-    })
-}
-
-fn tls_to_pb(mode: SmtpTlsMode) -> pb::SmtpTlsMode {
-    match mode {
-        SmtpTlsMode::None => pb::SmtpTlsMode::None,
-        SmtpTlsMode::Starttls => pb::SmtpTlsMode::Starttls,
-        SmtpTlsMode::Tls => pb::SmtpTlsMode::Tls,
-    }
-}
-
 fn email_config_message(c: &org_email_configs::Model) -> pb::EmailConfig {
     pb::EmailConfig {
         organization_id: c.organization_id.to_string(),
@@ -264,11 +262,12 @@ pub struct NotificationApi {
 
 /// Adds `NotificationService` to `services`.
 pub fn add_notification_service(services: GrpcServices, workloads: &Workloads) -> GrpcServices {
-    let config = workloads.deployer.config.notifications;
+    let config = &workloads.deployer.config.notifications;
     let sender = Sender::new(ferry_notify::SendConfig {
         allow_private: config.allow_private_targets,
         timeout: config.send_timeout,
     })
+    .map(|s| s.with_smtp_trust(config.smtp_trust.clone()))
     .map_err(|e| {
         tracing::error!(error = %e, "notification sender setup failed");
         e.to_string()
@@ -288,8 +287,8 @@ struct WebhookTarget {
 }
 
 impl NotificationApi {
-    fn config(&self) -> NotificationConfig {
-        self.w.deployer.config.notifications
+    fn config(&self) -> &NotificationConfig {
+        &self.w.deployer.config.notifications
     }
 
     fn db(&self) -> &ferry_db::sea_orm::DatabaseConnection {
@@ -562,6 +561,52 @@ impl NotificationApi {
         txn.commit().await?;
         let subs = self.subscriptions_of(&[id]).await?;
         Ok(channel_message(&updated, &subs))
+    }
+
+    /// A new random signing secret for a generic webhook, returned once.
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateChannelSecretRequest>,
+    ) -> Result<pb::RotateChannelSecretResponse> {
+        let caller = Caller::of(&self.w.identity, &request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let (scope, row) = self
+            .channel(&caller, Action::NotificationManage, id)
+            .await?;
+        if row.kind != NotificationKind::Webhook {
+            return Err(Error::FailedPrecondition(
+                "only generic webhook channels are signed".into(),
+            ));
+        }
+        let secret = signing_secret("")?;
+        let keyring = self.w.identity.keyring()?;
+        let mut update = row.into_active_model();
+        update.signing_secret = Set(Some(keyring.encrypt(
+            TABLE,
+            "signing_secret",
+            id,
+            &secret,
+        )?));
+        update.updated_at = Set(Utc::now());
+        let txn = crate::db::begin_write(self.db()).await?;
+        let updated = update.update(&txn).await?;
+        scope
+            .audit(
+                &txn,
+                Entry::new(
+                    "notification_channel.rotate_secret",
+                    AuditResourceType::NotificationChannel,
+                    id,
+                )
+                .details(json!({ "name": updated.name })),
+            )
+            .await?;
+        txn.commit().await?;
+        let subs = self.subscriptions_of(&[id]).await?;
+        Ok(pb::RotateChannelSecretResponse {
+            channel: Some(channel_message(&updated, &subs)),
+            signing_secret: secret,
+        })
     }
 
     async fn delete(&self, request: Request<pb::DeleteChannelRequest>) -> Result<()> {
@@ -1015,12 +1060,40 @@ impl NotificationService for NotificationApi {
         self.delete_email(request).await?;
         Ok(Response::new(pb::DeleteEmailConfigResponse {}))
     }
+    async fn rotate_channel_secret(
+        &self,
+        request: Request<pb::RotateChannelSecretRequest>,
+    ) -> Result<Response<pb::RotateChannelSecretResponse>, Status> {
+        Ok(Response::new(self.rotate_secret(request).await?))
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enums_map_both_ways_and_unknown_values_are_refused() {
+        for kind in [
+            NotificationKind::Slack,
+            NotificationKind::Discord,
+            NotificationKind::Teams,
+            NotificationKind::GoogleChat,
+            NotificationKind::Webhook,
+            NotificationKind::Email,
+        ] {
+            assert_eq!(kind_from_pb(kind_to_pb(kind).into()).unwrap(), kind);
+        }
+        assert_eq!(kind_name(NotificationKind::GoogleChat), "google_chat");
+        assert!(kind_from_pb(0).is_err() && kind_from_pb(99).is_err());
+        for mode in [SmtpTlsMode::None, SmtpTlsMode::Starttls, SmtpTlsMode::Tls] {
+            assert_eq!(tls_from_pb(tls_to_pb(mode).into()).unwrap(), mode);
+        }
+        assert_eq!(tls_from_pb(0).unwrap(), SmtpTlsMode::Starttls);
+        let err = tls_from_pb(99).unwrap_err().to_string();
+        assert!(err.starts_with("tlsMode: one of"), "{err}");
+    }
 
     #[test]
     fn recipients_are_bounded_and_deduplicated() {

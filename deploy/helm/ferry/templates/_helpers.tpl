@@ -249,6 +249,36 @@ url
 {{- end }}
 {{- end -}}
 
+{{/* Notification settings shared by ferry-api and ferry-scheduler. */}}
+{{- define "ferry.notificationsEnv" -}}
+- name: FERRY_NOTIFICATIONS_ALLOW_PRIVATE_TARGETS
+  value: {{ .Values.notifications.allowPrivateTargets | quote }}
+{{- if .Values.notifications.smtpCa.secretName }}
+- name: FERRY_SMTP_CA_FILE
+  value: /etc/ferry/smtp-ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/* The SMTP relay CA (notifications.smtpCa), when set: volume and mount. */}}
+{{- define "ferry.smtpCaVolume" -}}
+{{- if .Values.notifications.smtpCa.secretName }}
+- name: smtp-ca
+  secret:
+    secretName: {{ .Values.notifications.smtpCa.secretName }}
+    items:
+      - key: {{ .Values.notifications.smtpCa.key }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "ferry.smtpCaMount" -}}
+{{- if .Values.notifications.smtpCa.secretName }}
+- name: smtp-ca
+  mountPath: /etc/ferry/smtp-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
 {{/* Volumes and mounts for a writable /tmp under a read-only root. */}}
 {{- define "ferry.tmpVolume" -}}
 - name: tmp
