@@ -911,17 +911,18 @@ async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_cloudflare(
         let mut names: Vec<String> = serde_json::from_value(cert.hostnames.clone()).unwrap();
         names.sort();
         assert_eq!(names, ["*.wild.cf.test", "wild.cf.test"], "{b}");
-        let state = cf.state.lock().unwrap();
-        assert_eq!((state.created, state.deleted), (2, 2), "{b}");
-        assert!(state.records.is_empty(), "{b}: TXT records left behind");
-        assert!(
-            state
-                .zone_lookups
-                .starts_with(&["wild.cf.test".to_owned(), "cf.test".to_owned()]),
-            "{b}: {:?}",
-            state.zone_lookups
-        );
-        drop(state);
+        {
+            let state = cf.state.lock().unwrap();
+            assert_eq!((state.created, state.deleted), (2, 2), "{b}");
+            assert!(state.records.is_empty(), "{b}: TXT records left behind");
+            assert!(
+                state
+                    .zone_lookups
+                    .starts_with(&["wild.cf.test".to_owned(), "cf.test".to_owned()]),
+                "{b}: {:?}",
+                state.zone_lookups
+            );
+        }
         // One certificate.issued; the failed first issuance is no renewal.
         let issued = outbox(&conn, "certificate.issued").await;
         assert_eq!(issued.len(), 1, "{b}: {issued:?}");
@@ -1163,7 +1164,7 @@ async fn ari_moves_renewal_into_the_cas_window_and_renewal_failures_notify_once(
         let id = ferry_scheduler::ari::certificate_id(&first_cert.certificate_pem)
             .unwrap()
             .to_string();
-        assert_eq!(front.asked(), [id.clone()], "{b}");
+        assert_eq!(front.asked(), vec![id], "{b}");
         let planned = order_of(&conn, domain).await;
         let window_start = planned.ari_window_start.unwrap();
         assert!(
