@@ -29,6 +29,7 @@ mod m0017_domains;
 mod m0018_acme;
 mod m0019_notifications;
 mod m0020_domain_recheck;
+mod m0021_acme_ari;
 mod m0022_notify_wakeup;
 mod notify;
 
@@ -142,6 +143,7 @@ const ALTERATIONS: &[(&str, Later)] = &[
         "m0020_domain_recheck",
         Later::Alter(m0020_domain_recheck::alters),
     ),
+    ("m0021_acme_ari", Later::Alter(m0021_acme_ari::alters)),
     (
         "m0022_notify_wakeup",
         Later::Alter(m0022_notify_wakeup::alters),

@@ -160,6 +160,7 @@ pub async fn certificate(conn: &DatabaseConnection, domain: Uuid, key: &str) -> 
             created_at: now,
             source: "uploaded".into(),
             hostnames: serde_json::json!([]),
+            expiring_notified_at: None,
         }
         .into_active_model(),
     )

@@ -150,20 +150,26 @@ async fn start_pebble(
     }
 }
 
-/// Points `host` at `ip` in pebble's DNS (challtestsrv management API).
-async fn dns_a(port: u16, host: &str, ip: &str) {
-    let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] }).to_string();
+/// One call to challtestsrv's management API (`/add-a`, `/set-txt`, ...).
+async fn challtestsrv_call(port: u16, path: &str, body: serde_json::Value) {
+    let body = body.to_string();
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let req = format!(
-        "POST /add-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+}
+
+/// Points `host` at `ip` in pebble's DNS (challtestsrv management API).
+async fn dns_a(port: u16, host: &str, ip: &str) {
+    let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] });
+    challtestsrv_call(port, "/add-a", body).await;
 }
 
 /// Accepts any server certificate: the test compares it with the row.
@@ -630,5 +636,673 @@ async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_rfc2136() {
         stop.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
         api.stop().await;
+    }
+}
+
+const CF_TOKEN: &str = "cf-test-token-0123456789";
+/// The one zone the fake Cloudflare account has.
+const CF_ZONE: (&str, &str) = ("cf.test", "zone-cf-0001");
+
+/// What the fake Cloudflare API holds and was asked.
+#[derive(Default)]
+struct CfState {
+    /// (id, name, content) of live TXT records.
+    records: Vec<(String, String, String)>,
+    zone_lookups: Vec<String>,
+    created: usize,
+    deleted: usize,
+}
+
+/// A fake Cloudflare v4 API on loopback: checks the bearer token, knows
+/// one zone, and mirrors its TXT records into a real challtestsrv (the
+/// DNS pebble asks), so a record exists for the CA exactly while the API
+/// says it does.
+#[derive(Clone)]
+struct FakeCloudflare {
+    addr: SocketAddr,
+    state: Arc<std::sync::Mutex<CfState>>,
+    dns_management: u16,
+}
+
+fn cf_answer(
+    status: u16,
+    body: serde_json::Value,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+}
+
+fn cf_ok(result: serde_json::Value) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    cf_answer(
+        200,
+        serde_json::json!({ "success": true, "errors": [], "messages": [], "result": result }),
+    )
+}
+
+fn cf_error(
+    status: u16,
+    code: u32,
+    message: &str,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    cf_answer(
+        status,
+        serde_json::json!({ "success": false, "errors": [{ "code": code, "message": message }], "messages": [], "result": null }),
+    )
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+impl FakeCloudflare {
+    async fn start(dns_management: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeCloudflare {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::default(),
+            dns_management,
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let f = f.clone();
+                            async move { Ok::<_, std::convert::Infallible>(f.handle(req).await) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/client/v4", self.addr)
+    }
+
+    /// Re-publishes `name`'s TXT values in challtestsrv.
+    async fn mirror(&self, name: &str) {
+        let values: Vec<String> = {
+            let state = self.state.lock().unwrap();
+            state
+                .records
+                .iter()
+                .filter(|r| r.1 == name)
+                .map(|r| r.2.clone())
+                .collect()
+        };
+        let host = format!("{name}.");
+        challtestsrv_call(
+            self.dns_management,
+            "/clear-txt",
+            serde_json::json!({ "host": host }),
+        )
+        .await;
+        for value in values {
+            challtestsrv_call(
+                self.dns_management,
+                "/set-txt",
+                serde_json::json!({ "host": host, "value": value }),
+            )
+            .await;
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        use http_body_util::BodyExt as _;
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {CF_TOKEN}")) {
+            return cf_error(403, 10000, "Authentication error");
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().trim_start_matches("/client/v4").to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let records_path = format!("/zones/{}/dns_records", CF_ZONE.1);
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/zones") => {
+                let name = query_param(&query, "name").unwrap_or("").to_owned();
+                self.state.lock().unwrap().zone_lookups.push(name.clone());
+                if name == CF_ZONE.0 {
+                    cf_ok(serde_json::json!([{ "id": CF_ZONE.1, "name": CF_ZONE.0 }]))
+                } else {
+                    cf_ok(serde_json::json!([]))
+                }
+            }
+            ("POST", p) if p == records_path => {
+                let record: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(record["type"], "TXT", "{record}");
+                let name = record["name"].as_str().unwrap().to_owned();
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                {
+                    let mut state = self.state.lock().unwrap();
+                    state.created += 1;
+                    state.records.push((
+                        id.clone(),
+                        name.clone(),
+                        record["content"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                self.mirror(&name).await;
+                cf_ok(serde_json::json!({ "id": id, "type": "TXT", "name": name }))
+            }
+            ("GET", p) if p == records_path => {
+                let name = query_param(&query, "name").unwrap_or("");
+                let state = self.state.lock().unwrap();
+                // Cloudflare answers TXT content quoted.
+                let found: Vec<serde_json::Value> = state
+                    .records
+                    .iter()
+                    .filter(|r| r.1 == name)
+                    .map(|r| serde_json::json!({ "id": r.0, "type": "TXT", "name": r.1, "content": format!("\"{}\"", r.2) }))
+                    .collect();
+                cf_ok(serde_json::json!(found))
+            }
+            ("DELETE", p) if p.starts_with(&format!("{records_path}/")) => {
+                let id = p.rsplit('/').next().unwrap().to_owned();
+                let name = {
+                    let mut state = self.state.lock().unwrap();
+                    let Some(at) = state.records.iter().position(|r| r.0 == id) else {
+                        return cf_error(404, 81044, "Record does not exist.");
+                    };
+                    state.deleted += 1;
+                    state.records.remove(at).1
+                };
+                self.mirror(&name).await;
+                cf_ok(serde_json::json!({ "id": id }))
+            }
+            _ => cf_error(404, 7003, "Could not route to the path"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_cloudflare() {
+    let (Some(pebble), Some(challtestsrv)) =
+        (find_binary("pebble"), find_binary("pebble-challtestsrv"))
+    else {
+        eprintln!(
+            "\n!!!!! SKIPPED: pebble / pebble-challtestsrv not installed \
+             (`make test-deps`): DNS-01 through Cloudflare is untested !!!!!\n"
+        );
+        return;
+    };
+    use ferry_scheduler::cloudflare::Cloudflare;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let conn = db.conn.clone();
+        let keyring = ferry_api::testing::state(&conn, None).keyring.clone();
+        // pebble checks TXT records at challtestsrv, which the fake API feeds.
+        let ca = start_pebble(&pebble, &challtestsrv, free_port(), None).await;
+        let cf = FakeCloudflare::start(ca.dns_management).await;
+
+        let domain = wildcard_site(&conn, "wild.cf.test").await;
+
+        let mut config = AcmeConfig::new(ca.directory.clone());
+        config.root_pem = Some(ca.root.clone());
+        config.propagation = Duration::from_millis(200);
+        config.timeout = Duration::from_secs(30);
+        let provider = |token: &str| {
+            Arc::new(Cloudflare::new(&cf.url(), token, None, Duration::from_secs(5)).unwrap())
+        };
+
+        // A wrong token: Cloudflare's words on the order, and a backoff.
+        config.dns = Some(provider("not-the-token"));
+        let wrong = Issuer::new(conn.clone(), keyring.clone(), config.clone());
+        let before = Utc::now();
+        assert_eq!(wrong.tick(Utc::now()).await.unwrap().failed, 1, "{b}");
+        let failed = order_of(&conn, domain).await;
+        let error = failed.last_error.clone().unwrap_or_default();
+        assert!(error.contains("Authentication error"), "{b}: {error}");
+        assert!(error.contains("10000"), "{b}: {error}");
+        assert!(!error.contains("not-the-token"), "{b}: {error}");
+        assert_eq!(failed.status, CertificateOrderStatus::Failed, "{b}");
+        assert!(
+            failed.next_attempt_at >= before + chrono::Duration::minutes(4),
+            "{b}: {failed:?}"
+        );
+        assert_eq!(wrong.tick(Utc::now()).await.unwrap().failed, 0, "{b}");
+
+        // The right token: *.wild.cf.test and the apex in one certificate,
+        // the zone found by walking up from the record's name.
+        let mut due = failed.into_active_model();
+        due.next_attempt_at = Set(Utc::now());
+        due.update(&conn).await.unwrap();
+        config.dns = Some(provider(CF_TOKEN));
+        let issuer = Issuer::new(conn.clone(), keyring.clone(), config);
+        let started = std::time::Instant::now();
+        let report = issuer.tick(Utc::now()).await.unwrap();
+        eprintln!(
+            "{b}: wildcard issued through Cloudflare DNS-01 in {:?}",
+            started.elapsed()
+        );
+        let order = order_of(&conn, domain).await;
+        assert_eq!(
+            (report.issued, order.status),
+            (1, CertificateOrderStatus::Valid),
+            "{b}: {order:?}"
+        );
+        let cert = certificates::Entity::find_by_id(order.certificate_id.unwrap())
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut names: Vec<String> = serde_json::from_value(cert.hostnames.clone()).unwrap();
+        names.sort();
+        assert_eq!(names, ["*.wild.cf.test", "wild.cf.test"], "{b}");
+        {
+            let state = cf.state.lock().unwrap();
+            assert_eq!((state.created, state.deleted), (2, 2), "{b}");
+            assert!(state.records.is_empty(), "{b}: TXT records left behind");
+            assert!(
+                state
+                    .zone_lookups
+                    .starts_with(&["wild.cf.test".to_owned(), "cf.test".to_owned()]),
+                "{b}: {:?}",
+                state.zone_lookups
+            );
+        }
+        // One certificate.issued; the failed first issuance is no renewal.
+        let issued = outbox(&conn, "certificate.issued").await;
+        assert_eq!(issued.len(), 1, "{b}: {issued:?}");
+        assert_eq!(
+            issued[0]["certificateId"],
+            serde_json::json!(cert.id),
+            "{b}"
+        );
+        assert_eq!(issued[0]["domain"]["name"], "wild.cf.test", "{b}");
+        assert!(
+            outbox(&conn, "certificate.renewal_failed").await.is_empty(),
+            "{b}"
+        );
+    }
+}
+
+/// A verified wildcard domain `name` with a TLS route `a.<name>`.
+async fn wildcard_site(conn: &DatabaseConnection, name: &str) -> uuid::Uuid {
+    let org = fixtures::organization(conn, "Acme", "acme").await;
+    let project = fixtures::project(conn, org, "Shop", "shop").await;
+    let web = fixtures::service(conn, project, "web", 8080).await;
+    let domain = fixtures::domain(conn, org, name, false).await;
+    let mut wild = ferry_db::entities::domains::Entity::find_by_id(domain)
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_active_model();
+    wild.wildcard = Set(true);
+    wild.update(conn).await.unwrap();
+    let route = fixtures::route(conn, project, Some(domain), &format!("a.{name}"), "/", true).await;
+    fixtures::target(conn, route, web, 8080, false).await;
+    domain
+}
+
+/// The payloads of the outbox events of `kind`, oldest first.
+async fn outbox(conn: &DatabaseConnection, kind: &str) -> Vec<serde_json::Value> {
+    use ferry_db::entities::notification_outbox;
+    use ferry_db::sea_orm::QueryOrder as _;
+    notification_outbox::Entity::find()
+        .filter(notification_outbox::Column::Event.eq(kind))
+        .order_by_asc(notification_outbox::Column::CreatedAt)
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect()
+}
+
+/// An HTTPS front for pebble 2.4 (which has no ARI): serves pebble's
+/// directory with `renewalInfo` pointing at itself (everything else still
+/// points at pebble) and answers `GET /renewal-info/<id>` with a window in
+/// the past or a month ahead, with `Retry-After: 3600`, recording each id
+/// asked about. Its certificate is pebble's own (same test root).
+#[derive(Clone)]
+struct AriFront {
+    directory: String,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+    window_past: Arc<std::sync::atomic::AtomicBool>,
+    dir_json: Arc<String>,
+}
+
+/// pebble's directory JSON, fetched over TLS.
+async fn pebble_directory(directory_url: &str) -> serde_json::Value {
+    let port: u16 = directory_url
+        .trim_start_matches("https://127.0.0.1:")
+        .trim_end_matches("/dir")
+        .parse()
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    // pebble builds its URLs from the Host header.
+    let req = format!("GET /dir HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    let body = &out[out.find('{').unwrap()..=out.rfind('}').unwrap()];
+    serde_json::from_str(body).unwrap()
+}
+
+impl AriFront {
+    async fn start(ca: &Pebble) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut dir = pebble_directory(&ca.directory).await;
+        dir["renewalInfo"] = serde_json::json!(format!("https://127.0.0.1:{port}/renewal-info"));
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(ca.root.with_file_name("cert.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(ca.root.with_file_name("key.pem"))
+                .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let front = AriFront {
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            asked: Arc::default(),
+            window_past: Arc::default(),
+            dir_json: Arc::new(dir.to_string()),
+        };
+        let f = front.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (f, acceptor) = (f.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let f = f.clone();
+                            async move { Ok::<_, std::convert::Infallible>(f.handle(&req)) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        front
+    }
+
+    fn handle(
+        &self,
+        req: &http::Request<hyper::body::Incoming>,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        let path = req.uri().path();
+        let answer = |status: u16, body: String| {
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("retry-after", "3600")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap()
+        };
+        if path == "/dir" {
+            return answer(200, self.dir_json.to_string());
+        }
+        let Some(id) = path.strip_prefix("/renewal-info/") else {
+            return answer(404, "{}".into());
+        };
+        self.asked.lock().unwrap().push(id.to_owned());
+        let now = Utc::now();
+        let (start, end) = if self.window_past.load(std::sync::atomic::Ordering::SeqCst) {
+            (
+                now - chrono::Duration::days(2),
+                now - chrono::Duration::days(1),
+            )
+        } else {
+            (
+                now + chrono::Duration::days(30),
+                now + chrono::Duration::days(31),
+            )
+        };
+        let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        answer(
+            200,
+            serde_json::json!({ "suggestedWindow": { "start": fmt(start), "end": fmt(end) } })
+                .to_string(),
+        )
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn ari_moves_renewal_into_the_cas_window_and_renewal_failures_notify_once() {
+    let (Some(pebble), Some(challtestsrv)) =
+        (find_binary("pebble"), find_binary("pebble-challtestsrv"))
+    else {
+        eprintln!(
+            "\n!!!!! SKIPPED: pebble / pebble-challtestsrv not installed: ARI is untested !!!!!\n"
+        );
+        return;
+    };
+    use ferry_scheduler::cloudflare::Cloudflare;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let conn = db.conn.clone();
+        let keyring = ferry_api::testing::state(&conn, None).keyring.clone();
+        let ca = start_pebble(&pebble, &challtestsrv, free_port(), None).await;
+        let cf = FakeCloudflare::start(ca.dns_management).await;
+        let front = AriFront::start(&ca).await;
+        let domain = wildcard_site(&conn, "ari.cf.test").await;
+        let mut config = AcmeConfig::new(front.directory.clone());
+        config.root_pem = Some(ca.root.clone());
+        config.propagation = Duration::from_millis(200);
+        config.timeout = Duration::from_secs(30);
+        let provider = |token: &str| {
+            Arc::new(Cloudflare::new(&cf.url(), token, None, Duration::from_secs(5)).unwrap())
+        };
+        config.dns = Some(provider(CF_TOKEN));
+        let issuer = Issuer::new(conn.clone(), keyring.clone(), config.clone());
+
+        let report = issuer.tick(Utc::now()).await.unwrap();
+        let first = order_of(&conn, domain).await;
+        assert_eq!(report.issued, 1, "{b}: {first:?}");
+        let first_cert = certificates::Entity::find_by_id(first.certificate_id.unwrap())
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let third_left = first.next_attempt_at;
+        assert!(
+            third_left > Utc::now() + chrono::Duration::days(60),
+            "{b}: {first:?}"
+        );
+
+        // A window a month ahead: asked about (by its ARI id), the renewal
+        // planned inside it, nothing renewed.
+        assert_eq!(issuer.tick(Utc::now()).await.unwrap().issued, 0, "{b}");
+        let id = ferry_scheduler::ari::certificate_id(&first_cert.certificate_pem)
+            .unwrap()
+            .to_string();
+        assert_eq!(front.asked(), vec![id], "{b}");
+        let planned = order_of(&conn, domain).await;
+        let window_start = planned.ari_window_start.unwrap();
+        assert!(
+            planned.next_attempt_at >= window_start
+                && planned.next_attempt_at <= planned.ari_window_end.unwrap(),
+            "{b}: {planned:?}"
+        );
+        assert_ne!(planned.next_attempt_at, third_left, "{b}");
+        let recheck = planned.ari_next_check_at.unwrap();
+        assert!(
+            recheck > Utc::now() + chrono::Duration::minutes(55),
+            "{b}: {planned:?}"
+        );
+
+        // The window moves into the past, but Retry-After (an hour) has
+        // not passed: not asked, not renewed.
+        front
+            .window_past
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(issuer.tick(Utc::now()).await.unwrap().issued, 0, "{b}");
+        assert_eq!(front.asked().len(), 1, "{b}");
+
+        // An hour later: asked again, the window has come, renewed at once
+        // although a third of the lifetime is far away.
+        let later = recheck + chrono::Duration::seconds(1);
+        let report = issuer.tick(later).await.unwrap();
+        assert_eq!(
+            (report.issued, report.failed),
+            (1, 0),
+            "{b}: {:?}",
+            order_of(&conn, domain).await
+        );
+        assert_eq!(front.asked().len(), 2, "{b}");
+        let renewed = order_of(&conn, domain).await;
+        assert_ne!(renewed.certificate_id, first.certificate_id, "{b}");
+        assert_eq!(
+            renewed.ari_window_start, None,
+            "{b}: the new certificate is asked about afresh"
+        );
+        assert_eq!(outbox(&conn, "certificate.issued").await.len(), 2, "{b}");
+
+        // A renewal that fails (Cloudflare refuses the token): one
+        // certificate.renewal_failed in the failure's transaction, none
+        // for the retry of the same streak.
+        config.dns = Some(provider("revoked-token"));
+        let broken = Issuer::new(conn.clone(), keyring.clone(), config.clone());
+        for attempt in 1..=2 {
+            let mut due = order_of(&conn, domain).await.into_active_model();
+            due.next_attempt_at = Set(Utc::now());
+            due.ari_next_check_at = Set(Some(Utc::now() + chrono::Duration::hours(1)));
+            due.update(&conn).await.unwrap();
+            assert_eq!(broken.tick(Utc::now()).await.unwrap().failed, 1, "{b}");
+            assert_eq!(order_of(&conn, domain).await.attempts, attempt, "{b}");
+        }
+        let failed = outbox(&conn, "certificate.renewal_failed").await;
+        assert_eq!(failed.len(), 1, "{b}: {failed:?}");
+        assert!(
+            failed[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("Authentication error"),
+            "{b}: {failed:?}"
+        );
+        assert_eq!(
+            failed[0]["certificateId"],
+            serde_json::json!(renewed.certificate_id.unwrap()),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn certificates_under_14_days_notify_once_unless_replaced() {
+    use ferry_scheduler::expiry::notify_expiring;
+    for db in ferry_tests::migrated_dbs().await {
+        let b = db.backend;
+        let conn = db.conn.clone();
+        let keyring = ferry_api::testing::state(&conn, None).keyring.clone();
+        let org = fixtures::organization(&conn, "Acme", "acme").await;
+        let domain = fixtures::domain(&conn, org, "exp.acme.test", false).await;
+        let now = Utc::now();
+        let cert = |names: &[&str], days: i64, source: &str| {
+            let id = uuid::Uuid::now_v7();
+            certificates::ActiveModel {
+                id: Set(id),
+                domain_id: Set(domain),
+                issuer: Set("CN=test".into()),
+                certificate_pem: Set("-".into()),
+                private_key: Set(keyring
+                    .encrypt("certificates", "private_key", id, "k")
+                    .unwrap()),
+                not_before: Set(Some(now - chrono::Duration::days(60))),
+                expires_at: Set(now + chrono::Duration::days(days)),
+                created_at: Set(now),
+                source: Set(source.into()),
+                hostnames: Set(serde_json::json!(names)),
+                expiring_notified_at: Set(None),
+            }
+        };
+        // (Two levels down: the wildcard below does not cover it.)
+        let soon = cert(&["a.up.exp.acme.test"], 10, "uploaded")
+            .insert(&conn)
+            .await
+            .unwrap();
+        // Replaced by a wildcard certificate valid for two more months.
+        cert(&["old.exp.acme.test"], 5, "acme")
+            .insert(&conn)
+            .await
+            .unwrap();
+        cert(&["*.exp.acme.test", "exp.acme.test"], 60, "acme")
+            .insert(&conn)
+            .await
+            .unwrap();
+        cert(&["later.exp.acme.test"], 30, "uploaded")
+            .insert(&conn)
+            .await
+            .unwrap();
+
+        assert_eq!(notify_expiring(&conn, now).await.unwrap(), 1, "{b}");
+        let sent = outbox(&conn, "certificate.expiring").await;
+        assert_eq!(sent.len(), 1, "{b}: {sent:?}");
+        assert_eq!(sent[0]["certificateId"], serde_json::json!(soon.id), "{b}");
+        assert_eq!(sent[0]["source"], "uploaded", "{b}");
+        // Once: the next passes find nothing new.
+        assert_eq!(notify_expiring(&conn, now).await.unwrap(), 0, "{b}");
+        assert_eq!(
+            notify_expiring(&conn, now + chrono::Duration::days(1))
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        assert_eq!(outbox(&conn, "certificate.expiring").await.len(), 1, "{b}");
+        let row = certificates::Entity::find_by_id(soon.id)
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.expiring_notified_at.is_some(), "{b}");
     }
 }

@@ -173,6 +173,7 @@ async fn seed(conn: &DatabaseConnection) -> Fixture {
                 created_at: now,
                 source: "uploaded".into(),
                 hostnames: serde_json::json!([]),
+                expiring_notified_at: None,
             }
             .into_active_model(),
         )

@@ -9,8 +9,16 @@
 //! wakes the api at commit); after `propagation` the challenges are
 //! declared ready. A valid order stores a `certificates` row (`source =
 //! 'acme'`, key encrypted) and schedules the renewal when a third of the
-//! lifetime remains. A failure records the CA's error text and backs off
-//! exponentially (at least an hour after a rate limit).
+//! lifetime remains, or inside the CA's suggested window when it offers
+//! ACME Renewal Information ([`crate::ari`]; the renewal order then names
+//! the certificate it `replaces`). A failure records the CA's error text
+//! and backs off exponentially (at least an hour after a rate limit).
+//!
+//! Notifications go to the outbox in the same transaction as the change:
+//! `certificate.issued` with each stored certificate, and
+//! `certificate.renewal_failed` with the first failure in a row for a
+//! domain that already has a certificate (later retries of the same streak
+//! stay quiet; `certificate.expiring` covers a renewal that never comes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,6 +30,7 @@ use ferry_db::entities::enums::CertificateOrderStatus;
 use ferry_db::entities::{
     acme_accounts, acme_challenges, certificate_orders, certificates, domains, routes,
 };
+use ferry_db::outbox::{Event, EventKind};
 use ferry_db::sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
     EntityTrait as _, IntoActiveModel as _, QueryFilter as _, TransactionTrait as _,
@@ -97,8 +106,20 @@ pub struct Issuer {
     config: AcmeConfig,
 }
 
+/// The error with its sources ("client error (Connect): ...: invalid
+/// peer certificate"), so the order says why.
 fn acme_err(err: instant_acme::Error) -> Error {
-    Error::Acme(err.to_string())
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    Error::Acme(text)
 }
 
 /// The names each verified, live domain with TLS routes should have a
@@ -200,6 +221,10 @@ impl Issuer {
     /// Brings the orders in line with the routes, then works every due
     /// one.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Report> {
+        // ARI first: a window that has come makes its order due below.
+        if let Err(err) = crate::ari::check(&self.db, now, || self.account()).await {
+            tracing::warn!(error = %err, "ACME renewal information pass failed");
+        }
         let wanted = wanted(&self.db, self.config.dns.is_some()).await?;
         let orders: BTreeMap<Uuid, certificate_orders::Model> = certificate_orders::Entity::find()
             .all(&self.db)
@@ -225,6 +250,9 @@ impl Issuer {
                         order_url: Set(None),
                         created_at: Set(now),
                         updated_at: Set(now),
+                        ari_window_start: Set(None),
+                        ari_window_end: Set(None),
+                        ari_next_check_at: Set(None),
                     }
                     .insert(&self.db)
                     .await?;
@@ -347,10 +375,7 @@ impl Issuer {
             .filter(|_| hosts.iter().any(|h| h.starts_with("*.")));
         let identifiers: Vec<Identifier> =
             hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(acme_err)?;
+        let mut order = self.new_order(&account, row, &identifiers).await?;
         let expires = Utc::now() + chrono::Duration::hours(1);
         let mut published = Vec::new();
         {
@@ -461,9 +486,20 @@ impl Issuer {
             created_at: Set(now),
             source: Set("acme".into()),
             hostnames: Set(json!(names)),
+            expiring_notified_at: Set(None),
         }
         .insert(&txn)
         .await?;
+        if let Some(domain) = domains::Entity::find_by_id(row.domain_id).one(&txn).await? {
+            let summary = format!(
+                "Certificate issued for {} (expires {})",
+                names.join(", "),
+                until.format("%Y-%m-%d")
+            );
+            let payload = cert_payload(&domain, id, &names, until, summary);
+            ferry_db::outbox::enqueue(&txn, event(&domain, EventKind::CertificateIssued, payload))
+                .await?;
+        }
         let mut update = row.clone().into_active_model();
         update.status = Set(CertificateOrderStatus::Valid);
         update.certificate_id = Set(Some(id));
@@ -472,6 +508,9 @@ impl Issuer {
         update.last_attempt_at = Set(Some(now));
         update.next_attempt_at = Set(renew_at(from, until));
         update.order_url = Set(Some(order.url().to_owned()));
+        update.ari_window_start = Set(None);
+        update.ari_window_end = Set(None);
+        update.ari_next_check_at = Set(None);
         update.updated_at = Set(now);
         update.update(&txn).await?;
         acme_challenges::Entity::delete_many()
@@ -504,9 +543,108 @@ impl Issuer {
             .filter(acme_challenges::Column::OrderId.eq(row.id))
             .exec(&txn)
             .await?;
+        if attempts == 1 {
+            renewal_failed(&txn, row, error).await?;
+        }
         txn.commit().await?;
         Ok(())
     }
+
+    /// A new order at the CA; a renewal whose CA offered ARI names the
+    /// certificate it `replaces` (RFC 9773 §5). A CA that refuses that
+    /// field, or (as pebble 2.4 behind an ARI front) ignores it, gets the
+    /// plain order: `replaces` is a courtesy, never worth a failed renewal.
+    async fn new_order(
+        &self,
+        account: &Account,
+        row: &certificate_orders::Model,
+        identifiers: &[Identifier],
+    ) -> Result<instant_acme::Order> {
+        let replaced = match (row.certificate_id, row.ari_window_start) {
+            (Some(id), Some(_)) => certificates::Entity::find_by_id(id).one(&self.db).await?,
+            _ => None,
+        };
+        if let Some(old) = replaced {
+            let id = crate::ari::certificate_id(&old.certificate_pem)?;
+            match account
+                .new_order(&NewOrder::new(identifiers).replaces(id))
+                .await
+            {
+                Ok(order) => return Ok(order),
+                Err(err) if err.to_string().to_lowercase().contains("replace") => {
+                    tracing::warn!(domain = %row.domain_id, error = %err,
+                        "the CA did not take `replaces`; ordering without it");
+                }
+                Err(err) => return Err(acme_err(err)),
+            }
+        }
+        account
+            .new_order(&NewOrder::new(identifiers))
+            .await
+            .map_err(acme_err)
+    }
+}
+
+/// An event about `domain`'s certificates.
+fn event(domain: &domains::Model, kind: EventKind, payload: serde_json::Value) -> Event {
+    Event::new(domain.organization_id, domain.project_id, kind, payload)
+}
+
+/// The payload of a certificate event (names and dates, never key material).
+pub fn cert_payload(
+    domain: &domains::Model,
+    certificate: Uuid,
+    names: &[String],
+    expires: DateTime<Utc>,
+    summary: String,
+) -> serde_json::Value {
+    json!({
+        "summary": summary,
+        "domain": { "id": domain.id, "name": domain.name },
+        "certificateId": certificate,
+        "hostnames": names,
+        "expiresAt": expires.to_rfc3339(),
+    })
+}
+
+/// `certificate.renewal_failed`, in `txn`, when the order's domain already
+/// has a certificate (a first issuance failing is only on the order).
+async fn renewal_failed(
+    txn: &ferry_db::sea_orm::DatabaseTransaction,
+    row: &certificate_orders::Model,
+    error: &str,
+) -> Result<()> {
+    use ferry_db::sea_orm::QueryOrder as _;
+    let current = certificates::Entity::find()
+        .filter(certificates::Column::DomainId.eq(row.domain_id))
+        .order_by_desc(certificates::Column::ExpiresAt)
+        .one(txn)
+        .await?;
+    let (Some(current), Some(domain)) = (
+        current,
+        domains::Entity::find_by_id(row.domain_id).one(txn).await?,
+    ) else {
+        return Ok(());
+    };
+    let names: Vec<String> = serde_json::from_value(row.hostnames.clone()).unwrap_or_default();
+    let mut payload = cert_payload(
+        &domain,
+        current.id,
+        &names,
+        current.expires_at,
+        format!(
+            "Certificate renewal failed for {}: {}",
+            domain.name,
+            error.chars().take(300).collect::<String>()
+        ),
+    );
+    payload["error"] = json!(error.chars().take(1000).collect::<String>());
+    ferry_db::outbox::enqueue(
+        txn,
+        event(&domain, EventKind::CertificateRenewalFailed, payload),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -33,48 +33,9 @@ pub struct Args {
     )]
     pub retention_interval_secs: u64,
 
-    /// ACME directory URL to order certificates from (e.g.
-    /// https://acme-v02.api.letsencrypt.org/directory); unset: no ACME.
-    #[arg(long, env = "FERRY_ACME_DIRECTORY")]
-    pub acme_directory: Option<String>,
-
-    /// Contact for the ACME account (`mailto:ops@example.com`).
-    #[arg(long, env = "FERRY_ACME_CONTACT")]
-    pub acme_contact: Option<String>,
-
-    /// A PEM root certificate to trust for the ACME CA's HTTPS (test CAs).
-    #[arg(long, env = "FERRY_ACME_ROOT_CA")]
-    pub acme_root_ca: Option<std::path::PathBuf>,
-
-    /// DNS-01 for wildcard domains over RFC 2136: the zone's primary
-    /// server (`ip:port`).
-    #[arg(long, env = "FERRY_ACME_DNS_SERVER", requires = "acme_dns_zone")]
-    pub acme_dns_server: Option<std::net::SocketAddr>,
-
-    /// The zone the `_acme-challenge` records are updated in.
-    #[arg(long, env = "FERRY_ACME_DNS_ZONE")]
-    pub acme_dns_zone: Option<String>,
-
-    /// TSIG key name for the updates (HMAC-SHA256).
-    #[arg(
-        long,
-        env = "FERRY_ACME_DNS_TSIG_NAME",
-        requires = "acme_dns_tsig_secret"
-    )]
-    pub acme_dns_tsig_name: Option<String>,
-
-    /// TSIG secret, base64 (as in BIND's `key` statement).
-    #[arg(long, env = "FERRY_ACME_DNS_TSIG_SECRET", hide_env_values = true)]
-    pub acme_dns_tsig_secret: Option<String>,
-
-    /// Seconds between certificate passes (orders due, renewals).
-    #[arg(
-        long,
-        env = "FERRY_ACME_INTERVAL_SECS",
-        default_value_t = 60,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub acme_interval_secs: u64,
+    /// ACME issuance and renewal.
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 
     /// Days audit log entries are kept: the installation default, which an
     /// organization may override (`SetRetentionPolicy`), as it may the four
@@ -191,38 +152,6 @@ impl Args {
         Duration::from_secs(self.retention_interval_secs)
     }
 
-    /// The ACME settings, if a directory is configured.
-    pub fn acme(&self) -> Option<crate::acme::AcmeConfig> {
-        let mut config = crate::acme::AcmeConfig::new(self.acme_directory.clone()?);
-        config.contact = self.acme_contact.clone();
-        config.root_pem = self.acme_root_ca.clone();
-        if let (Some(server), Some(zone)) = (self.acme_dns_server, self.acme_dns_zone.clone()) {
-            use base64::Engine as _;
-            let key = match (&self.acme_dns_tsig_name, &self.acme_dns_tsig_secret) {
-                (Some(name), Some(secret)) => {
-                    match base64::engine::general_purpose::STANDARD.decode(secret.trim()) {
-                        Ok(secret) => Some(crate::dns01::TsigKey {
-                            name: name.clone(),
-                            secret,
-                        }),
-                        Err(_) => {
-                            tracing::error!("--acme-dns-tsig-secret is not base64: DNS-01 is off");
-                            return Some(config);
-                        }
-                    }
-                }
-                _ => None,
-            };
-            config.dns = Some(std::sync::Arc::new(crate::dns01::Rfc2136 {
-                server,
-                zone,
-                key,
-                timeout: Duration::from_secs(5),
-            }));
-        }
-        Some(config)
-    }
-
     /// Time between job ticks.
     pub fn jobs_interval(&self) -> Duration {
         Duration::from_millis(self.jobs_interval_ms)
@@ -266,5 +195,230 @@ impl Args {
     /// How long to wait for the schema.
     pub fn schema_wait(&self) -> Duration {
         Duration::from_secs(self.schema_wait_secs)
+    }
+}
+
+/// Which service publishes DNS-01 records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsProviderKind {
+    /// RFC 2136 dynamic updates (`--acme-dns-server`, `--acme-dns-zone`).
+    Rfc2136,
+    /// Cloudflare's API (`--acme-cloudflare-api-token`).
+    Cloudflare,
+}
+
+/// ACME flags. Debug hides the secrets.
+#[derive(Clone, clap::Args)]
+pub struct AcmeArgs {
+    /// ACME directory URL to order certificates from (e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory); unset: no ACME.
+    #[arg(long, env = "FERRY_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Contact for the ACME account (`mailto:ops@example.com`).
+    #[arg(long, env = "FERRY_ACME_CONTACT")]
+    pub acme_contact: Option<String>,
+
+    /// A PEM root certificate to trust for the ACME CA's HTTPS (test CAs).
+    #[arg(long, env = "FERRY_ACME_ROOT_CA")]
+    pub acme_root_ca: Option<std::path::PathBuf>,
+
+    /// Who publishes DNS-01 records for wildcard domains: `rfc2136` (with
+    /// `--acme-dns-server`; unset server: no DNS-01) or `cloudflare`.
+    #[arg(
+        long,
+        env = "FERRY_ACME_DNS_PROVIDER",
+        value_enum,
+        default_value = "rfc2136"
+    )]
+    pub acme_dns_provider: DnsProviderKind,
+
+    /// DNS-01 for wildcard domains over RFC 2136: the zone's primary
+    /// server (`ip:port`).
+    #[arg(long, env = "FERRY_ACME_DNS_SERVER", requires = "acme_dns_zone")]
+    pub acme_dns_server: Option<std::net::SocketAddr>,
+
+    /// The zone the `_acme-challenge` records are updated in.
+    #[arg(long, env = "FERRY_ACME_DNS_ZONE")]
+    pub acme_dns_zone: Option<String>,
+
+    /// TSIG key name for the updates (HMAC-SHA256).
+    #[arg(
+        long,
+        env = "FERRY_ACME_DNS_TSIG_NAME",
+        requires = "acme_dns_tsig_secret"
+    )]
+    pub acme_dns_tsig_name: Option<String>,
+
+    /// TSIG secret, base64 (as in BIND's `key` statement).
+    #[arg(long, env = "FERRY_ACME_DNS_TSIG_SECRET", hide_env_values = true)]
+    pub acme_dns_tsig_secret: Option<String>,
+
+    /// Cloudflare API token (Zone:Read and DNS:Edit on the zones) for
+    /// `--acme-dns-provider cloudflare`.
+    #[arg(long, env = "FERRY_ACME_CLOUDFLARE_API_TOKEN", hide_env_values = true)]
+    pub acme_cloudflare_api_token: Option<String>,
+
+    /// Cloudflare's API root (changed only for tests or a relay).
+    #[arg(
+        long,
+        env = "FERRY_ACME_CLOUDFLARE_API_URL",
+        default_value = crate::cloudflare::DEFAULT_API_URL
+    )]
+    pub acme_cloudflare_api_url: String,
+
+    /// The Cloudflare zone id to put every record in; unset: found by the
+    /// record's name.
+    #[arg(long, env = "FERRY_ACME_CLOUDFLARE_ZONE_ID")]
+    pub acme_cloudflare_zone_id: Option<String>,
+
+    /// Seconds between certificate passes (orders due, renewals).
+    #[arg(
+        long,
+        env = "FERRY_ACME_INTERVAL_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub acme_interval_secs: u64,
+}
+
+impl std::fmt::Debug for AcmeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "[redacted]" } else { "[unset]" };
+        f.debug_struct("AcmeArgs")
+            .field("acme_directory", &self.acme_directory)
+            .field("acme_contact", &self.acme_contact)
+            .field("acme_root_ca", &self.acme_root_ca)
+            .field("acme_dns_provider", &self.acme_dns_provider)
+            .field("acme_dns_server", &self.acme_dns_server)
+            .field("acme_dns_zone", &self.acme_dns_zone)
+            .field("acme_dns_tsig_name", &self.acme_dns_tsig_name)
+            .field("acme_dns_tsig_secret", &set(&self.acme_dns_tsig_secret))
+            .field(
+                "acme_cloudflare_api_token",
+                &set(&self.acme_cloudflare_api_token),
+            )
+            .field("acme_cloudflare_api_url", &self.acme_cloudflare_api_url)
+            .field("acme_cloudflare_zone_id", &self.acme_cloudflare_zone_id)
+            .field("acme_interval_secs", &self.acme_interval_secs)
+            .finish()
+    }
+}
+
+/// How long one DNS provider call may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AcmeArgs {
+    /// The ACME settings, if a directory is configured; an unusable DNS-01
+    /// setting is an error naming its flag.
+    pub fn config(&self) -> crate::Result<Option<crate::acme::AcmeConfig>> {
+        let Some(directory) = self.acme_directory.clone() else {
+            return Ok(None);
+        };
+        let mut config = crate::acme::AcmeConfig::new(directory);
+        config.contact = self.acme_contact.clone();
+        config.root_pem = self.acme_root_ca.clone();
+        config.dns = match self.acme_dns_provider {
+            DnsProviderKind::Rfc2136 => self.rfc2136()?,
+            DnsProviderKind::Cloudflare => Some(self.cloudflare()?),
+        };
+        Ok(Some(config))
+    }
+
+    /// The RFC 2136 provider, if a server is set.
+    fn rfc2136(&self) -> crate::Result<Option<std::sync::Arc<dyn crate::dns01::DnsProvider>>> {
+        let (Some(server), Some(zone)) = (self.acme_dns_server, self.acme_dns_zone.clone()) else {
+            return Ok(None);
+        };
+        let key = match (&self.acme_dns_tsig_name, &self.acme_dns_tsig_secret) {
+            (Some(name), Some(secret)) => Some(crate::dns01::TsigKey {
+                name: name.clone(),
+                secret: tsig_secret(secret)?,
+            }),
+            _ => None,
+        };
+        Ok(Some(std::sync::Arc::new(crate::dns01::Rfc2136 {
+            server,
+            zone,
+            key,
+            timeout: Duration::from_secs(5),
+        })))
+    }
+
+    /// The Cloudflare provider; the token is required.
+    fn cloudflare(&self) -> crate::Result<std::sync::Arc<dyn crate::dns01::DnsProvider>> {
+        let token = self.acme_cloudflare_api_token.as_deref().ok_or_else(|| {
+            crate::Error::Config(
+                "--acme-dns-provider cloudflare needs --acme-cloudflare-api-token \
+                 (FERRY_ACME_CLOUDFLARE_API_TOKEN)"
+                    .into(),
+            )
+        })?;
+        Ok(std::sync::Arc::new(crate::cloudflare::Cloudflare::new(
+            &self.acme_cloudflare_api_url,
+            token,
+            self.acme_cloudflare_zone_id.clone(),
+            DNS_TIMEOUT,
+        )?))
+    }
+}
+
+/// The TSIG secret's bytes; not base64 (or empty) is an error that names
+/// the flag, never the value.
+fn tsig_secret(secret: &str) -> crate::Result<Vec<u8>> {
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(secret.trim()) {
+        Ok(bytes) if !bytes.is_empty() => Ok(bytes),
+        _ => Err(crate::Error::Config(
+            "--acme-dns-tsig-secret (FERRY_ACME_DNS_TSIG_SECRET) is not base64 \
+             (use the `secret` of BIND's `key` statement, e.g. from `tsig-keygen`)"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec!["ferry-scheduler", "--acme-directory", "https://ca.test/dir"];
+        argv.extend(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn bad_dns01_settings_are_errors_naming_the_flag() {
+        let args = parse(&[
+            "--acme-dns-server",
+            "127.0.0.1:53",
+            "--acme-dns-zone",
+            "example.com",
+            "--acme-dns-tsig-name",
+            "ferry",
+            "--acme-dns-tsig-secret",
+            "not base64 at all!",
+        ]);
+        let err = args.acme.config().unwrap_err().to_string();
+        assert!(err.contains("--acme-dns-tsig-secret"), "{err}");
+        assert!(!err.contains("not base64 at all"), "{err}");
+        let err = parse(&["--acme-dns-provider", "cloudflare"])
+            .acme
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--acme-cloudflare-api-token"), "{err}");
+        let args = parse(&[
+            "--acme-dns-provider",
+            "cloudflare",
+            "--acme-cloudflare-api-token",
+            "cf-secret-token",
+        ]);
+        assert!(args.acme.config().unwrap().unwrap().dns.is_some());
+        assert!(!format!("{args:?}").contains("cf-secret-token"));
+        assert!(parse(&[]).acme.config().unwrap().unwrap().dns.is_none());
     }
 }

@@ -27,6 +27,10 @@ pub enum Error {
     /// A DNS-01 record could not be published (the server's answer).
     #[error("DNS-01: {0}")]
     Dns(String),
+    /// A flag's value cannot be used; the message names the flag (never
+    /// its value when it is a secret). Stops start-up.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,6 +52,7 @@ impl From<Error> for tonic::Status {
             Error::Acme(_) | Error::Dns(_) => {
                 tonic::Status::unavailable("certificate authority unavailable")
             }
+            Error::Config(_) => tonic::Status::failed_precondition("scheduler is misconfigured"),
             Error::Db(_) | Error::Common(_) => tonic::Status::internal("internal error"),
         }
     }

@@ -16,9 +16,12 @@
 
 pub mod acme;
 pub mod args;
+pub mod ari;
+pub mod cloudflare;
 pub mod dns01;
 pub mod domains;
 pub mod error;
+pub mod expiry;
 pub mod jobs;
 pub mod lease;
 pub mod notifications;
@@ -49,6 +52,9 @@ pub const RETENTION_LEASE: &str = "retention";
 
 /// Runs the scheduler until `shutdown` fires, then drains.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
+    // A bad ACME/DNS-01 setting stops start-up rather than silently
+    // turning certificates off.
+    let acme_config = args.acme.config()?;
     let keyring = std::sync::Arc::new(args.encryption.keyring().map_err(Error::Key)?);
     let policy = RetentionPolicy {
         deployment_logs_days: args.deployment_log_retention_days,
@@ -121,8 +127,8 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<()> {
                 certificates_loop(
                     &db,
                     keyring.clone(),
-                    args.acme(),
-                    Duration::from_secs(args.acme_interval_secs),
+                    acme_config,
+                    Duration::from_secs(args.acme.acme_interval_secs),
                     lease::Lease::new(acme::LEASE, replica.clone(), args.lease_ttl()),
                     &shutdown
                 ),
@@ -212,9 +218,11 @@ async fn wait_for_schema(
     }
 }
 
-/// Runs an ACME pass ([`acme::Issuer::tick`]) every `interval` on the
-/// replica holding the `certificates` lease, until shutdown; nothing when
-/// no ACME directory is configured. A pass stops if the lease is lost.
+/// Runs a certificates pass every `interval` on the replica holding the
+/// `certificates` lease, until shutdown: expiry notices
+/// ([`expiry::notify_expiring`], ACME or not) and, with an ACME directory
+/// configured, an ACME pass ([`acme::Issuer::tick`]). A pass stops if the
+/// lease is lost.
 async fn certificates_loop(
     db: &DatabaseConnection,
     keyring: std::sync::Arc<ferry_db::crypto::Keyring>,
@@ -223,13 +231,15 @@ async fn certificates_loop(
     lease: lease::Lease,
     shutdown: &Shutdown,
 ) {
-    let Some(config) = config else {
-        tracing::info!(
-            "no ACME directory configured (--acme-directory): certificates are upload-only"
-        );
-        return;
+    let issuer = match config {
+        Some(config) => Some(acme::Issuer::new(db.clone(), keyring, config)),
+        None => {
+            tracing::info!(
+                "no ACME directory configured (--acme-directory): certificates are upload-only"
+            );
+            None
+        }
     };
-    let issuer = acme::Issuer::new(db.clone(), keyring, config);
     let mut ticker = tokio::time::interval(lease.renew_every().min(interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_run: Option<tokio::time::Instant> = None;
@@ -250,11 +260,15 @@ async fn certificates_loop(
             continue;
         }
         last_run = Some(tokio::time::Instant::now());
-        match lease.while_held(db, issuer.tick(chrono::Utc::now())).await {
-            Some(Ok(report)) if report != acme::Report::default() => {
+        match lease
+            .while_held(db, certificates_pass(db, issuer.as_ref()))
+            .await
+        {
+            Some(Ok((report, expiring))) if report != acme::Report::default() || expiring > 0 => {
                 tracing::info!(
                     issued = report.issued,
                     failed = report.failed,
+                    expiring,
                     "certificate pass finished"
                 );
             }
@@ -266,6 +280,20 @@ async fn certificates_loop(
     if let Err(err) = lease.release(db).await {
         tracing::warn!(error = %err, "releasing the certificates lease failed");
     }
+}
+
+/// One certificates pass: expiry notices, then ACME if configured.
+async fn certificates_pass(
+    db: &DatabaseConnection,
+    issuer: Option<&acme::Issuer>,
+) -> Result<(acme::Report, usize)> {
+    let now = chrono::Utc::now();
+    let expiring = expiry::notify_expiring(db, now).await?;
+    let report = match issuer {
+        Some(issuer) => issuer.tick(now).await?,
+        None => acme::Report::default(),
+    };
+    Ok((report, expiring))
 }
 
 /// Runs retention cleanup every `interval` on the replica holding the

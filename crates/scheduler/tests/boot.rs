@@ -132,3 +132,31 @@ async fn scheduler_fails_clearly_without_schema_or_key() {
         process.output()
     );
 }
+
+#[tokio::test]
+async fn scheduler_refuses_to_start_with_a_bad_dns01_setting() {
+    let db = TestDb::sqlite().await;
+    let listen = free_addr().to_string();
+    let mut process = ServiceProcess::spawn(
+        BIN,
+        &[],
+        &[
+            ("FERRY_SCHEDULER_LISTEN", listen.as_str()),
+            ("DATABASE_URL", db.url.as_str()),
+            ("ENCRYPTION_KEY", test_key()),
+            ("FERRY_ACME_DIRECTORY", "https://127.0.0.1:1/dir"),
+            ("FERRY_ACME_DNS_SERVER", "127.0.0.1:53"),
+            ("FERRY_ACME_DNS_ZONE", "example.test"),
+            ("FERRY_ACME_DNS_TSIG_NAME", "ferry"),
+            ("FERRY_ACME_DNS_TSIG_SECRET", "not*base64*secret"),
+        ],
+    );
+    let status = process
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exits instead of running without DNS-01");
+    assert!(!status.success());
+    let stderr = process.stderr();
+    assert!(stderr.contains("--acme-dns-tsig-secret"), "{stderr}");
+    assert!(!stderr.contains("not*base64*secret"), "{stderr}");
+}

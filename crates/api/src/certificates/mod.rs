@@ -175,6 +175,7 @@ impl CertificateApi {
             created_at: Set(now),
             source: Set(SOURCE_UPLOADED.into()),
             hostnames: Set(json!(checked.hostnames)),
+            expiring_notified_at: Set(None),
         }
         .insert(&txn)
         .await?;

@@ -22,6 +22,9 @@ pub struct Model {
     pub order_url: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub ari_window_start: Option<DateTimeUtc>,
+    pub ari_window_end: Option<DateTimeUtc>,
+    pub ari_next_check_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -20,6 +20,7 @@ pub struct Model {
     pub source: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub hostnames: Json,
+    pub expiring_notified_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
