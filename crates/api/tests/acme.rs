@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use clap::Parser as _;
-use ferry_common::Shutdown;
 use ferry_db::entities::enums::CertificateOrderStatus;
 use ferry_db::entities::{certificate_orders, certificates};
 use ferry_db::sea_orm::{
@@ -286,59 +284,11 @@ async fn pebble_issues_through_ferry_proxy_renews_and_records_failures() {
         let b = db.backend;
         let conn = db.conn.clone();
         // The api (feed only) and a proxy fed by it.
-        let stop = Shutdown::new();
-        let state = ferry_api::testing::state(&conn, Some("feed-token-0123456789abcdef"));
+        let state = ferry_api::testing::state(&conn, Some(support::proxy::FEED_TOKEN));
         state.feed.reload(&conn, &state.keyring).await.unwrap();
         let api = start_state(&state, relaxed()).await;
-        let reloader = {
-            let (feed, conn, keyring, stop) = (
-                state.feed.clone(),
-                conn.clone(),
-                state.keyring.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.is_triggered() {
-                    let _ = feed.reload(&conn, &keyring).await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut argv: Vec<String> = vec!["ferry-proxy".into()];
-        for flag in [
-            "--listen",
-            "--http-listen",
-            "--https-listen",
-            "--admin-listen",
-        ] {
-            argv.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
-        }
-        argv.extend([
-            "--api-url".to_owned(),
-            format!("http://{}", api.addr),
-            "--feed-token".to_owned(),
-            "feed-token-0123456789abcdef".to_owned(),
-            "--state-dir".to_owned(),
-            dir.path().display().to_string(),
-        ]);
-        let args = ferry_proxy::Args::parse_from(argv);
-        let listeners = ferry_proxy::Listeners::bind(&args).await.unwrap();
-        let (http, https) = (
-            listeners.http_addr().unwrap(),
-            listeners.https_addr().unwrap(),
-        );
-        let proxy_stop = stop.clone();
-        let proxy = tokio::spawn(async move {
-            ferry_proxy::run_with_listeners(
-                args,
-                listeners,
-                Arc::new(ferry_proxy::ProxyState::default()),
-                proxy_stop,
-            )
-            .await
-            .unwrap();
-        });
+        let proxy = support::proxy::bind_proxy().await.feed_from(&api, &state);
+        let (http, https) = (proxy.http, proxy.https);
         let ca = start_pebble(&pebble, &challtestsrv, http.port(), None).await;
 
         // A verified domain with a TLS route.
@@ -441,9 +391,7 @@ async fn pebble_issues_through_ferry_proxy_renews_and_records_failures() {
             "{b}"
         );
 
-        stop.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
-        let _ = reloader.await;
+        proxy.stop().await;
         api.stop().await;
     }
 }
@@ -534,45 +482,11 @@ async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_rfc2136() {
             std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default()
         );
         // The proxy only serves here: the CA checks TXT records at named.
-        let state = ferry_api::testing::state(&conn, Some("feed-token-0123456789abcdef"));
+        let state = ferry_api::testing::state(&conn, Some(support::proxy::FEED_TOKEN));
         state.feed.reload(&conn, &state.keyring).await.unwrap();
         let api = start_state(&state, relaxed()).await;
-        let stop = Shutdown::new();
-        let proxy_dir = tempfile::tempdir().unwrap();
-        let mut argv: Vec<String> = vec!["ferry-proxy".into()];
-        for flag in [
-            "--listen",
-            "--http-listen",
-            "--https-listen",
-            "--admin-listen",
-        ] {
-            argv.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
-        }
-        argv.extend([
-            "--api-url".to_owned(),
-            format!("http://{}", api.addr),
-            "--feed-token".to_owned(),
-            "feed-token-0123456789abcdef".to_owned(),
-            "--state-dir".to_owned(),
-            proxy_dir.path().display().to_string(),
-        ]);
-        let args = ferry_proxy::Args::parse_from(argv);
-        let listeners = ferry_proxy::Listeners::bind(&args).await.unwrap();
-        let (http, https) = (
-            listeners.http_addr().unwrap(),
-            listeners.https_addr().unwrap(),
-        );
-        let proxy_stop = stop.clone();
-        let proxy = tokio::spawn(async move {
-            ferry_proxy::run_with_listeners(
-                args,
-                listeners,
-                Arc::new(ferry_proxy::ProxyState::default()),
-                proxy_stop,
-            )
-            .await
-            .unwrap();
-        });
+        let proxy = support::proxy::bind_proxy().await.feed_from(&api, &state);
+        let (http, https) = (proxy.http, proxy.https);
         let ca = start_pebble(&pebble, &challtestsrv, http.port(), Some(dns)).await;
 
         let org = fixtures::organization(&conn, "Acme", "acme").await;
@@ -629,12 +543,9 @@ async fn a_wildcard_domain_gets_a_wildcard_certificate_through_dns01_rfc2136() {
         let mut names: Vec<String> = serde_json::from_value(cert.hostnames.clone()).unwrap();
         names.sort();
         assert_eq!(names, ["*.wild.acme.test", "wild.acme.test"], "{b}");
-        // (No reloader runs here: the feed is reloaded once, by hand.)
-        state.feed.reload(&conn, &state.keyring).await.unwrap();
         wait_served(https, "a.wild.acme.test", &cert.certificate_pem).await;
 
-        stop.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
+        proxy.stop().await;
         api.stop().await;
     }
 }
