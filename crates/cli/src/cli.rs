@@ -119,6 +119,9 @@ pub enum Command {
     /// Scheduled jobs of the project (cron, or on demand) and their runs.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Custom domains of the project: add one, prove you own it, list, remove.
+    #[command(subcommand)]
+    Domains(DomainsCmd),
     /// Create or update a stack from a Compose file and deploy it.
     Up(UpArgs),
     /// Delete a stack created by `ferry up`.
@@ -545,6 +548,32 @@ pub enum JobsCmd {
     Rm {
         /// Job name or id.
         job: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainsCmd {
+    /// List the project's domains and whether they are verified.
+    List,
+    /// Add a domain (`example.com` or `*.example.com`) and print how to
+    /// prove it: a TXT record, or (apex domains) the HTTP challenge.
+    Add {
+        /// The domain.
+        domain: String,
+    },
+    /// Check the proof now: the TXT record, or with --http the HTTP
+    /// challenge ferry-proxy answers once the name points at it.
+    Verify {
+        /// The domain (as added) or its id.
+        domain: String,
+        /// Prove it over HTTP instead of the TXT record (apex only).
+        #[arg(long)]
+        http: bool,
+    },
+    /// Remove a domain (routes already made under it stay).
+    Rm {
+        /// The domain (as added) or its id.
+        domain: String,
     },
 }
 

@@ -87,6 +87,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Builds(c) => cmd::builds::builds(s, c).await,
         Command::Git(c) => cmd::builds::git(s, c).await,
         Command::Jobs(c) => cmd::jobs::jobs(s, c).await,
+        Command::Domains(c) => cmd::domains::domains(s, c).await,
         Command::Audit(c) => org::audit(s, c).await,
         Command::Link(a) => org::link(s, a).await,
         Command::Services(c) => project::services(s, c).await,

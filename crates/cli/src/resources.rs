@@ -115,6 +115,10 @@ resource!(pb::Job, "Job", |j| j.id, [
     "RUNS" => if j.image.is_empty() { format!("service {}", short(&j.service_id)) } else { j.image.clone() },
     "ENABLED" => j.enabled,
 ]);
+resource!(pb::Domain, "Domain", |d| d.id, [
+    "DOMAIN" => d.domain, "STATUS" => d.status, "METHOD" => or_dash(&d.method),
+    "CHECKED" => age(d.last_checked_at.as_ref()), "PROBLEM" => or_dash(&d.last_check_error),
+]);
 resource!(pb::JobRun, "JobRun", |r| r.id, [
     "ID" => r.id, "STATUS" => run_status_word(r.status),
     "TRIGGER" => enum_word(r.trigger().as_str_name(), "JOB_RUN_TRIGGER_"),

@@ -63,6 +63,7 @@ use pb::api_token_service_client::ApiTokenServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::auth_service_client::AuthServiceClient;
 use pb::deployment_service_client::DeploymentServiceClient;
+use pb::domain_service_client::DomainServiceClient;
 use pb::git_service_client::GitServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
 use pb::job_service_client::JobServiceClient;
@@ -104,6 +105,7 @@ typed_clients! {
     registries => RegistryServiceClient,
     git => GitServiceClient,
     jobs => JobServiceClient,
+    domains => DomainServiceClient,
 }
 
 impl Api {

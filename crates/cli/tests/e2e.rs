@@ -1236,3 +1236,68 @@ on_every_db!(jobs_are_created_run_and_removed, |api| {
     let run = cli.run(&["jobs", "get", "report"]).await;
     assert_eq!(run.code, 4, "not found: {run:#?}");
 });
+
+/// `ferry domains`: add prints both proofs, verify fails in words until
+/// the TXT record is published (on a loopback DNS server), list and rm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_are_added_proven_listed_and_removed() {
+    let dns = ferry_api::testing::TxtServer::start().await;
+    for db in ferry_tests::migrated_dbs().await {
+        let mut state = ferry_api::testing::state(&db.conn, None);
+        state.deploy.domains.dns_resolver = Some(dns.addr);
+        state.deploy.domains.dns_timeout = std::time::Duration::from_millis(300);
+        let api = ferry_api::testing::start_state(&state, identity()).await;
+        let cli = tenant(&api, "dora", "Dora", "shop").await;
+
+        let run = cli.run(&["domains", "add", "Shop.Dora.test"]).await.ok();
+        assert!(run.stdout.contains("shop.dora.test"), "{run:#?}");
+        assert!(
+            run.stdout.contains("_ferry-challenge.shop.dora.test  TXT"),
+            "{run:#?}"
+        );
+        assert!(
+            run.stdout.contains("verify shop.dora.test --http"),
+            "{run:#?}"
+        );
+        let list = cli
+            .run(&["domains", "list", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(list[0]["status"], "pending", "{list}");
+        let token = list[0]["txtRecordValue"].as_str().unwrap().to_owned();
+
+        let run = cli.run(&["domains", "verify", "shop.dora.test"]).await;
+        assert_ne!(run.code, 0, "{run:#?}");
+        assert!(run.stderr.contains("no TXT record"), "{run:#?}");
+        let run = cli
+            .run(&["domains", "verify", "shop.dora.test", "--http"])
+            .await;
+        assert_ne!(run.code, 0, "{run:#?}");
+        assert!(run.stderr.contains("no A record"), "{run:#?}");
+        dns.set("_ferry-challenge.shop.dora.test", &[&token]);
+        let run = cli
+            .run(&["domains", "verify", "SHOP.dora.test."])
+            .await
+            .ok();
+        assert!(run.stdout.contains("is verified"), "{run:#?}");
+        let run = cli.run(&["domains", "list"]).await.ok();
+        assert!(
+            run.stdout.contains("verified") && run.stdout.contains("dns"),
+            "{run:#?}"
+        );
+
+        let run = cli.run(&["domains", "rm", "shop.dora.test"]).await.ok();
+        assert!(run.stdout.contains("Removed domain"), "{run:#?}");
+        let list = cli
+            .run(&["domains", "list", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(list, serde_json::json!([]));
+        let run = cli.run(&["domains", "rm", "shop.dora.test"]).await;
+        assert_ne!(run.code, 0, "{run:#?}");
+        dns.set("_ferry-challenge.shop.dora.test", &[]);
+        api.stop().await;
+    }
+}
