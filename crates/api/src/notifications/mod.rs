@@ -307,13 +307,17 @@ impl NotificationApi {
         })
     }
 
-    /// A channel of an organization the caller may `action`.
-    async fn channel(
+    /// The prologue of a channel RPC: authenticates, parses the channel id
+    /// (`field`) and loads the channel if the caller may `action` it.
+    async fn channel<T>(
         &self,
-        caller: &Caller,
+        request: &Request<T>,
+        field: &str,
+        value: &str,
         action: Action,
-        id: Uuid,
     ) -> Result<(Scope, channels::Model)> {
+        let caller = Caller::of(&self.w.identity, request).await?;
+        let id = parse_id(field, value)?;
         caller
             .org_row(
                 self.db(),
@@ -324,6 +328,20 @@ impl NotificationApi {
                 "channel not found",
             )
             .await
+    }
+
+    /// The prologue of an organization RPC: authenticates, parses
+    /// `organizationId` and decides `action` in that organization.
+    async fn organization<T>(
+        &self,
+        request: &Request<T>,
+        value: &str,
+        action: Action,
+    ) -> Result<(Scope, Uuid)> {
+        let caller = Caller::of(&self.w.identity, request).await?;
+        let org = parse_id("organizationId", value)?;
+        let (scope, _) = caller.organization(self.db(), action, org).await?;
+        Ok((scope, org))
     }
 
     async fn subscriptions_of(&self, ids: &[Uuid]) -> Result<Vec<subscriptions::Model>> {
@@ -342,13 +360,11 @@ impl NotificationApi {
         &self,
         request: Request<pb::CreateChannelRequest>,
     ) -> Result<pb::CreateChannelResponse> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let org = parse_id("organizationId", &req.organization_id)?;
-        let db = self.db();
-        let (scope, _) = caller
-            .organization(db, Action::NotificationManage, org)
+        let (scope, org) = self
+            .organization(&request, &req.organization_id, Action::NotificationManage)
             .await?;
+        let db = self.db();
         let kind = kind_from_pb(req.kind)?;
         let name = validate::display_name("name", &req.name)?;
         let events = req
@@ -405,7 +421,7 @@ impl NotificationApi {
                 .transpose()?),
             target_hint: Set(target.as_ref().map(|t| t.hint.clone())),
             enabled: Set(!req.disabled),
-            created_by: Set(Some(caller.user_id)),
+            created_by: Set(Some(scope.actor().user_id)),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -423,7 +439,7 @@ impl NotificationApi {
                     organization_id: Set(org),
                     event: Set(kind.as_str().to_owned()),
                     project_id: Set(None),
-                    created_by: Set(Some(caller.user_id)),
+                    created_by: Set(Some(scope.actor().user_id)),
                     created_at: Set(now),
                 }
                 .insert(&txn)
@@ -457,9 +473,14 @@ impl NotificationApi {
         &self,
         request: Request<pb::GetChannelRequest>,
     ) -> Result<pb::NotificationChannel> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let id = parse_id("id", &request.get_ref().id)?;
-        let (_, row) = self.channel(&caller, Action::NotificationRead, id).await?;
+        let (_, row) = self
+            .channel(
+                &request,
+                "id",
+                &request.get_ref().id,
+                Action::NotificationRead,
+            )
+            .await?;
         let subs = self.subscriptions_of(&[row.id]).await?;
         Ok(channel_message(&row, &subs))
     }
@@ -468,14 +489,12 @@ impl NotificationApi {
         &self,
         request: Request<pb::ListChannelsRequest>,
     ) -> Result<pb::ListChannelsResponse> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let org = parse_id("organizationId", &req.organization_id)?;
+        let (_, org) = self
+            .organization(&request, &req.organization_id, Action::NotificationRead)
+            .await?;
         let page = CHANNELS.page(req.page_size, &req.page_token)?;
         let db = self.db();
-        caller
-            .organization(db, Action::NotificationRead, org)
-            .await?;
         let rows = page
             .apply(channels::Entity::find().filter(channels::Column::OrganizationId.eq(org)))
             .all(db)
@@ -494,12 +513,11 @@ impl NotificationApi {
         &self,
         request: Request<pb::UpdateChannelRequest>,
     ) -> Result<pb::NotificationChannel> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let id = parse_id("id", &req.id)?;
         let (scope, row) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(&request, "id", &req.id, Action::NotificationManage)
             .await?;
+        let id = row.id;
         let mut update = row.clone().into_active_model();
         let mut changed = Vec::new();
         if !req.name.trim().is_empty() {
@@ -568,11 +586,15 @@ impl NotificationApi {
         &self,
         request: Request<pb::RotateChannelSecretRequest>,
     ) -> Result<pb::RotateChannelSecretResponse> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let id = parse_id("id", &request.get_ref().id)?;
         let (scope, row) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(
+                &request,
+                "id",
+                &request.get_ref().id,
+                Action::NotificationManage,
+            )
             .await?;
+        let id = row.id;
         if row.kind != NotificationKind::Webhook {
             return Err(Error::FailedPrecondition(
                 "only generic webhook channels are signed".into(),
@@ -610,11 +632,15 @@ impl NotificationApi {
     }
 
     async fn delete(&self, request: Request<pb::DeleteChannelRequest>) -> Result<()> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let id = parse_id("id", &request.get_ref().id)?;
         let (scope, row) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(
+                &request,
+                "id",
+                &request.get_ref().id,
+                Action::NotificationManage,
+            )
             .await?;
+        let id = row.id;
         scope
             .remove(
                 self.db(),
@@ -636,10 +662,13 @@ impl NotificationApi {
         &self,
         request: Request<pb::TestChannelRequest>,
     ) -> Result<pb::TestChannelResponse> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let id = parse_id("id", &request.get_ref().id)?;
         let (_, row) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(
+                &request,
+                "id",
+                &request.get_ref().id,
+                Action::NotificationManage,
+            )
             .await?;
         let sender = self
             .sender
@@ -689,12 +718,16 @@ impl NotificationApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<pb::NotificationSubscription> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let id = parse_id("channelId", &req.channel_id)?;
         let (scope, channel) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(
+                &request,
+                "channelId",
+                &req.channel_id,
+                Action::NotificationManage,
+            )
             .await?;
+        let id = channel.id;
         let event = event_kind("event", &req.event)?;
         let project = self
             .project_in(channel.organization_id, &req.project_id)
@@ -706,7 +739,7 @@ impl NotificationApi {
             organization_id: Set(channel.organization_id),
             event: Set(event.as_str().to_owned()),
             project_id: Set(project),
-            created_by: Set(Some(caller.user_id)),
+            created_by: Set(Some(scope.actor().user_id)),
             created_at: Set(Utc::now()),
         }
         .insert(&txn)
@@ -730,12 +763,16 @@ impl NotificationApi {
     }
 
     async fn unsubscribe(&self, request: Request<pb::UnsubscribeRequest>) -> Result<()> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let id = parse_id("channelId", &req.channel_id)?;
         let (scope, channel) = self
-            .channel(&caller, Action::NotificationManage, id)
+            .channel(
+                &request,
+                "channelId",
+                &req.channel_id,
+                Action::NotificationManage,
+            )
             .await?;
+        let id = channel.id;
         let event = event_kind("event", &req.event)?;
         let project = self
             .project_in(channel.organization_id, &req.project_id)
@@ -766,11 +803,17 @@ impl NotificationApi {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<pb::ListDeliveriesResponse> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let id = parse_id("channelId", &req.channel_id)?;
         let page = DELIVERIES.page(req.page_size, &req.page_token)?;
-        let (_, channel) = self.channel(&caller, Action::NotificationRead, id).await?;
+        let (_, channel) = self
+            .channel(
+                &request,
+                "channelId",
+                &req.channel_id,
+                Action::NotificationRead,
+            )
+            .await?;
+        let id = channel.id;
         let db = self.db();
         let rows = page
             .apply(
@@ -826,12 +869,14 @@ impl NotificationApi {
         &self,
         request: Request<pb::GetEmailConfigRequest>,
     ) -> Result<pb::EmailConfig> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
-        let db = self.db();
-        caller
-            .organization(db, Action::NotificationManage, org)
+        let (_, org) = self
+            .organization(
+                &request,
+                &request.get_ref().organization_id,
+                Action::NotificationManage,
+            )
             .await?;
+        let db = self.db();
         org_email_configs::Entity::find()
             .filter(org_email_configs::Column::OrganizationId.eq(org))
             .one(db)
@@ -844,13 +889,11 @@ impl NotificationApi {
         &self,
         request: Request<pb::SetEmailConfigRequest>,
     ) -> Result<pb::EmailConfig> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
         let req = request.get_ref();
-        let org = parse_id("organizationId", &req.organization_id)?;
-        let db = self.db();
-        let (scope, _) = caller
-            .organization(db, Action::NotificationManage, org)
+        let (scope, org) = self
+            .organization(&request, &req.organization_id, Action::NotificationManage)
             .await?;
+        let db = self.db();
         let host = req.smtp_host.trim().to_ascii_lowercase();
         let host_ok = !host.is_empty()
             && host.len() <= 253
@@ -952,12 +995,14 @@ impl NotificationApi {
     }
 
     async fn delete_email(&self, request: Request<pb::DeleteEmailConfigRequest>) -> Result<()> {
-        let caller = Caller::of(&self.w.identity, &request).await?;
-        let org = parse_id("organizationId", &request.get_ref().organization_id)?;
-        let db = self.db();
-        let (scope, _) = caller
-            .organization(db, Action::NotificationManage, org)
+        let (scope, org) = self
+            .organization(
+                &request,
+                &request.get_ref().organization_id,
+                Action::NotificationManage,
+            )
             .await?;
+        let db = self.db();
         scope
             .remove(
                 db,
