@@ -1383,6 +1383,52 @@ async fn other_organizations_cannot_see_test_or_subscribe_a_channel_and_members_
             o.n.delete_channel(authed(pb::DeleteChannelRequest { id: c.id.clone() }, &tok))
                 .await;
         assert_eq!(code(got), Code::NotFound, "{b}");
+        let got =
+            o.n.rotate_channel_secret(authed(
+                pb::RotateChannelSecretRequest { id: c.id.clone() },
+                &tok,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got =
+            o.n.update_channel(authed(
+                pb::UpdateChannelRequest {
+                    id: c.id.clone(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got =
+            o.n.get_email_config(authed(
+                pb::GetEmailConfigRequest {
+                    organization_id: v.org.clone(),
+                },
+                &tok,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got =
+            o.n.set_email_config(authed(
+                pb::SetEmailConfigRequest {
+                    organization_id: v.org.clone(),
+                    smtp_host: "smtp.example.com".into(),
+                    ..Default::default()
+                },
+                &tok,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
+        let got =
+            o.n.delete_email_config(authed(
+                pb::DeleteEmailConfigRequest {
+                    organization_id: v.org.clone(),
+                },
+                &tok,
+            ))
+            .await;
+        assert_eq!(code(got), Code::NotFound, "{b}");
         // Subscribing one's own channel to another organization's project.
         let mine = o
             .create(pb::ChannelKind::Slack, "mine", &sink.url("/o"), &[])
